@@ -1,0 +1,44 @@
+// Every error a user can meet at the command line, in one registry (as fastify does): a stable
+// code, a message naming the problem, and the fix. docs/errors.md lists the same codes, and a
+// test fails when the two disagree.
+
+export class UserError extends Error {
+  override readonly name = 'UserError';
+  readonly code: string;
+  readonly fix: string;
+  constructor(code: string, message: string, fix: string) {
+    super(message);
+    this.code = code;
+    this.fix = fix;
+  }
+}
+
+export const Errors = {
+  badSize: (option: string, text: string) => new UserError('S3NBD_BAD_SIZE',
+    `${option}: "${text}" is not a size`, 'give a whole number of bytes with an optional K, M, G or T suffix (powers of 1024), e.g. 10G'),
+  badDeviceSize: (size: number) => new UserError('S3NBD_BAD_DEVICE_SIZE',
+    `--size ${size} is not a positive multiple of 512 bytes, or larger than 1 PiB`, 'choose a size such as 10G'),
+  badExtentSize: (size: number) => new UserError('S3NBD_BAD_EXTENT_SIZE',
+    `--extent-size ${size} is not a power of two between 4K and 32M`, 'use 1M (the default), or e.g. 256K, 4M'),
+  badListen: (text: string) => new UserError('S3NBD_BAD_LISTEN',
+    `--listen "${text}" is not HOST:PORT`, 'use e.g. 127.0.0.1:10809, 0.0.0.0:10809 or [::1]:10809'),
+  badStore: (text: string) => new UserError('S3NBD_BAD_STORE',
+    `--store "${text}" is not a store this build understands`, 'use a directory path, file:///absolute/path, or memory:'),
+  s3NotYet: (text: string) => new UserError('S3NBD_S3_UNSUPPORTED',
+    `--store "${text}": S3 stores are not supported by this build yet`, 'use a local directory store (--store ./s3nbd-data) for now'),
+  noVolume: (store: string) => new UserError('S3NBD_NO_VOLUME',
+    `there is no volume in ${store}`, 'pass --size (e.g. --size 10G) to create one, or point --store at an existing volume'),
+  volumeExists: (store: string) => new UserError('S3NBD_VOLUME_EXISTS',
+    `a volume already exists in ${store}`, 'use "s3nbd serve" to serve it, or choose another --store'),
+  volumeConflict: (store: string, field: string, existing: number, requested: number) => new UserError('S3NBD_VOLUME_CONFLICT',
+    `the volume in ${store} has ${field} ${existing}, but ${requested} was requested`,
+    `omit --${field === 'size' ? 'size' : 'extent-size'} to serve the existing volume as it is`),
+  badVolume: (store: string, reason: string) => new UserError('S3NBD_BAD_VOLUME',
+    `the volume metadata in ${store} is unusable: ${reason}`, 'check that --store points at an s3nbd volume written by a compatible version'),
+  badLogLevel: (text: string) => new UserError('S3NBD_BAD_LOG_LEVEL',
+    `--log-level "${text}" is not a log level`, 'use one of fatal, error, warn, info, debug, trace, silent'),
+  listenFailed: (where: string, reason: string) => new UserError('S3NBD_LISTEN_FAILED',
+    `cannot listen on ${where}: ${reason}`, 'stop the other server using it, or pick another --listen address or --socket path'),
+  badExportName: (name: string) => new UserError('S3NBD_BAD_EXPORT_NAME',
+    `--export-name "${name}" is longer than 4096 bytes`, 'use a short name'),
+} as const;

@@ -1,0 +1,254 @@
+// Fixed newstyle negotiation: the server greets, the client sends options until one of them
+// (EXPORT_NAME or GO) moves the connection to the transmission phase. Every option we do not
+// know is answered NBD_REP_ERR_UNSUP rather than by hanging up, as the spec requires.
+
+import type { Socket } from 'node:net';
+import type { BlockDevice } from './block-device.ts';
+import {
+  BASE_ALLOCATION, BASE_ALLOCATION_ID, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_CAN_MULTI_CONN,
+  FLAG_FIXED_NEWSTYLE, FLAG_HAS_FLAGS, FLAG_NO_ZEROES, FLAG_READ_ONLY, FLAG_SEND_CACHE, FLAG_SEND_DF,
+  FLAG_SEND_FAST_ZERO, FLAG_SEND_FLUSH, FLAG_SEND_FUA, FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES, IHAVEOPT,
+  Info, MAX_OPTION_LENGTH, MAX_REQUEST_SIZE, MAX_STRING_LENGTH, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, Rep,
+} from './constants.ts';
+import { ProtocolError } from './errors.ts';
+import type { SocketReader } from './socket-reader.ts';
+
+export interface Export {
+  readonly name: string;
+  readonly description: string;
+  readonly device: BlockDevice;
+}
+
+/** Finds exports by name; the empty name "" must resolve to the default export. */
+export interface ExportRegistry {
+  find(name: string): Export | undefined;
+  list(): readonly Export[];
+}
+
+/** What the client and server agreed on for the transmission phase. */
+export interface Negotiated {
+  readonly export: Export;
+  readonly structuredReplies: boolean;
+  /** The client selected base:allocation and may send BLOCK_STATUS. */
+  readonly baseAllocation: boolean;
+}
+
+/** Smallest I/O the server accepts: any byte; the storage does read-modify-write itself. */
+export const MINIMUM_BLOCK_SIZE = 1;
+
+export function transmissionFlags(device: BlockDevice, structuredReplies: boolean): number {
+  let flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_CACHE | FLAG_CAN_MULTI_CONN;
+  if (structuredReplies) flags |= FLAG_SEND_DF;
+  if (device.readOnly) flags |= FLAG_READ_ONLY;
+  else flags |= FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
+  return flags;
+}
+
+function u32(value: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(value);
+  return b;
+}
+
+function u16(value: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeUInt16BE(value);
+  return b;
+}
+
+function u64(value: number | bigint): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(BigInt(value));
+  return b;
+}
+
+/** Parses option payloads, turning any overrun into an NBD_REP_ERR_INVALID answer. */
+class OptionData {
+  private pos = 0;
+  private readonly data: Buffer;
+  constructor(data: Buffer) {
+    this.data = data;
+  }
+  u32(): number {
+    if (this.pos + 4 > this.data.length) throw new InvalidOption('option data too short');
+    const v = this.data.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  u16(): number {
+    if (this.pos + 2 > this.data.length) throw new InvalidOption('option data too short');
+    const v = this.data.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  string(length: number): string {
+    if (length > MAX_STRING_LENGTH) throw new InvalidOption('string longer than 4096 bytes');
+    if (this.pos + length > this.data.length) throw new InvalidOption('option data too short');
+    const s = this.data.toString('utf8', this.pos, this.pos + length);
+    this.pos += length;
+    return s;
+  }
+  end(): void {
+    if (this.pos !== this.data.length) throw new InvalidOption('unexpected trailing option data');
+  }
+}
+
+class InvalidOption extends Error {}
+
+export class Handshake {
+  private structuredReplies = false;
+  private baseAllocation = false;
+  private metaContextExport: string | undefined;
+  private noZeroes = false;
+  private readonly socket: Socket;
+  private readonly reader: SocketReader;
+  private readonly exports: ExportRegistry;
+  private readonly shuttingDown: () => boolean;
+
+  constructor(socket: Socket, reader: SocketReader, exports: ExportRegistry, shuttingDown: () => boolean) {
+    this.socket = socket;
+    this.reader = reader;
+    this.exports = exports;
+    this.shuttingDown = shuttingDown;
+  }
+
+  /** Runs the negotiation; resolves undefined when the client aborted it. */
+  async run(): Promise<Negotiated | undefined> {
+    this.socket.write(Buffer.concat([u64(NBDMAGIC), u64(IHAVEOPT), u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)]));
+    const clientFlags = (await this.reader.read(4)).readUInt32BE(0);
+    if ((clientFlags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)) !== 0) {
+      throw new ProtocolError(`unknown client flags 0x${clientFlags.toString(16)}`);
+    }
+    this.noZeroes = (clientFlags & FLAG_C_NO_ZEROES) !== 0;
+
+    for (;;) {
+      const header = await this.reader.read(16);
+      if (header.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
+      const option = header.readUInt32BE(8);
+      const length = header.readUInt32BE(12);
+      if (length > MAX_OPTION_LENGTH) throw new ProtocolError(`option ${option} data too long (${length} bytes)`);
+      const data = length > 0 ? await this.reader.read(length) : Buffer.alloc(0);
+
+      if (option === Opt.EXPORT_NAME) return this.exportName(data);
+      if (option === Opt.ABORT) {
+        this.reply(option, Rep.ACK);
+        return undefined;
+      }
+      if (this.shuttingDown()) {
+        this.reply(option, Rep.ERR_SHUTDOWN, 'server is shutting down');
+        continue;
+      }
+      try {
+        const negotiated = this.option(option, data);
+        if (negotiated) return negotiated;
+      } catch (err) {
+        if (!(err instanceof InvalidOption)) throw err;
+        this.reply(option, Rep.ERR_INVALID, err.message);
+      }
+    }
+  }
+
+  /** Handles one option; returns the result when it ends the negotiation (GO). */
+  private option(option: number, data: Buffer): Negotiated | undefined {
+    switch (option) {
+      case Opt.LIST:
+        if (data.length !== 0) throw new InvalidOption('NBD_OPT_LIST takes no data');
+        for (const exp of this.exports.list()) {
+          const name = Buffer.from(exp.name);
+          this.reply(option, Rep.SERVER, Buffer.concat([u32(name.length), name, Buffer.from(exp.description)]));
+        }
+        this.reply(option, Rep.ACK);
+        return undefined;
+      case Opt.STRUCTURED_REPLY:
+        if (data.length !== 0) throw new InvalidOption('NBD_OPT_STRUCTURED_REPLY takes no data');
+        this.structuredReplies = true;
+        this.reply(option, Rep.ACK);
+        return undefined;
+      case Opt.INFO:
+      case Opt.GO:
+        return this.infoOrGo(option, data);
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT:
+        this.metaContext(option, data);
+        return undefined;
+      case Opt.STARTTLS:
+        this.reply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server; use a TLS proxy or a private network');
+        return undefined;
+      default:
+        this.reply(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
+        return undefined;
+    }
+  }
+
+  private exportName(data: Buffer): Negotiated {
+    const name = data.toString('utf8');
+    const exp = this.exports.find(name);
+    // The spec gives EXPORT_NAME no way to report an error: hanging up is the answer.
+    if (!exp || this.shuttingDown()) throw new ProtocolError(`no export named ${JSON.stringify(name)}`);
+    const parts = [u64(exp.device.size), u16(transmissionFlags(exp.device, this.structuredReplies))];
+    if (!this.noZeroes) parts.push(Buffer.alloc(124));
+    this.socket.write(Buffer.concat(parts));
+    return this.negotiated(exp);
+  }
+
+  private infoOrGo(option: number, data: Buffer): Negotiated | undefined {
+    const d = new OptionData(data);
+    const name = d.string(d.u32());
+    const count = d.u16();
+    const requested = new Set<number>();
+    for (let i = 0; i < count; i++) requested.add(d.u16());
+    d.end();
+    const exp = this.exports.find(name);
+    if (!exp) {
+      this.reply(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(name)}`);
+      return undefined;
+    }
+    const device = exp.device;
+    const flags = transmissionFlags(device, this.structuredReplies);
+    this.reply(option, Rep.INFO, Buffer.concat([u16(Info.EXPORT), u64(device.size), u16(flags)]));
+    if (requested.has(Info.NAME)) this.reply(option, Rep.INFO, Buffer.concat([u16(Info.NAME), Buffer.from(exp.name)]));
+    if (requested.has(Info.DESCRIPTION) && exp.description !== '') {
+      this.reply(option, Rep.INFO, Buffer.concat([u16(Info.DESCRIPTION), Buffer.from(exp.description)]));
+    }
+    const preferred = Math.min(Math.max(device.preferredBlockSize, 512), MAX_REQUEST_SIZE);
+    this.reply(option, Rep.INFO,
+      Buffer.concat([u16(Info.BLOCK_SIZE), u32(MINIMUM_BLOCK_SIZE), u32(preferred), u32(MAX_REQUEST_SIZE)]));
+    this.reply(option, Rep.ACK);
+    return option === Opt.GO ? this.negotiated(exp) : undefined;
+  }
+
+  private metaContext(option: number, data: Buffer): void {
+    if (!this.structuredReplies) throw new InvalidOption('negotiate NBD_OPT_STRUCTURED_REPLY first');
+    const d = new OptionData(data);
+    const exportName = d.string(d.u32());
+    const count = d.u32();
+    const queries: string[] = [];
+    for (let i = 0; i < count; i++) queries.push(d.string(d.u32()));
+    d.end();
+    if (!this.exports.find(exportName)) {
+      this.reply(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`);
+      return;
+    }
+    const listing = option === Opt.LIST_META_CONTEXT;
+    // LIST may ask for everything (no query) or a whole namespace ("base:"); SET needs exact names.
+    const matches = (listing && queries.length === 0)
+      || queries.some((q) => q === BASE_ALLOCATION || (listing && q === 'base:'));
+    if (matches) this.reply(option, Rep.META_CONTEXT, Buffer.concat([u32(listing ? 0 : BASE_ALLOCATION_ID), Buffer.from(BASE_ALLOCATION)]));
+    if (!listing) {
+      this.baseAllocation = matches;
+      this.metaContextExport = exportName;
+    }
+    this.reply(option, Rep.ACK);
+  }
+
+  private negotiated(exp: Export): Negotiated {
+    // Contexts chosen for another export do not carry over to this one.
+    const sameExport = this.metaContextExport !== undefined && this.exports.find(this.metaContextExport) === exp;
+    return { export: exp, structuredReplies: this.structuredReplies, baseAllocation: this.baseAllocation && sameExport };
+  }
+
+  private reply(option: number, type: number, payload: Buffer | string = Buffer.alloc(0)): void {
+    const data = typeof payload === 'string' ? Buffer.from(payload) : payload;
+    this.socket.write(Buffer.concat([u64(OPTION_REPLY_MAGIC), u32(option), u32(type), u32(data.length), data]));
+  }
+}

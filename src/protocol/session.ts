@@ -1,0 +1,292 @@
+// The transmission phase of one connection. Requests are read in a loop and dispatched without
+// waiting for earlier ones, so many are in flight and replies leave in completion order. Each
+// request is validated here, once (range, flags, read-only); the device below only sees valid
+// calls. The bytes in flight (payloads held plus replies not yet handed to the kernel) are
+// bounded, so a fast client is slowed by TCP backpressure instead of growing our memory.
+
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { BlockDevice, ReadPiece } from './block-device.ts';
+import {
+  BASE_ALLOCATION_ID, CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, Cmd,
+  MAX_REQUEST_SIZE, NbdErrno, REQUEST_HEADER_SIZE, STATE_HOLE, STATE_ZERO,
+} from './constants.ts';
+import { CommandError, ProtocolError, nbdErrnoOf } from './errors.ts';
+import type { Negotiated } from './handshake.ts';
+import type { SocketReader } from './socket-reader.ts';
+import {
+  type Request, blockStatusChunk, decodeRequest, errorChunk, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
+} from './wire.ts';
+
+export interface SessionLimits {
+  /** Bytes of request payloads and pending replies one connection may hold. */
+  readonly maxInFlightBytes: number;
+  /** Requests one connection may have in flight. */
+  readonly maxInFlightRequests: number;
+}
+
+export const DEFAULT_SESSION_LIMITS: SessionLimits = {
+  maxInFlightBytes: 64 * 1024 * 1024,
+  maxInFlightRequests: 256,
+};
+
+/** Zeros sent in place of holes when the client cannot receive hole chunks. */
+const ZEROS = Buffer.alloc(1024 * 1024);
+
+/** Caps BLOCK_STATUS replies; clients ask again for the rest. */
+const MAX_STATUS_DESCRIPTORS = 1024;
+
+/** Counts bytes and requests in flight; `acquire` waits while the connection is over its limits. */
+class InFlight {
+  private bytes = 0;
+  private requests = 0;
+  private waiter: (() => void) | undefined;
+  private idleWaiters: Array<() => void> = [];
+  private readonly limits: SessionLimits;
+
+  constructor(limits: SessionLimits) {
+    this.limits = limits;
+  }
+
+  get count(): number {
+    return this.requests;
+  }
+
+  async acquire(bytes: number): Promise<void> {
+    // A request larger than the whole budget still runs, alone.
+    while (this.requests > 0
+      && (this.bytes + bytes > this.limits.maxInFlightBytes || this.requests >= this.limits.maxInFlightRequests)) {
+      await new Promise<void>((resolve) => { this.waiter = resolve; });
+    }
+    this.bytes += bytes;
+    this.requests += 1;
+  }
+
+  release(bytes: number): void {
+    this.bytes -= bytes;
+    this.requests -= 1;
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.();
+    if (this.requests === 0) {
+      const idle = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const resolve of idle) resolve();
+    }
+  }
+
+  idle(): Promise<void> {
+    if (this.requests === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+}
+
+export class Session {
+  private readonly device: BlockDevice;
+  private readonly inFlight: InFlight;
+  private shuttingDown = false;
+  private readonly socket: Socket;
+  private readonly reader: SocketReader;
+  private readonly negotiated: Negotiated;
+  private readonly log: Logger;
+
+  constructor(socket: Socket, reader: SocketReader, negotiated: Negotiated, log: Logger, limits: SessionLimits) {
+    this.socket = socket;
+    this.reader = reader;
+    this.negotiated = negotiated;
+    this.log = log;
+    this.device = negotiated.export.device;
+    this.inFlight = new InFlight(limits);
+  }
+
+  /** From now on every new request is answered ESHUTDOWN; in-flight ones finish normally. */
+  beginShutdown(): void {
+    this.shuttingDown = true;
+  }
+
+  /** Resolves when no request is in flight. */
+  drained(): Promise<void> {
+    return this.inFlight.idle();
+  }
+
+  /** Serves requests until the client disconnects; throws ProtocolError on a malformed request. */
+  async run(): Promise<void> {
+    for (;;) {
+      const req = decodeRequest(await this.reader.read(REQUEST_HEADER_SIZE));
+      if (req.type === Cmd.DISC) {
+        await this.inFlight.idle();
+        return;
+      }
+      if (req.type === Cmd.WRITE && req.length > MAX_REQUEST_SIZE) {
+        // We cannot hold the payload, and skipping gigabytes is not worth it: end the session.
+        throw new ProtocolError(`write of ${req.length} bytes exceeds the ${MAX_REQUEST_SIZE}-byte maximum`);
+      }
+      const cost = req.type === Cmd.WRITE || req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
+      await this.inFlight.acquire(cost);
+      const payload = req.type === Cmd.WRITE && req.length > 0 ? await this.reader.read(req.length) : undefined;
+      void this.serve(req, payload, cost);
+    }
+  }
+
+  private async serve(req: Request, payload: Buffer | undefined, cost: number): Promise<void> {
+    let reply: Buffer[];
+    try {
+      this.validate(req);
+      reply = await this.execute(req, payload);
+    } catch (err) {
+      reply = this.errorReply(req, err);
+    }
+    // The budget is returned once the reply has left our process, so it bounds queued output too.
+    this.send(reply, () => this.inFlight.release(cost));
+  }
+
+  /** Checks a request against the spec and the negotiated flags; throws CommandError. */
+  private validate(req: Request): void {
+    if (this.shuttingDown) throw new CommandError('ESHUTDOWN', 'server is shutting down');
+    const dev = this.device;
+    const fua = dev.readOnly ? 0 : CMD_FLAG_FUA;
+    const end = req.offset + req.length;
+    const ranged = (allowed: number, outOfRange: 'EINVAL' | 'ENOSPC'): void => {
+      if ((req.flags & ~allowed) !== 0) throw new CommandError('EINVAL', `unsupported flags 0x${req.flags.toString(16)}`);
+      if (req.length === 0) throw new CommandError('EINVAL', 'zero-length request');
+      if (end > dev.size) throw new CommandError(outOfRange, `request [${req.offset}, ${end}) is beyond the ${dev.size}-byte device`);
+    };
+    const writing = (): void => {
+      if (dev.readOnly) throw new CommandError('EPERM', 'export is read-only');
+    };
+    switch (req.type) {
+      case Cmd.READ:
+        ranged(fua | (this.negotiated.structuredReplies ? CMD_FLAG_DF : 0), 'EINVAL');
+        if (req.length > MAX_REQUEST_SIZE) throw new CommandError('EINVAL', `read larger than ${MAX_REQUEST_SIZE} bytes`);
+        return;
+      case Cmd.WRITE:
+        writing();
+        ranged(fua, 'ENOSPC');
+        return;
+      case Cmd.TRIM:
+        writing();
+        ranged(fua, 'ENOSPC');
+        return;
+      case Cmd.WRITE_ZEROES:
+        writing();
+        ranged(fua | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO, 'ENOSPC');
+        return;
+      case Cmd.CACHE:
+        ranged(fua, 'EINVAL');
+        return;
+      case Cmd.BLOCK_STATUS:
+        if (!this.negotiated.baseAllocation) throw new CommandError('EINVAL', 'no metadata context was negotiated');
+        ranged(fua | CMD_FLAG_REQ_ONE, 'EINVAL');
+        return;
+      case Cmd.FLUSH:
+        if ((req.flags & ~fua) !== 0) throw new CommandError('EINVAL', `unsupported flags 0x${req.flags.toString(16)}`);
+        if (req.offset !== 0 || req.length !== 0) throw new CommandError('EINVAL', 'flush takes no offset or length');
+        return;
+      default:
+        throw new CommandError('EINVAL', `unknown command ${req.type}`);
+    }
+  }
+
+  /** Runs a valid request and returns its reply. */
+  private async execute(req: Request, payload: Buffer | undefined): Promise<Buffer[]> {
+    const dev = this.device;
+    const fua = (req.flags & CMD_FLAG_FUA) !== 0;
+    switch (req.type) {
+      case Cmd.READ:
+        return this.readReply(req, await dev.read(req.offset, req.length));
+      case Cmd.WRITE:
+        await dev.write(req.offset, payload!, fua);
+        break;
+      case Cmd.TRIM:
+        await dev.trim(req.offset, req.length, fua);
+        break;
+      case Cmd.WRITE_ZEROES:
+        // FAST_ZERO asks us to fail rather than be slower than writing zeros. Zeroing in s3nbd
+        // never is: whole extents are dropped, partial ones cost one ordinary write.
+        await dev.zero(req.offset, req.length, (req.flags & CMD_FLAG_NO_HOLE) === 0, fua);
+        break;
+      case Cmd.FLUSH:
+        await dev.flush();
+        break;
+      case Cmd.CACHE:
+        await dev.prefetch(req.offset, req.length);
+        break;
+      case Cmd.BLOCK_STATUS:
+        return this.blockStatusReply(req);
+    }
+    return [this.negotiated.structuredReplies ? noneChunk(req.handle) : simpleReply(req.handle, 0)];
+  }
+
+  private readReply(req: Request, pieces: ReadPiece[]): Buffer[] {
+    const h = req.handle;
+    if (!this.negotiated.structuredReplies) {
+      const out = [simpleReply(h, 0)];
+      for (const p of pieces) pushData(out, p);
+      return out;
+    }
+    if ((req.flags & CMD_FLAG_DF) !== 0 || pieces.length === 1 && pieces[0]!.data) {
+      // One content chunk; holes inside it are sent as explicit zeros.
+      const out = [offsetDataHeader(h, true, req.offset, req.length)];
+      for (const p of pieces) pushData(out, p);
+      return out;
+    }
+    const out: Buffer[] = [];
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i]!;
+      if (p.data) {
+        out.push(offsetDataHeader(h, i === pieces.length - 1, p.offset, p.length), p.data);
+        continue;
+      }
+      // Merge neighbouring holes into one chunk.
+      let length = p.length;
+      while (i + 1 < pieces.length && !pieces[i + 1]!.data && length + pieces[i + 1]!.length <= 0xffffffff) {
+        length += pieces[++i]!.length;
+      }
+      out.push(offsetHoleChunk(h, i === pieces.length - 1, p.offset, length));
+    }
+    return out;
+  }
+
+  private async blockStatusReply(req: Request): Promise<Buffer[]> {
+    const runs = await this.device.allocation(req.offset, req.length);
+    const one = (req.flags & CMD_FLAG_REQ_ONE) !== 0;
+    const descriptors: Array<[number, number]> = [];
+    for (const run of runs) {
+      descriptors.push([run.length, run.hole ? STATE_HOLE | STATE_ZERO : 0]);
+      if (one || descriptors.length >= MAX_STATUS_DESCRIPTORS) break;
+    }
+    return [blockStatusChunk(req.handle, BASE_ALLOCATION_ID, descriptors)];
+  }
+
+  private errorReply(req: Request, err: unknown): Buffer[] {
+    const errno = nbdErrnoOf(err);
+    const message = err instanceof Error ? err.message : String(err);
+    if (errno === NbdErrno.EIO) this.log.error({ err, type: req.type, offset: req.offset, length: req.length }, 'request failed');
+    else this.log.debug({ errno, type: req.type, offset: req.offset, length: req.length, message }, 'request refused');
+    return [this.negotiated.structuredReplies ? errorChunk(req.handle, errno, message) : simpleReply(req.handle, errno)];
+  }
+
+  /**
+   * Writes one reply as a single writev, so replies of concurrent requests never interleave,
+   * and calls `sent` once it has left our process (or the socket is gone).
+   */
+  private send(buffers: Buffer[], sent: () => void): void {
+    if (this.socket.destroyed) {
+      sent();
+      return;
+    }
+    this.socket.cork();
+    const last = buffers.length - 1;
+    for (let i = 0; i < last; i++) this.socket.write(buffers[i]!);
+    this.socket.write(buffers[last]!, () => sent());
+    this.socket.uncork();
+  }
+}
+
+function pushData(out: Buffer[], piece: ReadPiece): void {
+  if (piece.data) {
+    out.push(piece.data);
+    return;
+  }
+  for (let left = piece.length; left > 0; left -= ZEROS.length) out.push(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
+}

@@ -1,0 +1,93 @@
+// Reads exact byte counts from a socket. The socket is paused while unread data exceeds a
+// high-water mark and nobody is waiting, so a client that sends faster than requests are
+// taken (because the session is at its in-flight limit) is held back by TCP, not by our memory.
+
+import type { Socket } from 'node:net';
+
+/** The peer closed the connection (or it failed) while we waited for bytes. */
+export class ConnectionClosed extends Error {
+  override readonly name = 'ConnectionClosed';
+}
+
+interface PendingRead {
+  readonly length: number;
+  resolve(data: Buffer): void;
+  reject(err: Error): void;
+}
+
+export class SocketReader {
+  private readonly chunks: Buffer[] = [];
+  private buffered = 0;
+  private pending: PendingRead | undefined;
+  private closed: Error | undefined;
+  private readonly socket: Socket;
+  private readonly highWaterMark: number;
+
+  constructor(socket: Socket, highWaterMark = 4 * 1024 * 1024) {
+    this.socket = socket;
+    this.highWaterMark = highWaterMark;
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onClose(new ConnectionClosed('client closed the connection')));
+    socket.on('close', () => this.onClose(new ConnectionClosed('connection closed')));
+    socket.on('error', (err) => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`)));
+  }
+
+  /** Resolves with exactly `length` bytes, or rejects with ConnectionClosed. */
+  read(length: number): Promise<Buffer> {
+    if (this.pending) throw new Error('SocketReader: only one read may wait at a time');
+    if (this.buffered >= length) {
+      const data = this.take(length);
+      this.resumeIfLow();
+      return Promise.resolve(data);
+    }
+    if (this.closed) return Promise.reject(this.closed);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.pending = { length, resolve, reject };
+      this.socket.resume();
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    const pending = this.pending;
+    if (pending && this.buffered >= pending.length) {
+      this.pending = undefined;
+      pending.resolve(this.take(pending.length));
+    }
+    if (!this.pending && this.buffered >= this.highWaterMark) this.socket.pause();
+  }
+
+  private onClose(err: Error): void {
+    this.closed ??= err;
+    const pending = this.pending;
+    this.pending = undefined;
+    pending?.reject(this.closed);
+  }
+
+  private resumeIfLow(): void {
+    if (this.buffered < this.highWaterMark && this.socket.isPaused() && !this.closed) this.socket.resume();
+  }
+
+  /** Removes `length` bytes from the front; zero-copy when they sit in one chunk. */
+  private take(length: number): Buffer {
+    this.buffered -= length;
+    const first = this.chunks[0];
+    if (first !== undefined && first.length >= length) {
+      if (first.length === length) this.chunks.shift();
+      else this.chunks[0] = first.subarray(length);
+      return first.subarray(0, length);
+    }
+    const out = Buffer.allocUnsafe(length);
+    let filled = 0;
+    while (filled < length) {
+      const chunk = this.chunks[0]!;
+      const n = Math.min(chunk.length, length - filled);
+      chunk.copy(out, filled, 0, n);
+      filled += n;
+      if (n === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(n);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,176 @@
+// Objects as files under one directory: the embedded default store. A key's slashes become
+// subdirectories. Replacing an object writes a temporary file, fsyncs it and renames it over
+// the old one, so a crash leaves either version, never a torn one. A rename is only durable
+// once its directory is fsynced, which flush() does for every directory changed since the
+// last flush.
+
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { link, mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
+import { dirname, join, sep } from 'node:path';
+import type { ObjectStore } from './object-store.ts';
+
+/** Temporary files start with this; list() skips them. */
+const TEMP_PREFIX = '.tmp-';
+const VALID_KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
+
+export class FileObjectStore implements ObjectStore {
+  readonly description: string;
+  private readonly root: string;
+  /** Directories known to exist, so put() does not mkdir every time. */
+  private readonly knownDirs = new Set<string>();
+  /** Directories whose entries changed since the last flush. */
+  private dirtyDirs = new Set<string>();
+  private readonly tempTag = randomBytes(4).toString('hex');
+  private tempCounter = 0;
+
+  constructor(root: string) {
+    this.root = root;
+    this.description = `directory ${root}`;
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.path(key));
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async put(key: string, data: Buffer): Promise<void> {
+    const target = this.path(key);
+    const temp = await this.writeTemp(target, data);
+    try {
+      await rename(temp, target);
+    } catch (err) {
+      await rm(temp, { force: true });
+      throw err;
+    }
+    this.dirtyDirs.add(dirname(target));
+  }
+
+  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+    const target = this.path(key);
+    const temp = await this.writeTemp(target, data);
+    try {
+      // link() fails with EEXIST instead of replacing: an atomic create-if-absent.
+      await link(temp, target);
+      this.dirtyDirs.add(dirname(target));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
+    } finally {
+      await rm(temp, { force: true });
+    }
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    await Promise.all(keys.map(async (key) => {
+      const target = this.path(key);
+      try {
+        await unlink(target);
+        this.dirtyDirs.add(dirname(target));
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+      }
+    }));
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    yield* this.walk('', prefix);
+  }
+
+  async flush(): Promise<void> {
+    const dirs = this.dirtyDirs;
+    this.dirtyDirs = new Set();
+    try {
+      await Promise.all([...dirs].map((dir) => fsyncPath(dir)));
+    } catch (err) {
+      for (const dir of dirs) this.dirtyDirs.add(dir);
+      throw err;
+    }
+  }
+
+  close(): Promise<void> {
+    return this.flush();
+  }
+
+  private async *walk(relative: string, prefix: string): AsyncIterable<string> {
+    let entries;
+    try {
+      entries = await readdir(join(this.root, relative), { withFileTypes: true });
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw err;
+    }
+    for (const entry of entries) {
+      if (entry.name.startsWith(TEMP_PREFIX)) continue;
+      const key = relative === '' ? entry.name : `${relative}/${entry.name}`;
+      if (entry.isDirectory()) {
+        // Only descend where keys with the prefix can be.
+        if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) yield* this.walk(key, prefix);
+      } else if (entry.isFile() && key.startsWith(prefix)) {
+        yield key;
+      }
+    }
+  }
+
+  private path(key: string): string {
+    if (!VALID_KEY.test(key) || key.split('/').some((part) => part === '.' || part === '..')) {
+      throw new Error(`invalid object key ${JSON.stringify(key)}`);
+    }
+    return join(this.root, key.split('/').join(sep));
+  }
+
+  private async writeTemp(target: string, data: Buffer): Promise<string> {
+    const dir = dirname(target);
+    await this.ensureDir(dir);
+    const temp = join(dir, `${TEMP_PREFIX}${this.tempTag}-${this.tempCounter++}`);
+    const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o644);
+    try {
+      await handle.writeFile(data);
+      await handle.datasync();
+    } catch (err) {
+      await handle.close();
+      await rm(temp, { force: true });
+      throw err;
+    }
+    await handle.close();
+    return temp;
+  }
+
+  private async ensureDir(dir: string): Promise<void> {
+    if (this.knownDirs.has(dir)) return;
+    const created = await mkdir(dir, { recursive: true });
+    if (created !== undefined) {
+      // Every directory from `created` down to `dir` is new, and is an entry in its parent:
+      // those parents must be synced too.
+      for (let d = dir; ; d = dirname(d)) {
+        this.dirtyDirs.add(dirname(d));
+        if (d === created || d === dirname(d)) break;
+      }
+    }
+    this.knownDirs.add(dir);
+  }
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  let handle;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (err) {
+    if (isNotFound(err)) return;
+    throw err;
+  }
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function isNotFound(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException).code === 'ENOENT';
+}

@@ -1,0 +1,33 @@
+// The bottom of the storage stack: a flat namespace of keys to whole objects, which is all
+// that S3 offers. Implementations: a local directory (the embedded default), memory (tests and
+// benchmarks) and, later, S3. Anything above this interface is the same whichever is used.
+
+export interface ObjectStore {
+  /** Where the objects live, safe to log: never contains credentials. */
+  readonly description: string;
+
+  /** The object's bytes, or undefined when there is no such key. The caller owns the buffer. */
+  get(key: string): Promise<Buffer | undefined>;
+
+  /**
+   * Creates or replaces the object atomically: readers see the old or the new bytes, never a
+   * mix. The store may keep `data` by reference (the memory store does); a caller that
+   * modifies `data` afterwards must put() it again before anyone else reads the key, which
+   * makes the modification look like a put in flight.
+   */
+  put(key: string, data: Buffer): Promise<void>;
+
+  /** Creates the object only if the key is absent; resolves false (and writes nothing) if present. */
+  putIfAbsent(key: string, data: Buffer): Promise<boolean>;
+
+  /** Deletes the keys; keys that do not exist are not an error. */
+  deleteMany(keys: readonly string[]): Promise<void>;
+
+  /** Every key that starts with `prefix`, in no particular order. */
+  list(prefix: string): AsyncIterable<string>;
+
+  /** Resolves once every put and delete that resolved before the call survives a power loss. */
+  flush(): Promise<void>;
+
+  close(): Promise<void>;
+}

@@ -1,0 +1,107 @@
+// A volume is described by one metadata object, written once when the volume is created:
+//
+//   s3nbd-volume.json  {"format":"s3nbd-volume","version":1,"id":"<uuid>","size":<bytes>,
+//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>"}
+//
+// It is created with a conditional put, so two gateways racing to create the same volume
+// agree on one description. Serving reads it and checks any size the user asked for.
+
+import { randomUUID } from 'node:crypto';
+import { Errors } from '../errors.ts';
+import type { ObjectStore } from './object-store.ts';
+
+export const VOLUME_KEY = 's3nbd-volume.json';
+export const VOLUME_FORMAT = 's3nbd-volume';
+export const VOLUME_VERSION = 1;
+export const DEFAULT_EXTENT_SIZE = 1024 * 1024;
+export const MIN_EXTENT_SIZE = 4096;
+export const MAX_EXTENT_SIZE = 32 * 1024 * 1024;
+export const MAX_DEVICE_SIZE = 2 ** 50;
+
+export interface Volume {
+  readonly id: string;
+  readonly size: number;
+  readonly extentSize: number;
+  readonly createdAt: string;
+}
+
+export interface VolumeRequest {
+  /** Size wanted; required to create, checked against an existing volume otherwise. */
+  readonly size?: number | undefined;
+  readonly extentSize?: number | undefined;
+  /** 'open-or-create' for serve, 'create' for `s3nbd create`, 'open' for `s3nbd info`. */
+  readonly mode: 'open' | 'create' | 'open-or-create';
+}
+
+export function extentCountOf(volume: Volume): number {
+  return Math.ceil(volume.size / volume.extentSize);
+}
+
+export function checkGeometry(size: number | undefined, extentSize: number | undefined): void {
+  if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0 || size > MAX_DEVICE_SIZE)) {
+    throw Errors.badDeviceSize(size);
+  }
+  if (extentSize !== undefined
+    && (extentSize < MIN_EXTENT_SIZE || extentSize > MAX_EXTENT_SIZE || (extentSize & (extentSize - 1)) !== 0)) {
+    throw Errors.badExtentSize(extentSize);
+  }
+}
+
+export async function openVolume(objects: ObjectStore, request: VolumeRequest): Promise<{ volume: Volume; created: boolean }> {
+  checkGeometry(request.size, request.extentSize);
+  if (request.mode !== 'create') {
+    const existing = await readVolume(objects);
+    if (existing) return { volume: matchRequest(objects, existing, request), created: false };
+    if (request.mode === 'open' || request.size === undefined) throw Errors.noVolume(objects.description);
+  } else if (request.size === undefined) {
+    throw Errors.noVolume(objects.description);
+  }
+  const volume: Volume = {
+    id: randomUUID(),
+    size: request.size,
+    extentSize: request.extentSize ?? DEFAULT_EXTENT_SIZE,
+    createdAt: new Date().toISOString(),
+  };
+  const body = Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version: VOLUME_VERSION, ...volume })}\n`);
+  if (await objects.putIfAbsent(VOLUME_KEY, body)) {
+    await objects.flush();
+    return { volume, created: true };
+  }
+  if (request.mode === 'create') throw Errors.volumeExists(objects.description);
+  // Another gateway created it first: serve theirs, if it is what we asked for.
+  const theirs = await readVolume(objects);
+  if (!theirs) throw Errors.badVolume(objects.description, 'it vanished while being created');
+  return { volume: matchRequest(objects, theirs, request), created: false };
+}
+
+async function readVolume(objects: ObjectStore): Promise<Volume | undefined> {
+  const data = await objects.get(VOLUME_KEY);
+  if (!data) return undefined;
+  let meta: Record<string, unknown>;
+  try {
+    meta = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not JSON`);
+  }
+  if (meta.format !== VOLUME_FORMAT) throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not an s3nbd volume`);
+  if (meta.version !== VOLUME_VERSION) {
+    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION})`);
+  }
+  const { id, size, extentSize, createdAt } = meta;
+  if (typeof id !== 'string' || typeof size !== 'number' || typeof extentSize !== 'number' || typeof createdAt !== 'string') {
+    throw Errors.badVolume(objects.description, `${VOLUME_KEY} lacks id, size, extentSize or createdAt`);
+  }
+  checkGeometry(size, extentSize);
+  return { id, size, extentSize, createdAt };
+}
+
+function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {
+  if (request.mode === 'create') throw Errors.volumeExists(objects.description);
+  if (request.size !== undefined && request.size !== volume.size) {
+    throw Errors.volumeConflict(objects.description, 'size', volume.size, request.size);
+  }
+  if (request.extentSize !== undefined && request.extentSize !== volume.extentSize) {
+    throw Errors.volumeConflict(objects.description, 'extent size', volume.extentSize, request.extentSize);
+  }
+  return volume;
+}
