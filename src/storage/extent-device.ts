@@ -46,14 +46,24 @@ export class ExtentDevice implements BlockDevice {
 
   async zero(offset: number, length: number, _mayTrim: boolean, fua: boolean): Promise<void> {
     // Absent extents are zeros and stored zeros are deleted, so zeroing and trimming are one
-    // operation here; NO_HOLE cannot make us store zeros we would delete anyway.
-    const pieces = this.split(offset, length);
-    const whole = pieces.filter((p) => p.length === this.extentSize);
-    const partial = pieces.filter((p) => p.length !== this.extentSize);
-    await Promise.all([
-      whole.length > 0 ? this.store.discard(whole[0]!.index, whole.length) : undefined,
-      ...partial.map((p) => this.store.zero(p.index, p.offset, p.length)),
-    ]);
+    // operation here; NO_HOLE cannot make us store zeros we would delete anyway. The whole
+    // extents in the middle are computed, not enumerated: one discard call covers them all.
+    const e = this.extentSize;
+    const end = offset + length;
+    const firstWhole = Math.ceil(offset / e);
+    const endWhole = Math.floor(end / e);
+    const work: Array<Promise<void>> = [];
+    if (firstWhole < endWhole) work.push(this.store.discard(firstWhole, endWhole - firstWhole));
+    const headIndex = Math.floor(offset / e);
+    if (offset % e !== 0) {
+      work.push(this.store.zero(headIndex, offset % e, Math.min(end, (headIndex + 1) * e) - offset));
+    }
+    const tailIndex = Math.floor(end / e);
+    if (end % e !== 0 && (tailIndex !== headIndex || offset % e === 0)) {
+      const from = Math.max(offset, tailIndex * e);
+      work.push(this.store.zero(tailIndex, from - tailIndex * e, end - from));
+    }
+    await Promise.all(work);
     if (fua) await this.store.flush();
   }
 

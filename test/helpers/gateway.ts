@@ -1,0 +1,75 @@
+// Starts the real s3nbd CLI (the built dist/) as a child process for end-to-end tests.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const REPO = resolve(import.meta.dirname, '../..');
+export const CLI = join(REPO, 'dist/cli/main.js');
+
+export interface Gateway {
+  readonly process: ChildProcess;
+  readonly socket: string;
+  /** nbd+unix URI of the default export. */
+  readonly uri: string;
+  /** Everything the gateway logged so far. */
+  logs(): string;
+  /** Sends a signal and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export function tempDir(name: string): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), `s3nbd-${name}-`));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Runs `s3nbd ARGS` to completion. */
+export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+  return { code, stdout, stderr };
+}
+
+/**
+ * Starts `s3nbd serve` on a Unix socket (plus any extra arguments) and waits until it listens.
+ * The gateway is killed when the test process exits, whatever happens.
+ */
+export async function startGateway(args: readonly string[], options: { socket: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Gateway> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--socket', options.socket, '--log-level', 'debug', ...args], {
+    env: { ...process.env, ...options.env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const killOnExit = (): void => { child.kill('SIGKILL'); };
+  process.on('exit', killOnExit);
+  let logs = '';
+  child.stderr.on('data', (d: Buffer) => { logs += d.toString(); });
+  const exited = new Promise<number | null>((res) => child.on('exit', (code, signal) => {
+    process.off('exit', killOnExit);
+    res(code ?? (signal ? -1 : null));
+  }));
+
+  const deadline = Date.now() + (options.timeoutMs ?? 20_000);
+  while (!logs.includes('"msg":"listening"')) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`gateway exited early:\n${logs}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`gateway did not start listening in time:\n${logs}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    process: child,
+    socket: options.socket,
+    uri: `nbd+unix:///?socket=${options.socket}`,
+    logs: () => logs,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
