@@ -234,6 +234,12 @@ for w in "${WORKLOADS[@]}"; do
   done
 done
 
+# s3nbd runs at --log-level warn: anything it logged is worth a look.
+if [[ -s "$TMP/s3nbd.log" ]]; then
+  log "s3nbd logged $(wc -l <"$TMP/s3nbd.log") line(s) during the run; last 10:"
+  tail -n 10 "$TMP/s3nbd.log" >&2
+fi
+
 ratio() { "$PY" -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f"{a / b:.2f}" if b else "n/a")' "$1" "$2"; }
 fmt() { "$PY" -c 'import sys; u = sys.argv[2]; v = float(sys.argv[1]); print(f"{v:,.1f} {u}" if u == "MiB/s" else f"{v:,.0f} {u}")' "$1" "$2"; }
 
@@ -260,6 +266,7 @@ echo
 echo "$TABLE"
 echo
 echo "$NOTES"
+echo
 
 mkdir -p "$RESULTS_DIR"
 {

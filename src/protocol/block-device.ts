@@ -28,7 +28,7 @@ export interface BlockDevice {
 
   /**
    * Stores `data` at `offset`. Resolves once later reads see it; with `fua`, once it is also
-   * durable.
+   * durable. `data` is handed over: the session never touches it again.
    */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
 

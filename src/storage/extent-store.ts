@@ -25,7 +25,10 @@ export interface ExtentStore {
    */
   read(index: number, offset: number, length: number): Promise<Buffer | undefined>;
 
-  /** Stores `data` at `offset`; resolves once later reads return it. Not yet durable. */
+  /**
+   * Stores `data` at `offset`; resolves once later reads return it. Not yet durable. `data` is
+   * handed over: the caller never touches it again, so a layer may keep it without a copy.
+   */
   write(index: number, offset: number, data: Buffer): Promise<void>;
 
   /** Makes [offset, offset + length) of the extent read as zeros. */

@@ -1,5 +1,5 @@
 // Objects in a Map: for unit tests and protocol benchmarks. Volatile by nature, so flush()
-// has nothing to do. put() keeps a reference to the caller's buffer (see ObjectStore.put).
+// has nothing to do. Buffers are shared, never copied, in both directions (see ObjectStore).
 
 import type { ObjectStore } from './object-store.ts';
 
@@ -8,8 +8,7 @@ export class MemoryObjectStore implements ObjectStore {
   private readonly objects = new Map<string, Buffer>();
 
   get(key: string): Promise<Buffer | undefined> {
-    const data = this.objects.get(key);
-    return Promise.resolve(data && Buffer.from(data));
+    return Promise.resolve(this.objects.get(key));
   }
 
   put(key: string, data: Buffer): Promise<void> {

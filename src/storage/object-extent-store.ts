@@ -74,9 +74,9 @@ export class ObjectExtentStore implements ExtentStore {
     return this.locks.with(index, async () => {
       let extent: Buffer;
       if (data.length === this.extentSize) {
-        // Copy: the caller's buffer (often a slice of a network read) is not ours to keep.
-        extent = this.cache.get(index) ?? Buffer.allocUnsafe(this.extentSize);
-        data.copy(extent);
+        // The caller hands `data` over, so a whole-extent write keeps it without copying,
+        // unless it is a small view of a much larger network buffer we should not pin.
+        extent = data.buffer.byteLength <= 2 * data.length ? data : Buffer.from(data);
       } else {
         extent = await this.load(index) ?? Buffer.alloc(this.extentSize);
         data.copy(extent, offset);

@@ -6,14 +6,18 @@ export interface ObjectStore {
   /** Where the objects live, safe to log: never contains credentials. */
   readonly description: string;
 
-  /** The object's bytes, or undefined when there is no such key. The caller owns the buffer. */
+  /**
+   * The object's bytes, or undefined when there is no such key. The buffer may be the one the
+   * store holds (the memory store shares it): treat it like a buffer you have put (below).
+   */
   get(key: string): Promise<Buffer | undefined>;
 
   /**
    * Creates or replaces the object atomically: readers see the old or the new bytes, never a
-   * mix. The store may keep `data` by reference (the memory store does); a caller that
-   * modifies `data` afterwards must put() it again before anyone else reads the key, which
-   * makes the modification look like a put in flight.
+   * mix. The store may keep `data` by reference (the memory store does). A caller that
+   * modifies such a buffer afterwards must put() it under the same key before it lets anyone
+   * else read the key, so the change looks like a put in flight; ObjectExtentStore does
+   * exactly this, under the extent's lock.
    */
   put(key: string, data: Buffer): Promise<void>;
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian 12 machine: the real NBD clients
+# and tools from Debian, a supported Node.js, and the npm dependencies. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/node-env.sh
+
+APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "s3nbd: installing Debian packages: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+s3nbd_use_node
+echo "s3nbd: using Node.js $(node --version) at $(command -v node)" >&2
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund >&2
+fi
