@@ -44,8 +44,6 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     memoryCacheBytes: opts.memoryCache,
   });
   const { volume } = storage;
-  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
-    created: storage.created, storedExtents: storage.extents.allocatedCount }, storage.created ? 'volume created' : 'volume opened');
 
   const exp = {
     name: opts.exportName,
@@ -57,16 +55,21 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     list: () => [exp],
   };
   const server = new NbdServer({ exports, log });
+  const addresses: string[] = [];
   for (const endpoint of endpoints) {
-    const where = 'path' in endpoint ? endpoint.path : `${endpoint.host}:${endpoint.port}`;
     try {
-      const bound = await server.listen(endpoint);
-      log.info({ address: bound, export: exp.name, readOnly }, 'listening');
+      addresses.push(await server.listen(endpoint));
     } catch (err) {
+      await server.shutdown(0);
       await storage.close();
-      throw Errors.listenFailed(where, (err as Error).message);
+      throw Errors.listenFailed('path' in endpoint ? endpoint.path : `${endpoint.host}:${endpoint.port}`, (err as Error).message);
     }
   }
+
+  // Logged once listening worked, so a failure to listen prints nothing but its one-line error.
+  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
+    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly },
+  storage.created ? 'volume created' : 'volume opened');
 
   let stopping = false;
   const stop = (signal: string): void => {

@@ -10,6 +10,9 @@ import { type ExportRegistry, Handshake } from './handshake.ts';
 import { DEFAULT_SESSION_LIMITS, Session, type SessionLimits } from './session.ts';
 import { ConnectionClosed, SocketReader } from './socket-reader.ts';
 
+/** How long a client must send nothing before a shutting-down server closes its connection. */
+const QUIET_MS = 200;
+
 export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string };
 
 export interface ServerOptions {
@@ -19,7 +22,8 @@ export interface ServerOptions {
 }
 
 export class NbdServer {
-  private readonly server: net.Server;
+  /** One listener per endpoint (a net.Server listens on one address only). */
+  private readonly listeners: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<Session>();
   private shuttingDown = false;
@@ -28,22 +32,23 @@ export class NbdServer {
 
   constructor(options: ServerOptions) {
     this.options = options;
-    this.server = net.createServer((socket) => void this.handle(socket));
   }
 
-  /** Starts listening; resolves with the address actually bound (useful with port 0). */
+  /** Starts listening on one more endpoint; resolves with the address bound (useful with port 0). */
   async listen(endpoint: Endpoint): Promise<string> {
     if ('path' in endpoint) await removeStaleSocket(endpoint.path);
+    const listener = net.createServer((socket) => void this.handle(socket));
     await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
+      listener.once('error', reject);
       const done = (): void => {
-        this.server.off('error', reject);
+        listener.off('error', reject);
         resolve();
       };
-      if ('path' in endpoint) this.server.listen(endpoint.path, done);
-      else this.server.listen(endpoint.port, endpoint.host, done);
+      if ('path' in endpoint) listener.listen(endpoint.path, done);
+      else listener.listen(endpoint.port, endpoint.host, done);
     });
-    const addr = this.server.address();
+    this.listeners.push(listener);
+    const addr = listener.address();
     return typeof addr === 'string' || addr === null ? String(addr) : `${addr.address}:${addr.port}`;
   }
 
@@ -52,17 +57,18 @@ export class NbdServer {
   }
 
   /**
-   * Stops accepting connections, answers new requests with ESHUTDOWN, and waits up to
-   * `graceMs` for requests in flight to finish before closing every connection.
+   * Stops accepting connections and answers new requests with ESHUTDOWN. Connections close
+   * once their requests in flight are answered and the client has gone quiet (sent nothing
+   * for QUIET_MS, so no request of its is left unread), or when `graceMs` runs out.
    */
   async shutdown(graceMs: number): Promise<void> {
     this.shuttingDown = true;
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))));
     for (const session of this.sessions) session.beginShutdown();
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs); });
-    await Promise.race([Promise.all([...this.sessions].map((s) => s.drained())), timeout]);
-    clearTimeout(timer);
+    const deadline = Date.now() + graceMs;
+    while (Date.now() < deadline && ![...this.sessions].every((s) => s.quietFor(QUIET_MS))) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
     for (const socket of this.sockets) socket.destroy();
     await closed;
   }

@@ -85,6 +85,7 @@ export class Session {
   private readonly device: BlockDevice;
   private readonly inFlight: InFlight;
   private shuttingDown = false;
+  private lastRequestAt = 0;
   private readonly socket: Socket;
   private readonly reader: SocketReader;
   private readonly negotiated: Negotiated;
@@ -104,15 +105,16 @@ export class Session {
     this.shuttingDown = true;
   }
 
-  /** Resolves when no request is in flight. */
-  drained(): Promise<void> {
-    return this.inFlight.idle();
+  /** True when no request is in flight and none arrived in the last `ms` milliseconds. */
+  quietFor(ms: number): boolean {
+    return this.inFlight.count === 0 && Date.now() - this.lastRequestAt >= ms;
   }
 
   /** Serves requests until the client disconnects; throws ProtocolError on a malformed request. */
   async run(): Promise<void> {
     for (;;) {
       const req = decodeRequest(await this.reader.read(REQUEST_HEADER_SIZE));
+      this.lastRequestAt = Date.now();
       if (req.type === Cmd.DISC) {
         await this.inFlight.idle();
         return;

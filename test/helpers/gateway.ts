@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { after } from 'node:test';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const CLI = join(REPO, 'dist/cli/main.js');
@@ -15,9 +16,20 @@ export interface Gateway {
   readonly uri: string;
   /** Everything the gateway logged so far. */
   logs(): string;
+  /** Resolves with the exit code once the process has exited. */
+  readonly exited: Promise<number | null>;
   /** Sends a signal and resolves with the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
+
+const running = new Set<ChildProcess>();
+
+/** Kills every gateway a test left running, so a failed test cannot hang the run. */
+export function killAllGateways(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+// Registered on the root test of every file that uses this helper.
+after(killAllGateways);
 
 export function tempDir(name: string): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), `s3nbd-${name}-`));
@@ -46,15 +58,18 @@ export async function startGateway(args: readonly string[], options: { socket: s
   });
   const killOnExit = (): void => { child.kill('SIGKILL'); };
   process.on('exit', killOnExit);
+  running.add(child);
   let logs = '';
   child.stderr.on('data', (d: Buffer) => { logs += d.toString(); });
   const exited = new Promise<number | null>((res) => child.on('exit', (code, signal) => {
     process.off('exit', killOnExit);
+    running.delete(child);
     res(code ?? (signal ? -1 : null));
   }));
 
   const deadline = Date.now() + (options.timeoutMs ?? 20_000);
-  while (!logs.includes('"msg":"listening"')) {
+  // Logged once every endpoint listens.
+  while (!/"msg":"volume (opened|created)"/.test(logs)) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`gateway exited early:\n${logs}`);
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
@@ -67,6 +82,7 @@ export async function startGateway(args: readonly string[], options: { socket: s
     socket: options.socket,
     uri: `nbd+unix:///?socket=${options.socket}`,
     logs: () => logs,
+    exited,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       return exited;
