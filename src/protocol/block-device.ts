@@ -28,7 +28,8 @@ export interface BlockDevice {
 
   /**
    * Stores `data` at `offset`. Resolves once later reads see it; with `fua`, once it is also
-   * durable. `data` is handed over: the session never touches it again.
+   * durable. `data` is only valid until the returned promise settles (the session recycles it):
+   * a device that keeps the bytes must copy them.
    */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
 

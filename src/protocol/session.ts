@@ -13,6 +13,7 @@ import {
 } from './constants.ts';
 import { CommandError, ProtocolError, nbdErrnoOf } from './errors.ts';
 import type { Negotiated } from './handshake.ts';
+import { payloadPool } from './buffer-pool.ts';
 import type { SocketReader } from './socket-reader.ts';
 import {
   type Request, blockStatusChunk, decodeRequest, errorChunk, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
@@ -125,7 +126,11 @@ export class Session {
       }
       const cost = req.type === Cmd.WRITE || req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
       await this.inFlight.acquire(cost);
-      const payload = req.type === Cmd.WRITE && req.length > 0 ? await this.reader.read(req.length) : undefined;
+      let payload: Buffer | undefined;
+      if (req.type === Cmd.WRITE && req.length > 0) {
+        payload = payloadPool.acquire(req.length);
+        await this.reader.readInto(payload);
+      }
       void this.serve(req, payload, cost);
     }
   }
@@ -138,6 +143,7 @@ export class Session {
     } catch (err) {
       reply = this.errorReply(req, err);
     }
+    if (payload) payloadPool.release(payload);
     // The budget is returned once the reply has left our process, so it bounds queued output too.
     this.send(reply, () => this.inFlight.release(cost));
   }

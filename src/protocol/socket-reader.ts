@@ -15,10 +15,18 @@ interface PendingRead {
   reject(err: Error): void;
 }
 
+interface PendingFill {
+  readonly target: Buffer;
+  filled: number;
+  resolve(): void;
+  reject(err: Error): void;
+}
+
 export class SocketReader {
   private readonly chunks: Buffer[] = [];
   private buffered = 0;
   private pending: PendingRead | undefined;
+  private filling: PendingFill | undefined;
   private closed: Error | undefined;
   private readonly socket: Socket;
   private readonly highWaterMark: number;
@@ -32,9 +40,27 @@ export class SocketReader {
     socket.on('error', (err) => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`)));
   }
 
+  /** Fills `target` completely from the stream (copying, as data arrives). */
+  readInto(target: Buffer): Promise<void> {
+    if (this.pending || this.filling) throw new Error('SocketReader: only one read may wait at a time');
+    const fill: PendingFill = { target, filled: 0, resolve: () => undefined, reject: () => undefined };
+    this.drainInto(fill);
+    if (fill.filled === target.length) {
+      this.resumeIfLow();
+      return Promise.resolve();
+    }
+    if (this.closed) return Promise.reject(this.closed);
+    return new Promise<void>((resolve, reject) => {
+      fill.resolve = resolve;
+      fill.reject = reject;
+      this.filling = fill;
+      this.socket.resume();
+    });
+  }
+
   /** Resolves with exactly `length` bytes, or rejects with ConnectionClosed. */
   read(length: number): Promise<Buffer> {
-    if (this.pending) throw new Error('SocketReader: only one read may wait at a time');
+    if (this.pending || this.filling) throw new Error('SocketReader: only one read may wait at a time');
     if (this.buffered >= length) {
       const data = this.take(length);
       this.resumeIfLow();
@@ -50,6 +76,15 @@ export class SocketReader {
   private onData(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
+    const filling = this.filling;
+    if (filling) {
+      this.drainInto(filling);
+      if (filling.filled === filling.target.length) {
+        this.filling = undefined;
+        filling.resolve();
+      }
+      return;
+    }
     const pending = this.pending;
     if (pending && this.buffered >= pending.length) {
       this.pending = undefined;
@@ -61,8 +96,24 @@ export class SocketReader {
   private onClose(err: Error): void {
     this.closed ??= err;
     const pending = this.pending;
+    const filling = this.filling;
     this.pending = undefined;
+    this.filling = undefined;
     pending?.reject(this.closed);
+    filling?.reject(this.closed);
+  }
+
+  /** Moves buffered bytes into the fill's target, as many as it still needs. */
+  private drainInto(fill: PendingFill): void {
+    while (fill.filled < fill.target.length && this.chunks.length > 0) {
+      const chunk = this.chunks[0]!;
+      const n = Math.min(chunk.length, fill.target.length - fill.filled);
+      chunk.copy(fill.target, fill.filled, 0, n);
+      fill.filled += n;
+      this.buffered -= n;
+      if (n === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(n);
+    }
   }
 
   private resumeIfLow(): void {

@@ -27,7 +27,7 @@ export interface ExtentStore {
 
   /**
    * Stores `data` at `offset`; resolves once later reads return it. Not yet durable. `data` is
-   * handed over: the caller never touches it again, so a layer may keep it without a copy.
+   * only valid until the returned promise settles: a layer that keeps the bytes copies them.
    */
   write(index: number, offset: number, data: Buffer): Promise<void>;
 

@@ -72,15 +72,11 @@ export class ObjectExtentStore implements ExtentStore {
 
   write(index: number, offset: number, data: Buffer): Promise<void> {
     return this.locks.with(index, async () => {
-      let extent: Buffer;
-      if (data.length === this.extentSize) {
-        // The caller hands `data` over, so a whole-extent write keeps it without copying,
-        // unless it is a small view of a much larger network buffer we should not pin.
-        extent = data.buffer.byteLength <= 2 * data.length ? data : Buffer.from(data);
-      } else {
-        extent = await this.load(index) ?? Buffer.alloc(this.extentSize);
-        data.copy(extent, offset);
-      }
+      // Whole or partial, a write patches the extent's existing buffer in place: copying into
+      // memory that is already mapped is several times cheaper than allocating a new extent,
+      // and with the memory store the loaded buffer is the stored one.
+      const extent = await this.load(index) ?? Buffer.alloc(this.extentSize);
+      data.copy(extent, offset);
       await this.store(index, extent, isAllZero(data));
     });
   }
