@@ -5,13 +5,15 @@
 // last flush.
 
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { link, mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
-import { dirname, join, sep } from 'node:path';
-import type { ObjectStore } from './object-store.ts';
+import { type BigIntStats, constants } from 'node:fs';
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, sep } from 'node:path';
+import type { ObjectStore, TaggedObject } from './object-store.ts';
 
-/** Temporary files start with this; list() skips them. */
+/** Temporary and lock files start with this; list() skips them. */
 const TEMP_PREFIX = '.tmp-';
+const LOCK_WAIT_MS = 10_000;
+const LOCK_STALE_MS = 30_000;
 const VALID_KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
 
 export class FileObjectStore implements ObjectStore {
@@ -50,19 +52,65 @@ export class FileObjectStore implements ObjectStore {
     this.dirtyDirs.add(dirname(target));
   }
 
-  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
-    const target = this.path(key);
-    const temp = await this.writeTemp(target, data);
+  async getTagged(key: string): Promise<TaggedObject | undefined> {
+    let handle;
     try {
-      // link() fails with EEXIST instead of replacing: an atomic create-if-absent.
-      await link(temp, target);
-      this.dirtyDirs.add(dirname(target));
-      return true;
+      handle = await open(this.path(key), constants.O_RDONLY);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      if (isNotFound(err)) return undefined;
       throw err;
+    }
+    try {
+      // Tag and bytes from one open file: a concurrent replace swaps the inode, not this one.
+      const stats = await handle.stat({ bigint: true });
+      return { data: await handle.readFile(), tag: tagOf(stats) };
     } finally {
-      await rm(temp, { force: true });
+      await handle.close();
+    }
+  }
+
+  async putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
+    const target = this.path(key);
+    // Check-then-replace must be atomic against other processes too: hold a lock file.
+    return this.withLock(target, async () => {
+      if (await currentTag(target) !== expectedTag) return undefined;
+      const temp = await this.writeTemp(target, data);
+      try {
+        // link() refuses to replace an existing file: a create-only-if-absent.
+        if (expectedTag === undefined) await link(temp, target);
+        else await rename(temp, target);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined;
+        throw err;
+      } finally {
+        await rm(temp, { force: true });
+      }
+      this.dirtyDirs.add(dirname(target));
+      return currentTag(target);
+    });
+  }
+
+  private async withLock<T>(target: string, fn: () => Promise<T>): Promise<T> {
+    await this.ensureDir(dirname(target));
+    const lock = join(dirname(target), `${TEMP_PREFIX}lock-${basename(target)}`);
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    for (;;) {
+      try {
+        await (await open(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL)).close();
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        // A lock left by a killed process is stale after a while.
+        const age = await stat(lock).then((st) => Date.now() - st.mtimeMs, () => 0);
+        if (age > LOCK_STALE_MS) await rm(lock, { force: true });
+        else if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lock}`);
+        else await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+    try {
+      return await fn();
+    } finally {
+      await rm(lock, { force: true });
     }
   }
 
@@ -168,6 +216,20 @@ async function fsyncPath(path: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/** Changes whenever the file is replaced (new inode) or rewritten (new mtime or size). */
+function tagOf(stats: BigIntStats): string {
+  return `${stats.ino}-${stats.mtimeNs}-${stats.size}`;
+}
+
+async function currentTag(path: string): Promise<string | undefined> {
+  try {
+    return tagOf(await stat(path, { bigint: true }));
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
   }
 }
 

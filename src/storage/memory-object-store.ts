@@ -1,11 +1,13 @@
 // Objects in a Map: for unit tests and protocol benchmarks. Volatile by nature, so flush()
 // has nothing to do. Buffers are shared, never copied, in both directions (see ObjectStore).
 
-import type { ObjectStore } from './object-store.ts';
+import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 export class MemoryObjectStore implements ObjectStore {
   readonly description = 'memory (volatile)';
   private readonly objects = new Map<string, Buffer>();
+  private readonly tags = new Map<string, string>();
+  private version = 0;
 
   get(key: string): Promise<Buffer | undefined> {
     return Promise.resolve(this.objects.get(key));
@@ -13,17 +15,25 @@ export class MemoryObjectStore implements ObjectStore {
 
   put(key: string, data: Buffer): Promise<void> {
     this.objects.set(key, data);
+    this.tags.set(key, String(++this.version));
     return Promise.resolve();
   }
 
-  putIfAbsent(key: string, data: Buffer): Promise<boolean> {
-    if (this.objects.has(key)) return Promise.resolve(false);
-    this.objects.set(key, data);
-    return Promise.resolve(true);
+  getTagged(key: string): Promise<TaggedObject | undefined> {
+    const data = this.objects.get(key);
+    return Promise.resolve(data && { data, tag: this.tags.get(key)! });
+  }
+
+  putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
+    if (this.tags.get(key) !== expectedTag) return Promise.resolve(undefined);
+    return this.put(key, data).then(() => this.tags.get(key));
   }
 
   deleteMany(keys: readonly string[]): Promise<void> {
-    for (const key of keys) this.objects.delete(key);
+    for (const key of keys) {
+      this.objects.delete(key);
+      this.tags.delete(key);
+    }
     return Promise.resolve();
   }
 

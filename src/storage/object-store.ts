@@ -2,6 +2,11 @@
 // that S3 offers. Implementations: a local directory (the embedded default), memory (tests and
 // benchmarks) and, later, S3. Anything above this interface is the same whichever is used.
 
+export interface TaggedObject {
+  readonly data: Buffer;
+  readonly tag: string;
+}
+
 export interface ObjectStore {
   /** Where the objects live, safe to log: never contains credentials. */
   readonly description: string;
@@ -21,8 +26,16 @@ export interface ObjectStore {
    */
   put(key: string, data: Buffer): Promise<void>;
 
-  /** Creates the object only if the key is absent; resolves false (and writes nothing) if present. */
-  putIfAbsent(key: string, data: Buffer): Promise<boolean>;
+  /** Like get(), with the object's version tag, which changes whenever the object is replaced. */
+  getTagged(key: string): Promise<TaggedObject | undefined>;
+
+  /**
+   * A compare-and-swap: writes the object only if its current tag is `expectedTag`, or, with
+   * `expectedTag` undefined, only if the key is absent. Resolves the new tag, or undefined
+   * when the condition failed (and nothing was written). Volume creation and the writer
+   * lease rely on it.
+   */
+  putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined>;
 
   /** Deletes the keys; keys that do not exist are not an error. */
   deleteMany(keys: readonly string[]): Promise<void>;

@@ -63,7 +63,7 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest): 
     createdAt: new Date().toISOString(),
   };
   const body = Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version: VOLUME_VERSION, ...volume })}\n`);
-  if (await objects.putIfAbsent(VOLUME_KEY, body)) {
+  if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
     await objects.flush();
     return { volume, created: true };
   }

@@ -1,13 +1,13 @@
 // A pass-through ObjectStore that counts calls and fails the ones it is told to, for tests
 // of how layers above react to a broken store. It copies on put, like a real remote store.
 
-import type { ObjectStore } from '../../src/storage/object-store.ts';
+import type { ObjectStore, TaggedObject } from '../../src/storage/object-store.ts';
 
-export type Operation = 'get' | 'put' | 'putIfAbsent' | 'deleteMany' | 'list' | 'flush';
+export type Operation = 'get' | 'put' | 'putIf' | 'deleteMany' | 'list' | 'flush';
 
 export class FaultyStore implements ObjectStore {
   readonly description: string;
-  readonly calls: Record<Operation, number> = { get: 0, put: 0, putIfAbsent: 0, deleteMany: 0, list: 0, flush: 0 };
+  readonly calls: Record<Operation, number> = { get: 0, put: 0, putIf: 0, deleteMany: 0, list: 0, flush: 0 };
   /** Keys passed to deleteMany, in order. */
   readonly deleted: string[] = [];
   private readonly failing = new Set<Operation>();
@@ -38,9 +38,14 @@ export class FaultyStore implements ObjectStore {
     return this.inner.put(key, Buffer.from(data));
   }
 
-  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
-    this.check('putIfAbsent');
-    return this.inner.putIfAbsent(key, Buffer.from(data));
+  async getTagged(key: string): Promise<TaggedObject | undefined> {
+    this.check('get');
+    return this.inner.getTagged(key);
+  }
+
+  async putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
+    this.check('putIf');
+    return this.inner.putIf(key, Buffer.from(data), expectedTag);
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {

@@ -32,13 +32,22 @@ describe('FileObjectStore', () => {
     assert.deepEqual(readdirSync(join(dir.path, 'a/extents/01')), ['2']);
   });
 
-  it('creates only when absent', async () => {
+  it('compare-and-swaps: creates only when absent, replaces only the expected version', async () => {
     const store = new FileObjectStore(join(dir.path, 'b'));
-    assert.equal(await store.putIfAbsent('k', Buffer.from('first')), true);
-    assert.equal(await store.putIfAbsent('k', Buffer.from('second')), false);
-    assert.equal((await store.get('k'))?.toString(), 'first');
-    const racing = await Promise.all([1, 2, 3, 4].map((i) => store.putIfAbsent('race', Buffer.from(String(i)))));
+    const first = await store.putIf('k', Buffer.from('first'), undefined);
+    assert.ok(first);
+    assert.equal(await store.putIf('k', Buffer.from('second'), undefined), undefined);
+    assert.deepEqual(await store.getTagged('k'), { data: Buffer.from('first'), tag: first });
+    const second = await store.putIf('k', Buffer.from('second'), first);
+    assert.ok(second && second !== first);
+    assert.equal(await store.putIf('k', Buffer.from('stale'), first), undefined, 'an old tag no longer matches');
+    assert.equal((await store.get('k'))?.toString(), 'second');
+    const racing = await Promise.all([1, 2, 3, 4].map((i) => store.putIf('race', Buffer.from(String(i)), undefined)));
     assert.equal(racing.filter(Boolean).length, 1, 'exactly one concurrent creator wins');
+    const tag = (await store.getTagged('race'))!.tag;
+    const swaps = await Promise.all([1, 2, 3, 4].map((i) => store.putIf('race', Buffer.from(`swap${i}`), tag)));
+    assert.equal(swaps.filter(Boolean).length, 1, 'exactly one concurrent swap from the same version wins');
+    assert.deepEqual(readdirSync(join(dir.path, 'b')).filter((n) => n.startsWith('.')), [], 'no lock or temp files left');
   });
 
   it('skips temporary files a crash left behind, and rejects keys that escape the directory', async () => {
