@@ -39,9 +39,9 @@ export class ExtentDevice implements BlockDevice {
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await Promise.all(this.split(offset, data.length).map((p) =>
-      this.store.write(p.index, p.offset, data.subarray(p.at, p.at + p.length))));
-    if (fua) await this.store.flush();
+    const pieces = this.split(offset, data.length);
+    await Promise.all(pieces.map((p) => this.store.write(p.index, p.offset, data.subarray(p.at, p.at + p.length))));
+    if (fua) await this.store.flush(pieces.map((p) => p.index));
   }
 
   async zero(offset: number, length: number, _mayTrim: boolean, fua: boolean): Promise<void> {

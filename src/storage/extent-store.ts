@@ -46,8 +46,11 @@ export interface ExtentStore {
   /** Hint: these extents will be read soon. */
   prefetch(first: number, count: number): Promise<void>;
 
-  /** Resolves once every write, zero and discard that resolved before the call is durable. */
-  flush(): Promise<void>;
+  /**
+   * Resolves once every write, zero and discard that resolved before the call is durable;
+   * with `indexes` (FUA), only the changes to those extents need to be.
+   */
+  flush(indexes?: readonly number[]): Promise<void>;
 
   /** Flushes and releases resources. */
   close(): Promise<void>;

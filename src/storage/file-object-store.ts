@@ -103,7 +103,7 @@ export class FileObjectStore implements ObjectStore {
         // A lock left by a killed process is stale after a while.
         const age = await stat(lock).then((st) => Date.now() - st.mtimeMs, () => 0);
         if (age > LOCK_STALE_MS) await rm(lock, { force: true });
-        else if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lock}`);
+        else if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lock}`, { cause: err });
         else await new Promise((resolve) => setTimeout(resolve, 10));
       }
     }

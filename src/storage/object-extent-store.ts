@@ -64,6 +64,57 @@ export class ObjectExtentStore implements ExtentStore {
     return this.map.count;
   }
 
+  // The calls below serve a cache layer above (the write-back cache), which keeps whole
+  // extents itself and needs the objects, not read-modify-write.
+
+  /** True when the extent's object exists. */
+  isStored(index: number): boolean {
+    return this.map.has(index);
+  }
+
+  /** Stored extents in [first, first + count), ascending. */
+  storedIn(first: number, count: number): Generator<number> {
+    return this.map.allocatedIn(first, count);
+  }
+
+  /** The whole stored extent, or undefined for a hole. The caller owns the buffer. */
+  async fetch(index: number): Promise<Buffer | undefined> {
+    if (!this.map.has(index)) return undefined;
+    const data = await this.guard('read', index, () => this.objects.get(extentKey(index)));
+    if (data === undefined) {
+      this.map.clear(index);
+      return undefined;
+    }
+    if (data.length !== this.extentSize) {
+      throw new StorageError('EIO', `extent ${index} has ${data.length} bytes, expected ${this.extentSize}`);
+    }
+    return data;
+  }
+
+  /** Stores a whole extent (deleting it instead when it is all zeros); takes `extent` over. */
+  replace(index: number, extent: Buffer): Promise<void> {
+    return this.locks.with(index, async () => {
+      this.cache.delete(index);
+      await this.store(index, extent, true);
+      this.cache.delete(index);
+    });
+  }
+
+  /** Deletes the extents' objects in batches; extents not stored cost nothing. */
+  async deleteExtents(indexes: readonly number[]): Promise<void> {
+    const stored = indexes.filter((i) => this.map.has(i));
+    for (let i = 0; i < stored.length; i += DELETE_BATCH) {
+      const batch = stored.slice(i, i + DELETE_BATCH);
+      await this.locks.withAll(batch, async () => {
+        await this.guard('delete', batch[0]!, () => this.objects.deleteMany(batch.map(extentKey)));
+        for (const index of batch) {
+          this.map.clear(index);
+          this.cache.delete(index);
+        }
+      });
+    }
+  }
+
   async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {
     if (!this.map.has(index)) return undefined;
     const extent = this.cache.get(index) ?? await this.locks.with(index, () => this.load(index));
@@ -91,18 +142,8 @@ export class ObjectExtentStore implements ExtentStore {
     });
   }
 
-  async discard(first: number, count: number): Promise<void> {
-    const indexes = [...this.map.allocatedIn(first, count)];
-    for (let i = 0; i < indexes.length; i += DELETE_BATCH) {
-      const batch = indexes.slice(i, i + DELETE_BATCH);
-      await this.withLocks(batch, async () => {
-        await this.guard('delete', batch[0]!, () => this.objects.deleteMany(batch.map(extentKey)));
-        for (const index of batch) {
-          this.map.clear(index);
-          this.cache.delete(index);
-        }
-      });
-    }
+  discard(first: number, count: number): Promise<void> {
+    return this.deleteExtents([...this.map.allocatedIn(first, count)]);
   }
 
   allocation(first: number, count: number, maxRuns: number): Promise<ExtentRun[]> {
@@ -118,6 +159,7 @@ export class ObjectExtentStore implements ExtentStore {
     }
   }
 
+  /** Every put is already done when it resolves; what is left is the store's own flush. */
   flush(): Promise<void> {
     return this.guard('flush', -1, () => this.objects.flush());
   }
@@ -165,12 +207,6 @@ export class ObjectExtentStore implements ExtentStore {
       this.cache.delete(index);
       throw err;
     }
-  }
-
-  private async withLocks(indexes: number[], fn: () => Promise<void>): Promise<void> {
-    const [head, ...rest] = indexes;
-    if (head === undefined) return fn();
-    return this.locks.with(head, () => this.withLocks(rest, fn));
   }
 
   /** Runs an object-store call, reporting its failure as EIO (or EPERM/ENOSPC if it said so). */

@@ -8,6 +8,7 @@ import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
 import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
 import { EXTENT_PREFIX } from '../../src/storage/extent-keys.ts';
 import type { ObjectStore } from '../../src/storage/object-store.ts';
+import { assertSameBytes } from '../helpers/bytes.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 
 const EXTENT = 4096;
@@ -72,11 +73,11 @@ describe('ExtentDevice over ObjectExtentStore', () => {
           }
         }
         await Promise.all(ops);
-        if (round % 10 === 9) assert.deepEqual(await readAll(dev, 0, size), model, `seed ${seed} round ${round}`);
+        if (round % 10 === 9) assertSameBytes(await readAll(dev, 0, size), model, `seed ${seed} round ${round}`);
       }
       // Reopening from the store alone (empty cache) gives the same bytes.
       const reopened = await device(objects, size);
-      assert.deepEqual(await readAll(reopened.dev, 0, size), model, `seed ${seed} after reopen`);
+      assertSameBytes(await readAll(reopened.dev, 0, size), model, `seed ${seed} after reopen`);
     }
   });
 

@@ -1,0 +1,268 @@
+// The dirty-extent journal: a redo log of every change not yet known to be in the object
+// store, so an acknowledged write survives a crash of the gateway process.
+//
+// On-disk format. The journal is a directory of segment files, named by the sequence number
+// of their first record in 16 hex digits (`0000000000000001.log`), replayed in name order.
+// A segment is a plain sequence of records; all integers are big-endian:
+//
+//   offset size  field
+//   0      4     magic 0x534e4a31 ("SNJ1")
+//   4      1     type: 1 = WRITE, 2 = ZERO, 3 = DISCARD
+//   5      3     reserved, zero
+//   8      8     sequence number, strictly increasing across all segments
+//   16     8     extent index (DISCARD: the first extent)
+//   24     4     WRITE, ZERO: offset inside the extent; DISCARD: zero
+//   28     4     WRITE: payload length; ZERO: bytes zeroed; DISCARD: number of extents
+//   32     4     CRC-32 of bytes 0-31 followed by the payload
+//   36     n     WRITE only: the payload (n = length)
+//
+// Replay stops at the first record whose magic, length or checksum is wrong: that is the torn
+// tail of a write the crash interrupted (which was never acknowledged, because a write is only
+// acknowledged after its record was written). The segment is truncated there so new records
+// never follow garbage.
+//
+// Appends reach the kernel (write(2)) before a write is acknowledged, which is what a process
+// crash needs; sync() (fsync) is for `--flush-mode local` and power loss. Records are appended
+// in sequence order, one batch at a time (group commit), so replay applies changes in the
+// order they were applied to the cache. Whole segments are deleted once every change in them
+// is in the object store; recovery therefore reads only what is still dirty.
+
+import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+
+export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3 } as const;
+export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
+
+export interface JournalRecord {
+  readonly type: RecordTypeValue;
+  readonly seq: number;
+  readonly index: number;
+  readonly offset: number;
+  /** WRITE: payload bytes; ZERO: bytes zeroed; DISCARD: extents discarded. */
+  readonly length: number;
+  readonly payload?: Buffer | undefined;
+}
+
+const MAGIC = 0x534e4a31;
+export const HEADER_SIZE = 36;
+/** A new segment is started once the current one reaches this size. */
+const SEGMENT_BYTES = 64 * 1024 * 1024;
+/** Largest payload a record may claim; anything bigger is corruption. */
+const MAX_PAYLOAD = 64 * 1024 * 1024;
+
+interface Segment {
+  readonly firstSeq: number;
+  lastSeq: number;
+  bytes: number;
+  readonly path: string;
+}
+
+interface PendingAppend {
+  readonly buffers: Buffer[];
+  readonly lastSeq: number;
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+export function encodeHeader(record: JournalRecord): Buffer {
+  const h = Buffer.alloc(HEADER_SIZE);
+  h.writeUInt32BE(MAGIC, 0);
+  h.writeUInt8(record.type, 4);
+  h.writeBigUInt64BE(BigInt(record.seq), 8);
+  h.writeBigUInt64BE(BigInt(record.index), 16);
+  h.writeUInt32BE(record.offset, 24);
+  h.writeUInt32BE(record.length, 28);
+  let crc = crc32(h.subarray(0, 32));
+  if (record.payload) crc = crc32(record.payload, crc);
+  h.writeUInt32BE(crc, 32);
+  return h;
+}
+
+/** Parses the records of one segment; `validBytes` is where the intact prefix ends. */
+export function decodeSegment(data: Buffer): { records: JournalRecord[]; validBytes: number } {
+  const records: JournalRecord[] = [];
+  let pos = 0;
+  while (pos + HEADER_SIZE <= data.length) {
+    if (data.readUInt32BE(pos) !== MAGIC) break;
+    const type = data.readUInt8(pos + 4);
+    const length = data.readUInt32BE(pos + 28);
+    const payloadLength = type === RecordType.WRITE ? length : 0;
+    if (type < RecordType.WRITE || type > RecordType.DISCARD || payloadLength > MAX_PAYLOAD) break;
+    if (pos + HEADER_SIZE + payloadLength > data.length) break;
+    const payload = payloadLength > 0 ? data.subarray(pos + HEADER_SIZE, pos + HEADER_SIZE + payloadLength) : undefined;
+    let crc = crc32(data.subarray(pos, pos + 32));
+    if (payload) crc = crc32(payload, crc);
+    if (crc !== data.readUInt32BE(pos + 32)) break;
+    records.push({
+      type: type as RecordTypeValue,
+      seq: Number(data.readBigUInt64BE(pos + 8)),
+      index: Number(data.readBigUInt64BE(pos + 16)),
+      offset: data.readUInt32BE(pos + 24),
+      length,
+      payload,
+    });
+    pos += HEADER_SIZE + payloadLength;
+  }
+  return { records, validBytes: pos };
+}
+
+export class Journal {
+  private readonly dir: string;
+  private readonly segments: Segment[] = [];
+  private handle: FileHandle | undefined;
+  private nextSeq = 1;
+  private queue: PendingAppend[] = [];
+  private writing = false;
+  private failed: Error | undefined;
+  private trimming: Promise<void> = Promise.resolve();
+
+  private constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  /**
+   * Opens the journal in `dir`, calling `apply` for every intact record in order, and
+   * truncating a torn tail. Returns the journal, ready for appends.
+   */
+  static async open(dir: string, apply: (record: JournalRecord) => Promise<void>): Promise<{ journal: Journal; replayed: number; replayedBytes: number }> {
+    await mkdir(dir, { recursive: true });
+    const journal = new Journal(dir);
+    const names = (await readdir(dir)).filter((n) => /^[0-9a-f]{16}\.log$/.test(n)).sort();
+    let replayed = 0;
+    let replayedBytes = 0;
+    let torn = false;
+    for (const name of names) {
+      const path = join(dir, name);
+      if (torn) {
+        // Anything after a torn record cannot be trusted to follow it in order.
+        await rm(path, { force: true });
+        continue;
+      }
+      const handle = await open(path, 'r+').catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return undefined; // trimmed while we listed
+        throw err;
+      });
+      if (!handle) continue;
+      let data: Buffer;
+      try {
+        data = await handle.readFile();
+        const { records, validBytes } = decodeSegment(data);
+        if (validBytes < data.length) {
+          await handle.truncate(validBytes);
+          torn = true;
+        }
+        for (const record of records) {
+          await apply(record);
+          journal.nextSeq = Math.max(journal.nextSeq, record.seq + 1);
+        }
+        replayed += records.length;
+        replayedBytes += validBytes;
+        const firstSeq = parseInt(name.slice(0, 16), 16);
+        journal.segments.push({ firstSeq, lastSeq: records.at(-1)?.seq ?? firstSeq - 1, bytes: validBytes, path });
+      } finally {
+        await handle.close();
+      }
+    }
+    return { journal, replayed, replayedBytes };
+  }
+
+  /** Reserves the next sequence number. Records must be appended in the order reserved. */
+  reserve(): number {
+    return this.nextSeq++;
+  }
+
+  /** Bytes in live segments (what a recovery would read). */
+  get bytes(): number {
+    return this.segments.reduce((n, s) => n + s.bytes, 0);
+  }
+
+  /**
+   * Appends a record; resolves once it has been written to the file (not fsynced). Callers
+   * append in reserve() order; appends issued while a batch is being written go together in
+   * the next batch.
+   */
+  append(record: JournalRecord): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    const buffers = [encodeHeader(record)];
+    if (record.payload) buffers.push(record.payload);
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ buffers, lastSeq: record.seq, resolve, reject });
+      if (!this.writing) void this.writeBatches();
+    });
+  }
+
+  /** fsyncs the current segment: every append that resolved before now survives power loss. */
+  async sync(): Promise<void> {
+    await this.handle?.datasync();
+  }
+
+  /** Deletes every segment whose records all have sequence numbers below `neededSeq`. */
+  trim(neededSeq: number): Promise<void> {
+    // Segments are taken off the list at once, so overlapping trims never delete one twice.
+    let n = 0;
+    while (n < this.segments.length && this.segments[n]!.lastSeq < neededSeq) n++;
+    // The segment being appended to (the last) may only go while nothing is written to it.
+    let handle: FileHandle | undefined;
+    if (this.handle && n > 0 && n === this.segments.length) {
+      if (this.writing || this.queue.length > 0) n--;
+      else {
+        handle = this.handle;
+        this.handle = undefined; // the next append starts a new segment
+      }
+    }
+    const doomed = this.segments.splice(0, n);
+    const work = (async () => {
+      await handle?.close();
+      for (const segment of doomed) await rm(segment.path, { force: true });
+    })();
+    this.trimming = this.trimming.then(() => work, () => work);
+    return work;
+  }
+
+  async close(): Promise<void> {
+    while (this.writing) await new Promise((r) => setTimeout(r, 1));
+    await this.trimming;
+    await this.handle?.close();
+    this.handle = undefined;
+  }
+
+  private async writeBatches(): Promise<void> {
+    this.writing = true;
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue;
+        this.queue = [];
+        try {
+          const handle = await this.activeHandle(batch[0]!.lastSeq);
+          const buffers = batch.flatMap((p) => p.buffers);
+          const bytes = buffers.reduce((n, b) => n + b.length, 0);
+          // writev may write less than asked on some file systems: finish the rest.
+          let written = (await handle.writev(buffers)).bytesWritten;
+          while (written < bytes) written += (await handle.write(Buffer.concat(buffers).subarray(written))).bytesWritten;
+          const segment = this.segments.at(-1)!;
+          segment.bytes += bytes;
+          segment.lastSeq = batch.at(-1)!.lastSeq;
+          for (const p of batch) p.resolve();
+        } catch (err) {
+          // A journal that cannot be written cannot protect writes: refuse all further ones.
+          this.failed = new Error(`journal write failed in ${this.dir}: ${(err as Error).message}`, { cause: err });
+          for (const p of [...batch, ...this.queue]) p.reject(this.failed);
+          this.queue = [];
+        }
+      }
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private async activeHandle(firstSeq: number): Promise<FileHandle> {
+    const current = this.segments.at(-1);
+    if (this.handle && current && current.bytes < SEGMENT_BYTES) return this.handle;
+    await this.handle?.close();
+    const path = join(this.dir, `${firstSeq.toString(16).padStart(16, '0')}.log`);
+    this.handle = await open(path, 'a');
+    this.segments.push({ firstSeq, lastSeq: firstSeq - 1, bytes: 0, path });
+    return this.handle;
+  }
+}

@@ -1,0 +1,472 @@
+// Objects in an S3 bucket (AWS, or anything that speaks the S3 API: MinIO, Ceph, LocalStack),
+// under an optional key prefix, so one bucket can hold many volumes.
+//
+// Endpoint, region and credentials come from the AWS SDK's standard chain (environment,
+// shared config and profile, container and instance roles, AWS_ENDPOINT_URL_S3) unless the
+// config names them. The SDK's own retries are off: this layer retries instead, so that it
+// sees every failure, counts it, can retry for ever where a caller must never give up, and
+// turns what is left into a StorageError with the errno the NBD client will see:
+//   - throttling (429, 503 SlowDown, ...), other 5xx, timeouts, connection resets and refusals:
+//     retried with capped exponential backoff and full jitter, then EIO;
+//   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
+//   - anything else: EIO at once.
+// A PUT that S3 acknowledged is durable, so flush() has nothing to do.
+
+import { addAbortSignal, Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import type { Logger } from 'pino';
+import { Errors } from '../errors.ts';
+import { StorageError } from './extent-store.ts';
+import type { ObjectStore, TaggedObject } from './object-store.ts';
+
+export interface S3ObjectStoreConfig {
+  readonly bucket: string;
+  /** Key prefix, without or with slashes at either end; '' or absent for the bucket's root. */
+  readonly prefix?: string;
+  /** e.g. http://127.0.0.1:9000. Default: the SDK's chain (AWS_ENDPOINT_URL_S3, profile, AWS). */
+  readonly endpoint?: string;
+  /** Default: the SDK's chain (AWS_REGION, profile). */
+  readonly region?: string;
+  /** Bucket in the path instead of the host name. Default: true with an endpoint (MinIO and the like need it), else false. */
+  readonly forcePathStyle?: boolean;
+  /** Attempts per request before giving up with EIO. Default 6. */
+  readonly maxAttempts?: number;
+  /** Time limit for one attempt, body included. Default 30 s. */
+  readonly requestTimeoutMs?: number;
+  /** Concurrent connections to S3. Default 50. */
+  readonly maxSockets?: number;
+  /** Normally absent, leaving credentials to the SDK's chain; tests pass them. */
+  readonly credentials?: S3ClientConfig['credentials'];
+  readonly log?: Logger;
+  /** First backoff ceiling (doubled per retry, up to retryCapMs). Default 100 ms. */
+  readonly retryBaseMs?: number;
+  /** Default 10 s. */
+  readonly retryCapMs?: number;
+  /** For deterministic tests: waits `ms`, rejecting when `signal` aborts. */
+  readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** For deterministic tests: a number in [0, 1), as Math.random. */
+  readonly random?: () => number;
+}
+
+/**
+ * How an operation retries. The store's own methods use the config's maxAttempts;
+ * `withRetry()` returns a view of the store with another policy.
+ */
+export interface RetryOptions {
+  /**
+   * Retry retryable failures (throttling, 5xx, timeouts, unreachable S3) until the operation
+   * succeeds, for callers that must never give up, such as the write-back flusher. Failures
+   * that retrying cannot fix (403, other 4xx) are still thrown at once.
+   */
+  readonly forever?: boolean;
+  /** Attempts when not `forever`. Default: the config's maxAttempts. */
+  readonly maxAttempts?: number;
+  /** Ends the retrying (StorageError EIO) when aborted. close() ends every operation too. */
+  readonly signal?: AbortSignal;
+}
+
+/** Requests sent (every attempt counts), and how they went. */
+export interface S3RequestStats {
+  /** GetObject, for get() and getTagged(). */
+  get: number;
+  /** PutObject, for put() and putIf(). */
+  put: number;
+  /** DeleteObjects, one per batch of up to 1000 keys. */
+  delete: number;
+  /** ListObjectsV2, one per page. */
+  list: number;
+  /** Attempts that failed and were tried again. */
+  retries: number;
+  /** Of those, the ones S3 throttled. */
+  throttled: number;
+  /** Operations that gave up after a retryable failure. */
+  exhausted: number;
+}
+
+type Operation = 'get' | 'put' | 'delete' | 'list';
+
+interface Policy {
+  readonly maxAttempts: number;
+  readonly signal: AbortSignal | undefined;
+}
+
+const DELETE_BATCH = 1000;
+const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
+
+export class S3ObjectStore implements ObjectStore {
+  readonly description: string;
+  readonly stats: S3RequestStats = { get: 0, put: 0, delete: 0, list: 0, retries: 0, throttled: 0, exhausted: 0 };
+  private readonly client: S3Client;
+  private readonly bucket: string;
+  /** '' or the prefix with one trailing slash: prepended to every key. */
+  private readonly keyPrefix: string;
+  private readonly policy: Policy;
+  private readonly requestTimeoutMs: number;
+  private readonly retryBaseMs: number;
+  private readonly retryCapMs: number;
+  private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
+  private readonly random: () => number;
+  private readonly log: Logger | undefined;
+  /** Aborted by close(): ends requests in flight, backoff waits and retry-forever loops. */
+  private readonly closing = new AbortController();
+
+  constructor(config: S3ObjectStoreConfig) {
+    const prefix = normalisePrefix(config.prefix ?? '');
+    this.bucket = config.bucket;
+    this.keyPrefix = prefix === '' ? '' : `${prefix}/`;
+    this.policy = { maxAttempts: config.maxAttempts ?? DEFAULTS.maxAttempts, signal: undefined };
+    this.requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.retryBaseMs = config.retryBaseMs ?? DEFAULTS.retryBaseMs;
+    this.retryCapMs = config.retryCapMs ?? DEFAULTS.retryCapMs;
+    this.sleep = config.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
+    this.random = config.random ?? Math.random;
+    this.log = config.log;
+    // The SDK reads AWS_ENDPOINT_URL_S3 itself; it is read here only to say where we are.
+    const endpoint = config.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    this.description = `s3://${this.bucket}${prefix === '' ? '' : `/${prefix}`} at ${endpoint === undefined ? 'AWS' : safeEndpoint(endpoint)}`;
+    const maxSockets = config.maxSockets ?? DEFAULTS.maxSockets;
+    const agent = { keepAlive: true, maxSockets };
+    this.client = new S3Client({
+      endpoint: config.endpoint,
+      region: config.region,
+      forcePathStyle: config.forcePathStyle ?? endpoint !== undefined,
+      credentials: config.credentials,
+      maxAttempts: 1,
+      // Checksums only where S3 insists (DeleteObjects): TCP and TLS already protect the bytes,
+      // and S3-compatible servers differ in which checksum headers they accept.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      // With 100-continue the SDK gives every PUT over 2 MB a fresh, unpooled connection
+      // (ignoring maxSockets): not worth it for extents, which are mostly accepted.
+      expectContinueHeader: false,
+      followRegionRedirects: true,
+      requestHandler: {
+        connectionTimeout: Math.min(5000, this.requestTimeoutMs),
+        httpAgent: agent,
+        httpsAgent: agent,
+        // The handler's own warnings (e.g. every socket busy) go to our log, not to the console.
+        logger: sdkLogger(config.log),
+      },
+    });
+  }
+
+  /**
+   * A view of this store, sharing its connections and stats, whose operations retry by
+   * `options`: `store.withRetry({ forever: true })` for a flusher that must never give up.
+   * Its close() does nothing; closing this store ends the view's operations too.
+   */
+  withRetry(options: RetryOptions): ObjectStore {
+    const policy: Policy = {
+      maxAttempts: options.forever ? Infinity : options.maxAttempts ?? this.policy.maxAttempts,
+      signal: options.signal,
+    };
+    return {
+      description: this.description,
+      get: (key) => this.getWith(key, policy).then((object) => object?.data),
+      getTagged: (key) => this.getWith(key, policy),
+      put: (key, data) => this.putWith(key, data, policy),
+      putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
+      deleteMany: (keys) => this.deleteWith(keys, policy),
+      list: (prefix) => this.listWith(prefix, policy),
+      flush: () => this.flush(),
+      close: () => Promise.resolve(),
+    };
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    return (await this.getWith(key, this.policy))?.data;
+  }
+
+  getTagged(key: string): Promise<TaggedObject | undefined> {
+    return this.getWith(key, this.policy);
+  }
+
+  put(key: string, data: Buffer): Promise<void> {
+    return this.putWith(key, data, this.policy);
+  }
+
+  putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
+    return this.putIfWith(key, data, expectedTag, this.policy);
+  }
+
+  deleteMany(keys: readonly string[]): Promise<void> {
+    return this.deleteWith(keys, this.policy);
+  }
+
+  list(prefix: string): AsyncIterable<string> {
+    return this.listWith(prefix, this.policy);
+  }
+
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    this.closing.abort(new Error('the store was closed'));
+    this.client.destroy();
+    return Promise.resolve();
+  }
+
+  private getWith(key: string, policy: Policy): Promise<TaggedObject | undefined> {
+    const Key = this.keyPrefix + key;
+    return this.retry('get', `GET ${this.url(Key)}`, policy, async (signal) => {
+      let output;
+      try {
+        output = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
+      } catch (err) {
+        if (statusOf(err) === 404 && codeOf(err) !== 'NoSuchBucket') return undefined;
+        throw err;
+      }
+      const data = await readBody(output.Body, output.ContentLength, signal);
+      if (output.ETag === undefined) throw new Error('the response has no ETag');
+      return { data, tag: output.ETag };
+    });
+  }
+
+  private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {
+    const Key = this.keyPrefix + key;
+    await this.retry('put', `PUT ${this.url(Key)}`, policy, (signal) => this.client.send(new PutObjectCommand({
+      Bucket: this.bucket, Key, Body: data, ContentLength: data.length,
+    }), { abortSignal: signal }));
+  }
+
+  private async putIfWith(key: string, data: Buffer, expectedTag: string | undefined, policy: Policy): Promise<string | undefined> {
+    const Key = this.keyPrefix + key;
+    let attempts = 0;
+    const tag = await this.retry('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
+      attempts++;
+      try {
+        const output = await this.client.send(new PutObjectCommand({
+          Bucket: this.bucket, Key, Body: data, ContentLength: data.length,
+          ...expectedTag === undefined ? { IfNoneMatch: '*' } : { IfMatch: expectedTag },
+        }), { abortSignal: signal });
+        if (output.ETag === undefined) throw new Error('the response has no ETag');
+        return output.ETag;
+      } catch (err) {
+        // 412: the condition failed. 404: If-Match on a key that is gone, the same for us.
+        const status = statusOf(err);
+        if (status === 412 || (status === 404 && expectedTag !== undefined && codeOf(err) !== 'NoSuchBucket')) return undefined;
+        throw err;
+      }
+    });
+    if (tag !== undefined || attempts === 1) return tag;
+    // An earlier attempt failed without a clear answer, so it may have written the object and
+    // made this attempt's condition fail. If the object now holds exactly our bytes, the write
+    // was ours (or indistinguishable from ours): report success, with its tag.
+    const current = await this.getWith(key, policy);
+    return current?.data.equals(data) ? current.tag : undefined;
+  }
+
+  private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
+    for (let start = 0; start < keys.length; start += DELETE_BATCH) {
+      let pending = keys.slice(start, start + DELETE_BATCH).map((key) => this.keyPrefix + key);
+      await this.retry('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
+        const output = await this.client.send(new DeleteObjectsCommand({
+          Bucket: this.bucket,
+          Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true },
+        }), { abortSignal: signal });
+        // Quiet: only the failures are listed. Missing keys are not failures.
+        const errors = (output.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+        if (errors.length === 0) return;
+        // Try again with only the keys that failed, if retrying can help them at all.
+        pending = errors.map((e) => e.Key ?? '').filter((k) => k !== '');
+        const first = errors[0]!;
+        throw Object.assign(new Error(`${errors.length} keys not deleted, e.g. ${first.Key}: ${first.Code} ${first.Message}`), {
+          Code: errors.find((e) => !isTransientCode(e.Code))?.Code ?? first.Code,
+        });
+      });
+    }
+  }
+
+  private async *listWith(prefix: string, policy: Policy): AsyncIterable<string> {
+    const Prefix = this.keyPrefix + prefix;
+    let token: string | undefined;
+    do {
+      const ContinuationToken = token;
+      const output = await this.retry('list', `LIST ${this.url(Prefix)}`, policy, (signal) => this.client.send(new ListObjectsV2Command({
+        Bucket: this.bucket, Prefix, ContinuationToken,
+      }), { abortSignal: signal }));
+      for (const object of output.Contents ?? []) {
+        if (object.Key?.startsWith(this.keyPrefix)) yield object.Key.slice(this.keyPrefix.length);
+      }
+      token = output.IsTruncated ? output.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  /**
+   * Runs `attempt` until it succeeds, fails in a way retrying cannot fix, or runs out of
+   * attempts. Each attempt gets a signal that aborts at its time limit, on close() and on the
+   * policy's signal.
+   */
+  private async retry<T>(operation: Operation, what: string, policy: Policy, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const stop = policy.signal ? AbortSignal.any([this.closing.signal, policy.signal]) : this.closing.signal;
+    for (let n = 1; ; n++) {
+      if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
+      this.stats[operation]++;
+      // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
+      // timer fires, long after a quick request is done.
+      const timeout = new AbortController();
+      const timer = setTimeout(() => timeout.abort(), this.requestTimeoutMs);
+      let failure: Failure;
+      try {
+        return await attempt(AbortSignal.any([timeout.signal, stop]));
+      } catch (err) {
+        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
+        failure = classify(err, timeout.signal.aborted, this.requestTimeoutMs);
+        if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
+        if (n >= policy.maxAttempts) {
+          this.stats.exhausted++;
+          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
+        }
+      } finally {
+        clearTimeout(timer);
+      }
+      this.stats.retries++;
+      if (failure.throttled) this.stats.throttled++;
+      // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
+      const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
+      const wait = Math.floor(this.random() * ceiling);
+      // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
+      const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
+      this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
+      try {
+        await this.sleep(wait, stop);
+      } catch (err) {
+        throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
+      }
+    }
+  }
+
+  private url(key: string): string {
+    return `s3://${this.bucket}/${key}`;
+  }
+}
+
+/**
+ * Splits s3://BUCKET[/PREFIX] into its parts, the prefix with single slashes and none at
+ * either end. Throws UserError S3NBD_BAD_S3_URL for anything else.
+ */
+export function parseS3Url(spec: string): { bucket: string; prefix: string } {
+  const match = /^s3:\/\/([^/]*)(\/.*)?$/i.exec(spec);
+  if (!match) throw Errors.badS3Url(spec, 'it does not start with s3://');
+  const bucket = match[1]!;
+  const path = match[2] ?? '';
+  if (bucket === '') throw Errors.badS3Url(spec, 'there is no bucket name');
+  if (/[@:]/.test(bucket)) throw Errors.badS3Url(spec, 'a user name, password or port does not belong in it (credentials and endpoint come from the environment)');
+  if (/[?#]/.test(spec)) throw Errors.badS3Url(spec, 'a query (?...) or fragment (#...) does not belong in it');
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..')) {
+    throw Errors.badS3Url(spec, `"${bucket}" is not a valid bucket name`);
+  }
+  const prefix = normalisePrefix(path);
+  if (prefix.split('/').some((part) => part === '.' || part === '..')) {
+    throw Errors.badS3Url(spec, 'the prefix must not contain "." or ".." segments');
+  }
+  return { bucket, prefix };
+}
+
+function normalisePrefix(prefix: string): string {
+  return prefix.split('/').filter((part) => part !== '').join('/');
+}
+
+/** The endpoint without anything that could be a secret (user info, query). */
+function safeEndpoint(endpoint: string): string {
+  try {
+    const url = new URL(endpoint);
+    return `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`;
+  } catch {
+    return '(unparsable endpoint)';
+  }
+}
+
+function reasonOf(signal: AbortSignal): string {
+  return signal.reason instanceof Error ? signal.reason.message : 'aborted';
+}
+
+/** The SDK's stream, read whole, checked against Content-Length; a timeout destroys it. */
+async function readBody(body: unknown, length: number | undefined, signal: AbortSignal): Promise<Buffer> {
+  if (!(body instanceof Readable)) throw new Error('the response has no body stream');
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of addAbortSignal(signal, body)) {
+    chunks.push(chunk as Buffer);
+    total += (chunk as Buffer).length;
+  }
+  if (length !== undefined && total !== length) {
+    throw Object.assign(new Error(`the body ended after ${total} of ${length} bytes`), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+  }
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
+}
+
+function sdkLogger(log: Logger | undefined): { debug(...a: unknown[]): void; info(...a: unknown[]): void; warn(...a: unknown[]): void; error(...a: unknown[]): void } {
+  const to = (level: 'debug' | 'warn') => (...args: unknown[]): void => log?.[level]({ source: 'aws-sdk' }, args.map(String).join(' '));
+  return { debug: to('debug'), info: to('debug'), warn: to('debug'), error: to('warn') };
+}
+
+// ---- Which failures are worth retrying ----------------------------------------------------
+
+interface Failure {
+  readonly retryable: boolean;
+  readonly throttled: boolean;
+  readonly errno: string;
+  readonly text: string;
+}
+
+const THROTTLING_CODES = new Set([
+  'SlowDown', 'Throttling', 'ThrottlingException', 'ThrottledException', 'RequestThrottled',
+  'RequestThrottledException', 'TooManyRequestsException', 'RequestLimitExceeded',
+  'BandwidthLimitExceeded', 'ProvisionedThroughputExceededException', 'PriorRequestNotComplete',
+]);
+const TRANSIENT_CODES = new Set([
+  'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'RequestTimeoutException',
+  // Another conditional write to the key was in flight: retrying gets the real answer.
+  'ConditionalRequestConflict', 'OperationAborted',
+  // The SDK corrects its clock offset from the failed response, so the next attempt signs right.
+  'RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture',
+]);
+const NETWORK_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
+  'ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE',
+]);
+
+function isTransientCode(code: string | undefined): boolean {
+  return code !== undefined && (THROTTLING_CODES.has(code) || TRANSIENT_CODES.has(code));
+}
+
+function statusOf(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+}
+
+/** The S3 error code (SDK exceptions) or Node error code (network errors). */
+function codeOf(err: unknown): string | undefined {
+  const e = err as { Code?: unknown; code?: unknown; name?: unknown } | undefined;
+  const code = e?.Code ?? e?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+function classify(err: unknown, timedOut: boolean, timeoutMs: number): Failure {
+  const status = statusOf(err);
+  const code = codeOf(err);
+  const message = err instanceof Error ? err.message : String(err);
+  const text = timedOut ? `no answer within ${timeoutMs} ms`
+    : `${code ?? (err instanceof Error ? err.name : 'error')}${status === undefined ? '' : ` (HTTP ${status})`}: ${message}`;
+  const result = (retryable: boolean, errno = 'EIO', throttled = false): Failure => ({ retryable, throttled, errno, text });
+  if (timedOut) return result(true);
+  if (code !== undefined && THROTTLING_CODES.has(code)) return result(true, 'EIO', true);
+  if (status === 429) return result(true, 'EIO', true);
+  if (code !== undefined && TRANSIENT_CODES.has(code)) return result(true);
+  if (status === 403 || code === 'AccessDenied') return result(false, 'EPERM');
+  if (status !== undefined) return result(status >= 500 && status !== 501);
+  // No HTTP status: the request or its response never made it.
+  if (code !== undefined && NETWORK_CODES.has(code)) return result(true);
+  if (err instanceof Error && err.name === 'TimeoutError') return result(true);
+  if (err instanceof Error && err.name === 'CredentialsProviderError') return result(false, 'EPERM');
+  return result(false);
+}

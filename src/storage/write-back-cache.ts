@@ -1,0 +1,701 @@
+// The write-back cache: writes are acknowledged from local disk and uploaded later.
+//
+// Every extent the cache knows about has an Entry. Its state follows from a few fields:
+//
+//   state                      slot  valid   gen vs uploadedGen   uploading   zeros
+//   (no entry)                 -     -       -                    -           -      the object store is the truth
+//   CLEAN                      yes   full    equal                no          no     evictable
+//   DIRTY                      yes   any     gen > uploadedGen    no          no     waits for the flusher
+//   PARTIAL (a kind of DIRTY)  yes   some    gen > uploadedGen    no          no     the rest of the extent is in the store
+//   UPLOADING                  yes   full    equal to snapshot    yes         no     a put of `uploading` is in flight
+//   REWRITTEN-WHILE-UPLOADING  yes   full    gen > snapshot       yes         no     uploaded again once the put ends
+//   ZERO-DIRTY                 no    -       gen > uploadedGen    no          yes    discarded: a delete is pending
+//   DELETING                   no    -       -                    yes         yes    the delete is in flight
+//
+// Invariants, and why:
+// - A write is acknowledged only after its journal record and its slot bytes reached the
+//   kernel, so a crash of this process loses nothing acknowledged (journal.ts replays it).
+// - A write never reads the object store: a partial write into an extent that is stored but
+//   not cached creates a PARTIAL entry, whose missing bytes (`valid` gaps) are merged from the
+//   store later, when the extent is read or uploaded.
+// - `gen` is the journal sequence number of the entry's last change. An upload snapshots the
+//   slot at `gen`; when it ends, the entry is clean only if nothing changed since (gen still
+//   equals the snapshot), so an upload that finishes late can never mark newer data clean.
+//   One upload per extent at a time, so the store receives an extent's versions in order.
+// - Only CLEAN entries are evicted, and only when no request holds their lock.
+// - FLUSH waits until every extent dirty at that moment has been uploaded up to the gen it had;
+//   FUA waits for the extents it touched. Concurrent flushes share the same uploads.
+// - Dirty extents with slots are limited to --max-dirty: a write that would dirty one more
+//   waits for uploads (logged), the only case where a write waits for the store.
+
+import { mkdir } from 'node:fs/promises';
+import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
+import { ExtentLocks } from './extent-locks.ts';
+import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
+import { Journal, type JournalRecord, RecordType } from './journal.ts';
+import type { ObjectExtentStore } from './object-extent-store.ts';
+import { Ranges } from './ranges.ts';
+import { SlotFile } from './slot-file.ts';
+import { isAllZero } from './zeros.ts';
+
+export interface WriteBackOptions {
+  /** Directory of the journal and the slot file. */
+  readonly cacheDir: string;
+  /** Disk space for cached extents (dirty and clean). */
+  readonly cacheBytes: number;
+  /** Memory for clean extents. */
+  readonly memoryCacheBytes: number;
+  /** Dirty data allowed before writes wait for uploads. */
+  readonly maxDirtyBytes: number;
+  readonly uploadConcurrency: number;
+  /** 's3': FLUSH waits for uploads; 'local': FLUSH fsyncs the journal only. */
+  readonly flushMode: 's3' | 'local';
+  /** How long a dirty extent waits before upload, so a burst of small writes uploads once. */
+  readonly uploadDelayMs: number;
+  readonly log: Logger;
+}
+
+interface Entry {
+  readonly index: number;
+  slot: number | undefined;
+  /** Bytes of the slot that are current; gaps are still only in the object store. */
+  valid: Ranges;
+  /** The extent is all zeros (discarded); it has no slot. */
+  zeros: boolean;
+  gen: number;
+  uploadedGen: number;
+  /** Generation being uploaded, if an upload is in flight. */
+  uploading: number | undefined;
+  /** When the entry last became dirty (for the upload delay). */
+  dirtySince: number;
+}
+
+interface Fetch {
+  readonly promise: Promise<Buffer | undefined>;
+  /** Set when the extent changed while the fetch was in flight: its result must not be cached. */
+  stale: boolean;
+}
+
+interface Waiter {
+  readonly gen: number;
+  resolve(): void;
+}
+
+export interface CacheStatus {
+  readonly dirtyExtents: number;
+  readonly dirtyBytes: number;
+  readonly pendingDeletes: number;
+  readonly uploadsInFlight: number;
+  readonly cachedExtents: number;
+  readonly cacheSlots: number;
+  readonly journalBytes: number;
+  readonly uploadedExtents: number;
+  readonly uploadFailures: number;
+}
+
+const ZERO_EXTENT_CHUNK = Buffer.alloc(1024 * 1024);
+const RETRY_BASE_MS = 200;
+const RETRY_CAP_MS = 15_000;
+const READ_AHEAD = 8;
+
+export class WriteBackCache implements ExtentStore {
+  readonly extentSize: number;
+  readonly extentCount: number;
+  private readonly lower: ObjectExtentStore;
+  private readonly options: WriteBackOptions;
+  private readonly log: Logger;
+  private readonly entries = new Map<number, Entry>();
+  /** CLEAN entries with slots, least recently used first. */
+  private readonly cleanOrder = new Map<number, Entry>();
+  /** Dirty entries (including ZERO-DIRTY), in the order they became dirty. */
+  private readonly dirty = new Map<number, Entry>();
+  private dirtySlots = 0;
+  private readonly memory: LRUCache<number, Buffer>;
+  private readonly locks = new ExtentLocks();
+  private readonly fetches = new Map<number, Fetch>();
+  private readonly waiters = new Map<number, Waiter[]>();
+  private readonly roomWaiters: Array<() => void> = [];
+  private journal!: Journal;
+  private slots!: SlotFile;
+  private uploadsInFlight = 0;
+  /** Extents with an upload task started (it may still wait for the extent's lock). */
+  private readonly scheduled = new Set<number>();
+  private uploadedExtents = 0;
+  private uploadFailures = 0;
+  /** Flushes in progress: while any, dirty extents are uploaded without delay. */
+  private urgent = 0;
+  private pumpTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private lastRead = -2;
+  private warnedFull = false;
+
+  private constructor(lower: ObjectExtentStore, options: WriteBackOptions) {
+    this.lower = lower;
+    this.options = options;
+    this.log = options.log;
+    this.extentSize = lower.extentSize;
+    this.extentCount = lower.extentCount;
+    this.memory = new LRUCache<number, Buffer>({
+      maxSize: Math.max(options.memoryCacheBytes, this.extentSize),
+      sizeCalculation: () => this.extentSize,
+    });
+  }
+
+  /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
+  static async open(lower: ObjectExtentStore, options: WriteBackOptions): Promise<WriteBackCache> {
+    const cache = new WriteBackCache(lower, options);
+    await mkdir(options.cacheDir, { recursive: true });
+    const slotCount = Math.floor(options.cacheBytes / lower.extentSize);
+    cache.slots = await SlotFile.open(`${options.cacheDir}/extents.cache`, slotCount, lower.extentSize);
+    const started = Date.now();
+    const { journal, replayed, replayedBytes } = await Journal.open(`${options.cacheDir}/journal`, (r) => cache.replay(r));
+    cache.journal = journal;
+    if (replayed > 0) {
+      options.log.info({ records: replayed, bytes: replayedBytes, dirtyExtents: cache.dirty.size, ms: Date.now() - started },
+        'recovered unuploaded writes from the journal');
+    }
+    cache.pumpTimer = setInterval(() => cache.pump(), Math.max(20, Math.min(options.uploadDelayMs, 100)));
+    cache.pump();
+    return cache;
+  }
+
+  status(): CacheStatus {
+    let pendingDeletes = 0;
+    for (const e of this.dirty.values()) if (e.zeros) pendingDeletes++;
+    return {
+      dirtyExtents: this.dirtySlots,
+      dirtyBytes: this.dirtySlots * this.extentSize,
+      pendingDeletes,
+      uploadsInFlight: this.uploadsInFlight,
+      cachedExtents: this.slots.slotCount - this.slots.freeCount,
+      cacheSlots: this.slots.slotCount,
+      journalBytes: this.journal.bytes,
+      uploadedExtents: this.uploadedExtents,
+      uploadFailures: this.uploadFailures,
+    };
+  }
+
+  // ---- reads ----------------------------------------------------------------------------
+
+  async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {
+    this.readAhead(index);
+    const remembered = this.memory.get(index);
+    if (remembered) return remembered.subarray(offset, offset + length);
+    if (!this.entries.has(index)) {
+      if (!this.lower.isStored(index)) return undefined;
+      const data = await this.fetchClean(index);
+      if (data) return data.subarray(offset, offset + length);
+      // The extent changed while we fetched it: read it as it is now.
+    }
+    for (;;) {
+      const result = await this.locks.with(index, async () => {
+        const e = this.entries.get(index);
+        if (!e) return { retry: true } as const;
+        if (e.zeros) return { data: undefined };
+        if (e.valid.covers(offset, offset + length)) {
+          this.touch(e);
+          return { data: await this.slots.read(e.slot!, offset, length) };
+        }
+        return { needBase: true } as const;
+      });
+      if ('data' in result) return result.data;
+      if ('needBase' in result) await this.completeFromStore(index);
+      else return this.read(index, offset, length);
+    }
+  }
+
+  async prefetch(first: number, count: number): Promise<void> {
+    const room = Math.floor(this.memory.maxSize / this.extentSize);
+    const wanted = [...this.lower.storedIn(first, count)].filter((i) => !this.entries.has(i) && !this.memory.has(i)).slice(0, room);
+    for (let i = 0; i < wanted.length; i += this.options.uploadConcurrency) {
+      await Promise.all(wanted.slice(i, i + this.options.uploadConcurrency).map((index) => this.fetchClean(index)));
+    }
+  }
+
+  allocation(first: number, count: number, maxRuns: number): Promise<ExtentRun[]> {
+    const runs: ExtentRun[] = [];
+    const end = first + count;
+    for (let i = first; i < end && runs.length < maxRuns;) {
+      const allocated = this.isAllocated(i);
+      let j = i + 1;
+      while (j < end && this.isAllocated(j) === allocated) j++;
+      runs.push({ count: j - i, allocated });
+      i = j;
+    }
+    return Promise.resolve(runs);
+  }
+
+  private isAllocated(index: number): boolean {
+    const e = this.entries.get(index);
+    return e ? !e.zeros : this.lower.isStored(index);
+  }
+
+  /** Sequential reads fetch the next extents in parallel. */
+  private readAhead(index: number): void {
+    const sequential = index === this.lastRead + 1;
+    this.lastRead = index;
+    if (!sequential) return;
+    for (let i = index + 1; i <= index + READ_AHEAD && i < this.extentCount; i++) {
+      if (!this.entries.has(i) && !this.memory.has(i) && !this.fetches.has(i) && this.lower.isStored(i)) {
+        this.fetchClean(i).catch((err: unknown) => this.log.debug({ err, index: i }, 'read-ahead failed'));
+      }
+    }
+  }
+
+  /**
+   * Fetches a stored extent that has no entry, sharing one GET among concurrent readers, and
+   * remembers it in memory. Resolves undefined if the extent changed meanwhile.
+   */
+  private fetchClean(index: number): Promise<Buffer | undefined> {
+    const existing = this.fetches.get(index);
+    if (existing && !existing.stale) return existing.promise;
+    const fetch: Fetch = {
+      stale: false,
+      promise: this.lower.fetch(index).then((data) => {
+        if (this.fetches.get(index) === fetch) this.fetches.delete(index);
+        if (fetch.stale || this.entries.has(index)) return undefined;
+        const extent = data ?? Buffer.alloc(this.extentSize);
+        this.memory.set(index, extent);
+        return extent;
+      }, (err: unknown) => {
+        if (this.fetches.get(index) === fetch) this.fetches.delete(index);
+        throw err;
+      }),
+    };
+    this.fetches.set(index, fetch);
+    return fetch.promise;
+  }
+
+  /** Fills the gaps of a PARTIAL entry from the store. */
+  private async completeFromStore(index: number): Promise<void> {
+    const base = await this.lower.fetch(index);
+    await this.locks.with(index, async () => {
+      const e = this.entries.get(index);
+      if (!e || e.zeros || e.slot === undefined) return;
+      for (const [start, end] of e.valid.gaps(this.extentSize)) {
+        await this.slots.write(e.slot, start, base ? base.subarray(start, end) : zeroBytes(end - start));
+      }
+      e.valid = Ranges.full(this.extentSize);
+    });
+  }
+
+  // ---- writes ---------------------------------------------------------------------------
+
+  write(index: number, offset: number, data: Buffer): Promise<void> {
+    return this.change(index, RecordType.WRITE, offset, data.length, data);
+  }
+
+  zero(index: number, offset: number, length: number): Promise<void> {
+    const e = this.entries.get(index);
+    if (e ? e.zeros : !this.lower.isStored(index)) return Promise.resolve();
+    return this.change(index, RecordType.ZERO, offset, length, undefined);
+  }
+
+  private async change(index: number, type: typeof RecordType.WRITE | typeof RecordType.ZERO, offset: number, length: number, data: Buffer | undefined): Promise<void> {
+    this.checkOpen();
+    await this.admit(index);
+    await this.locks.with(index, async () => {
+      const e = await this.entryWithSlot(index);
+      const seq = this.journal.reserve();
+      // Journal and slot are written concurrently; both must land before the write is answered.
+      const logged = this.journal.append({ type, seq, index, offset, length, payload: data });
+      const stored = this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
+      await Promise.all([logged, stored]);
+      e.valid.add(offset, offset + length);
+      this.markDirty(e, seq);
+    });
+  }
+
+  async discard(first: number, count: number): Promise<void> {
+    this.checkOpen();
+    const indexes = new Set(this.lower.storedIn(first, count));
+    for (const e of this.entries.values()) if (e.index >= first && e.index < first + count && !e.zeros) indexes.add(e.index);
+    if (indexes.size === 0) return;
+    // All the locks first, then one sequence number: no write to these extents can fall
+    // between the journal's order and the order the cache applies changes in.
+    await this.locks.withAll([...indexes], async () => {
+      const seq = this.journal.reserve();
+      await this.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count });
+      for (const index of indexes) this.applyDiscard(index, seq);
+    });
+  }
+
+  /** Makes one extent ZERO-DIRTY (or forgets it, if the store never had it). */
+  private applyDiscard(index: number, seq: number): void {
+    this.invalidate(index);
+    const e = this.entries.get(index) ?? this.newEntry(index);
+    this.releaseSlot(e);
+    e.zeros = true;
+    e.valid = new Ranges();
+    if (!this.lower.isStored(index) && e.uploading === undefined) {
+      // Nothing to delete: the extent reads as zeros without an entry.
+      this.forget(e);
+      return;
+    }
+    this.markDirty(e, seq);
+  }
+
+  /** Waits while one more dirty extent would exceed --max-dirty or no slot can be freed. */
+  private async admit(index: number): Promise<void> {
+    for (;;) {
+      const e = this.entries.get(index);
+      const alreadyCounted = e !== undefined && e.slot !== undefined && e.gen > e.uploadedGen;
+      if (alreadyCounted) return;
+      const underLimit = (this.dirtySlots + 1) * this.extentSize <= this.options.maxDirtyBytes;
+      const slotAvailable = (e?.slot !== undefined) || this.slots.freeCount > 0 || this.cleanOrder.size > 0;
+      if (underLimit && slotAvailable) return;
+      if (!this.warnedFull) {
+        this.warnedFull = true;
+        this.log.warn({ dirtyBytes: this.dirtySlots * this.extentSize, maxDirty: this.options.maxDirtyBytes },
+          'dirty limit reached: writes wait for uploads');
+      }
+      this.urgent++;
+      this.pump();
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      this.urgent--;
+    }
+  }
+
+  /** The entry for a write, with a slot whose bytes outside `valid` are never read. Under the lock. */
+  private async entryWithSlot(index: number): Promise<Entry> {
+    this.invalidate(index);
+    const e = this.entries.get(index) ?? this.newEntry(index);
+    if (e.slot !== undefined) return e;
+    const slot = await this.takeSlot();
+    this.update(e, () => { e.slot = slot; });
+    if (e.zeros || !this.lower.isStored(index)) {
+      // Known zeros: the whole slot is current once zero-filled.
+      await this.slots.write(slot, 0, zeroBytes(this.extentSize));
+      e.valid = Ranges.full(this.extentSize);
+      e.zeros = false;
+    } else {
+      e.valid = new Ranges();
+    }
+    return e;
+  }
+
+  /** Whether the entry counts against --max-dirty: dirty and holding a slot. */
+  private static counted(e: Entry): boolean {
+    return e.slot !== undefined && e.gen > e.uploadedGen;
+  }
+
+  /** Applies `mutate` to the entry, keeping the dirty-slot count right. */
+  private update(e: Entry, mutate: () => void): void {
+    const before = WriteBackCache.counted(e);
+    mutate();
+    this.dirtySlots += Number(WriteBackCache.counted(e)) - Number(before);
+  }
+
+  private newEntry(index: number): Entry {
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, dirtySince: 0 };
+    this.entries.set(index, e);
+    return e;
+  }
+
+  /** A free slot, evicting the least recently used CLEAN entry if need be; waits if none can go. */
+  private async takeSlot(): Promise<number> {
+    for (;;) {
+      const free = this.slots.take();
+      if (free !== undefined) return free;
+      for (const victim of this.cleanOrder.values()) {
+        if (this.locks.isBusy(victim.index)) continue;
+        const slot = victim.slot!;
+        this.forget(victim);
+        victim.slot = undefined;
+        return slot;
+      }
+      this.urgent++;
+      this.pump();
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      this.urgent--;
+    }
+  }
+
+  private releaseSlot(e: Entry): void {
+    const slot = e.slot;
+    if (slot === undefined) return;
+    this.update(e, () => { e.slot = undefined; });
+    this.cleanOrder.delete(e.index);
+    this.slots.release(slot);
+    this.wakeRoomWaiters();
+  }
+
+  /** Drops the entry: the object store alone describes the extent from now on. */
+  private forget(e: Entry): void {
+    this.cleanOrder.delete(e.index);
+    this.dirty.delete(e.index);
+    this.entries.delete(e.index);
+    // Flushes waiting for this extent have nothing left to wait for: what they covered was
+    // superseded (a discard) before it needed uploading.
+    for (const w of this.waiters.get(e.index) ?? []) w.resolve();
+    this.waiters.delete(e.index);
+  }
+
+  private markDirty(e: Entry, seq: number): void {
+    if (this.entries.get(e.index) !== e) throw new StorageError('EIO', `internal error: extent ${e.index} changed without an entry`);
+    if (e.gen <= e.uploadedGen) e.dirtySince = Date.now();
+    this.update(e, () => { e.gen = seq; });
+    this.cleanOrder.delete(e.index);
+    this.dirty.set(e.index, e);
+  }
+
+  /** The extent changes: forget its remembered clean copy and any fetch in flight. */
+  private invalidate(index: number): void {
+    this.memory.delete(index);
+    const fetch = this.fetches.get(index);
+    if (fetch) fetch.stale = true;
+  }
+
+  private touch(e: Entry): void {
+    if (this.cleanOrder.has(e.index)) {
+      this.cleanOrder.delete(e.index);
+      this.cleanOrder.set(e.index, e);
+    }
+  }
+
+  // ---- uploads --------------------------------------------------------------------------
+
+  /** Starts uploads of dirty extents that are due, up to the concurrency limit. */
+  private pump(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    const due = (e: Entry): boolean => this.urgent > 0 || now - e.dirtySince >= this.options.uploadDelayMs;
+    const deletes: Entry[] = [];
+    for (const e of this.dirty.values()) {
+      if (this.uploadsInFlight >= this.options.uploadConcurrency) break;
+      if (e.uploading !== undefined || this.scheduled.has(e.index) || !due(e)) continue;
+      if (e.zeros) {
+        deletes.push(e);
+        if (deletes.length === 1000) break;
+        continue;
+      }
+      const index = e.index;
+      this.uploadsInFlight++;
+      this.scheduled.add(index);
+      void this.upload(index).catch((err: unknown) => this.log.error({ err, index }, 'upload abandoned'))
+        .finally(() => {
+          this.scheduled.delete(index);
+          this.uploadsInFlight--;
+          this.pump();
+        });
+    }
+    if (deletes.length > 0 && this.uploadsInFlight < this.options.uploadConcurrency) {
+      this.uploadsInFlight++;
+      void this.deleteZeros(deletes).catch((err: unknown) => this.log.error({ err }, 'delete abandoned'))
+        .finally(() => {
+          this.uploadsInFlight--;
+          this.pump();
+        });
+    }
+  }
+
+  /** Uploads one dirty extent, retrying until it succeeds (the journal keeps it safe meanwhile). */
+  private async upload(index: number): Promise<void> {
+    let snapshot: { gen: number; data: Buffer } | undefined;
+    while (!snapshot) {
+      const step = await this.locks.with(index, async () => {
+        const e = this.entries.get(index);
+        if (!e || e.gen <= e.uploadedGen || e.uploading !== undefined || e.zeros) return 'done';
+        if (!e.valid.covers(0, this.extentSize)) return 'needs-base';
+        e.uploading = e.gen;
+        snapshot = { gen: e.gen, data: await this.slots.read(e.slot!, 0, this.extentSize) };
+        return 'ready';
+      });
+      if (step === 'done') return;
+      if (step === 'needs-base') await this.retrying(`read base of extent ${index}`, () => this.completeFromStore(index));
+    }
+    const { gen, data } = snapshot;
+    await this.retrying(`upload extent ${index}`, () => this.lower.replace(index, data));
+    await this.locks.with(index, () => {
+      this.finishUpload(index, gen, isAllZero(data) ? undefined : data);
+      return Promise.resolve();
+    });
+  }
+
+  private async deleteZeros(entries: Entry[]): Promise<void> {
+    const batch = entries.map((e) => {
+      e.uploading = e.gen;
+      return { index: e.index, gen: e.gen };
+    });
+    await this.retrying(`delete ${batch.length} extents`, () => this.lower.deleteExtents(batch.map((b) => b.index)));
+    // Under each extent's lock: a write may be giving the extent a slot right now.
+    for (const { index, gen } of batch) {
+      await this.locks.with(index, () => {
+        this.finishUpload(index, gen, undefined);
+        return Promise.resolve();
+      });
+    }
+  }
+
+  /**
+   * Records that `gen` of the extent is in the store; cleans the entry if nothing changed
+   * since. Call under the extent's lock.
+   */
+  private finishUpload(index: number, gen: number, data: Buffer | undefined): void {
+    const e = this.entries.get(index);
+    this.uploadedExtents++;
+    if (!e) return;
+    e.uploading = undefined;
+    this.update(e, () => { e.uploadedGen = Math.max(e.uploadedGen, gen); });
+    if (e.gen === gen) {
+      this.dirty.delete(index);
+      if (e.zeros) this.forget(e);
+      else {
+        this.cleanOrder.set(index, e);
+        if (data) this.memory.set(index, data);
+      }
+      this.wakeRoomWaiters();
+    }
+    const waiting = this.waiters.get(index);
+    if (waiting) {
+      const still = waiting.filter((w) => w.gen > e.uploadedGen);
+      for (const w of waiting) if (w.gen <= e.uploadedGen) w.resolve();
+      if (still.length > 0) this.waiters.set(index, still);
+      else this.waiters.delete(index);
+    }
+    this.trimJournal();
+  }
+
+  /** Runs `fn` until it succeeds, backing off exponentially with jitter up to RETRY_CAP_MS. */
+  private async retrying(what: string, fn: () => Promise<void>): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await fn();
+        return;
+      } catch (err) {
+        if (this.closed) throw err;
+        this.uploadFailures++;
+        const delay = Math.random() * Math.min(RETRY_CAP_MS, RETRY_BASE_MS * 2 ** attempt);
+        this.log.warn({ err: (err as Error).message, attempt: attempt + 1, retryInMs: Math.round(delay) }, `${what} failed; retrying`);
+        for (const until = Date.now() + delay; Date.now() < until && !this.closed;) {
+          await new Promise((resolve) => setTimeout(resolve, Math.min(50, until - Date.now())));
+        }
+      }
+    }
+  }
+
+  /** Deletes journal segments whose every change is in the store. */
+  private trimJournal(): void {
+    if (this.closed) return;
+    this.journal.trim(this.neededSeq()).catch((err: unknown) => this.log.warn({ err }, 'journal trim failed'));
+  }
+
+  /** The oldest journal sequence number a recovery would still need. */
+  private neededSeq(): number {
+    let needed = Number.MAX_SAFE_INTEGER;
+    for (const e of this.dirty.values()) needed = Math.min(needed, e.uploadedGen + 1);
+    return needed;
+  }
+
+  private wakeRoomWaiters(): void {
+    this.warnedFull = false;
+    for (const wake of this.roomWaiters.splice(0)) wake();
+  }
+
+  // ---- durability -----------------------------------------------------------------------
+
+  /**
+   * FLUSH (no indexes) or FUA (the extents a request touched): resolves once every change
+   * acknowledged before the call is in the object store, or, with --flush-mode local, once
+   * the journal is fsynced.
+   */
+  async flush(indexes?: readonly number[]): Promise<void> {
+    this.checkOpen();
+    if (this.options.flushMode === 'local') {
+      await this.journal.sync();
+      return;
+    }
+    const targets: Array<[number, number]> = [];
+    const candidates = indexes ? indexes.map((i) => this.dirty.get(i)).filter((e) => e !== undefined) : [...this.dirty.values()];
+    for (const e of candidates) if (e.gen > e.uploadedGen) targets.push([e.index, e.gen]);
+    if (targets.length === 0) return;
+    this.urgent++;
+    try {
+      this.pump();
+      await Promise.all(targets.map(([index, gen]) => new Promise<void>((resolve) => {
+        const list = this.waiters.get(index) ?? [];
+        list.push({ gen, resolve });
+        this.waiters.set(index, list);
+      })));
+    } finally {
+      this.urgent--;
+    }
+  }
+
+  /** Uploads everything dirty, logging progress, for up to `timeoutMs`. Resolves true when all is uploaded. */
+  async drain(timeoutMs: number): Promise<boolean> {
+    if (this.options.flushMode === 'local' && this.dirty.size === 0) return true;
+    const started = Date.now();
+    const progress = setInterval(() => {
+      const s = this.status();
+      this.log.info({ dirtyBytes: s.dirtyBytes, pendingDeletes: s.pendingDeletes, uploadsInFlight: s.uploadsInFlight }, 'draining dirty data to the store');
+    }, 2000);
+    try {
+      const all = (async () => {
+        this.urgent++;
+        try {
+          while (this.dirty.size > 0) {
+            const targets = [...this.dirty.values()].map((e) => [e.index, e.gen] as [number, number]);
+            this.pump();
+            await Promise.all(targets.map(([index, gen]) => new Promise<void>((resolve) => {
+              const list = this.waiters.get(index) ?? [];
+              list.push({ gen, resolve });
+              this.waiters.set(index, list);
+            })));
+          }
+        } finally {
+          this.urgent--;
+        }
+      })();
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); });
+      const done = await Promise.race([all.then(() => true), timedOut]);
+      clearTimeout(timer);
+      this.log.info({ ms: Date.now() - started, complete: done, dirtyBytes: this.status().dirtyBytes }, done ? 'all dirty data uploaded' : 'drain timed out: the journal keeps the rest for the next start');
+      return done;
+    } finally {
+      clearInterval(progress);
+    }
+  }
+
+  /** Stops uploading (what is dirty stays in the journal) and closes the files. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.pumpTimer);
+    // Uploads in flight finish or give up at their next failure; none may touch the journal
+    // or the slot file after this returns.
+    while (this.uploadsInFlight > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    await this.journal.sync();
+    await this.journal.trim(this.neededSeq());
+    await this.journal.close();
+    await this.slots.close();
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new StorageError('ESHUTDOWN', 'the cache is closed');
+  }
+
+  // ---- recovery -------------------------------------------------------------------------
+
+  /** Applies one journal record at startup, exactly as the live write applied it. */
+  private async replay(record: JournalRecord): Promise<void> {
+    if (record.type === RecordType.DISCARD) {
+      const indexes = new Set(this.lower.storedIn(record.index, record.length));
+      for (const e of this.entries.values()) if (e.index >= record.index && e.index < record.index + record.length) indexes.add(e.index);
+      for (const index of indexes) this.applyDiscard(index, record.seq);
+      return;
+    }
+    if (this.slots.freeCount === 0) {
+      throw new StorageError('ENOSPC', `the journal holds more dirty extents than --cache-size has room for (${this.slots.slotCount})`);
+    }
+    const e = await this.entryWithSlot(record.index);
+    await this.slots.write(e.slot!, record.offset, record.payload ?? zeroBytes(record.length));
+    e.valid.add(record.offset, record.offset + record.length);
+    this.markDirty(e, record.seq);
+  }
+}
+
+function zeroBytes(length: number): Buffer {
+  return length <= ZERO_EXTENT_CHUNK.length ? ZERO_EXTENT_CHUNK.subarray(0, length) : Buffer.alloc(length);
+}

@@ -1,0 +1,176 @@
+// An HTTP proxy in front of a real S3 server, for tests of how the S3 client copes with a
+// misbehaving one. It forwards requests unchanged (the Host header included, so SigV4
+// signatures made for the proxy's address still verify), streams bodies both ways, counts
+// requests by kind, and injects the faults it is told to: S3 error replies, delays and
+// connection resets. Only path-style requests (http://proxy/BUCKET/KEY) are classified.
+
+import { Agent, createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+export type RequestKind = 'GET object' | 'HEAD object' | 'PUT object' | 'DELETE object' | 'DELETE objects' | 'LIST' | 'other';
+
+export interface ProxiedRequest {
+  readonly method: string;
+  /** The path and query as sent, e.g. /bucket/prefix/key?x-id=PutObject. */
+  readonly url: string;
+  readonly bucket: string;
+  /** The object key ('' for bucket-level requests). */
+  readonly key: string;
+  readonly kind: RequestKind;
+  /** The fault applied to it, if any. */
+  fault?: Fault['kind'];
+}
+
+export type Match = (request: ProxiedRequest) => boolean;
+
+export interface S3FaultProxy {
+  /** http://127.0.0.1:PORT: give this to the client instead of the server's endpoint. */
+  readonly endpoint: string;
+  /** Every request received, in order. */
+  readonly requests: readonly ProxiedRequest[];
+  /** Requests received of this kind, faulted ones included. */
+  count(kind: RequestKind): number;
+  /** Answers the next `times` matching requests with an S3 error, e.g. (3, 503, 'SlowDown'). */
+  failNext(times: number, status: number, code: string, match?: Match): void;
+  /** Holds the next `times` matching requests for `ms` before forwarding them. */
+  delayNext(times: number, ms: number, match?: Match): void;
+  /** Answers the next `times` matching requests with this status and XML body, e.g. a DeleteResult listing errors. */
+  replyNext(times: number, status: number, body: string, match?: Match): void;
+  /** Resets (TCP RST) the connection of the next `times` matching requests, unanswered. */
+  resetNext(times: number, match?: Match): void;
+  /**
+   * Forwards the next `times` matching requests, waits for the server's answer, then resets
+   * the client's connection instead of passing it on: a request that took effect, but whose
+   * client cannot know it did.
+   */
+  dropResponseNext(times: number, match?: Match): void;
+  /** Forgets faults not yet used up. */
+  clearFaults(): void;
+  /** Forgets the requests seen so far (the counts start again from zero). */
+  clearRequests(): void;
+  close(): Promise<void>;
+}
+
+/** Matches requests of one kind, optionally only for keys that contain `keyPart`. */
+export function kindIs(kind: RequestKind, keyPart = ''): Match {
+  return (r) => r.kind === kind && r.key.includes(keyPart);
+}
+
+type Fault =
+  | { kind: 'reply'; remaining: number; match: Match; status: number; body: (r: ProxiedRequest) => string }
+  | { kind: 'delay'; remaining: number; match: Match; ms: number }
+  | { kind: 'reset'; remaining: number; match: Match }
+  | { kind: 'drop'; remaining: number; match: Match };
+
+export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
+  const upstream = new URL(target);
+  if (upstream.protocol !== 'http:') throw new Error(`the fault proxy forwards to http:// only, not ${target}`);
+  const agent = new Agent({ keepAlive: true });
+  const requests: ProxiedRequest[] = [];
+  let faults: Fault[] = [];
+  const sockets = new Set<Socket>();
+
+  const server = createServer((req, res) => {
+    const info = describe(req);
+    requests.push(info);
+    const fault = faults.find((f) => f.remaining > 0 && f.match(info));
+    if (fault) {
+      fault.remaining--;
+      info.fault = fault.kind;
+    }
+    if (fault?.kind === 'reset') {
+      req.socket.resetAndDestroy();
+    } else if (fault?.kind === 'reply') {
+      // Read the body first, so the connection stays usable, as with a real server.
+      req.resume();
+      req.once('end', () => reply(res, fault.status, info.method === 'HEAD' ? '' : fault.body(info)));
+    } else if (fault?.kind === 'delay') {
+      req.pause();
+      const timer = setTimeout(() => forward(req, res, upstream, agent, false), fault.ms);
+      req.socket.once('close', () => clearTimeout(timer));
+    } else {
+      forward(req, res, upstream, agent, fault?.kind === 'drop');
+    }
+  });
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+
+  const add = (fault: Fault): void => {
+    faults.push(fault);
+  };
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    requests,
+    count: (kind) => requests.filter((r) => r.kind === kind).length,
+    failNext: (times, status, code, match = () => true) => add({ kind: 'reply', remaining: times, match, status, body: (r) => errorXml(code, r) }),
+    replyNext: (times, status, body, match = () => true) => add({ kind: 'reply', remaining: times, match, status, body: () => body }),
+    delayNext: (times, ms, match = () => true) => add({ kind: 'delay', remaining: times, match, ms }),
+    resetNext: (times, match = () => true) => add({ kind: 'reset', remaining: times, match }),
+    dropResponseNext: (times, match = () => true) => add({ kind: 'drop', remaining: times, match }),
+    clearFaults: () => { faults = []; },
+    clearRequests: () => { requests.length = 0; },
+    close: () => new Promise((resolve) => {
+      for (const socket of sockets) socket.destroy();
+      agent.destroy();
+      server.close(() => resolve());
+    }),
+  };
+}
+
+function describe(req: IncomingMessage): ProxiedRequest {
+  const url = new URL(req.url ?? '/', 'http://proxy');
+  const [, bucket = '', ...rest] = url.pathname.split('/');
+  const key = decodeURIComponent(rest.join('/'));
+  const method = req.method ?? 'GET';
+  let kind: RequestKind = 'other';
+  if (method === 'POST' && url.searchParams.has('delete')) kind = 'DELETE objects';
+  else if (key === '' && method === 'GET' && bucket !== '' && !url.searchParams.has('location')) kind = 'LIST';
+  else if (key !== '' && method === 'GET') kind = 'GET object';
+  else if (key !== '' && method === 'HEAD') kind = 'HEAD object';
+  else if (key !== '' && method === 'PUT') kind = 'PUT object';
+  else if (key !== '' && method === 'DELETE') kind = 'DELETE object';
+  return { method, url: req.url ?? '/', bucket: decodeURIComponent(bucket), key, kind };
+}
+
+function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent: Agent, dropResponse: boolean): void {
+  const out = request({
+    host: upstream.hostname,
+    port: upstream.port,
+    method: req.method,
+    path: req.url,
+    headers: req.headers,
+    agent,
+  }, (answer) => {
+    if (dropResponse) {
+      answer.resume();
+      answer.once('end', () => req.socket.resetAndDestroy());
+      return;
+    }
+    res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.headers);
+    answer.pipe(res);
+    answer.once('error', () => res.destroy());
+  });
+  out.once('error', () => {
+    if (res.headersSent) res.destroy();
+    else reply(res, 502, errorXml('ProxyUpstreamError', describe(req)));
+  });
+  // The client gave up (or was reset): stop the upstream request too.
+  res.once('close', () => {
+    if (!res.writableFinished) out.destroy();
+  });
+  req.pipe(out);
+}
+
+function errorXml(code: string, info: ProxiedRequest): string {
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>injected by the test fault proxy</Message>`
+    + `<Resource>/${info.bucket}/${info.key}</Resource><RequestId>fault-proxy</RequestId></Error>`;
+}
+
+function reply(res: ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}

@@ -1,0 +1,370 @@
+// S3ObjectStore against a real S3 server (MinIO, see test/helpers/minio.ts), with a fault
+// proxy in front of it where a test needs the server to misbehave.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { UserError } from '../../src/errors.ts';
+import { StorageError } from '../../src/storage/extent-store.ts';
+import { parseS3Url, S3ObjectStore, type S3ObjectStoreConfig } from '../../src/storage/s3-object-store.ts';
+import { startMinio, type S3TestServer } from '../helpers/minio.ts';
+import { kindIs, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
+
+async function keys(store: { list(prefix: string): AsyncIterable<string> }, prefix = ''): Promise<string[]> {
+  const out: string[] = [];
+  for await (const k of store.list(prefix)) out.push(k);
+  return out.sort();
+}
+
+/** Rejects with a StorageError carrying `errno`, whose message matches `message`. */
+async function rejectsWith(promise: Promise<unknown>, errno: string, message?: RegExp): Promise<StorageError> {
+  let caught: unknown;
+  await promise.then(() => assert.fail(`expected ${errno}, but it succeeded`), (err: unknown) => { caught = err; });
+  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
+  assert.equal(caught.errno, errno, caught.message);
+  if (message) assert.match(caught.message, message);
+  return caught;
+}
+
+describe('S3ObjectStore on a real S3 server', () => {
+  let server: S3TestServer;
+  let proxy: S3FaultProxy;
+  const bucket = `s3nbd-test-${randomBytes(4).toString('hex')}`;
+  const stores: S3ObjectStore[] = [];
+
+  before(async () => {
+    server = await startMinio();
+    await server.createBucket(bucket);
+    proxy = await startFaultProxy(server.endpoint);
+  });
+  after(async () => {
+    for (const store of stores) await store.close();
+    await proxy?.close();
+    await server?.stop();
+  });
+
+  /** A store under its own prefix (so tests do not see each other's keys), closed after the tests. */
+  function open(config: Partial<S3ObjectStoreConfig> = {}): S3ObjectStore {
+    const store = new S3ObjectStore({
+      bucket,
+      prefix: `t-${randomBytes(4).toString('hex')}`,
+      endpoint: server.endpoint,
+      region: server.region,
+      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+      ...config,
+    });
+    stores.push(store);
+    return store;
+  }
+
+  /** A store behind the fault proxy, with backoff waits recorded instead of slept. */
+  function openBehindProxy(config: Partial<S3ObjectStoreConfig> = {}): { store: S3ObjectStore; waits: number[] } {
+    const waits: number[] = [];
+    const store = open({
+      endpoint: proxy.endpoint,
+      sleep: (ms) => { waits.push(ms); return Promise.resolve(); },
+      random: () => 0.5,
+      ...config,
+    });
+    return { store, waits };
+  }
+
+  it('puts, gets, replaces and tags objects; a missing key is undefined after one GET', async () => {
+    const store = open({ prefix: 'basic/' });
+    assert.match(store.description, new RegExp(`^s3://${bucket}/basic at http://127\\.0\\.0\\.1:\\d+$`));
+    assert.ok(!store.description.includes(server.secretAccessKey));
+
+    assert.equal(await store.get('missing'), undefined);
+    assert.equal(await store.getTagged('missing'), undefined);
+    assert.equal(store.stats.get, 2, 'a 404 is an answer, not retried');
+    assert.equal(store.stats.retries, 0);
+
+    await store.put('extents/00/1', Buffer.from('one'));
+    assert.equal((await store.get('extents/00/1'))?.toString(), 'one');
+    const first = await store.getTagged('extents/00/1');
+    await store.put('extents/00/1', Buffer.from('uno'));
+    const second = await store.getTagged('extents/00/1');
+    assert.equal(second?.data.toString(), 'uno');
+    assert.ok(first && second && first.tag !== second.tag, 'replacing an object changes its tag');
+
+    await store.put('empty', Buffer.alloc(0));
+    assert.deepEqual(await store.get('empty'), Buffer.alloc(0));
+    // Several MB: a body that arrives in many chunks, and a PUT without 100-continue.
+    const big = randomBytes(5 * 1024 * 1024 + 17);
+    await store.put('big', big);
+    assert.ok((await store.get('big'))?.equals(big));
+    assert.deepEqual(await keys(store), ['big', 'empty', 'extents/00/1']);
+    await store.flush();
+  });
+
+  it('compare-and-swaps: creates only when absent, replaces only the expected version', async () => {
+    const store = open();
+    const first = await store.putIf('k', Buffer.from('first'), undefined);
+    assert.ok(first);
+    assert.equal(await store.putIf('k', Buffer.from('second'), undefined), undefined, 'create-if-absent fails on an existing key');
+    assert.deepEqual(await store.getTagged('k'), { data: Buffer.from('first'), tag: first });
+    const second = await store.putIf('k', Buffer.from('second'), first);
+    assert.ok(second && second !== first);
+    assert.equal(await store.putIf('k', Buffer.from('stale'), first), undefined, 'an old tag no longer matches');
+    assert.equal((await store.get('k'))?.toString(), 'second');
+    await store.deleteMany(['k']);
+    assert.equal(await store.putIf('k', Buffer.from('gone'), second), undefined, 'a tag does not match a deleted key');
+    assert.equal(await store.get('k'), undefined);
+  });
+
+  it('lets exactly one of several racing creators, and of several racing swaps, win', async () => {
+    const store = open();
+    const racers = [1, 2, 3, 4, 5, 6];
+    const created = await Promise.all(racers.map((i) => store.putIf('race', Buffer.from(`create${i}`), undefined)));
+    assert.equal(created.filter(Boolean).length, 1, 'exactly one concurrent creator wins');
+    const winner = racers[created.findIndex(Boolean)]!;
+    const current = (await store.getTagged('race'))!;
+    assert.equal(current.data.toString(), `create${winner}`);
+    assert.equal(current.tag, created.find(Boolean));
+
+    const swapped = await Promise.all(racers.map((i) => store.putIf('race', Buffer.from(`swap${i}`), current.tag)));
+    assert.equal(swapped.filter(Boolean).length, 1, 'exactly one concurrent swap from the same version wins');
+    const swapWinner = racers[swapped.findIndex(Boolean)]!;
+    assert.equal((await store.get('race'))?.toString(), `swap${swapWinner}`);
+  });
+
+  it('lists in pages and deletes in batches of at most 1000', async () => {
+    const store = open();
+    const all = Array.from({ length: 1010 }, (_, i) => `extents/${String(i).padStart(4, '0')}`);
+    for (let i = 0; i < all.length; i += 100) {
+      await Promise.all(all.slice(i, i + 100).map((key) => store.put(key, Buffer.from(key))));
+    }
+    const listsBefore = store.stats.list;
+    assert.deepEqual(await keys(store, 'extents/'), all);
+    assert.equal(store.stats.list - listsBefore, 2, 'S3 returns at most 1000 keys per page');
+    assert.deepEqual(await keys(store, 'extents/100'), all.slice(1000));
+
+    const deletesBefore = store.stats.delete;
+    await store.deleteMany([...all.slice(0, 1005), 'never-existed']);
+    assert.equal(store.stats.delete - deletesBefore, 2, '1006 keys take two DeleteObjects requests');
+    assert.deepEqual(await keys(store), all.slice(1005));
+    await store.deleteMany([]);
+    assert.equal(store.stats.delete - deletesBefore, 2, 'nothing to delete sends nothing');
+  });
+
+  it('keeps stores with different prefixes in one bucket apart', async () => {
+    const a = open({ prefix: 'iso/p' });
+    const b = open({ prefix: '/iso//p2/' });
+    const root = open({ prefix: '' });
+    await a.put('x', Buffer.from('from a'));
+    await b.put('x', Buffer.from('from b'));
+    await b.put('only-b', Buffer.from('b'));
+    assert.deepEqual(await keys(a), ['x'], '"iso/p" must not see the keys of "iso/p2"');
+    assert.deepEqual(await keys(b), ['only-b', 'x']);
+    assert.equal((await a.get('x'))?.toString(), 'from a');
+    assert.equal(await a.get('only-b'), undefined);
+    assert.deepEqual(await keys(root, 'iso/'), ['iso/p/x', 'iso/p2/only-b', 'iso/p2/x'], 'slashes in the prefix are normalised');
+    await a.deleteMany(['x', 'only-b']);
+    assert.deepEqual(await keys(a), []);
+    assert.deepEqual(await keys(b), ['only-b', 'x'], 'deleting in one store leaves the other alone');
+    assert.match(root.description, new RegExp(`^s3://${bucket} at `));
+  });
+
+  it('fails with EPERM, without retrying, when the credentials are wrong', async () => {
+    const store = open({ credentials: { accessKeyId: server.accessKeyId, secretAccessKey: 'not-the-secret' } });
+    await rejectsWith(store.get('k'), 'EPERM', /SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId/);
+    await rejectsWith(store.put('k', Buffer.from('x')), 'EPERM');
+    await rejectsWith(store.deleteMany(['k']), 'EPERM');
+    assert.deepEqual([store.stats.get, store.stats.put, store.stats.delete, store.stats.retries], [1, 1, 1, 0]);
+    const err = await rejectsWith(keys(store), 'EPERM');
+    assert.ok(!err.message.includes('not-the-secret'));
+  });
+
+  describe('through a fault proxy', () => {
+    it('retries throttling with growing, jittered waits, then succeeds', async () => {
+      const { store, waits } = openBehindProxy();
+      proxy.clearRequests();
+      proxy.failNext(3, 503, 'SlowDown', kindIs('PUT object'));
+      await store.put('k', Buffer.from('data'));
+      assert.equal(proxy.count('PUT object'), 4);
+      assert.deepEqual([store.stats.put, store.stats.retries, store.stats.throttled], [4, 3, 3]);
+      assert.deepEqual(waits, [50, 100, 200], 'random() × 100 ms, doubling');
+      assert.equal((await store.get('k'))?.toString(), 'data');
+      proxy.failNext(2, 429, 'TooManyRequests', kindIs('GET object'));
+      assert.equal((await store.get('k'))?.toString(), 'data');
+      assert.equal(store.stats.throttled, 5, '429 is throttling too');
+    });
+
+    it('caps the backoff', async () => {
+      const { store, waits } = openBehindProxy({ random: () => 0.999, maxAttempts: 10 });
+      proxy.failNext(9, 503, 'SlowDown', kindIs('GET object'));
+      assert.equal(await store.get('missing'), undefined);
+      assert.deepEqual(waits, [99, 199, 399, 799, 1598, 3196, 6393, 9990, 9990]);
+    });
+
+    it('gives up with EIO after maxAttempts on a server error that persists', async () => {
+      const { store, waits } = openBehindProxy({ maxAttempts: 4 });
+      proxy.clearRequests();
+      proxy.failNext(100, 500, 'InternalError', kindIs('GET object'));
+      try {
+        await rejectsWith(store.get('k'), 'EIO', /InternalError.*gave up after 4 attempts/);
+      } finally {
+        proxy.clearFaults();
+      }
+      assert.equal(proxy.count('GET object'), 4);
+      assert.equal(waits.length, 3);
+      assert.deepEqual([store.stats.get, store.stats.exhausted], [4, 1]);
+    });
+
+    it('does not retry 403 or other 4xx errors', async () => {
+      const { store } = openBehindProxy();
+      proxy.clearRequests();
+      proxy.failNext(1, 403, 'AccessDenied', kindIs('PUT object'));
+      await rejectsWith(store.put('k', Buffer.from('x')), 'EPERM', /AccessDenied/);
+      proxy.failNext(1, 400, 'InvalidRequest', kindIs('PUT object'));
+      await rejectsWith(store.put('k', Buffer.from('x')), 'EIO', /InvalidRequest/);
+      proxy.failNext(1, 501, 'NotImplemented', kindIs('PUT object'));
+      await rejectsWith(store.put('k', Buffer.from('x')), 'EIO', /NotImplemented/);
+      assert.equal(proxy.count('PUT object'), 3);
+      assert.equal(store.stats.retries, 0);
+    });
+
+    it('retries reset connections and requests that time out', async () => {
+      const { store } = openBehindProxy({ requestTimeoutMs: 500 });
+      await store.put('k', Buffer.from('data'));
+      proxy.clearRequests();
+      proxy.resetNext(2, kindIs('GET object'));
+      assert.equal((await store.get('k'))?.toString(), 'data');
+      assert.equal(proxy.count('GET object'), 3);
+      proxy.delayNext(1, 2000, kindIs('GET object'));
+      const started = Date.now();
+      assert.equal((await store.get('k'))?.toString(), 'data');
+      assert.ok(Date.now() - started < 1500, 'the slow attempt was abandoned at its time limit');
+      assert.equal(proxy.count('GET object'), 5);
+      assert.equal(store.stats.retries, 3);
+    });
+
+    it('retries a refused connection', async () => {
+      const waits: number[] = [];
+      // Nothing listens on the proxy's port once it is closed.
+      const closed = await startFaultProxy(server.endpoint);
+      await closed.close();
+      const store = open({ endpoint: closed.endpoint, maxAttempts: 3, sleep: (ms) => { waits.push(ms); return Promise.resolve(); } });
+      await rejectsWith(store.get('k'), 'EIO', /ECONNREFUSED.*gave up after 3 attempts/);
+      assert.equal(waits.length, 2);
+    });
+
+    it('settles a conditional write whose answer was lost by reading the object back', async () => {
+      let duringBackoff = (): Promise<void> => Promise.resolve();
+      const prefix = `lost-${randomBytes(4).toString('hex')}`;
+      const store = open({ prefix, endpoint: proxy.endpoint, random: () => 0, sleep: () => duringBackoff() });
+      const direct = open({ prefix });
+      proxy.clearRequests();
+      proxy.dropResponseNext(1, kindIs('PUT object'));
+      const tag = await store.putIf('lease', Buffer.from('mine'), undefined);
+      assert.equal(proxy.count('PUT object'), 2, 'the write landed, and the retry found the key taken');
+      assert.ok(tag, 'the object holds our bytes: the lost write was ours');
+      assert.equal(tag, (await direct.getTagged('lease'))?.tag);
+
+      // The first attempt never arrives, and another writer gets in before the retry.
+      proxy.resetNext(1, kindIs('PUT object'));
+      duringBackoff = () => direct.put('lease', Buffer.from('theirs'));
+      assert.equal(await store.putIf('lease', Buffer.from('mine again'), tag), undefined, 'the condition really failed');
+      assert.equal((await direct.get('lease'))?.toString(), 'theirs');
+    });
+
+    it('throws on DeleteObjects errors, retrying only the keys whose errors are transient', async () => {
+      const prefix = `del-${randomBytes(4).toString('hex')}`;
+      const { store } = openBehindProxy({ prefix });
+      await store.put('a', Buffer.from('a'));
+      await store.put('b', Buffer.from('b'));
+      const result = (entries: string): string => `<?xml version="1.0" encoding="UTF-8"?>\n<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">${entries}</DeleteResult>`;
+      const error = (key: string, code: string): string => `<Error><Key>${prefix}/${key}</Key><Code>${code}</Code><Message>injected</Message></Error>`;
+
+      proxy.clearRequests();
+      proxy.replyNext(1, 200, result(error('a', 'InternalError') + error('b', 'SlowDown')), kindIs('DELETE objects'));
+      await store.deleteMany(['a', 'b']);
+      assert.equal(proxy.count('DELETE objects'), 2);
+      assert.deepEqual(await keys(store), []);
+
+      await store.put('c', Buffer.from('c'));
+      proxy.replyNext(1, 200, result(error('c', 'AccessDenied')), kindIs('DELETE objects'));
+      await rejectsWith(store.deleteMany(['c']), 'EPERM', /AccessDenied/);
+      proxy.replyNext(1, 200, result(error('c', 'NoSuchKey')), kindIs('DELETE objects'));
+      await store.deleteMany(['c']);
+      assert.equal(proxy.count('DELETE objects'), 4, 'permanent errors are not retried; NoSuchKey is no error');
+    });
+  });
+
+  describe('when the server stops answering', () => {
+    it('times out and gives up, while a retry-forever view waits for the server to come back', async (t) => {
+      if (!server.controllable) return t.skip('needs a local MinIO to pause (S3NBD_TEST_S3_ENDPOINT is set)');
+      const store = open({ requestTimeoutMs: 300, maxAttempts: 2, retryBaseMs: 10, retryCapMs: 50 });
+      await store.put('k', Buffer.from('survives'));
+      await server.pause();
+      try {
+        await rejectsWith(store.get('k'), 'EIO', /no answer within 300 ms.*gave up after 2 attempts/);
+        const forever = store.withRetry({ forever: true }).get('k');
+        await new Promise((r) => setTimeout(r, 1500));
+        assert.ok(store.stats.get > 4, `still retrying (${store.stats.get} GETs so far)`);
+        server.resume();
+        assert.equal((await forever)?.toString(), 'survives');
+      } finally {
+        server.resume();
+      }
+    });
+
+    it('ends a retry-forever operation on close() or on its abort signal', async (t) => {
+      if (!server.controllable) return t.skip('needs a local MinIO to pause (S3NBD_TEST_S3_ENDPOINT is set)');
+      const store = open({ requestTimeoutMs: 200, retryBaseMs: 10, retryCapMs: 50 });
+      await store.put('k', Buffer.from('x'));
+      await server.pause();
+      try {
+        const abort = new AbortController();
+        const viaSignal = store.withRetry({ forever: true, signal: abort.signal }).put('k', Buffer.from('y'));
+        const viaClose = store.withRetry({ forever: true }).get('k');
+        await new Promise((r) => setTimeout(r, 500));
+        abort.abort(new Error('shutting down'));
+        await rejectsWith(viaSignal, 'EIO', /shutting down/);
+        await store.close();
+        await rejectsWith(viaClose, 'EIO', /closed/);
+      } finally {
+        server.resume();
+      }
+    });
+
+    it('works again after the server restarts', async (t) => {
+      if (!server.controllable) return t.skip('needs a local MinIO to restart (S3NBD_TEST_S3_ENDPOINT is set)');
+      const store = open();
+      await store.put('k', Buffer.from('persisted'));
+      await server.restart();
+      assert.equal((await store.get('k'))?.toString(), 'persisted');
+    });
+  });
+});
+
+describe('parseS3Url', () => {
+  it('splits bucket and prefix, normalising slashes', () => {
+    assert.deepEqual(parseS3Url('s3://my-bucket'), { bucket: 'my-bucket', prefix: '' });
+    assert.deepEqual(parseS3Url('s3://my-bucket/'), { bucket: 'my-bucket', prefix: '' });
+    assert.deepEqual(parseS3Url('S3://my.bucket.1//vols//disk-a/'), { bucket: 'my.bucket.1', prefix: 'vols/disk-a' });
+  });
+
+  it('rejects malformed URLs with S3NBD_BAD_S3_URL', () => {
+    for (const [spec, reason] of [
+      ['s3://', /no bucket name/],
+      ['s3:///prefix', /no bucket name/],
+      ['s3://ab', /not a valid bucket name/],
+      ['s3://My_Bucket/x', /not a valid bucket name/],
+      ['s3://-bucket', /not a valid bucket name/],
+      ['s3://a..b', /not a valid bucket name/],
+      ['s3://key:secret@bucket/x', /user name, password or port/],
+      ['s3://bucket:9000/x', /user name, password or port/],
+      ['s3://bucket/x?versionId=1', /query/],
+      ['s3://bucket/a/../b', /"\."/],
+      ['http://bucket/x', /s3:\/\//],
+    ] as const) {
+      assert.throws(() => parseS3Url(spec), (err: unknown) => {
+        assert.ok(err instanceof UserError, spec);
+        assert.equal(err.code, 'S3NBD_BAD_S3_URL');
+        assert.match(err.message, reason, spec);
+        return true;
+      });
+    }
+  });
+});
