@@ -3,20 +3,43 @@
 // (handy in containers); a flag on the command line wins over the environment.
 
 import { Command, Option } from 'commander';
-import { UserError } from '../errors.ts';
+import { Errors, UserError } from '../errors.ts';
+import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
 import { DEFAULT_STORE } from '../storage/store-url.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
-import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
 
-function storeOption(): Option {
-  return new Option('--store <url>', 'where the volume lives: a directory, file:///path, or memory:')
-    .env('S3NBD_STORE').default(DEFAULT_STORE);
-}
+export const DEFAULT_CACHE_DIR = './s3nbd-cache';
 
 function sizeOption(flags: string, description: string, env: string): Option {
   return new Option(flags, description).env(env).argParser((text: string) => parseSize(flags.split(' ')[0]!, text));
+}
+
+function countOption(flags: string, description: string, env: string, min: number, max: number): Option {
+  const name = flags.split(' ')[0]!;
+  return new Option(flags, description).env(env).argParser((text: string) => {
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < min || n > max) throw Errors.badChoice(name, text, [`a whole number from ${min} to ${max}`]);
+    return n;
+  });
+}
+
+function choiceOption(flags: string, description: string, env: string, choices: readonly string[]): Option {
+  const name = flags.split(' ')[0]!;
+  return new Option(flags, description).env(env).default(choices[0]).argParser((text: string) => {
+    if (!choices.includes(text)) throw Errors.badChoice(name, text, choices);
+    return text;
+  });
+}
+
+/** Where the volume lives: shared by every command. */
+function addStoreOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--store <url>', 's3://BUCKET/PREFIX, a directory, file:///path, or memory:').env('S3NBD_STORE').default(DEFAULT_STORE))
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS, or AWS_ENDPOINT_URL_S3)').env('S3NBD_S3_ENDPOINT'))
+    .addOption(new Option('--s3-region <region>', 'S3 region (default: AWS_REGION, the profile, or us-east-1 with an endpoint)').env('S3NBD_S3_REGION'))
+    .addOption(new Option('--s3-force-path-style', 'bucket in the URL path, not the host name (default with --s3-endpoint; env S3NBD_S3_FORCE_PATH_STYLE=1)'));
 }
 
 const program = new Command('s3nbd')
@@ -24,36 +47,42 @@ const program = new Command('s3nbd')
   .showHelpAfterError('(run with --help for usage)')
   .configureOutput({ outputError: (text, write) => write(text) });
 
-program.command('serve')
+addStoreOptions(program.command('serve'))
   .description('serve a volume over NBD (creating it first when --size is given and none exists)')
-  .addOption(storeOption())
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G; creates the volume if there is none', 'S3NBD_SIZE'))
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object for a new volume (default 1M)', 'S3NBD_EXTENT_SIZE'))
   .addOption(new Option('--listen <host:port>', 'TCP address to listen on').env('S3NBD_LISTEN').default('127.0.0.1:10809'))
   .addOption(new Option('--socket <path>', 'Unix socket to listen on (instead of TCP unless --listen is also given)').env('S3NBD_SOCKET'))
   .addOption(new Option('--export-name <name>', 'export name; the empty name "" always selects this export too').env('S3NBD_EXPORT_NAME').default(''))
   .addOption(new Option('--read-only', 'refuse writes (env S3NBD_READ_ONLY=1)'))
-  .addOption(sizeOption('--memory-cache <size>', 'memory for cached extents', 'S3NBD_MEMORY_CACHE')
-    .default(DEFAULT_MEMORY_CACHE, formatBytes(DEFAULT_MEMORY_CACHE)))
+  .addOption(new Option('--cache-dir <dir>', 'local directory for the journal and the disk cache (one per volume)').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
+  .addOption(sizeOption('--cache-size <size>', 'disk space for cached extents, dirty and clean', 'S3NBD_CACHE_SIZE').default(4 * 2 ** 30, '4G'))
+  .addOption(sizeOption('--max-dirty <size>', 'dirty data before writes wait for uploads', 'S3NBD_MAX_DIRTY').default(2 ** 30, '1G'))
+  .addOption(sizeOption('--memory-cache <size>', 'memory for clean extents', 'S3NBD_MEMORY_CACHE').default(DEFAULT_MEMORY_CACHE, formatBytes(DEFAULT_MEMORY_CACHE)))
+  .addOption(countOption('--upload-concurrency <n>', 'uploads in flight at once', 'S3NBD_UPLOAD_CONCURRENCY', 1, 256).default(16))
+  .addOption(choiceOption('--flush-mode <mode>', 's3: FLUSH waits until data is in the store; local: FLUSH only fsyncs the local journal', 'S3NBD_FLUSH_MODE', ['s3', 'local']))
+  .addOption(countOption('--drain-timeout <seconds>', 'on SIGTERM, how long to keep uploading dirty data before exiting', 'S3NBD_DRAIN_TIMEOUT', 0, 86_400).default(600))
+  .addOption(new Option('--take-over', 'serve even if another gateway holds the volume (it is fenced off; env S3NBD_TAKE_OVER=1)'))
+  .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp())
+  .addOption(countOption('--upload-delay <ms>', 'how long a dirty extent waits before upload', 'S3NBD_UPLOAD_DELAY', 0, 60_000).default(200).hideHelp())
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);
   });
 
-program.command('create')
+addStoreOptions(program.command('create'))
   .description('create a new volume without serving it')
-  .addOption(storeOption())
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G', 'S3NBD_SIZE').makeOptionMandatory())
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object (default 1M)', 'S3NBD_EXTENT_SIZE'))
-  .action(async (opts: { store: string; size: number; extentSize?: number }) => {
+  .action(async (opts: Record<string, unknown>) => {
     await runCreate(opts);
   });
 
-program.command('info')
-  .description('show a volume: size, extent size, stored extents')
-  .addOption(storeOption())
+addStoreOptions(program.command('info'))
+  .description('show a volume, and with --cache-dir what its gateway is doing (dirty data, uploads, cache use)')
+  .addOption(new Option('--cache-dir <dir>', 'the gateway\'s cache directory').env('S3NBD_CACHE_DIR'))
   .option('--json', 'print JSON')
-  .action(async (opts: { store: string; json?: boolean }) => {
+  .action(async (opts: Record<string, unknown>) => {
     await runInfo(opts);
   });
 

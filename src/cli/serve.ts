@@ -1,27 +1,40 @@
 // `s3nbd serve`: open the storage stack, serve it over NBD, and on SIGINT/SIGTERM stop
-// accepting, finish requests in flight, flush, and exit 0.
+// accepting, finish requests in flight, upload dirty data (up to --drain-timeout), and exit 0.
 
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { Errors } from '../errors.ts';
 import { createLogger } from '../log.ts';
+import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import type { ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
+import { writeAtomically } from '../storage/cache-dir.ts';
 import { openStorage } from '../storage/stack.ts';
-import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
+import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway. */
 const SHUTDOWN_GRACE_MS = 30_000;
+const STATUS_INTERVAL_MS = 2_000;
 
-interface ServeOptions {
-  store: string;
+interface ServeOptions extends StoreOptions {
   size?: number;
   extentSize?: number;
   listen: string;
   socket?: string;
   exportName: string;
   readOnly?: boolean;
+  cacheDir: string;
+  cacheSize: number;
+  maxDirty: number;
   memoryCache: number;
+  uploadConcurrency: number;
+  flushMode: 's3' | 'local';
+  drainTimeout: number;
+  takeOver?: boolean;
+  leaseTtl: number;
+  uploadDelay: number;
   logLevel: string;
 }
 
@@ -29,6 +42,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const opts = raw as unknown as ServeOptions;
   const log = createLogger(opts.logLevel);
   const readOnly = opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false;
+  const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
 
   // TCP unless only a socket was asked for; both when both were.
@@ -37,11 +51,19 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   if (opts.socket !== undefined) endpoints.push({ path: opts.socket });
   if (opts.socket === undefined || listenGiven) endpoints.push(parseListen(opts.listen));
 
+  let stop: (reason: string, exitCode: number) => void = () => undefined;
   const storage = await openStorage({
     store: opts.store,
+    s3: s3OptionsOf(opts),
     volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
     readOnly,
     memoryCacheBytes: opts.memoryCache,
+    cache: {
+      dir: opts.cacheDir, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency,
+      flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
+    },
+    log,
+    onFenced: () => stop('fenced off by another gateway', 3),
   });
   const { volume } = storage;
 
@@ -66,33 +88,43 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     }
   }
 
+  // What the gateway is doing, for `s3nbd info --cache-dir`.
+  const statusPath = join(opts.cacheDir, 'status.json');
+  const statusTimer = storage.cache && setInterval(() => {
+    const status = { pid: process.pid, updatedAt: new Date().toISOString(), ...storage.cache!.status() };
+    writeAtomically(statusPath, `${JSON.stringify(status)}\n`).catch(() => undefined);
+  }, STATUS_INTERVAL_MS);
+  statusTimer?.unref();
+
   // Logged once listening worked, so a failure to listen prints nothing but its one-line error.
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
-    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly },
+    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
+    writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 
   let stopping = false;
-  const stop = (signal: string): void => {
+  stop = (reason: string, exitCode: number): void => {
     if (stopping) {
-      log.warn({ signal }, 'second signal: exiting without waiting');
+      log.warn({ reason }, 'second signal: exiting without waiting (dirty data stays in the journal)');
       process.exit(130);
     }
     stopping = true;
-    log.info({ signal, connections: server.connectionCount }, 'shutting down: finishing requests in flight');
+    log.info({ reason, connections: server.connectionCount }, 'shutting down: finishing requests in flight');
     void (async () => {
       try {
         await server.shutdown(SHUTDOWN_GRACE_MS);
-        await storage.close();
-        log.info('stopped cleanly');
-        log.flush();
-        process.exitCode = 0;
+        clearInterval(statusTimer);
+        const drained = await storage.close(exitCode === 0 ? opts.drainTimeout * 1000 : 0);
+        await rm(statusPath, { force: true });
+        log.info({ drained }, 'stopped');
+        process.exitCode = exitCode;
       } catch (err) {
         log.error({ err }, 'shutdown failed');
-        log.flush();
         process.exitCode = 1;
       }
+      log.flush();
     })();
   };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT', 0));
+  process.on('SIGTERM', () => stop('SIGTERM', 0));
 }

@@ -1,25 +1,50 @@
 // The storage stack, assembled in one place, bottom to top:
 //
-//   ObjectStore         where bytes live: a local directory, memory (and S3 later)
-//   ObjectExtentStore   one object per extent; zero extents not stored; read-modify-write
+//   ObjectStore         where bytes live: S3, a local directory, or memory
+//   ObjectExtentStore   one object per extent; zero extents not stored; allocation bitmap
+//   WriteBackCache      journal + disk cache: writes acknowledged locally, uploaded later
 //   ExtentDevice        the byte-addressed BlockDevice the NBD server serves
 //
-// Each layer implements one small interface (object-store.ts, extent-store.ts, and the
-// protocol's block-device.ts), so a new layer (a write-back cache) slots in between.
+// The write-back cache (and the writer lease that protects it) is left out where it has no
+// job: for the volatile memory store, for read-only serving, and for inspection (`s3nbd info`).
 
+import type { Logger } from 'pino';
+import { Errors } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
+import { type CacheIdentity, claimCacheDir } from './cache-dir.ts';
 import { ExtentDevice } from './extent-device.ts';
+import type { ExtentStore } from './extent-store.ts';
+import { Lease } from './lease.ts';
+import { MemoryObjectStore } from './memory-object-store.ts';
 import { ObjectExtentStore } from './object-extent-store.ts';
 import type { ObjectStore } from './object-store.ts';
-import { openObjectStore } from './store-url.ts';
-import { type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume.ts';
+import { type S3Options, openObjectStore } from './store-url.ts';
+import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume.ts';
+import { WriteBackCache } from './write-back-cache.ts';
+
+export interface CacheConfig {
+  readonly dir: string;
+  readonly cacheBytes: number;
+  readonly maxDirtyBytes: number;
+  readonly uploadConcurrency: number;
+  readonly flushMode: 's3' | 'local';
+  readonly uploadDelayMs: number;
+  readonly leaseTtlMs: number;
+  readonly takeOver: boolean;
+}
 
 export interface StorageConfig {
   readonly store: string;
+  readonly s3?: S3Options;
   readonly volume: VolumeRequest;
   readonly readOnly: boolean;
-  /** Bytes of extents kept in memory. */
+  /** Bytes of clean extents kept in memory. */
   readonly memoryCacheBytes: number;
+  /** Absent: no write-back cache (inspection). */
+  readonly cache?: CacheConfig | undefined;
+  readonly log: Logger;
+  /** Called when another gateway took the volume over (this one is fenced off). */
+  readonly onFenced?: (by: string) => void;
 }
 
 export interface Storage {
@@ -27,31 +52,80 @@ export interface Storage {
   readonly volume: Volume;
   readonly created: boolean;
   readonly extents: ObjectExtentStore;
+  /** Present when writes go through the write-back cache. */
+  readonly cache: WriteBackCache | undefined;
+  readonly identity: CacheIdentity | undefined;
   readonly device: BlockDevice;
-  close(): Promise<void>;
+  /** Uploads dirty data for up to `timeoutMs`, then closes everything. Resolves true if all was uploaded. */
+  close(drainTimeoutMs?: number): Promise<boolean>;
 }
 
 export const DEFAULT_MEMORY_CACHE = 256 * 1024 * 1024;
 
 export async function openStorage(config: StorageConfig): Promise<Storage> {
-  const objects = await openObjectStore(config.store);
+  const { log } = config;
+  const objects = openObjectStore(config.store, { maxSockets: (config.cache?.uploadConcurrency ?? 16) * 2 + 16, ...config.s3 }, log);
+  const opened: Array<() => Promise<unknown>> = [() => objects.close()];
+  const closeAll = async (): Promise<void> => {
+    for (const close of opened.reverse()) await close();
+  };
+  const checkCacheSize = (extentSize: number): void => {
+    const c = config.cache;
+    if (c && c.cacheBytes < c.maxDirtyBytes + 2 * extentSize) throw Errors.badCacheSize(c.cacheBytes, c.maxDirtyBytes, extentSize);
+  };
   try {
-    const { volume, created } = await openVolume(objects, config.volume);
+    // Before a volume is created, with the extent size asked for; again once it is known.
+    checkCacheSize(config.volume.extentSize ?? DEFAULT_EXTENT_SIZE);
+    const { volume, created } = await openVolume(objects, config.volume).catch((err: unknown) => {
+      if (err instanceof Error && /region is missing/i.test(err.message)) throw Errors.noRegion(objects.description);
+      throw err;
+    });
+    const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
     const extents = await ObjectExtentStore.open(objects, {
       extentSize: volume.extentSize,
       extentCount: extentCountOf(volume),
-      cacheBytes: config.memoryCacheBytes,
+      // Under the write-back cache, the cache keeps extents in memory itself.
+      cacheBytes: writeBack ? 0 : config.memoryCacheBytes,
     });
-    const device = new ExtentDevice(extents, volume.size, config.readOnly);
+    let top: ExtentStore = extents;
+    let cache: WriteBackCache | undefined;
+    let identity: CacheIdentity | undefined;
+    if (writeBack) {
+      const c = config.cache!;
+      checkCacheSize(volume.extentSize);
+      identity = await claimCacheDir(c.dir, volume);
+      const lease = await Lease.acquire(objects, {
+        owner: identity.gateway, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
+        onLost: (by) => {
+          cache?.fence(by);
+          config.onFenced?.(by);
+        },
+      });
+      opened.push(() => lease.release());
+      cache = await WriteBackCache.open(extents, {
+        cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
+        maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
+        uploadDelayMs: c.uploadDelayMs, log, mayUpload: () => lease.isValid(),
+      });
+      top = cache;
+    }
+    const device = new ExtentDevice(top, volume.size, config.readOnly);
+    const openedCache = cache;
     return {
-      objects, volume, created, extents, device,
-      async close() {
+      objects, volume, created, extents, cache, identity, device,
+      async close(drainTimeoutMs = 0) {
+        let drained = true;
+        if (openedCache) {
+          if (drainTimeoutMs > 0) drained = await openedCache.drain(drainTimeoutMs);
+          await openedCache.close();
+        }
         await extents.close();
-        await objects.close();
+        await closeAll();
+        return drained;
       },
     };
   } catch (err) {
-    await objects.close();
+    await closeAll();
     throw err;
   }
 }

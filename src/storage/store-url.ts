@@ -1,19 +1,44 @@
 // Turns the --store argument into an ObjectStore:
+//   s3://BUCKET/PREFIX                 S3 or any S3-compatible service (endpoint, region and
+//                                      credentials from the AWS chain or --s3-* options)
 //   ./dir, /abs/dir, file:///abs/dir   a local directory (the embedded default)
 //   memory:                            volatile, in this process (tests, benchmarks)
 
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { FileObjectStore } from './file-object-store.ts';
 import { MemoryObjectStore } from './memory-object-store.ts';
 import type { ObjectStore } from './object-store.ts';
+import { S3ObjectStore, parseS3Url } from './s3-object-store.ts';
 
 export const DEFAULT_STORE = './s3nbd-data';
 
-export function openObjectStore(spec: string): Promise<ObjectStore> {
-  if (spec === 'memory:') return Promise.resolve(new MemoryObjectStore());
-  if (/^s3:\/\//i.test(spec)) throw Errors.s3NotYet(spec);
+export interface S3Options {
+  readonly endpoint?: string | undefined;
+  readonly region?: string | undefined;
+  readonly forcePathStyle?: boolean | undefined;
+  /** Connections to S3; at least the upload concurrency plus room for reads. */
+  readonly maxSockets?: number | undefined;
+}
+
+export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger): ObjectStore {
+  if (spec === 'memory:') return new MemoryObjectStore();
+  if (/^s3:/i.test(spec)) {
+    const { bucket, prefix } = parseS3Url(spec);
+    const endpoint = s3.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    // S3-compatible services rarely care about the region, but the SDK insists on one.
+    const region = s3.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? (endpoint ? 'us-east-1' : undefined);
+    return new S3ObjectStore({
+      bucket, prefix,
+      ...(s3.endpoint !== undefined ? { endpoint: s3.endpoint } : {}),
+      ...(region !== undefined ? { region } : {}),
+      ...(s3.forcePathStyle !== undefined ? { forcePathStyle: s3.forcePathStyle } : {}),
+      ...(s3.maxSockets !== undefined ? { maxSockets: s3.maxSockets } : {}),
+      ...(log ? { log } : {}),
+    });
+  }
   let dir: string;
   if (/^file:/i.test(spec)) {
     try {
@@ -27,5 +52,5 @@ export function openObjectStore(spec: string): Promise<ObjectStore> {
     dir = resolve(spec);
   }
   // The directory is created by the first write, so `info` on a wrong path leaves nothing behind.
-  return Promise.resolve(new FileObjectStore(dir));
+  return new FileObjectStore(dir);
 }

@@ -54,6 +54,8 @@ export interface WriteBackOptions {
   /** How long a dirty extent waits before upload, so a burst of small writes uploads once. */
   readonly uploadDelayMs: number;
   readonly log: Logger;
+  /** False while uploads must not start (the writer lease may have expired). */
+  readonly mayUpload?: () => boolean;
 }
 
 interface Entry {
@@ -127,6 +129,7 @@ export class WriteBackCache implements ExtentStore {
   private urgent = 0;
   private pumpTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  private fenced: string | undefined;
   private lastRead = -2;
   private warnedFull = false;
 
@@ -458,7 +461,7 @@ export class WriteBackCache implements ExtentStore {
 
   /** Starts uploads of dirty extents that are due, up to the concurrency limit. */
   private pump(): void {
-    if (this.closed) return;
+    if (this.closed || this.fenced !== undefined || this.options.mayUpload?.() === false) return;
     const now = Date.now();
     const due = (e: Entry): boolean => this.urgent > 0 || now - e.dirtySince >= this.options.uploadDelayMs;
     const deletes: Entry[] = [];
@@ -674,6 +677,12 @@ export class WriteBackCache implements ExtentStore {
 
   private checkOpen(): void {
     if (this.closed) throw new StorageError('ESHUTDOWN', 'the cache is closed');
+    if (this.fenced !== undefined) throw new StorageError('EPERM', `this gateway was fenced off: ${this.fenced} took over the volume`);
+  }
+
+  /** Another gateway owns the volume now: refuse changes and stop uploading. */
+  fence(by: string): void {
+    this.fenced = by;
   }
 
   // ---- recovery -------------------------------------------------------------------------

@@ -54,7 +54,10 @@ describe('s3nbd command line', () => {
     assertOneLineError(await cli(['serve', '--store', empty, '--size', '1G', '--extent-size', '3K']), 'S3NBD_BAD_EXTENT_SIZE', /1M/);
     assertOneLineError(await cli(['serve', '--store', empty, '--size', '1G', '--listen', 'nonsense']), 'S3NBD_BAD_LISTEN', /127\.0\.0\.1:10809/);
     assertOneLineError(await cli(['serve', '--store', 'ftp://x/y', '--size', '1G']), 'S3NBD_BAD_STORE', /directory path/);
-    assertOneLineError(await cli(['serve', '--store', 's3://bucket/prefix', '--size', '1G']), 'S3NBD_S3_UNSUPPORTED', /local directory/);
+    assertOneLineError(await cli(['serve', '--store', 's3://Not_A_Bucket!/prefix', '--size', '1G']), 'S3NBD_BAD_S3_URL', /s3:\/\//);
+    assertOneLineError(await cli(['serve', '--store', empty, '--size', '1G', '--flush-mode', 'never']), 'S3NBD_BAD_CHOICE', /s3/);
+    assertOneLineError(await cli(['serve', '--store', empty, '--size', '1G', '--cache-dir', join(dir.path, 'c0'), '--cache-size', '1G', '--max-dirty', '1G']),
+      'S3NBD_BAD_CACHE_SIZE', /--cache-size/);
     assertOneLineError(await cli(['serve', '--store', empty, '--size', '1G', '--log-level', 'loud']), 'S3NBD_BAD_LOG_LEVEL', /debug/);
     const store = join(dir.path, 'sized');
     assert.equal((await cli(['create', '--store', store, '--size', '1G'])).code, 0);
@@ -89,9 +92,21 @@ describe('s3nbd command line', () => {
     await killed.stop('SIGKILL');
     assert.equal(existsSync(socket), true, 'kill -9 leaves the socket file');
     const again = await startGateway(['--store', store], { socket });
-    const clash = await cli(['serve', '--store', store, '--socket', socket]);
+    const other = join(dir.path, 'other-store');
+    const clash = await cli(['serve', '--store', other, '--size', '64M', '--socket', socket, '--cache-dir', join(dir.path, 'other-cache')]);
     assertOneLineError(clash, 'S3NBD_LISTEN_FAILED', /another/);
     assert.equal(await again.stop(), 0);
+  });
+
+  it('refuses a second gateway on the same volume, and lets the first restart at once after a crash', async () => {
+    const store = join(dir.path, 'leased');
+    const first = await startGateway(['--store', store, '--size', '64M'], { socket: join(dir.path, 'leased.sock') });
+    const second = await cli(['serve', '--store', store, '--socket', join(dir.path, 'second.sock'), '--cache-dir', join(dir.path, 'second-cache')]);
+    assertOneLineError(second, 'S3NBD_VOLUME_IN_USE', /--take-over/);
+    await first.stop('SIGKILL');
+    // Same cache directory: the same gateway, which knows the lease is its own.
+    const restarted = await startGateway(['--store', store], { socket: join(dir.path, 'leased.sock') });
+    assert.equal(await restarted.stop(), 0);
   });
 
   it('finishes requests in flight on SIGTERM, flushes, and exits 0', async () => {
@@ -128,7 +143,7 @@ print(json.dumps(done), flush=True)
     });
     await new Promise((r) => child.on('close', r));
     assert.equal(await gw.exited, 0, gw.logs());
-    assert.match(gw.logs(), /"msg":"stopped cleanly"/);
+    assert.match(gw.logs(), /"drained":true,"msg":"stopped"/);
     const results = JSON.parse(out.split('\n')[1]!) as Record<string, number>;
     const acknowledged = Object.entries(results).filter(([, err]) => err === 0).map(([i]) => Number(i));
     assert.ok(acknowledged.length >= 4, 'the writes answered before the signal');

@@ -52,7 +52,10 @@ export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}):
  * The gateway is killed when the test process exits, whatever happens.
  */
 export async function startGateway(args: readonly string[], options: { socket: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Gateway> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', options.socket, '--log-level', 'debug', ...args], {
+  // Each socket gets its own cache directory beside it, unless the test names one (or the
+  // environment does): a gateway restarted on the same socket finds its own cache again.
+  const cacheDir = args.includes('--cache-dir') || options.env?.S3NBD_CACHE_DIR ? [] : ['--cache-dir', `${options.socket}.cache`];
+  const child = spawn(process.execPath, [CLI, 'serve', '--socket', options.socket, '--log-level', 'debug', ...cacheDir, ...args], {
     env: { ...process.env, ...options.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

@@ -86,7 +86,7 @@ describe('NBD server protocol edge cases', () => {
   let readsStarted = 0;
 
   before(async () => {
-    storage = await openStorage({ store: 'memory:', volume: { mode: 'open-or-create', size: 16 << 20, extentSize: 1 << 16 }, readOnly: false, memoryCacheBytes: 1 << 20 });
+    storage = await openStorage({ log: pino({ level: 'silent' }), store: 'memory:', volume: { mode: 'open-or-create', size: 16 << 20, extentSize: 1 << 16 }, readOnly: false, memoryCacheBytes: 1 << 20 });
     const device = storage.device;
     const counting = Object.assign(Object.create(device) as typeof device, {
       read: (offset: number, length: number) => {
