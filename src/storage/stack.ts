@@ -91,7 +91,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     let cache: WriteBackCache | undefined;
     let identity: CacheIdentity | undefined;
     if (writeBack) {
-      const c = config.cache!;
+      const c = config.cache;
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
       const lease = await Lease.acquire(objects, {
