@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, builds, type-checks, lints,
-# then runs the unit tests and the end-to-end tests with real NBD clients.
+# then runs the unit tests, the end-to-end tests with real NBD clients, and the integration
+# tests against a real S3 server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 . scripts/node-env.sh
 s3nbd_use_node
 
+# A real S3 server for the integration tests: MinIO built from source once and cached
+# (scripts/install-minio.sh), unless S3NBD_TEST_S3_ENDPOINT points at one you run yourself.
+if [ -z "${S3NBD_TEST_S3_ENDPOINT:-}" ]; then bash scripts/install-minio.sh >/dev/null; fi
+
 npm run --silent build
 npm run --silent typecheck
 npm run --silent lint
-node --test --test-reporter=spec 'test/unit/**/*.test.ts' 'test/e2e/**/*.test.ts' --test-concurrency=1
+node --test --test-reporter=spec --test-concurrency=1 \
+  'test/unit/**/*.test.ts' 'test/e2e/**/*.test.ts' 'test/integration/**/*.test.ts'
