@@ -1,0 +1,161 @@
+// s3-raw.ts - the "raw S3" side of bench/s3.sh: PutObject / GetObject of N objects with a
+// fixed number of requests in flight, using the AWS SDK with the same client settings as
+// src/storage/s3-object-store.ts, and the same key layout as s3nbd's extents. Also creates
+// the bucket and reads MinIO's request counters. Run with Node's type stripping:
+//
+//   node bench/s3-raw.ts mkbucket --endpoint URL --bucket B
+//   node bench/s3-raw.ts put      --endpoint URL --bucket B --prefix P --file F [--count 1024] [--size 1048576] [--concurrency 16]
+//   node bench/s3-raw.ts get      --endpoint URL --bucket B --prefix P [--count 1024] [--size 1048576] [--concurrency 16]
+//   node bench/s3-raw.ts requests --endpoint URL
+//
+// Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. put and get print one JSON line,
+// {"seconds":..,"bytes":..,"mibps":..}, timed from the first request to the last response
+// (put reads its object bodies from F into memory before the clock starts). requests prints
+// MinIO's S3 request counters by API as JSON (needs MINIO_PROMETHEUS_AUTH_TYPE=public).
+// Any failed request fails the run: nothing is retried.
+
+import { readFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import {
+  BucketAlreadyOwnedByYou,
+  CreateBucketCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import { extentKey } from '../src/storage/extent-keys.ts';
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    endpoint: { type: 'string' },
+    bucket: { type: 'string' },
+    prefix: { type: 'string', default: '' },
+    file: { type: 'string' },
+    count: { type: 'string', default: '1024' },
+    size: { type: 'string', default: String(2 ** 20) },
+    concurrency: { type: 'string', default: '16' },
+  },
+});
+
+function fail(message: string): never {
+  process.stderr.write(`s3-raw.ts: error: ${message}\n`);
+  process.exit(1);
+}
+
+function whole(name: string, text: string | undefined): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) fail(`--${name} must be a whole number >= 1, got '${text}'`);
+  return n;
+}
+
+const command = positionals[0];
+const endpoint = values.endpoint ?? fail('--endpoint is required');
+const count = whole('count', values.count);
+const size = whole('size', values.size);
+const concurrency = whole('concurrency', values.concurrency);
+const prefix = values.prefix.split('/').filter((p) => p !== '').join('/');
+const keyOf = (i: number): string => (prefix === '' ? '' : `${prefix}/`) + extentKey(i);
+
+function client(): S3Client {
+  // As S3ObjectStore's constructor: keep-alive agent with 50 sockets, no SDK retries,
+  // checksums only where required, no 100-continue, path-style with an endpoint.
+  const agent = { keepAlive: true, maxSockets: 50 };
+  return new S3Client({
+    endpoint,
+    region: process.env.AWS_REGION ?? 'us-east-1',
+    forcePathStyle: true,
+    maxAttempts: 1,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    expectContinueHeader: false,
+    requestHandler: { connectionTimeout: 5000, httpAgent: agent, httpsAgent: agent },
+  });
+}
+
+/** Runs job(0..count-1) with `concurrency` in flight; returns the wall time in seconds. */
+async function pool(job: (i: number) => Promise<void>): Promise<number> {
+  let next = 0;
+  const start = process.hrtime.bigint();
+  const worker = async (): Promise<void> => {
+    while (next < count) await job(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+function report(seconds: number): void {
+  const bytes = count * size;
+  process.stdout.write(`${JSON.stringify({ seconds, bytes, mibps: bytes / 2 ** 20 / seconds })}\n`);
+}
+
+async function readAll(body: unknown): Promise<number> {
+  if (!(body instanceof Readable)) throw new Error('the response has no body stream');
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    chunks.push(chunk as Buffer);
+    total += (chunk as Buffer).length;
+  }
+  // Like the store: one Buffer per object.
+  if (chunks.length > 1) Buffer.concat(chunks, total);
+  return total;
+}
+
+async function metrics(): Promise<Record<string, number>> {
+  const response = await fetch(`${endpoint}/minio/v2/metrics/node`, { signal: AbortSignal.timeout(10_000) });
+  if (!response.ok) fail(`MinIO metrics: HTTP ${response.status} (is MINIO_PROMETHEUS_AUTH_TYPE=public set?)`);
+  const counts: Record<string, number> = {};
+  for (const line of (await response.text()).split('\n')) {
+    const match = /^minio_s3_requests_total\{([^}]*)\} (\S+)$/.exec(line);
+    const api = match && /api="([^"]+)"/.exec(match[1]!)?.[1];
+    if (match && api) counts[api] = (counts[api] ?? 0) + Number(match[2]);
+  }
+  return counts;
+}
+
+switch (command) {
+  case 'mkbucket': {
+    const s3 = client();
+    try {
+      await s3.send(new CreateBucketCommand({ Bucket: values.bucket ?? fail('--bucket is required') }));
+    } catch (err) {
+      if (!(err instanceof BucketAlreadyOwnedByYou)) throw err;
+    } finally {
+      s3.destroy();
+    }
+    break;
+  }
+  case 'put': {
+    const Bucket = values.bucket ?? fail('--bucket is required');
+    const file = readFileSync(values.file ?? fail('--file is required'));
+    if (file.length < count * size) fail(`--file has ${file.length} bytes, fewer than --count x --size = ${count * size}`);
+    // Each object its own Buffer, as the write-back cache hands the store a Buffer per extent.
+    const bodies = Array.from({ length: count }, (_, i) => Buffer.from(file.subarray(i * size, (i + 1) * size)));
+    const s3 = client();
+    const seconds = await pool(async (i) => {
+      await s3.send(new PutObjectCommand({ Bucket, Key: keyOf(i), Body: bodies[i], ContentLength: size }));
+    });
+    s3.destroy();
+    report(seconds);
+    break;
+  }
+  case 'get': {
+    const Bucket = values.bucket ?? fail('--bucket is required');
+    const s3 = client();
+    const seconds = await pool(async (i) => {
+      const output = await s3.send(new GetObjectCommand({ Bucket, Key: keyOf(i) }));
+      const got = await readAll(output.Body);
+      if (got !== size) throw new Error(`GET ${keyOf(i)}: ${got} bytes, expected ${size}`);
+    });
+    s3.destroy();
+    report(seconds);
+    break;
+  }
+  case 'requests':
+    process.stdout.write(`${JSON.stringify(await metrics())}\n`);
+    break;
+  default:
+    fail(`unknown command '${command ?? ''}' (mkbucket, put, get or requests)`);
+}
