@@ -53,6 +53,8 @@ export const Errors = {
     'raise --cache-size or lower --max-dirty'),
   badChoice: (option: string, text: string, choices: readonly string[]) => new UserError('S3NBD_BAD_CHOICE',
     `${option} "${text}" is not one of ${choices.join(', ')}`, `use ${option} ${choices[0]}`),
+  badNumber: (option: string, text: string, min: number, max: number) => new UserError('S3NBD_BAD_NUMBER',
+    `${option} "${text}" is not a whole number from ${min} to ${max}`, `give ${option} a whole number in that range`),
   noRegion: (store: string) => new UserError('S3NBD_NO_REGION',
     `no AWS region is configured for ${store}`, 'pass --s3-region (e.g. us-east-1) or set AWS_REGION'),
 } as const;

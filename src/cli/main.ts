@@ -20,7 +20,7 @@ function countOption(flags: string, description: string, env: string, min: numbe
   const name = flags.split(' ')[0]!;
   return new Option(flags, description).env(env).argParser((text: string) => {
     const n = Number(text);
-    if (!Number.isInteger(n) || n < min || n > max) throw Errors.badChoice(name, text, [`a whole number from ${min} to ${max}`]);
+    if (!/^\d+$/.test(text) || n < min || n > max) throw Errors.badNumber(name, text, min, max);
     return n;
   });
 }
@@ -64,7 +64,7 @@ addStoreOptions(program.command('serve'))
   .addOption(countOption('--drain-timeout <seconds>', 'on SIGTERM, how long to keep uploading dirty data before exiting', 'S3NBD_DRAIN_TIMEOUT', 0, 86_400).default(600))
   .addOption(new Option('--take-over', 'serve even if another gateway holds the volume (it is fenced off; env S3NBD_TAKE_OVER=1)'))
   .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp())
-  .addOption(countOption('--upload-delay <ms>', 'how long a dirty extent waits before upload', 'S3NBD_UPLOAD_DELAY', 0, 60_000).default(200).hideHelp())
+  .addOption(countOption('--upload-delay <ms>', 'how long a dirty extent waits before upload', 'S3NBD_UPLOAD_DELAY', 0, 3_600_000).default(200).hideHelp())
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);

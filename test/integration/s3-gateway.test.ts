@@ -77,6 +77,33 @@ describe('s3nbd on a real S3 server', () => {
     assert.equal(await second.stop(), 0);
   });
 
+  it('reports dirty data in `s3nbd info`, and uploads it all on SIGTERM before exiting', async () => {
+    const store = newStore();
+    const socket = join(dir.path, 'i.sock');
+    const cacheDir = join(dir.path, 'i-cache');
+    const gw = await startGateway(['--store', store, ...s3Args(), '--size', '64M', '--cache-dir', cacheDir, '--upload-delay', '600000'], { socket, env });
+    const data = Buffer.alloc(6 * MiB);
+    randomFillSync(data);
+    const image = join(dir.path, 'six');
+    writeFileSync(image, data);
+    await runOk('nbdcopy', [image, gw.uri]); // no --flush: the data stays dirty
+    await new Promise((r) => setTimeout(r, 2500)); // the status file is written every 2 s
+    const info = JSON.parse((await cli(['info', '--store', store, ...s3Args(), '--cache-dir', cacheDir, '--json'], env)).stdout) as {
+      storedExtents: number; gateway: { dirtyBytes: number; dirtyExtents: number; journalBytes: number };
+    };
+    assert.equal(info.storedExtents, 0, 'nothing uploaded yet');
+    assert.equal(info.gateway.dirtyExtents, 6);
+    assert.equal(info.gateway.dirtyBytes, 6 * MiB);
+    assert.ok(info.gateway.journalBytes >= 6 * MiB);
+    assert.equal(await gw.stop('SIGTERM'), 0);
+    assert.match(gw.logs(), /"complete":true,"dirtyBytes":0,"msg":"all dirty data uploaded"/);
+    const fresh = await startGateway(['--store', store, ...s3Args()], { socket: join(dir.path, 'j.sock'), env });
+    const out = join(dir.path, 'six-out');
+    await runOk('nbdcopy', [fresh.uri, out]);
+    assert.ok(readFileSync(out).subarray(0, 6 * MiB).equals(data));
+    assert.equal(await fresh.stop(), 0);
+  });
+
   it('refuses a second gateway on the same volume', async () => {
     const store = newStore();
     const first = await startGateway(['--store', store, ...s3Args(), '--size', '64M'], { socket: join(dir.path, 'c.sock'), env });

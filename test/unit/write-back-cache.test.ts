@@ -168,6 +168,30 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('shares one GET among concurrent reads of an extent, and reads ahead on sequential reads', async () => {
+    const size = 64 * E;
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const seed = await open(objects, size, `${dir.path}/shared-seed`);
+    await seed.dev.write(0, pattern(32 * E, 2), false);
+    await seed.dev.flush();
+    await seed.cache.close();
+    const { dev, cache } = await open(objects, size, `${dir.path}/shared`, { memoryCacheBytes: 32 * E });
+    const before = objects.calls.get;
+    const reads = await Promise.all([0, 100, 2000, 4000].map((at) => dev.read(5 * E + at, 10)));
+    assert.equal(objects.calls.get - before, 1, 'four concurrent reads of one extent, one GET');
+    assert.deepEqual(reads.map((r) => r[0]!.data), [0, 100, 2000, 4000].map((at) => pattern(32 * E, 2).subarray(5 * E + at, 5 * E + at + 10)));
+    await dev.read(10 * E, E);
+    await dev.read(11 * E, E); // sequential: the next extents are fetched ahead
+    await new Promise((r) => setTimeout(r, 50));
+    objects.failAll('get'); // from here on, only what read-ahead fetched can be read
+    for (let i = 12; i < 18; i++) {
+      assert.deepEqual((await dev.read(i * E, E))[0]!.data, pattern(32 * E, 2).subarray(i * E, (i + 1) * E), `extent ${i} came from read-ahead`);
+    }
+    await assert.rejects(dev.read(30 * E, E), 'an extent nobody fetched needs the store');
+    objects.failAll('get', false);
+    await cache.close();
+  });
+
   it('discards a whole huge device with deletes only for stored extents', async () => {
     const size = 2 ** 40;
     const objects = new FaultyStore(new MemoryObjectStore());
