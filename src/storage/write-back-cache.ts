@@ -6,7 +6,7 @@
 //   (no entry)                 -     -       -                    -           -      the object store is the truth
 //   CLEAN                      yes   full    equal                no          no     evictable
 //   DIRTY                      yes   any     gen > uploadedGen    no          no     waits for the flusher
-//   PARTIAL (a kind of DIRTY)  yes   some    gen > uploadedGen    no          no     the rest of the extent is in the store
+//   PARTIAL (a kind of DIRTY)  yes   some    gen > uploadedGen    no          no     the rest is in the store (or zeros: baseIsZero)
 //   UPLOADING                  yes   full    equal to snapshot    yes         no     a put of `uploading` is in flight
 //   REWRITTEN-WHILE-UPLOADING  yes   full    gen > snapshot       yes         no     uploaded again once the put ends
 //   ZERO-DIRTY                 no    -       gen > uploadedGen    no          yes    discarded: a delete is pending
@@ -63,6 +63,8 @@ interface Entry {
   slot: number | undefined;
   /** Bytes of the slot that are current; gaps are still only in the object store. */
   valid: Ranges;
+  /** The bytes outside `valid` are zeros (the store has no such extent, or it was discarded). */
+  baseIsZero: boolean;
   /** The extent is all zeros (discarded); it has no slot. */
   zeros: boolean;
   gen: number;
@@ -272,12 +274,16 @@ export class WriteBackCache implements ExtentStore {
 
   /** Fills the gaps of a PARTIAL entry from the store. */
   private async completeFromStore(index: number): Promise<void> {
-    const base = await this.lower.fetch(index);
+    // A base known to be zeros needs no request.
+    const skipFetch = this.entries.get(index)?.baseIsZero === true;
+    const base = skipFetch ? undefined : await this.lower.fetch(index);
     await this.locks.with(index, async () => {
       const e = this.entries.get(index);
       if (!e || e.zeros || e.slot === undefined) return;
+      if (skipFetch && !e.baseIsZero) return; // changed meanwhile: the caller looks again
+      const fill = e.baseIsZero ? undefined : base;
       for (const [start, end] of e.valid.gaps(this.extentSize)) {
-        await this.slots.write(e.slot, start, base ? base.subarray(start, end) : zeroBytes(end - start));
+        await this.slots.write(e.slot, start, fill ? fill.subarray(start, end) : zeroBytes(end - start));
       }
       e.valid = Ranges.full(this.extentSize);
     });
@@ -367,14 +373,11 @@ export class WriteBackCache implements ExtentStore {
     if (e.slot !== undefined) return e;
     const slot = await this.takeSlot();
     this.update(e, () => { e.slot = slot; });
-    if (e.zeros || !this.lower.isStored(index)) {
-      // Known zeros: the whole slot is current once zero-filled.
-      await this.slots.write(slot, 0, zeroBytes(this.extentSize));
-      e.valid = Ranges.full(this.extentSize);
-      e.zeros = false;
-    } else {
-      e.valid = new Ranges();
-    }
+    // The slot's old bytes are never read: `valid` starts empty, and the gaps are filled from
+    // the store (or with zeros, without a request) only when a read or an upload needs them.
+    e.baseIsZero = e.zeros || !this.lower.isStored(index);
+    e.zeros = false;
+    e.valid = new Ranges();
     return e;
   }
 
@@ -391,7 +394,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   private newEntry(index: number): Entry {
-    const e: Entry = { index, slot: undefined, valid: new Ranges(), zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, dirtySince: 0 };
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, dirtySince: 0 };
     this.entries.set(index, e);
     return e;
   }
