@@ -55,6 +55,9 @@ export const Errors = {
     `${option} "${text}" is not one of ${choices.join(', ')}`, `use ${option} ${choices[0]}`),
   badNumber: (option: string, text: string, min: number, max: number) => new UserError('S3NBD_BAD_NUMBER',
     `${option} "${text}" is not a whole number from ${min} to ${max}`, `give ${option} a whole number in that range`),
+  cacheTooSmallToRecover: (dir: string, cacheBytes: number) => new UserError('S3NBD_CACHE_TOO_SMALL',
+    `the journal in ${dir} holds more unuploaded extents than --cache-size ${cacheBytes} has room for`,
+    'start again with a larger --cache-size (at least what it was when the data was written)'),
   noRegion: (store: string) => new UserError('S3NBD_NO_REGION',
     `no AWS region is configured for ${store}`, 'pass --s3-region (e.g. us-east-1) or set AWS_REGION'),
 } as const;

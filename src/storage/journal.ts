@@ -7,14 +7,20 @@
 //
 //   offset size  field
 //   0      4     magic 0x534e4a31 ("SNJ1")
-//   4      1     type: 1 = WRITE, 2 = ZERO, 3 = DISCARD
+//   4      1     type: 1 = WRITE, 2 = ZERO, 3 = DISCARD, 4 = UPLOADED
 //   5      3     reserved, zero
 //   8      8     sequence number, strictly increasing across all segments
 //   16     8     extent index (DISCARD: the first extent)
-//   24     4     WRITE, ZERO: offset inside the extent; DISCARD: zero
-//   28     4     WRITE: payload length; ZERO: bytes zeroed; DISCARD: number of extents
+//   24     4     WRITE, ZERO: offset inside the extent; DISCARD: zero;
+//                UPLOADED: high 32 bits of the generation now in the store
+//   28     4     WRITE: payload length; ZERO: bytes zeroed; DISCARD: number of extents;
+//                UPLOADED: low 32 bits of that generation
 //   32     4     CRC-32 of bytes 0-31 followed by the payload
 //   36     n     WRITE only: the payload (n = length)
+//
+// An UPLOADED record says that the extent's changes up to that generation (a sequence
+// number) are in the object store: replay skips them, so a restart only re-applies (and only
+// needs cache room for) what was not uploaded yet.
 //
 // Replay stops at the first record whose magic, length or checksum is wrong: that is the torn
 // tail of a write the crash interrupted (which was never acknowledged, because a write is only
@@ -31,7 +37,7 @@ import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
-export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3 } as const;
+export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
 
 export interface JournalRecord {
@@ -47,7 +53,7 @@ export interface JournalRecord {
 const MAGIC = 0x534e4a31;
 export const HEADER_SIZE = 36;
 /** A new segment is started once the current one reaches this size. */
-const SEGMENT_BYTES = 64 * 1024 * 1024;
+const SEGMENT_BYTES = 16 * 1024 * 1024;
 /** Largest payload a record may claim; anything bigger is corruption. */
 const MAX_PAYLOAD = 64 * 1024 * 1024;
 
@@ -63,6 +69,15 @@ interface PendingAppend {
   readonly lastSeq: number;
   resolve(): void;
   reject(err: Error): void;
+}
+
+/** The generation an UPLOADED record carries (split over its offset and length fields). */
+export function uploadedGeneration(record: JournalRecord): number {
+  return record.offset * 2 ** 32 + record.length;
+}
+
+export function uploadedRecord(seq: number, index: number, gen: number): JournalRecord {
+  return { type: RecordType.UPLOADED, seq, index, offset: Math.floor(gen / 2 ** 32), length: gen % 2 ** 32 };
 }
 
 export function encodeHeader(record: JournalRecord): Buffer {
@@ -88,7 +103,7 @@ export function decodeSegment(data: Buffer): { records: JournalRecord[]; validBy
     const type = data.readUInt8(pos + 4);
     const length = data.readUInt32BE(pos + 28);
     const payloadLength = type === RecordType.WRITE ? length : 0;
-    if (type < RecordType.WRITE || type > RecordType.DISCARD || payloadLength > MAX_PAYLOAD) break;
+    if (type < RecordType.WRITE || type > RecordType.UPLOADED || payloadLength > MAX_PAYLOAD) break;
     if (pos + HEADER_SIZE + payloadLength > data.length) break;
     const payload = payloadLength > 0 ? data.subarray(pos + HEADER_SIZE, pos + HEADER_SIZE + payloadLength) : undefined;
     let crc = crc32(data.subarray(pos, pos + 32));
@@ -122,15 +137,15 @@ export class Journal {
   }
 
   /**
-   * Opens the journal in `dir`, calling `apply` for every intact record in order, and
-   * truncating a torn tail. Returns the journal, ready for appends.
+   * Opens the journal in `dir`, truncating a torn tail, and returns it ready for appends with
+   * every intact record in order.
    */
-  static async open(dir: string, apply: (record: JournalRecord) => Promise<void>): Promise<{ journal: Journal; replayed: number; replayedBytes: number }> {
+  static async open(dir: string): Promise<{ journal: Journal; records: JournalRecord[]; bytes: number }> {
     await mkdir(dir, { recursive: true });
     const journal = new Journal(dir);
     const names = (await readdir(dir)).filter((n) => /^[0-9a-f]{16}\.log$/.test(n)).sort();
-    let replayed = 0;
-    let replayedBytes = 0;
+    const all: JournalRecord[] = [];
+    let bytes = 0;
     let torn = false;
     for (const name of names) {
       const path = join(dir, name);
@@ -153,18 +168,17 @@ export class Journal {
           torn = true;
         }
         for (const record of records) {
-          await apply(record);
+          all.push(record);
           journal.nextSeq = Math.max(journal.nextSeq, record.seq + 1);
         }
-        replayed += records.length;
-        replayedBytes += validBytes;
+        bytes += validBytes;
         const firstSeq = parseInt(name.slice(0, 16), 16);
         journal.segments.push({ firstSeq, lastSeq: records.at(-1)?.seq ?? firstSeq - 1, bytes: validBytes, path });
       } finally {
         await handle.close();
       }
     }
-    return { journal, replayed, replayedBytes };
+    return { journal, records: all, bytes };
   }
 
   /** Reserves the next sequence number. Records must be appended in the order reserved. */

@@ -31,9 +31,10 @@
 import { mkdir } from 'node:fs/promises';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
+import { Errors } from '../errors.ts';
 import { ExtentLocks } from './extent-locks.ts';
 import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
-import { Journal, type JournalRecord, RecordType } from './journal.ts';
+import { Journal, type JournalRecord, RecordType, uploadedGeneration, uploadedRecord } from './journal.ts';
 import type { ObjectExtentStore } from './object-extent-store.ts';
 import { Ranges } from './ranges.ts';
 import { SlotFile } from './slot-file.ts';
@@ -125,6 +126,8 @@ export class WriteBackCache implements ExtentStore {
   private uploadsInFlight = 0;
   /** Extents with an upload task started (it may still wait for the extent's lock). */
   private readonly scheduled = new Set<number>();
+  /** Sequence numbers of changes between reserve and markDirty. */
+  private readonly inProgress = new Set<number>();
   private uploadedExtents = 0;
   private uploadFailures = 0;
   /** Flushes in progress: while any, dirty extents are uploaded without delay. */
@@ -154,10 +157,11 @@ export class WriteBackCache implements ExtentStore {
     const slotCount = Math.floor(options.cacheBytes / lower.extentSize);
     cache.slots = await SlotFile.open(`${options.cacheDir}/extents.cache`, slotCount, lower.extentSize);
     const started = Date.now();
-    const { journal, replayed, replayedBytes } = await Journal.open(`${options.cacheDir}/journal`, (r) => cache.replay(r));
+    const { journal, records, bytes } = await Journal.open(`${options.cacheDir}/journal`);
     cache.journal = journal;
-    if (replayed > 0) {
-      options.log.info({ records: replayed, bytes: replayedBytes, dirtyExtents: cache.dirty.size, ms: Date.now() - started },
+    const replayed = await cache.replay(records);
+    if (records.length > 0) {
+      options.log.info({ records: records.length, replayed, bytes, dirtyExtents: cache.dirty.size, ms: Date.now() - started },
         'recovered unuploaded writes from the journal');
     }
     cache.pumpTimer = setInterval(() => cache.pump(), Math.max(20, Math.min(options.uploadDelayMs, 100)));
@@ -306,13 +310,17 @@ export class WriteBackCache implements ExtentStore {
     await this.admit(index);
     await this.locks.with(index, async () => {
       const e = await this.entryWithSlot(index);
-      const seq = this.journal.reserve();
-      // Journal and slot are written concurrently; both must land before the write is answered.
-      const logged = this.journal.append({ type, seq, index, offset, length, payload: data });
-      const stored = this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
-      await Promise.all([logged, stored]);
-      e.valid.add(offset, offset + length);
-      this.markDirty(e, seq);
+      const seq = this.reserve();
+      try {
+        // Journal and slot are written concurrently; both must land before the write is answered.
+        const logged = this.journal.append({ type, seq, index, offset, length, payload: data });
+        const stored = this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
+        await Promise.all([logged, stored]);
+        e.valid.add(offset, offset + length);
+        this.markDirty(e, seq);
+      } finally {
+        this.inProgress.delete(seq);
+      }
     });
   }
 
@@ -324,9 +332,13 @@ export class WriteBackCache implements ExtentStore {
     // All the locks first, then one sequence number: no write to these extents can fall
     // between the journal's order and the order the cache applies changes in.
     await this.locks.withAll([...indexes], async () => {
-      const seq = this.journal.reserve();
-      await this.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count });
-      for (const index of indexes) this.applyDiscard(index, seq);
+      const seq = this.reserve();
+      try {
+        await this.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count });
+        for (const index of indexes) this.applyDiscard(index, seq);
+      } finally {
+        this.inProgress.delete(seq);
+      }
     });
   }
 
@@ -541,6 +553,9 @@ export class WriteBackCache implements ExtentStore {
   private finishUpload(index: number, gen: number, data: Buffer | undefined): void {
     const e = this.entries.get(index);
     this.uploadedExtents++;
+    // Tell a future replay that this much of the extent is in the store. Losing the record
+    // in a crash costs only a repeated upload.
+    this.journal.append(uploadedRecord(this.journal.reserve(), index, gen)).catch(() => undefined);
     if (!e) return;
     e.uploading = undefined;
     this.update(e, () => { e.uploadedGen = Math.max(e.uploadedGen, gen); });
@@ -587,9 +602,20 @@ export class WriteBackCache implements ExtentStore {
     this.journal.trim(this.neededSeq()).catch((err: unknown) => this.log.warn({ err }, 'journal trim failed'));
   }
 
+  /**
+   * A sequence number for a change; until the change is applied (or failed) its journal record
+   * must not be trimmed, although no entry is dirty with it yet.
+   */
+  private reserve(): number {
+    const seq = this.journal.reserve();
+    this.inProgress.add(seq);
+    return seq;
+  }
+
   /** The oldest journal sequence number a recovery would still need. */
   private neededSeq(): number {
     let needed = Number.MAX_SAFE_INTEGER;
+    for (const seq of this.inProgress) needed = Math.min(needed, seq);
     for (const e of this.dirty.values()) needed = Math.min(needed, e.uploadedGen + 1);
     return needed;
   }
@@ -690,21 +716,38 @@ export class WriteBackCache implements ExtentStore {
 
   // ---- recovery -------------------------------------------------------------------------
 
-  /** Applies one journal record at startup, exactly as the live write applied it. */
-  private async replay(record: JournalRecord): Promise<void> {
-    if (record.type === RecordType.DISCARD) {
-      const indexes = new Set(this.lower.storedIn(record.index, record.length));
-      for (const e of this.entries.values()) if (e.index >= record.index && e.index < record.index + record.length) indexes.add(e.index);
-      for (const index of indexes) this.applyDiscard(index, record.seq);
-      return;
+  /**
+   * Re-applies, at startup, every change the store does not have yet: the records after the
+   * last UPLOADED generation of their extent, in journal order, exactly as the live changes
+   * were applied. Returns how many records were applied.
+   */
+  private async replay(records: readonly JournalRecord[]): Promise<number> {
+    const uploaded = new Map<number, number>();
+    for (const r of records) {
+      if (r.type === RecordType.UPLOADED) uploaded.set(r.index, Math.max(uploaded.get(r.index) ?? 0, uploadedGeneration(r)));
     }
-    if (this.slots.freeCount === 0) {
-      throw new StorageError('ENOSPC', `the journal holds more dirty extents than --cache-size has room for (${this.slots.slotCount})`);
+    const pending = (index: number, seq: number): boolean => seq > (uploaded.get(index) ?? 0);
+    let applied = 0;
+    for (const r of records) {
+      if (r.type === RecordType.UPLOADED) continue;
+      if (r.type === RecordType.DISCARD) {
+        const indexes = new Set(this.lower.storedIn(r.index, r.length));
+        for (const e of this.entries.values()) if (e.index >= r.index && e.index < r.index + r.length) indexes.add(e.index);
+        for (const index of indexes) if (pending(index, r.seq)) this.applyDiscard(index, r.seq);
+        applied++;
+        continue;
+      }
+      if (!pending(r.index, r.seq)) continue;
+      if (this.entries.get(r.index)?.slot === undefined && this.slots.freeCount === 0) {
+        throw Errors.cacheTooSmallToRecover(this.options.cacheDir, this.slots.slotCount * this.extentSize);
+      }
+      const e = await this.entryWithSlot(r.index);
+      await this.slots.write(e.slot!, r.offset, r.payload ?? zeroBytes(r.length));
+      e.valid.add(r.offset, r.offset + r.length);
+      this.markDirty(e, r.seq);
+      applied++;
     }
-    const e = await this.entryWithSlot(record.index);
-    await this.slots.write(e.slot!, record.offset, record.payload ?? zeroBytes(record.length));
-    e.valid.add(record.offset, record.offset + record.length);
-    this.markDirty(e, record.seq);
+    return applied;
   }
 }
 

@@ -33,9 +33,9 @@ describe('fio --verify=crc32c', () => {
       '--output-format=json', `--output=${report}`,
       '--ioengine=nbd', `--uri=nbd+unix:///?socket=${gw.socket}`,
       '--name=small', '--rw=randwrite', '--bsrange=512-64k', '--size=64M', '--offset=0',
-      '--iodepth=16', '--numjobs=2', '--offset_increment=64M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1',
+      '--iodepth=16', '--numjobs=2', '--offset_increment=64M', '--verify=crc32c', '--verify_state_save=0', '--verify_fatal=1', '--do_verify=1',
       '--name=large', '--rw=write', '--bs=1M', '--size=128M', '--offset=256M',
-      '--iodepth=8', '--numjobs=2', '--offset_increment=128M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1',
+      '--iodepth=8', '--numjobs=2', '--offset_increment=128M', '--verify=crc32c', '--verify_state_save=0', '--verify_fatal=1', '--do_verify=1',
     ], { timeoutMs: 600_000 });
     const jobs = (JSON.parse(readFileSync(report, 'utf8')) as { jobs: FioJob[] }).jobs;
     assert.equal(jobs.length, 4);

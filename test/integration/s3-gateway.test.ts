@@ -123,8 +123,8 @@ describe('s3nbd on a real S3 server', () => {
     await runOk('fio', [
       '--output-format=json', `--output=${report}`, '--ioengine=nbd', `--uri=${gw.uri}`,
       '--name=small', '--rw=randwrite', '--bsrange=4k-64k', '--size=64M', '--iodepth=16', '--numjobs=2', '--offset_increment=64M',
-      '--verify=crc32c', '--verify_fatal=1',
-      '--name=large', '--rw=write', '--bs=1M', '--size=128M', '--offset=256M', '--iodepth=8', '--verify=crc32c', '--verify_fatal=1',
+      '--verify=crc32c', '--verify_state_save=0', '--verify_fatal=1',
+      '--name=large', '--rw=write', '--bs=1M', '--size=128M', '--offset=256M', '--iodepth=8', '--verify=crc32c', '--verify_state_save=0', '--verify_fatal=1',
     ], { timeoutMs: 600_000 });
     const jobs = (JSON.parse(readFileSync(report, 'utf8')) as { jobs: Array<{ error: number; read: { io_bytes: number }; write: { io_bytes: number } }> }).jobs;
     assert.equal(jobs.length, 3);

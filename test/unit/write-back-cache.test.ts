@@ -9,6 +9,7 @@ import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
 import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
 import type { ObjectStore } from '../../src/storage/object-store.ts';
+import { SlotFile } from '../../src/storage/slot-file.ts';
 import { WriteBackCache, type WriteBackOptions } from '../../src/storage/write-back-cache.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
@@ -190,6 +191,52 @@ describe('WriteBackCache', () => {
     await assert.rejects(dev.read(30 * E, E), 'an extent nobody fetched needs the store');
     objects.failAll('get', false);
     await cache.close();
+  });
+
+  it('keeps the journal record of a write whose slot write is still running while another upload trims the journal', async () => {
+    const objects = new MemoryObjectStore();
+    const cacheDir = `${dir.path}/trim-race`;
+    const a = await open(objects, 64 * E, cacheDir, { uploadDelayMs: 3_600_000 });
+    await a.cache.write(2, 0, pattern(E, 2));
+    // A slow disk for one slot write: its journal record lands first, its slot bytes later.
+    const realWrite = SlotFile.prototype.write;
+    let slow = true;
+    SlotFile.prototype.write = async function (this: SlotFile, slot: number, offset: number, data: Buffer) {
+      if (slow && data[0] === 0x11) await new Promise((r) => setTimeout(r, 300));
+      return realWrite.call(this, slot, offset, data);
+    };
+    try {
+      const w = a.cache.write(1, 0, Buffer.alloc(E, 0x11));
+      await new Promise((r) => setTimeout(r, 50));
+      await a.cache.flush([2]); // extent 2 uploaded: the journal is trimmed while w is in flight
+      slow = false;
+      await w;
+    } finally {
+      SlotFile.prototype.write = realWrite;
+    }
+    await a.cache.close(); // as after kill -9: extent 1 was never uploaded
+    const b = await open(objects, 64 * E, cacheDir);
+    assertSameBytes((await b.dev.read(E, E))[0]!.data ?? Buffer.alloc(E), Buffer.alloc(E, 0x11), 'the acknowledged write survived');
+    await b.cache.close();
+  });
+
+  it('recovers with a cache smaller than the extents the journal names, when most of them were uploaded', async () => {
+    const size = 64 * E;
+    const objects = new MemoryObjectStore();
+    const cacheDir = `${dir.path}/small-recover`;
+    const a = await open(objects, size, cacheDir, { cacheBytes: 6 * E, maxDirtyBytes: 4 * E, uploadDelayMs: 0 });
+    const model = Buffer.alloc(size);
+    for (let i = 0; i < 40; i++) {
+      const data = pattern(E / 4, i);
+      await a.dev.write(i * E + 100, data, false);
+      data.copy(model, i * E + 100);
+    }
+    await a.cache.close(); // a crash: the journal names 40 extents, the cache has 6 slots
+    const b = await open(objects, size, cacheDir, { cacheBytes: 6 * E, maxDirtyBytes: 4 * E });
+    assertSameBytes(await readAll(b.dev, size), model, 'everything acknowledged is there');
+    await b.dev.flush();
+    assertSameBytes(await storeContents(objects, size), model, 'and in the store after FLUSH');
+    await b.cache.close();
   });
 
   it('discards a whole huge device with deletes only for stored extents', async () => {
