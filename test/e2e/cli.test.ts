@@ -109,6 +109,17 @@ describe('s3nbd command line', () => {
     assert.equal(await restarted.stop(), 0);
   });
 
+  it('takes a volume over with --take-over, and fences the old gateway off', async () => {
+    const store = join(dir.path, 'taken');
+    const old = await startGateway(['--store', store, '--size', '64M', '--lease-ttl', '3'], { socket: join(dir.path, 'old.sock') });
+    const taker = await startGateway(['--store', store, '--take-over', '--lease-ttl', '3'], { socket: join(dir.path, 'new.sock') });
+    // The old gateway's next renewal finds the new owner: it stops, with status 3.
+    const code = await Promise.race([old.exited, new Promise((r) => setTimeout(() => r('still running'), 10_000))]);
+    assert.equal(code, 3, old.logs());
+    assert.match(old.logs(), /lease lost: another gateway took over this volume/);
+    assert.equal(await taker.stop(), 0);
+  });
+
   it('finishes requests in flight on SIGTERM, flushes, and exits 0', async () => {
     const socket = join(dir.path, 'term.sock');
     const store = join(dir.path, 'term-store');

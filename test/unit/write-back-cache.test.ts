@@ -239,6 +239,17 @@ describe('WriteBackCache', () => {
     await b.cache.close();
   });
 
+  it('with --flush-mode local, FLUSH only makes the journal durable and uploads nothing', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/local`, { flushMode: 'local', uploadDelayMs: 3_600_000 });
+    objects.failAll('put'); // S3 unreachable: a FLUSH in s3 mode would wait
+    await dev.write(0, pattern(2 * E, 4), true);
+    await dev.flush();
+    assert.equal(objects.calls.put, 0);
+    assert.equal(cache.status().dirtyExtents, 2);
+    await cache.close();
+  });
+
   it('discards a whole huge device with deletes only for stored extents', async () => {
     const size = 2 ** 40;
     const objects = new FaultyStore(new MemoryObjectStore());
