@@ -82,6 +82,7 @@ export class ObjectExtentStore implements ExtentStore {
     if (!this.map.has(index)) return undefined;
     const data = await this.guard('read', index, () => this.objects.get(extentKey(index)));
     if (data === undefined) {
+      // Deleted behind our back (another writer, or by hand): it reads as zeros now.
       this.map.clear(index);
       return undefined;
     }
@@ -171,19 +172,10 @@ export class ObjectExtentStore implements ExtentStore {
 
   /** The whole extent, from the cache or the store; undefined for a hole. Call under the lock. */
   private async load(index: number): Promise<Buffer | undefined> {
-    if (!this.map.has(index)) return undefined;
     const cached = this.cache.get(index);
     if (cached) return cached;
-    const data = await this.guard('read', index, () => this.objects.get(extentKey(index)));
-    if (data === undefined) {
-      // Deleted behind our back (another writer, or by hand): it reads as zeros now.
-      this.map.clear(index);
-      return undefined;
-    }
-    if (data.length !== this.extentSize) {
-      throw new StorageError('EIO', `extent ${index} has ${data.length} bytes, expected ${this.extentSize}`);
-    }
-    this.cache.set(index, data);
+    const data = await this.fetch(index);
+    if (data) this.cache.set(index, data);
     return data;
   }
 

@@ -634,14 +634,18 @@ export class WriteBackCache implements ExtentStore {
    */
   async flush(indexes?: readonly number[]): Promise<void> {
     this.checkOpen();
-    if (this.options.flushMode === 'local') {
-      await this.journal.sync();
-      return;
-    }
-    const targets: Array<[number, number]> = [];
+    if (this.options.flushMode === 'local') await this.journal.sync();
+    else await this.waitForUploads(indexes);
+  }
+
+  /**
+   * Waits until the changes to these extents (all dirty ones by default) made so far are
+   * uploaded. Resolves false at once when there was nothing to wait for.
+   */
+  private async waitForUploads(indexes?: readonly number[]): Promise<boolean> {
     const candidates = indexes ? indexes.map((i) => this.dirty.get(i)).filter((e) => e !== undefined) : [...this.dirty.values()];
-    for (const e of candidates) if (e.gen > e.uploadedGen) targets.push([e.index, e.gen]);
-    if (targets.length === 0) return;
+    const targets = candidates.filter((e) => e.gen > e.uploadedGen).map((e) => [e.index, e.gen] as const);
+    if (targets.length === 0) return false;
     this.urgent++;
     try {
       this.pump();
@@ -653,11 +657,11 @@ export class WriteBackCache implements ExtentStore {
     } finally {
       this.urgent--;
     }
+    return true;
   }
 
   /** Uploads everything dirty, logging progress, for up to `timeoutMs`. Resolves true when all is uploaded. */
   async drain(timeoutMs: number): Promise<boolean> {
-    if (this.options.flushMode === 'local' && this.dirty.size === 0) return true;
     const started = Date.now();
     const progress = setInterval(() => {
       const s = this.status();
@@ -665,20 +669,7 @@ export class WriteBackCache implements ExtentStore {
     }, 2000);
     try {
       const all = (async () => {
-        this.urgent++;
-        try {
-          while (this.dirty.size > 0) {
-            const targets = [...this.dirty.values()].map((e) => [e.index, e.gen] as [number, number]);
-            this.pump();
-            await Promise.all(targets.map(([index, gen]) => new Promise<void>((resolve) => {
-              const list = this.waiters.get(index) ?? [];
-              list.push({ gen, resolve });
-              this.waiters.set(index, list);
-            })));
-          }
-        } finally {
-          this.urgent--;
-        }
+        while (await this.waitForUploads());
       })();
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); });
