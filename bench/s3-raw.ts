@@ -9,7 +9,7 @@
 //   node bench/s3-raw.ts requests --endpoint URL
 //
 // Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. put and get print one JSON line,
-// {"seconds":..,"bytes":..,"mibps":..}, timed from the first request to the last response
+// {"seconds":..,"bytes":..,"mibps":..,"cpuSeconds":..}, timed from the first request to the last response
 // (put reads its object bodies from F into memory before the clock starts). requests prints
 // MinIO's S3 request counters by API as JSON (needs MINIO_PROMETHEUS_AUTH_TYPE=public).
 // Any failed request fails the run: nothing is retried.
@@ -77,6 +77,7 @@ function client(): S3Client {
 /** Runs job(0..count-1) with `concurrency` in flight; returns the wall time in seconds. */
 async function pool(job: (i: number) => Promise<void>): Promise<number> {
   let next = 0;
+  cpuStart = process.cpuUsage();
   const start = process.hrtime.bigint();
   const worker = async (): Promise<void> => {
     while (next < count) await job(next++);
@@ -85,9 +86,14 @@ async function pool(job: (i: number) => Promise<void>): Promise<number> {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
+let cpuStart = process.cpuUsage();
+
+/** The run as JSON, with this process's CPU time (user + system) during pool(). */
 function report(seconds: number): void {
   const bytes = count * size;
-  process.stdout.write(`${JSON.stringify({ seconds, bytes, mibps: bytes / 2 ** 20 / seconds })}\n`);
+  const cpu = process.cpuUsage(cpuStart);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+  process.stdout.write(`${JSON.stringify({ seconds, bytes, mibps: bytes / 2 ** 20 / seconds, cpuSeconds })}\n`);
 }
 
 async function readAll(body: unknown): Promise<number> {
@@ -131,8 +137,7 @@ switch (command) {
     const Bucket = values.bucket ?? fail('--bucket is required');
     const file = readFileSync(values.file ?? fail('--file is required'));
     if (file.length < count * size) fail(`--file has ${file.length} bytes, fewer than --count x --size = ${count * size}`);
-    // Each object its own Buffer, as the write-back cache hands the store a Buffer per extent.
-    const bodies = Array.from({ length: count }, (_, i) => Buffer.from(file.subarray(i * size, (i + 1) * size)));
+    const bodies = Array.from({ length: count }, (_, i) => file.subarray(i * size, (i + 1) * size));
     const s3 = client();
     const seconds = await pool(async (i) => {
       await s3.send(new PutObjectCommand({ Bucket, Key: keyOf(i), Body: bodies[i], ContentLength: size }));

