@@ -190,6 +190,11 @@ describe('WriteBackCache', () => {
     }
     await assert.rejects(dev.read(30 * E, E), 'an extent nobody fetched needs the store');
     objects.failAll('get', false);
+    // CACHE (prefetch) fetches a range ahead of reads, in parallel.
+    await dev.prefetch(20 * E, 6 * E);
+    objects.failAll('get');
+    for (let i = 20; i < 26; i++) assert.ok((await dev.read(i * E, 16))[0]!.data, `extent ${i} was prefetched`);
+    objects.failAll('get', false);
     await cache.close();
   });
 
