@@ -204,6 +204,7 @@ describe('WriteBackCache', () => {
     const a = await open(objects, 64 * E, cacheDir, { uploadDelayMs: 3_600_000 });
     await a.cache.write(2, 0, pattern(E, 2));
     // A slow disk for one slot write: its journal record lands first, its slot bytes later.
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- put back below, and called with .call()
     const realWrite = SlotFile.prototype.write;
     let slow = true;
     SlotFile.prototype.write = async function (this: SlotFile, slot: number, offset: number, data: Buffer) {
