@@ -19,6 +19,7 @@
 # Output: a markdown table on stdout, also written with machine info to
 # bench/results/protocol-latest.md. Exits non-zero if any fio run fails.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNTIME="${BENCH_RUNTIME:-10}"
 RAMP="${BENCH_RAMP:-2}"
@@ -282,11 +283,7 @@ mkdir -p "$RESULTS_DIR"
   echo
   echo "## Machine"
   echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-  echo "- host: $(uname -srm)"
-  echo "- nproc: $(nproc)"
-  echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
-  echo "- memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo unknown)"
+  machine_info
   echo "- node: $NODE_VERSION ($NODE)"
   echo "- nbdkit: $(nbdkit --version | head -n1)"
   echo "- fio: $(fio --version)"

@@ -30,6 +30,7 @@
 # Output: a markdown table on stdout, also written with machine info to
 # bench/results/s3-latest.md. Exits non-zero, with a one-line message, on any failure.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPEAT="${BENCH_REPEAT:-3}"
 COUNT="${BENCH_COUNT:-1}"
@@ -392,11 +393,7 @@ mkdir -p "$RESULTS_DIR"
   echo
   echo "## Machine"
   echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-  echo "- host: $(uname -srm)"
-  echo "- nproc: $(nproc)"
-  echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
-  echo "- memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo unknown)"
+  machine_info
   echo "- load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
   echo "- node: $NODE_VERSION ($NODE)"
   echo "- minio: $MINIO_VERSION"

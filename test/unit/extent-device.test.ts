@@ -10,6 +10,7 @@ import { EXTENT_PREFIX } from '../../src/storage/extent-keys.ts';
 import type { ObjectStore } from '../../src/storage/object-store.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
+import { readAll, runRandomWorkload } from '../helpers/model.ts';
 
 const EXTENT = 4096;
 
@@ -18,25 +19,10 @@ async function device(objects: ObjectStore, size: number, cacheBytes = 8 * EXTEN
   return { dev: new ExtentDevice(extents, size, false), extents };
 }
 
-async function readAll(dev: ExtentDevice, offset: number, length: number): Promise<Buffer> {
-  const pieces = await dev.read(offset, length);
-  assert.equal(pieces.reduce((n, p) => n + p.length, 0), length);
-  return Buffer.concat(pieces.map((p) => p.data ?? Buffer.alloc(p.length)));
-}
-
 async function countKeys(objects: ObjectStore): Promise<number> {
   let n = 0;
   for await (const _ of objects.list(EXTENT_PREFIX)) n++;
   return n;
-}
-
-/** A deterministic random source, so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
 }
 
 describe('ExtentDevice over ObjectExtentStore', () => {
@@ -45,36 +31,7 @@ describe('ExtentDevice over ObjectExtentStore', () => {
     for (const seed of [1, 2, 3, 4]) {
       const objects = new MemoryObjectStore();
       const { dev } = await device(objects, size, 2 * EXTENT); // a small cache forces reloads
-      const model = Buffer.alloc(size);
-      const random = rng(seed);
-      for (let round = 0; round < 60; round++) {
-        // A batch of non-overlapping operations runs concurrently, as pipelined requests do.
-        const ops: Array<Promise<void>> = [];
-        const taken: Array<[number, number]> = [];
-        for (let k = 0; k < 6; k++) {
-          const offset = Math.floor(random() * size);
-          const length = 1 + Math.floor(random() * Math.min(size - offset, 3 * EXTENT));
-          if (taken.some(([a, b]) => offset < b && a < offset + length)) continue;
-          taken.push([offset, offset + length]);
-          const kind = random();
-          if (kind < 0.6) {
-            // A position-dependent pattern, so a piece written at the wrong place shows.
-            const base = Math.floor(random() * 256);
-            const data = Buffer.alloc(length);
-            for (let i = 0; i < length; i++) data[i] = (base + i * 7 + (i >> 8)) & 0xff || 1;
-            data.copy(model, offset);
-            ops.push(dev.write(offset, data, random() < 0.1));
-          } else if (kind < 0.8) {
-            model.fill(0, offset, offset + length);
-            ops.push(dev.zero(offset, length, true, false));
-          } else {
-            model.fill(0, offset, offset + length);
-            ops.push(dev.trim(offset, length, false));
-          }
-        }
-        await Promise.all(ops);
-        if (round % 10 === 9) assertSameBytes(await readAll(dev, 0, size), model, `seed ${seed} round ${round}`);
-      }
+      const model = await runRandomWorkload(dev, { seed, rounds: 60, maxLength: 3 * EXTENT, flushes: false });
       // Reopening from the store alone (empty cache) gives the same bytes.
       const reopened = await device(objects, size);
       assertSameBytes(await readAll(reopened.dev, 0, size), model, `seed ${seed} after reopen`);

@@ -13,6 +13,7 @@ import { SlotFile } from '../../src/storage/slot-file.ts';
 import { WriteBackCache, type WriteBackOptions } from '../../src/storage/write-back-cache.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
+import { pattern, readAll, runRandomWorkload } from '../helpers/model.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 const E = 4096;
@@ -27,29 +28,10 @@ async function open(objects: ObjectStore, size: number, cacheDir: string, overri
   return { lower, cache, dev: new ExtentDevice(cache, size, false) };
 }
 
-async function readAll(dev: ExtentDevice, size: number): Promise<Buffer> {
-  const pieces = await dev.read(0, size);
-  return Buffer.concat(pieces.map((p) => p.data ?? Buffer.alloc(p.length)));
-}
-
 /** What the object store alone holds, read through a fresh stack with no cache. */
 async function storeContents(objects: ObjectStore, size: number): Promise<Buffer> {
   const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: Math.ceil(size / E), cacheBytes: E });
-  return readAll(new ExtentDevice(lower, size, false), size);
-}
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
-function pattern(length: number, base: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (base + i * 7 + (i >> 9)) & 0xff || 1;
-  return b;
+  return readAll(new ExtentDevice(lower, size, false), 0, size);
 }
 
 describe('WriteBackCache', () => {
@@ -61,34 +43,7 @@ describe('WriteBackCache', () => {
     for (const seed of [11, 12, 13]) {
       const objects = new MemoryObjectStore();
       const { dev, cache } = await open(objects, size, `${dir.path}/model-${seed}`);
-      const model = Buffer.alloc(size);
-      const random = rng(seed);
-      for (let round = 0; round < 50; round++) {
-        const ops: Array<Promise<void>> = [];
-        const taken: Array<[number, number]> = [];
-        for (let k = 0; k < 5; k++) {
-          const offset = Math.floor(random() * size);
-          const length = 1 + Math.floor(random() * Math.min(size - offset, 3 * E));
-          if (taken.some(([a, b]) => offset < b && a < offset + length)) continue;
-          taken.push([offset, offset + length]);
-          const kind = random();
-          if (kind < 0.65) {
-            const data = pattern(length, Math.floor(random() * 256));
-            data.copy(model, offset);
-            ops.push(dev.write(offset, data, random() < 0.1));
-          } else if (kind < 0.8) {
-            model.fill(0, offset, offset + length);
-            ops.push(dev.zero(offset, length, true, false));
-          } else if (kind < 0.95) {
-            model.fill(0, offset, offset + length);
-            ops.push(dev.trim(offset, length, false));
-          } else {
-            ops.push(dev.flush());
-          }
-        }
-        await Promise.all(ops);
-        if (round % 10 === 9) assertSameBytes(await readAll(dev, size), model, `seed ${seed} round ${round}`);
-      }
+      const model = await runRandomWorkload(dev, { seed, rounds: 50, maxLength: 3 * E, flushes: true });
       await dev.flush();
       assert.equal(cache.status().dirtyExtents, 0);
       assertSameBytes(await storeContents(objects, size), model, `seed ${seed}: the store holds everything after FLUSH`);
@@ -107,7 +62,7 @@ describe('WriteBackCache', () => {
     await first.cache.close();
 
     const second = await open(objects, size, cacheDir, { uploadDelayMs: 3_600_000 }); // never uploads on its own
-    const model = await readAll(second.dev, size);
+    const model = await readAll(second.dev, 0, size);
     const writes: Array<[number, Buffer]> = [[100, pattern(300, 9)], [E + 17, pattern(2 * E, 5)], [20 * E, pattern(E, 1)], [5 * E, Buffer.alloc(E)]];
     for (const [at, data] of writes) {
       await second.dev.write(at, data, false);
@@ -120,7 +75,7 @@ describe('WriteBackCache', () => {
     assert.notDeepEqual(await storeContents(objects, size), model, 'the store alone does not have the writes yet');
 
     const third = await open(objects, size, cacheDir);
-    assertSameBytes(await readAll(third.dev, size), model, 'replayed from the journal');
+    assertSameBytes(await readAll(third.dev, 0, size), model, 'replayed from the journal');
     await third.dev.flush();
     assertSameBytes(await storeContents(objects, size), model, 'uploaded after recovery');
     await third.cache.close();
@@ -144,7 +99,7 @@ describe('WriteBackCache', () => {
     assert.equal(objects.calls.get, gets + 1, 'one GET to merge the rest of the extent at upload');
     const want = pattern(4 * E, 7);
     want.fill(0xee, E + 512, E + 1536);
-    assertSameBytes((await readAll(dev, size)).subarray(0, 4 * E), want, 'merged extent');
+    assertSameBytes((await readAll(dev, 0, size)).subarray(0, 4 * E), want, 'merged extent');
     await cache.close();
   });
 
@@ -239,7 +194,7 @@ describe('WriteBackCache', () => {
     }
     await a.cache.close(); // a crash: the journal names 40 extents, the cache has 6 slots
     const b = await open(objects, size, cacheDir, { cacheBytes: 6 * E, maxDirtyBytes: 4 * E });
-    assertSameBytes(await readAll(b.dev, size), model, 'everything acknowledged is there');
+    assertSameBytes(await readAll(b.dev, 0, size), model, 'everything acknowledged is there');
     await b.dev.flush();
     assertSameBytes(await storeContents(objects, size), model, 'and in the store after FLUSH');
     await b.cache.close();
