@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, builds, type-checks, lints,
-# then runs the unit tests, the end-to-end tests with real NBD clients, and the integration
-# tests against a real S3 server.
+# then runs the unit tests, the end-to-end tests with real NBD clients, the integration tests
+# against a real S3 server, and the Linux kernel's NBD client in a QEMU VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
@@ -16,4 +16,4 @@ npm run --silent build
 npm run --silent typecheck
 npm run --silent lint
 node --test --test-reporter=spec --test-concurrency=1 \
-  'test/unit/**/*.test.ts' 'test/e2e/**/*.test.ts' 'test/integration/**/*.test.ts'
+  'test/unit/**/*.test.ts' 'test/e2e/**/*.test.ts' 'test/integration/**/*.test.ts' 'test/vm/**/*.test.ts'
