@@ -8,3 +8,14 @@ machine_info() {
   echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
   echo "- memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo unknown)"
 }
+
+# Builds s3nbd when dist/ is missing or older than src/; prints the CLI's path.
+ensure_built() {
+  local root="$1" main="$1/dist/cli/main.js"
+  if [[ ! -f "$main" ]] || [[ -n "$(find "$root/src" -newer "$main" -print -quit)" ]]; then
+    echo "[bench] building s3nbd (dist/ missing or older than src/)" >&2
+    (cd "$root" && npm run build >&2) || { echo "bench: npm run build failed" >&2; return 1; }
+  fi
+  [[ -f "$main" ]] || { echo "bench: the build did not produce $main" >&2; return 1; }
+  echo "$main"
+}

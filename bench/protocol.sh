@@ -69,13 +69,7 @@ NODE_VERSION="$("$NODE" --version)"
 log "node: $NODE ($NODE_VERSION, from $node_from)"
 
 # --- build -----------------------------------------------------------------
-MAIN_JS="$ROOT/dist/cli/main.js"
-if [[ ! -f "$MAIN_JS" ]] || [[ -n "$(find "$ROOT/src" -newer "$MAIN_JS" -print -quit)" ]]; then
-  log "building s3nbd (dist/ missing or older than src/)"
-  command -v npm >/dev/null 2>&1 || die "npm not found; install it: apt-get install -y npm"
-  (cd "$ROOT" && npm run build >&2) || die "npm run build failed"
-fi
-[[ -f "$MAIN_JS" ]] || die "build did not produce $MAIN_JS"
+MAIN_JS="$(ensure_built "$ROOT")"
 
 # --- servers ---------------------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-bench.XXXXXX")"

@@ -86,13 +86,7 @@ MINIO="$(bash "$ROOT/scripts/install-minio.sh")" || die "no MinIO binary: script
 MINIO_VERSION="$("$MINIO" --version | head -n1)"
 
 # --- build -----------------------------------------------------------------
-MAIN_JS="$ROOT/dist/cli/main.js"
-if [[ ! -f "$MAIN_JS" ]] || [[ -n "$(find "$ROOT/src" -newer "$MAIN_JS" -print -quit)" ]]; then
-  log "building s3nbd (dist/ missing or older than src/)"
-  command -v npm >/dev/null 2>&1 || die "npm not found; install it: apt-get install -y npm"
-  (cd "$ROOT" && npm run build >&2) || die "npm run build failed"
-fi
-[[ -f "$MAIN_JS" ]] || die "build did not produce $MAIN_JS"
+MAIN_JS="$(ensure_built "$ROOT")"
 
 # --- processes and cleanup -------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-s3bench.XXXXXX")"

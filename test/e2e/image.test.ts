@@ -7,12 +7,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cpSync, mkdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { REPO, tempDir } from '../helpers/gateway.ts';
-import { run, runOk } from '../helpers/tools.ts';
+import { freePort, run, runOk } from '../helpers/tools.ts';
 
 const DOCKERFILE = readFileSync(join(REPO, 'Dockerfile'), 'utf8');
 const HADOLINT = join(process.env.S3NBD_CACHE_DIR ?? join(homedir(), '.cache/s3nbd'), 'hadolint/bin/hadolint');
@@ -24,14 +23,6 @@ function instructions(): string[][] {
     .map((l) => l.split(/\s+/));
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 describe('the container image, built and started by its own scripts', () => {
   const dir = tempDir('image');

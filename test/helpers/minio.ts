@@ -7,11 +7,11 @@
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BucketAlreadyOwnedByYou, CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { REPO } from './gateway.ts';
+import { freePort } from './tools.ts';
 
 const MINIO_RELEASE = 'RELEASE.2025-10-15T17-29-55Z';
 const ROOT_USER = 's3nbdtest';
@@ -76,20 +76,6 @@ function minioBinary(): string {
   return path;
 }
 
-/** A port nothing listens on now. MinIO cannot be told to pick one itself and report it. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      probe.close(() => {
-        if (address && typeof address === 'object') resolve(address.port);
-        else reject(new Error('no port'));
-      });
-    });
-  });
-}
 
 const running = new Set<ChildProcess>();
 const dataDirs = new Set<string>();

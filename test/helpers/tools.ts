@@ -2,6 +2,7 @@
 // skip: the test command installs them (scripts/install-test-deps.sh).
 
 import { execFile, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
 
 /** Debian's python3 first: libnbd's Python bindings (nbdsh) live there, not in pyenv's. */
 export const TOOL_ENV = { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin:${process.env.PATH ?? ''}` };
@@ -46,4 +47,19 @@ export async function runOk(cmd: string, args: readonly string[], options: RunOp
   const r = await run(cmd, args, options);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
   return r.stdout;
+}
+
+/** A TCP port on 127.0.0.1 that nothing listens on right now (for servers that cannot pick one). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      probe.close(() => {
+        if (address && typeof address === 'object') resolve(address.port);
+        else reject(new Error('no port'));
+      });
+    });
+  });
 }

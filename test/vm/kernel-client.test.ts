@@ -10,12 +10,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { REPO, startGateway, tempDir } from '../helpers/gateway.ts';
-import { requireTool, runOk, TOOL_ENV } from '../helpers/tools.ts';
+import { freePort, requireTool, runOk, TOOL_ENV } from '../helpers/tools.ts';
 
 const STEPS = [
   'connect', 'mkfs', 'mount', 'write', 'umount', 'disconnect',
@@ -88,19 +87,6 @@ function newcArchive(files: ReadonlyMap<string, Buffer>): Buffer {
   return Buffer.concat(parts);
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (typeof address === 'object' && address) resolve(address.port);
-        else reject(new Error('no port'));
-      });
-    });
-  });
-}
 
 /** Boots the VM; resolves with everything it printed on the serial console and its exit code. */
 function bootVm(kernel: string, initrd: string, port: number, timeoutSeconds: number): Promise<{ code: number | null; console: string }> {
