@@ -10,9 +10,10 @@
 // Which extents exist is loaded once by listing the store and kept in an AllocationMap, so
 // holes, BLOCK_STATUS and discards never touch the store for extents that do not exist.
 
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
 import { AllocationMap } from './allocation-map.ts';
 import { ExtentLocks } from './extent-locks.ts';
+import { extentMemory } from './extent-memory.ts';
 import { EXTENT_PREFIX, extentIndexOf, extentKey } from './extent-keys.ts';
 import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
 import type { ObjectStore } from './object-store.ts';
@@ -43,10 +44,7 @@ export class ObjectExtentStore implements ExtentStore {
     this.extentSize = options.extentSize;
     this.extentCount = options.extentCount;
     this.map = map;
-    this.cache = new LRUCache<number, Buffer>({
-      maxSize: Math.max(options.cacheBytes, options.extentSize),
-      sizeCalculation: () => options.extentSize,
-    });
+    this.cache = extentMemory(options.cacheBytes, options.extentSize);
   }
 
   /** Opens the layer, listing the store once to learn which extents exist. */
@@ -95,9 +93,10 @@ export class ObjectExtentStore implements ExtentStore {
   /** Stores a whole extent (deleting it instead when it is all zeros); takes `extent` over. */
   replace(index: number, extent: Buffer): Promise<void> {
     return this.locks.with(index, async () => {
+      // The caller goes on using `extent` as its clean copy: it must not become our cached
+      // copy, which write() would patch in place.
       this.cache.delete(index);
-      await this.store(index, extent, true);
-      this.cache.delete(index);
+      await this.store(index, extent, true, false);
     });
   }
 
@@ -183,7 +182,7 @@ export class ObjectExtentStore implements ExtentStore {
    * Puts the extent, or deletes it when it is all zeros. `maybeZero` is false when the bytes
    * just written were not all zeros, which saves scanning the extent. Call under the lock.
    */
-  private async store(index: number, extent: Buffer, maybeZero: boolean): Promise<void> {
+  private async store(index: number, extent: Buffer, maybeZero: boolean, remember = true): Promise<void> {
     try {
       if (maybeZero && isAllZero(extent)) {
         this.cache.delete(index);
@@ -191,7 +190,7 @@ export class ObjectExtentStore implements ExtentStore {
         this.map.clear(index);
         return;
       }
-      this.cache.set(index, extent);
+      if (remember) this.cache.set(index, extent);
       await this.guard('write', index, () => this.objects.put(extentKey(index), extent));
       this.map.set(index);
     } catch (err) {

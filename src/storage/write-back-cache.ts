@@ -29,10 +29,11 @@
 //   waits for uploads (logged), the only case where a write waits for the store.
 
 import { mkdir } from 'node:fs/promises';
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { ExtentLocks } from './extent-locks.ts';
+import { extentMemory } from './extent-memory.ts';
 import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
 import { Journal, type JournalRecord, RecordType, uploadedGeneration, uploadedRecord } from './journal.ts';
 import type { ObjectExtentStore } from './object-extent-store.ts';
@@ -144,10 +145,7 @@ export class WriteBackCache implements ExtentStore {
     this.log = options.log;
     this.extentSize = lower.extentSize;
     this.extentCount = lower.extentCount;
-    this.memory = new LRUCache<number, Buffer>({
-      maxSize: Math.max(options.memoryCacheBytes, this.extentSize),
-      sizeCalculation: () => this.extentSize,
-    });
+    this.memory = extentMemory(options.memoryCacheBytes, this.extentSize);
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
@@ -318,6 +316,15 @@ export class WriteBackCache implements ExtentStore {
         await Promise.all([logged, stored]);
         e.valid.add(offset, offset + length);
         this.markDirty(e, seq);
+      } catch (err) {
+        // The write is reported failed. A clean entry's slot may now hold some of its bytes
+        // (or, for an entry it created, nothing anyone would ever evict): drop the entry, so
+        // reads fall back to the store. A dirty entry stays: its journal still covers it.
+        if (e.gen <= e.uploadedGen && e.uploading === undefined) {
+          this.releaseSlot(e);
+          this.forget(e);
+        }
+        throw err;
       } finally {
         this.inProgress.delete(seq);
       }
