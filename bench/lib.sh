@@ -19,3 +19,23 @@ ensure_built() {
   [[ -f "$main" ]] || { echo "bench: the build did not produce $main" >&2; return 1; }
   echo "$main"
 }
+
+# The commit measured, marked when src/ differs from it.
+s3nbd_revision() {
+  local root="$1"
+  echo "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && [[ -n "$(git status --porcelain -- src 2>/dev/null)" ]] && echo ' (src/ modified)' || true)"
+}
+
+# write_report FILE TITLE SUMMARY SAMPLES: prints SUMMARY, and writes the report to FILE:
+# the title, the summary, the samples, and the machine (machine_info, then the lines on stdin).
+write_report() {
+  local file="$1" title="$2" summary="$3" samples="$4"
+  printf '\n%s\n\n' "$summary"
+  mkdir -p "$(dirname "$file")"
+  {
+    printf '# %s\n\n%s\n\n## Samples\n\n%s\n## Machine\n\n' "$title" "$summary" "$samples"
+    machine_info
+    cat
+  } >"$file"
+  echo "[bench] wrote $file" >&2
+}

@@ -257,31 +257,12 @@ SAMPLES_TEXT+="- initial fill, single untimed 1M QD$IODEPTH pass over $REGION (M
 
 NOTES="Median of $REPEAT runs per contender; each run ${RUNTIME}s after ${RAMP}s ramp, fio nbd ioengine, numjobs=1, iodepth=$IODEPTH, $REGION region of a $DEVICE_SIZE device (pre-filled), Unix sockets."
 
-echo
-echo "$TABLE"
-echo
-echo "$NOTES"
-echo
+write_report "$RESULTS_DIR/protocol-latest.md" "s3nbd protocol benchmark" "$TABLE
 
-mkdir -p "$RESULTS_DIR"
-{
-  echo "# s3nbd protocol benchmark"
-  echo
-  echo "$TABLE"
-  echo
-  echo "$NOTES"
-  echo
-  echo "## Samples"
-  echo
-  printf '%s' "$SAMPLES_TEXT"
-  echo
-  echo "## Machine"
-  echo
-  machine_info
-  echo "- node: $NODE_VERSION ($NODE)"
-  echo "- nbdkit: $(nbdkit --version | head -n1)"
-  echo "- fio: $(fio --version)"
-  echo "- s3nbd: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo ' (dirty tree)' || true)"
-  echo "- settings: BENCH_RUNTIME=$RUNTIME BENCH_RAMP=$RAMP BENCH_REPEAT=$REPEAT BENCH_SIZE=$REGION"
-} >"$RESULTS_DIR/protocol-latest.md"
-log "wrote $RESULTS_DIR/protocol-latest.md"
+$NOTES" "$SAMPLES_TEXT" <<EOF
+- node: $NODE_VERSION ($NODE)
+- nbdkit: $(nbdkit --version | head -n1)
+- fio: $(fio --version)
+- s3nbd: $(s3nbd_revision "$ROOT")
+- settings: BENCH_RUNTIME=$RUNTIME BENCH_RAMP=$RAMP BENCH_REPEAT=$REPEAT BENCH_SIZE=$REGION
+EOF

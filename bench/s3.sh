@@ -363,37 +363,16 @@ if [[ -s "$GW_LOG" ]]; then
   tail -n 10 "$GW_LOG" >&2
 fi
 
-echo
-echo "$TABLE"
-echo
-echo "$CPU_TABLE"
-echo
-echo "$NOTES"
-echo
+write_report "$RESULTS_DIR/s3-latest.md" "s3nbd S3 benchmark" "$TABLE
 
-mkdir -p "$RESULTS_DIR"
-{
-  echo "# s3nbd S3 benchmark"
-  echo
-  echo "$TABLE"
-  echo
-  echo "$CPU_TABLE"
-  echo
-  echo "$NOTES"
-  echo
-  echo "## Samples"
-  echo
-  printf '%s' "$SAMPLES_TEXT"
-  echo
-  echo "## Machine"
-  echo
-  machine_info
-  echo "- load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
-  echo "- node: $NODE_VERSION ($NODE)"
-  echo "- minio: $MINIO_VERSION"
-  echo "- @aws-sdk/client-s3: $("$NODE" -p "require('$ROOT/node_modules/@aws-sdk/client-s3/package.json').version")"
-  echo "- nbdcopy: $(nbdcopy --version | head -n1); fio: $(fio --version)"
-  echo "- s3nbd: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [[ -n "$(git status --porcelain -- src 2>/dev/null)" ]] && echo ' (src/ modified)' || true)"
-  echo "- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}"
-} >"$RESULTS_DIR/s3-latest.md"
-log "wrote $RESULTS_DIR/s3-latest.md"
+$CPU_TABLE
+
+$NOTES" "$SAMPLES_TEXT" <<EOF
+- load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end
+- node: $NODE_VERSION ($NODE)
+- minio: $MINIO_VERSION
+- @aws-sdk/client-s3: $("$NODE" -p "require('$ROOT/node_modules/@aws-sdk/client-s3/package.json').version")
+- nbdcopy: $(nbdcopy --version | head -n1); fio: $(fio --version)
+- s3nbd: $(s3nbd_revision "$ROOT")
+- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}
+EOF
