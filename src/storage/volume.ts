@@ -96,7 +96,6 @@ async function readVolume(objects: ObjectStore): Promise<Volume | undefined> {
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {
-  if (request.mode === 'create') throw Errors.volumeExists(objects.description);
   if (request.size !== undefined && request.size !== volume.size) {
     throw Errors.volumeConflict(objects.description, 'size', volume.size, request.size);
   }
