@@ -53,7 +53,7 @@ export interface JournalRecord {
 const MAGIC = 0x534e4a31;
 export const HEADER_SIZE = 36;
 /** A new segment is started once the current one reaches this size. */
-const SEGMENT_BYTES = 16 * 1024 * 1024;
+export const SEGMENT_BYTES = 16 * 1024 * 1024;
 /** Largest payload a record may claim; anything bigger is corruption. */
 const MAX_PAYLOAD = 64 * 1024 * 1024;
 

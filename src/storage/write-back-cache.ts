@@ -35,11 +35,14 @@ import { Errors } from '../errors.ts';
 import { ExtentLocks } from './extent-locks.ts';
 import { extentMemory } from './extent-memory.ts';
 import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
-import { Journal, type JournalRecord, RecordType, uploadedGeneration, uploadedRecord } from './journal.ts';
+import { Journal, type JournalRecord, RecordType, SEGMENT_BYTES, uploadedGeneration, uploadedRecord } from './journal.ts';
 import type { ObjectExtentStore } from './object-extent-store.ts';
 import { Ranges } from './ranges.ts';
 import { SlotFile } from './slot-file.ts';
 import { isAllZero } from './zeros.ts';
+
+/** The longest a dirty extent that keeps changing waits before it is uploaded. */
+const MAX_DIRTY_AGE_MS = 10_000;
 
 export interface WriteBackOptions {
   /** Directory of the journal and the slot file. */
@@ -53,7 +56,7 @@ export interface WriteBackOptions {
   readonly uploadConcurrency: number;
   /** 's3': FLUSH waits for uploads; 'local': FLUSH fsyncs the journal only. */
   readonly flushMode: 's3' | 'local';
-  /** How long a dirty extent waits before upload, so a burst of small writes uploads once. */
+  /** How long a dirty extent must go unchanged before upload, so a burst of writes uploads once. */
   readonly uploadDelayMs: number;
   readonly log: Logger;
   /** False while uploads must not start (the writer lease may have expired). */
@@ -73,8 +76,9 @@ interface Entry {
   uploadedGen: number;
   /** Generation being uploaded, if an upload is in flight. */
   uploading: number | undefined;
-  /** When the entry last became dirty (for the upload delay). */
+  /** When the entry last became dirty, and when it last changed (for the upload policy). */
   dirtySince: number;
+  lastChange: number;
 }
 
 interface Fetch {
@@ -413,7 +417,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   private newEntry(index: number): Entry {
-    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, dirtySince: 0 };
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, dirtySince: 0, lastChange: 0 };
     this.entries.set(index, e);
     return e;
   }
@@ -459,7 +463,8 @@ export class WriteBackCache implements ExtentStore {
 
   private markDirty(e: Entry, seq: number): void {
     if (this.entries.get(e.index) !== e) throw new StorageError('EIO', `internal error: extent ${e.index} changed without an entry`);
-    if (e.gen <= e.uploadedGen) e.dirtySince = Date.now();
+    e.lastChange = Date.now();
+    if (e.gen <= e.uploadedGen) e.dirtySince = e.lastChange;
     this.update(e, () => { e.gen = seq; });
     this.cleanOrder.delete(e.index);
     this.dirty.set(e.index, e);
@@ -481,11 +486,24 @@ export class WriteBackCache implements ExtentStore {
 
   // ---- uploads --------------------------------------------------------------------------
 
-  /** Starts uploads of dirty extents that are due, up to the concurrency limit. */
+  /**
+   * Starts uploads of dirty extents that are due, up to the concurrency limit. An extent is
+   * due once it has had no change for the upload delay (a sequential writer has moved on), or
+   * MAX_DIRTY_AGE_MS after it became dirty (one that keeps being rewritten is uploaded every
+   * so often, not after each write), or at once when a flush waits, when dirty data passes
+   * half the dirty limit, or when the journal (which keeps every rewrite until the extent is
+   * uploaded, and is replayed in memory) passes the dirty limit plus two segments. `dirty`
+   * iterates oldest first.
+   */
   private pump(): void {
     if (this.closed || this.fenced !== undefined || this.options.mayUpload?.() === false) return;
     const now = Date.now();
-    const due = (e: Entry): boolean => this.urgent > 0 || now - e.dirtySince >= this.options.uploadDelayMs;
+    const pressure = this.urgent > 0
+      || this.dirtySlots * this.extentSize * 2 >= this.options.maxDirtyBytes
+      || this.journal.bytes >= this.options.maxDirtyBytes + 2 * SEGMENT_BYTES;
+    const due = (e: Entry): boolean => pressure
+      || now - e.lastChange >= this.options.uploadDelayMs
+      || now - e.dirtySince >= Math.max(MAX_DIRTY_AGE_MS, this.options.uploadDelayMs);
     const deletes: Entry[] = [];
     for (const e of this.dirty.values()) {
       if (this.uploadsInFlight >= this.options.uploadConcurrency) break;

@@ -3,10 +3,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after } from 'node:test';
+import { REPO } from './tools.ts';
 
-export const REPO = resolve(import.meta.dirname, '../..');
+export { REPO };
 export const CLI = join(REPO, 'dist/cli/main.js');
 
 export interface Gateway {

@@ -10,8 +10,7 @@ import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync }
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BucketAlreadyOwnedByYou, CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import { REPO } from './gateway.ts';
-import { freePort } from './tools.ts';
+import { freePort, REPO } from './tools.ts';
 
 const MINIO_RELEASE = 'RELEASE.2025-10-15T17-29-55Z';
 const ROOT_USER = 's3nbdtest';
@@ -135,6 +134,8 @@ class LocalMinio implements S3TestServer {
         MINIO_ROOT_PASSWORD: ROOT_PASSWORD,
         MINIO_BROWSER: 'off',
         MINIO_UPDATE: 'off',
+        // Request counters for the benchmarks (bench/compare), readable without a token.
+        MINIO_PROMETHEUS_AUTH_TYPE: 'public',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

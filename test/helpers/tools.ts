@@ -3,6 +3,10 @@
 
 import { execFile, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+
+/** The repository's root directory. */
+export const REPO = resolve(import.meta.dirname, '../..');
 
 /** Debian's python3 first: libnbd's Python bindings (nbdsh) live there, not in pyenv's. */
 export const TOOL_ENV = { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin:${process.env.PATH ?? ''}` };

@@ -10,8 +10,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { REPO } from './gateway.ts';
-import { requireTool, runOk, TOOL_ENV } from './tools.ts';
+import { REPO, requireTool, runOk, TOOL_ENV } from './tools.ts';
 
 export interface VmImage {
   readonly kernel: string;

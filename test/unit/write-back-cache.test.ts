@@ -237,6 +237,35 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('uploads an extent once its writes pause, not after every write while they keep coming', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/policy`, { uploadDelayMs: 100, maxDirtyBytes: 16 * E });
+    // 40 writes into one extent, 20 ms apart: never 100 ms without a change.
+    for (let i = 0; i < 40; i++) {
+      await dev.write(0, pattern(512, i), false);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(objects.calls.put, 0, 'uploaded while it was still being rewritten');
+    const deadline = Date.now() + 2000;
+    while (objects.calls.put === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(objects.calls.put, 1, 'one upload once the writes paused');
+    assertSameBytes(await storeContents(objects, 16 * E), Buffer.concat([pattern(512, 39), Buffer.alloc(16 * E - 512)]), 'the last write');
+    await cache.close();
+  });
+
+  it('uploads at once when dirty data passes half the dirty limit, however recent the writes', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/pressure`, { uploadDelayMs: 3_600_000, maxDirtyBytes: 8 * E });
+    await dev.write(0, pattern(3 * E, 1), false);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(objects.calls.put, 0, 'three dirty extents of eight allowed wait for the delay');
+    await dev.write(3 * E, pattern(E, 2), false);
+    const deadline = Date.now() + 2000;
+    while (cache.status().dirtyExtents > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(cache.status().dirtyExtents, 0, 'four of eight: everything uploaded without a flush');
+    await cache.close();
+  });
+
   it('discards a whole huge device with deletes only for stored extents', async () => {
     const size = 2 ** 40;
     const objects = new FaultyStore(new MemoryObjectStore());
