@@ -27,6 +27,9 @@
 // acknowledged after its record was written). The segment is truncated there so new records
 // never follow garbage.
 //
+// The write cache reads payloads of whole-extent writes back from their segment
+// (readPayload) until the extent is uploaded; such a segment is live, so it is not trimmed.
+//
 // Appends reach the kernel (write(2)) before a write is acknowledged, which is what a process
 // crash needs; sync() (fsync) is for `--flush-mode local` and power loss. Records are appended
 // in sequence order, one batch at a time (group commit), so replay applies changes in the
@@ -67,8 +70,15 @@ interface Segment {
 interface PendingAppend {
   readonly buffers: Buffer[];
   readonly lastSeq: number;
-  resolve(): void;
+  resolve(where: JournalLocation): void;
   reject(err: Error): void;
+}
+
+/** Where a record's payload is: the write cache reads whole-extent writes back from here. */
+export interface JournalLocation {
+  readonly path: string;
+  /** File offset of the payload (just after the record's header). */
+  readonly position: number;
 }
 
 /** The generation an UPLOADED record carries (split over its offset and length fields). */
@@ -126,6 +136,8 @@ export class Journal {
   private readonly dir: string;
   private readonly segments: Segment[] = [];
   private handle: FileHandle | undefined;
+  /** Read handles of live segments, for readPayload(). */
+  private readonly readers = new Map<string, Promise<FileHandle>>();
   private nextSeq = 1;
   private queue: PendingAppend[] = [];
   private writing = false;
@@ -192,18 +204,35 @@ export class Journal {
   }
 
   /**
-   * Appends a record; resolves once it has been written to the file (not fsynced). Callers
-   * append in reserve() order; appends issued while a batch is being written go together in
-   * the next batch.
+   * Appends a record; resolves, with where its payload is, once it has been written to the
+   * file (not fsynced). Callers append in reserve() order; appends issued while a batch is
+   * being written go together in the next batch.
    */
-  append(record: JournalRecord): Promise<void> {
+  append(record: JournalRecord): Promise<JournalLocation> {
     if (this.failed) return Promise.reject(this.failed);
     const buffers = [encodeHeader(record)];
     if (record.payload) buffers.push(record.payload);
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<JournalLocation>((resolve, reject) => {
       this.queue.push({ buffers, lastSeq: record.seq, resolve, reject });
       if (!this.writing) void this.writeBatches();
     });
+  }
+
+  /**
+   * Reads `length` bytes of a payload that append() placed at `where`. The caller keeps the
+   * record's segment alive (trim() only deletes segments below the sequence it is given).
+   */
+  async readPayload(where: JournalLocation, length: number): Promise<Buffer> {
+    let reader = this.readers.get(where.path);
+    if (!reader) {
+      reader = open(where.path, 'r');
+      this.readers.set(where.path, reader);
+      reader.catch(() => this.readers.delete(where.path));
+    }
+    const data = Buffer.allocUnsafe(length);
+    const { bytesRead } = await (await reader).read(data, 0, length, where.position);
+    if (bytesRead !== length) throw new Error(`journal ${where.path}: ${bytesRead} of ${length} bytes at ${where.position}`);
+    return data;
   }
 
   /** fsyncs the current segment: every append that resolved before now survives power loss. */
@@ -226,8 +255,14 @@ export class Journal {
       }
     }
     const doomed = this.segments.splice(0, n);
+    const readers = doomed.flatMap((segment) => {
+      const reader = this.readers.get(segment.path);
+      this.readers.delete(segment.path);
+      return reader ? [reader] : [];
+    });
     const work = (async () => {
       await handle?.close();
+      for (const reader of readers) await (await reader.catch(() => undefined))?.close();
       for (const segment of doomed) await rm(segment.path, { force: true });
     })();
     this.trimming = this.trimming.then(() => work, () => work);
@@ -239,6 +274,8 @@ export class Journal {
     await this.trimming;
     await this.handle?.close();
     this.handle = undefined;
+    for (const reader of this.readers.values()) await (await reader.catch(() => undefined))?.close();
+    this.readers.clear();
   }
 
   private async writeBatches(): Promise<void> {
@@ -255,9 +292,13 @@ export class Journal {
           let written = (await handle.writev(buffers)).bytesWritten;
           while (written < bytes) written += (await handle.write(Buffer.concat(buffers).subarray(written))).bytesWritten;
           const segment = this.segments.at(-1)!;
+          let position = segment.bytes;
           segment.bytes += bytes;
           segment.lastSeq = batch.at(-1)!.lastSeq;
-          for (const p of batch) p.resolve();
+          for (const p of batch) {
+            p.resolve({ path: segment.path, position: position + HEADER_SIZE });
+            position += p.buffers.reduce((n, b) => n + b.length, 0);
+          }
         } catch (err) {
           // A journal that cannot be written cannot protect writes: refuse all further ones.
           this.failed = new Error(`journal write failed in ${this.dir}: ${(err as Error).message}`, { cause: err });

@@ -12,9 +12,17 @@
 //   ZERO-DIRTY                 no    -       gen > uploadedGen    no          yes    discarded: a delete is pending
 //   DELETING                   no    -       -                    yes         yes    the delete is in flight
 //
+// A DIRTY entry whose last change was a write of the whole extent has `journalCopy` set: its
+// bytes are that journal record's payload, and its slot (reserved, for the dirty limit) is
+// stale. Reads and the upload read the journal; a change of part of the extent first copies
+// it into the slot; once uploaded, the entry is dropped (the store and the memory cache hold
+// the extent), because the journal segment may then be deleted.
+//
 // Invariants, and why:
-// - A write is acknowledged only after its journal record and its slot bytes reached the
-//   kernel, so a crash of this process loses nothing acknowledged (journal.ts replays it).
+// - A write is acknowledged only after its journal record and its slot bytes (for a whole
+//   extent: its journal record alone) reached the kernel, so a crash of this process loses
+//   nothing acknowledged (journal.ts replays it). Writing a whole extent once, not twice,
+//   halves the local I/O of sequential writes.
 // - A write never reads the object store: a partial write into an extent that is stored but
 //   not cached creates a PARTIAL entry, whose missing bytes (`valid` gaps) are merged from the
 //   store later, when the extent is read or uploaded.
@@ -35,7 +43,7 @@ import { Errors } from '../errors.ts';
 import { ExtentLocks } from './extent-locks.ts';
 import { extentMemory } from './extent-memory.ts';
 import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
-import { Journal, type JournalRecord, RecordType, SEGMENT_BYTES, uploadedGeneration, uploadedRecord } from './journal.ts';
+import { Journal, type JournalLocation, type JournalRecord, RecordType, SEGMENT_BYTES, uploadedGeneration, uploadedRecord } from './journal.ts';
 import type { ObjectExtentStore } from './object-extent-store.ts';
 import { Ranges } from './ranges.ts';
 import { SlotFile } from './slot-file.ts';
@@ -76,6 +84,11 @@ interface Entry {
   uploadedGen: number;
   /** Generation being uploaded, if an upload is in flight. */
   uploading: number | undefined;
+  /**
+   * Set when the extent's whole current content is the payload of a journal record (a write
+   * of the whole extent): the slot was not written and is stale. Cleared by materialize().
+   */
+  journalCopy: JournalLocation | undefined;
   /** When the entry last became dirty, and when it last changed (for the upload policy). */
   dirtySince: number;
   lastChange: number;
@@ -206,7 +219,7 @@ export class WriteBackCache implements ExtentStore {
         if (e.zeros) return { data: undefined };
         if (e.valid.covers(offset, offset + length)) {
           this.touch(e);
-          return { data: await this.slots.read(e.slot!, offset, length) };
+          return { data: await this.readCurrent(e, offset, length) };
         }
         return { needBase: true } as const;
       });
@@ -312,12 +325,17 @@ export class WriteBackCache implements ExtentStore {
     await this.admit(index);
     await this.locks.with(index, async () => {
       const e = await this.entryWithSlot(index);
+      const whole = data !== undefined && offset === 0 && length === this.extentSize;
+      if (!whole) await this.materialize(e);
       const seq = this.reserve();
       try {
-        // Journal and slot are written concurrently; both must land before the write is answered.
+        // A write of the whole extent goes to the journal only: the slot would be a second
+        // copy of the same bytes, and the journal keeps them until the upload. Other changes
+        // go to both, concurrently; both must land before the write is answered.
         const logged = this.journal.append({ type, seq, index, offset, length, payload: data });
-        const stored = this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
-        await Promise.all([logged, stored]);
+        const stored = whole ? undefined : this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
+        const [where] = await Promise.all([logged, stored]);
+        e.journalCopy = whole ? where : undefined;
         e.valid.add(offset, offset + length);
         this.markDirty(e, seq);
       } catch (err) {
@@ -417,7 +435,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   private newEntry(index: number): Entry {
-    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, dirtySince: 0, lastChange: 0 };
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, journalCopy: undefined, dirtySince: 0, lastChange: 0 };
     this.entries.set(index, e);
     return e;
   }
@@ -444,7 +462,7 @@ export class WriteBackCache implements ExtentStore {
   private releaseSlot(e: Entry): void {
     const slot = e.slot;
     if (slot === undefined) return;
-    this.update(e, () => { e.slot = undefined; });
+    this.update(e, () => { e.slot = undefined; e.journalCopy = undefined; });
     this.cleanOrder.delete(e.index);
     this.slots.release(slot);
     this.wakeRoomWaiters();
@@ -475,6 +493,19 @@ export class WriteBackCache implements ExtentStore {
     this.memory.delete(index);
     const fetch = this.fetches.get(index);
     if (fetch) fetch.stale = true;
+  }
+
+  /** The entry's current bytes: from the journal record that holds them, or the slot. */
+  private readCurrent(e: Entry, offset: number, length: number): Promise<Buffer> {
+    if (e.journalCopy) return this.journal.readPayload({ ...e.journalCopy, position: e.journalCopy.position + offset }, length);
+    return this.slots.read(e.slot!, offset, length);
+  }
+
+  /** Copies an entry's bytes from the journal into its slot, before a change of part of it. Under the lock. */
+  private async materialize(e: Entry): Promise<void> {
+    if (!e.journalCopy) return;
+    await this.slots.write(e.slot!, 0, await this.journal.readPayload(e.journalCopy, this.extentSize));
+    e.journalCopy = undefined;
   }
 
   private touch(e: Entry): void {
@@ -542,7 +573,7 @@ export class WriteBackCache implements ExtentStore {
         if (!e || e.gen <= e.uploadedGen || e.uploading !== undefined || e.zeros) return 'done';
         if (!e.valid.covers(0, this.extentSize)) return 'needs-base';
         e.uploading = e.gen;
-        snapshot = { gen: e.gen, data: await this.slots.read(e.slot!, 0, this.extentSize) };
+        snapshot = { gen: e.gen, data: await this.readCurrent(e, 0, this.extentSize) };
         return 'ready';
       });
       if (step === 'done') return;
@@ -587,7 +618,13 @@ export class WriteBackCache implements ExtentStore {
     if (e.gen === gen) {
       this.dirty.delete(index);
       if (e.zeros) this.forget(e);
-      else {
+      else if (e.journalCopy) {
+        // Its bytes are in the journal, which may now be trimmed, not in the slot: the store
+        // (and the memory cache) hold the extent from now on.
+        this.releaseSlot(e);
+        this.forget(e);
+        if (data) this.memory.set(index, data);
+      } else {
         this.cleanOrder.set(index, e);
         if (data) this.memory.set(index, data);
       }

@@ -181,6 +181,42 @@ describe('WriteBackCache', () => {
     await b.cache.close();
   });
 
+  it('keeps writes of whole extents in the journal only, and reads, rewrites in part and uploads them right', async () => {
+    const objects = new MemoryObjectStore();
+    const { dev, cache } = await open(objects, 8 * E, `${dir.path}/journal-only`, { uploadDelayMs: 3_600_000 });
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- put back below, and called with .call()
+    const realWrite = SlotFile.prototype.write;
+    let slotWrites = 0;
+    SlotFile.prototype.write = function (this: SlotFile, slot: number, offset: number, data: Buffer) {
+      slotWrites++;
+      return realWrite.call(this, slot, offset, data);
+    };
+    try {
+      const model = Buffer.alloc(8 * E);
+      for (const [index, seed] of [[0, 1], [1, 2], [2, 3]] as const) {
+        await dev.write(index * E, pattern(E, seed), false);
+        pattern(E, seed).copy(model, index * E);
+      }
+      assert.equal(slotWrites, 0, 'whole extents are not written to slots');
+      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back from the journal');
+
+      await dev.write(E + 100, pattern(300, 9), false); // part of extent 1: copied into its slot first
+      pattern(300, 9).copy(model, E + 100);
+      assert.equal(slotWrites, 2, 'the copy of extent 1, then the partial write');
+      await dev.write(2 * E, pattern(E, 4), false); // extent 2 again, whole
+      pattern(E, 4).copy(model, 2 * E);
+      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'after the partial and the repeated write');
+
+      await dev.flush();
+      assertSameBytes(await storeContents(objects, 8 * E), model, 'uploaded from the journal and the slot');
+      assert.equal(cache.status().cachedExtents, 1, 'extents 0 and 2 left the disk cache once uploaded; extent 1 stays');
+      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back after the upload');
+    } finally {
+      SlotFile.prototype.write = realWrite;
+    }
+    await cache.close();
+  });
+
   it('drops the entry of a write that failed, so reads return what the store holds', async () => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 16 * E, `${dir.path}/failed-write`);
@@ -196,8 +232,9 @@ describe('WriteBackCache', () => {
       return realWrite.call(this, slot, offset, data);
     };
     try {
-      await assert.rejects(dev.write(0, Buffer.alloc(E, 0x77), false), /disk error/);
-      await assert.rejects(dev.write(5 * E, Buffer.alloc(E, 0x77), false), /disk error/);
+      // Partial writes: a write of a whole extent goes to the journal only, not to a slot.
+      await assert.rejects(dev.write(0, Buffer.alloc(E - 512, 0x77), false), /disk error/);
+      await assert.rejects(dev.write(5 * E, Buffer.alloc(E - 512, 0x77), false), /disk error/);
     } finally {
       SlotFile.prototype.write = realWrite;
     }
