@@ -3,9 +3,11 @@
 
 import { LRUCache } from 'lru-cache';
 
-export function extentMemory(budgetBytes: number, extentSize: number): LRUCache<number, Buffer> {
+/** `onEvict` hears of extents pushed out to make room (not of ones deleted or replaced). */
+export function extentMemory(budgetBytes: number, extentSize: number, onEvict?: (index: number, data: Buffer) => void): LRUCache<number, Buffer> {
   return new LRUCache<number, Buffer>({
     maxSize: Math.max(budgetBytes, extentSize),
     sizeCalculation: () => extentSize,
+    ...(onEvict ? { dispose: (data: Buffer, index: number, reason: string) => { if (reason === 'evict') onEvict(index, data); } } : {}),
   });
 }

@@ -137,6 +137,8 @@ export class WriteBackCache implements ExtentStore {
   private readonly memory: LRUCache<number, Buffer>;
   private readonly locks = new ExtentLocks();
   private readonly fetches = new Map<number, Fetch>();
+  /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
+  private readonly evicted = new Map<number, Buffer>();
   private readonly waiters = new Map<number, Waiter[]>();
   private readonly roomWaiters: Array<() => void> = [];
   private journal!: Journal;
@@ -162,7 +164,7 @@ export class WriteBackCache implements ExtentStore {
     this.log = options.log;
     this.extentSize = lower.extentSize;
     this.extentCount = lower.extentCount;
-    this.memory = extentMemory(options.memoryCacheBytes, this.extentSize);
+    this.memory = extentMemory(options.memoryCacheBytes, this.extentSize, (index, data) => this.evictedFromMemory(index, data));
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
@@ -443,20 +445,59 @@ export class WriteBackCache implements ExtentStore {
   /** A free slot, evicting the least recently used CLEAN entry if need be; waits if none can go. */
   private async takeSlot(): Promise<number> {
     for (;;) {
-      const free = this.slots.take();
-      if (free !== undefined) return free;
-      for (const victim of this.cleanOrder.values()) {
-        if (this.locks.isBusy(victim.index)) continue;
-        const slot = victim.slot!;
-        this.forget(victim);
-        victim.slot = undefined;
-        return slot;
-      }
+      const slot = this.takeSlotNow();
+      if (slot !== undefined) return slot;
       this.urgent++;
       this.pump();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       this.urgent--;
     }
+  }
+
+  /** A free slot, or the slot of the least recently used CLEAN entry; undefined if none can go. */
+  private takeSlotNow(): number | undefined {
+    const free = this.slots.take();
+    if (free !== undefined) return free;
+    for (const victim of this.cleanOrder.values()) {
+      if (this.locks.isBusy(victim.index)) continue;
+      const slot = victim.slot!;
+      this.forget(victim);
+      victim.slot = undefined;
+      return slot;
+    }
+    return undefined;
+  }
+
+  /**
+   * The memory cache pushed out a clean extent that the disk cache does not have: keep it in a
+   * disk slot, as a CLEAN entry (the disk cache is the larger, second level). Skipped if the
+   * extent changes meanwhile (invalidate() forgets it) or no slot can be had without waiting.
+   */
+  private evictedFromMemory(index: number, data: Buffer): void {
+    if (this.closed || this.entries.has(index)) return;
+    this.evicted.set(index, data);
+    this.keepOnDisk(index, data)
+      .catch((err: unknown) => this.log.debug({ err, index }, 'could not keep an extent in the disk cache'))
+      .finally(() => { if (this.evicted.get(index) === data) this.evicted.delete(index); });
+  }
+
+  private async keepOnDisk(index: number, data: Buffer): Promise<void> {
+    await this.locks.with(index, async () => {
+      if (this.closed || this.evicted.get(index) !== data || this.entries.has(index)) return;
+      const slot = this.takeSlotNow();
+      if (slot === undefined) return;
+      const e = this.newEntry(index);
+      e.slot = slot;
+      try {
+        await this.slots.write(slot, 0, data);
+      } catch (err) {
+        this.releaseSlot(e);
+        this.forget(e);
+        throw err;
+      }
+      e.valid = Ranges.full(this.extentSize);
+      this.cleanOrder.set(index, e);
+    });
   }
 
   private releaseSlot(e: Entry): void {
@@ -491,6 +532,7 @@ export class WriteBackCache implements ExtentStore {
   /** The extent changes: forget its remembered clean copy and any fetch in flight. */
   private invalidate(index: number): void {
     this.memory.delete(index);
+    this.evicted.delete(index);
     const fetch = this.fetches.get(index);
     if (fetch) fetch.stale = true;
   }

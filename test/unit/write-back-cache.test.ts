@@ -217,6 +217,32 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('keeps the fetched extents that memory evicts in the disk cache', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const size = 12 * E;
+    const model = pattern(size, 6);
+    const first = await open(objects, size, `${dir.path}/disk-read-a`);
+    await first.dev.write(0, model, false);
+    await first.dev.flush();
+    await first.cache.close();
+
+    // A memory cache of 4 extents, a disk cache of 16: what memory evicts goes to disk, and
+    // the second pass reads memory and disk only.
+    const { dev, cache } = await open(objects, size, `${dir.path}/disk-read-b`);
+    assertSameBytes(await readAll(dev, 0, size), model, 'cold');
+    const deadline = Date.now() + 2000;
+    while (cache.status().cachedExtents < 8 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(cache.status().cachedExtents, 8, 'the 8 extents evicted from memory have slots');
+    const gets = objects.calls.get;
+    assertSameBytes(await readAll(dev, 0, size), model, 'warm, from the disk cache');
+    assert.equal(objects.calls.get, gets, 'no GET for extents in the disk cache');
+    // A write after caching replaces the cached copy.
+    await dev.write(3 * E + 10, pattern(100, 8), false);
+    pattern(100, 8).copy(model, 3 * E + 10);
+    assertSameBytes(await readAll(dev, 0, size), model, 'after a write');
+    await cache.close();
+  });
+
   it('drops the entry of a write that failed, so reads return what the store holds', async () => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 16 * E, `${dir.path}/failed-write`);
@@ -238,9 +264,9 @@ describe('WriteBackCache', () => {
     } finally {
       SlotFile.prototype.write = realWrite;
     }
+    assert.equal(cache.status().cachedExtents, 0, 'no slot leaked');
     assertSameBytes((await dev.read(0, E))[0]!.data!, pattern(E, 1), 'the clean extent as the store has it');
     assert.equal((await dev.read(5 * E, E))[0]!.data, undefined, 'the never-written extent is still a hole');
-    assert.equal(cache.status().cachedExtents, 0, 'no slot leaked');
     await cache.close();
   });
 
