@@ -1,0 +1,58 @@
+"""Draws docs/benchmarks.png from bench/results/compare-latest.json with matplotlib: one panel
+per workload, one bar per contender (the median of the runs, with the runs' range as an error
+bar), and the limit as a dashed line where there is one.
+
+    python3 bench/compare/chart.py RESULTS.json OUTPUT.png
+"""
+
+import json
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+UNITS = {
+    "write+flush": "MiB/s", "cold read": "MiB/s", "warm read": "MiB/s",
+    "4K rand write": "IOPS", "4K rand read": "IOPS",
+    "ext4 copy+sync": "s", "mkfs.ext4 100G": "s", "restore": "s",
+}
+LIMITS = {
+    "write+flush": "raw S3", "cold read": "raw S3", "warm read": "nbdkit memory",
+    "4K rand write": "nbdkit memory", "4K rand read": "nbdkit memory",
+}
+
+
+def main(source: str, output: str) -> None:
+    with open(source) as f:
+        run = json.load(f)
+    names = [c["name"] for c in run["contenders"]]
+    colors = {name: plt.cm.tab10(i) for i, name in enumerate(names)}
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    for ax, (workload, unit) in zip(axes.flat, UNITS.items()):
+        samples = run["results"].get(workload, {})
+        shown = [n for n in names if samples.get(n)]
+        medians = [statistics.median(s["value"] for s in samples[n]) for n in shown]
+        lows = [m - min(s["value"] for s in samples[n]) for m, n in zip(medians, shown)]
+        highs = [max(s["value"] for s in samples[n]) - m for m, n in zip(medians, shown)]
+        ax.bar(shown, medians, yerr=[lows, highs], color=[colors[n] for n in shown], capsize=3)
+        limit = LIMITS.get(workload)
+        if limit and samples.get(limit):
+            value = statistics.median(s["value"] for s in samples[limit])
+            ax.axhline(value, color="black", linestyle="--", linewidth=1)
+            ax.annotate(f"{limit}: {value:.0f}", xy=(0.01, value), xycoords=("axes fraction", "data"),
+                        va="bottom", fontsize=8)
+        better = "lower is better" if unit == "s" else "higher is better"
+        ax.set_title(f"{workload}\n{unit}, {better}", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        if unit == "s" and medians and max(medians) / max(min(medians), 1e-9) > 50:
+            ax.set_yscale("log")
+    fig.suptitle(f"s3nbd and its peers on one MinIO (medians of {run['settings']['repeat']} runs; {run['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
