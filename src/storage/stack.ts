@@ -60,7 +60,7 @@ export interface Storage {
   close(drainTimeoutMs?: number): Promise<boolean>;
 }
 
-export const DEFAULT_MEMORY_CACHE = 256 * 1024 * 1024;
+export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
 
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
