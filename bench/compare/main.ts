@@ -18,7 +18,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startMinio } from '../../test/helpers/minio.ts';
-import { REPO, runOk } from '../../test/helpers/tools.ts';
+import { REPO, run, runOk } from '../../test/helpers/tools.ts';
 import { type Contender, peer, type Running, type S3Target, s3nbd } from './contenders.ts';
 import { copyTreeOntoExt4, makeFileSystem, makeTree, MiB, random4k, readWholeDevice, sequentialRead, sequentialWrite } from './workloads.ts';
 
@@ -104,11 +104,16 @@ async function main(): Promise<void> {
           console.error(`[bench] ${contender.name} failed: ${(err as Error).message}`);
         }
       }
-      await runLimits(rep, raw, source, measure);
+      try {
+        await runLimits(rep, raw, source, measure);
+      } catch (err) {
+        failures.push(`limits (run ${rep}): ${(err as Error).message.split('\n')[0]}`);
+      }
+      // After every run, so that a later failure keeps what was measured.
+      const file = join(REPO, 'bench/results/compare-latest.json');
+      writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), settings: { repeat: rep, dataMiB: DATA / MiB, randomSeconds: RANDOM_SECONDS, tree: { small: TREE_SMALL, large: TREE_LARGE, mib: Math.round(treeBytes / MiB) } }, contenders: contenders.map((c) => ({ name: c.name, settings: c.settings })), results, failures }, null, 2)}\n`);
+      console.error(`[bench] wrote ${file} (${rep} of ${REPEAT} runs)`);
     }
-    const file = join(REPO, 'bench/results/compare-latest.json');
-    writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), settings: { repeat: REPEAT, dataMiB: DATA / MiB, randomSeconds: RANDOM_SECONDS, tree: { small: TREE_SMALL, large: TREE_LARGE, mib: Math.round(treeBytes / MiB) } }, contenders: contenders.map((c) => ({ name: c.name, settings: c.settings })), results, failures }, null, 2)}\n`);
-    console.error(`[bench] wrote ${file}`);
   } finally {
     await minio.stop();
     rmSync(work, { recursive: true, force: true });
@@ -169,10 +174,13 @@ async function runContender(c: Contender, s3: S3Target, rep: number, dir: string
 
 /** nbdkit memory (the local NBD path) and raw PutObject / GetObject (the S3 path). */
 async function runLimits(rep: number, raw: (args: string[]) => Promise<string>, source: string, measure: (fn: () => Promise<number>) => Promise<Sample>): Promise<void> {
-  const socket = join(tmpdir(), `s3nbd-compare-nbdkit-${process.pid}.sock`);
+  // A socket of its own per run: nbdkit refuses to bind over one left behind.
+  const socket = join(tmpdir(), `s3nbd-compare-nbdkit-${process.pid}-${rep}.sock`);
+  rmSync(socket, { force: true });
   const nbdkit = spawn('nbdkit', ['-f', '-U', socket, 'memory', String(2 * DATA)], { stdio: 'ignore' });
   try {
-    for (let i = 0; i < 100 && (await runOk('sh', ['-c', `nbdinfo --size 'nbd+unix:///?socket=${socket}' || true`])).trim() === ''; i++) {
+    for (let i = 0; (await run('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`])).code !== 0; i++) {
+      if (i === 100 || nbdkit.exitCode !== null) throw new Error(`nbdkit memory did not start on ${socket}`);
       await new Promise((r) => setTimeout(r, 100));
     }
     const device = { nbd: `nbd+unix:///?socket=${socket}` };

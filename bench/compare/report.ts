@@ -36,9 +36,11 @@ export function median(values: readonly number[]): number {
 }
 
 const fmt = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
-const version = (cmd: string, args: string[]): string => {
+/** The first line a shell command prints (on stdout or stderr). */
+const version = (command: string): string => {
   try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')[0]!.trim();
+    const out = execFileSync('bash', ['-c', `${command} 2>&1`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return out.split('\n').map((l) => l.trim()).find((l) => l !== '') ?? 'unknown';
   } catch {
     return 'not installed';
   }
@@ -128,13 +130,13 @@ ${run.contenders.map((c) => `- **${c.name}**: ${c.settings}`).join('\n')}
 
 - measured: ${run.date}
 - ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; everything (MinIO, contenders, clients) on this one machine
-- kernel: ${version('uname', ['-r'])}
-- s3nbd: ${version('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'])} on Node ${process.versions.node}
-- s3backer: ${version('s3backer', ['--version'])}
-- nbdkit: ${version('nbdkit', ['--version'])}
-- ZeroFS: ${version('bash', ['-c', 'ls -d ~/.cache/s3nbd/zerofs-*/bin/zerofs 2>/dev/null | head -1 | xargs -r -I{} {} --version'])}
-- MinIO: ${version('bash', ['-c', 'ls ~/.cache/s3nbd/minio-*/minio | head -1 | xargs -I{} {} --version'])}
-- fio: ${version('fio', ['--version'])}, libnbd: ${version('nbdcopy', ['--version'])}
+- kernel: ${version('uname -r')}
+- s3nbd: ${version(`git -C ${REPO} rev-parse --short HEAD`)} on Node ${process.versions.node}
+- s3backer: ${version('s3backer --version 2>&1 | head -1')}
+- nbdkit: ${version('nbdkit --version')}
+- ZeroFS: ${version('"$HOME"/.cache/s3nbd/zerofs-*/bin/zerofs --version')}
+- MinIO: ${version('"$HOME"/.cache/s3nbd/minio-*/minio --version | head -1')}
+- fio: ${version('fio --version')}, libnbd: ${version('nbdcopy --version')}
 
 ## Rerun
 
