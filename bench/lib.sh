@@ -39,3 +39,23 @@ write_report() {
   } >"$file"
   echo "[bench] wrote $file" >&2
 }
+
+# stop_pid PID NAME [SECONDS]: SIGTERM, waits up to SECONDS (default 10), then SIGKILL; returns
+# the process's exit status (it must be a child of this shell). Uses the caller's log().
+stop_pid() {
+  local pid="$1" seconds="${3:-10}" i rc=0
+  [[ -n "$pid" ]] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < seconds * 10; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$2 (pid $pid) did not stop within ${seconds}s of SIGTERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  return "$rc"
+}

@@ -78,26 +78,11 @@ NBDKIT_SOCK="$TMP/nbdkit.sock"
 S3NBD_PID=""
 NBDKIT_PID=""
 
-stop_pid() {  # pid name: TERM, wait up to 10s, then KILL
-  local pid="$1" i
-  [[ -n "$pid" ]] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$2 (pid $pid) did not stop on SIGTERM; killing"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_pid "$S3NBD_PID" s3nbd
-  stop_pid "$NBDKIT_PID" nbdkit
+  stop_pid "$S3NBD_PID" s3nbd || true
+  stop_pid "$NBDKIT_PID" nbdkit || true
   rm -rf "$TMP"
   exit "$rc"
 }

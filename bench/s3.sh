@@ -93,23 +93,6 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-s3bench.XXXXXX")"
 MINIO_PID=""
 GW_PID=""
 
-stop_pid() {  # pid name seconds: TERM, wait, then KILL; returns the exit status
-  local pid="$1" i rc=0
-  [[ -n "$pid" ]] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < $3 * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$2 (pid $pid) did not stop within $3s of SIGTERM; killing"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  return "$rc"
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -288,29 +271,27 @@ PY
   fi
 }
 
+# raw_phase REPEAT put|get NAME: one raw run, recorded as NAME (raw_write or raw_read).
+raw_phase() {
+  local r="$1" op="$2" name="$3" prefix="raw-$1" out mi0 before
+  local args=(--bucket "$BUCKET" --prefix "$prefix" --count "$DATA_MIB" --concurrency "$QD")
+  [[ "$op" == put ]] && args+=(--file "$SRC")
+  ACTIVE=1
+  mi0="$(cpu_of "$MINIO_PID")"
+  out="$(raw "$op" "${args[@]}")" || die "raw $op run failed (see above)"
+  add "cpu_minio_$name" "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  add "$name" "$(mibps "$(json_field "$out" seconds)")"
+  add "cpu_$name" "$(json_field "$out" cpuSeconds)"
+  log "run $r raw $op: $out"
+  if (( COUNT )); then before="$SNAP"; snapshot; REQ[$name,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[$name,$r]}"; fi
+}
+
 run_raw() {  # repeat
-  local r="$1" prefix="raw-$1" out mi0
   snapshot
-  ACTIVE=1
-  # MinIO's CPU here includes the client's start and its reading of the source file: nothing
-  # for MinIO to do, so nothing counted.
-  mi0="$(cpu_of "$MINIO_PID")"
-  out="$(raw put --bucket "$BUCKET" --prefix "$prefix" --file "$SRC" --count "$DATA_MIB" --concurrency "$QD")" \
-    || die "raw PutObject run failed (see above)"
-  add cpu_minio_raw_write "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
-  add raw_write "$(mibps "$(json_field "$out" seconds)")"
-  add cpu_raw_write "$(json_field "$out" cpuSeconds)"
-  log "run $r raw put: $out"
-  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[raw_write,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[raw_write,$r]}"; fi
-  ACTIVE=1
-  mi0="$(cpu_of "$MINIO_PID")"
-  out="$(raw get --bucket "$BUCKET" --prefix "$prefix" --count "$DATA_MIB" --concurrency "$QD")" \
-    || die "raw GetObject run failed (see above)"
-  add cpu_minio_raw_read "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
-  add raw_read "$(mibps "$(json_field "$out" seconds)")"
-  add cpu_raw_read "$(json_field "$out" cpuSeconds)"
-  log "run $r raw get: $out"
-  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[raw_read,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[raw_read,$r]}"; fi
+  # MinIO's CPU for the put includes the client's start and its reading of the source file:
+  # nothing for MinIO to do, so nothing counted.
+  raw_phase "$1" put raw_write
+  raw_phase "$1" get raw_read
 }
 
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
