@@ -139,6 +139,8 @@ export class WriteBackCache implements ExtentStore {
   private readonly fetches = new Map<number, Fetch>();
   /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
   private readonly evicted = new Map<number, Buffer>();
+  /** Buffers the memory cache got from the store (not from uploads): only these go to disk. */
+  private readonly fetched = new WeakSet<Buffer>();
   private readonly waiters = new Map<number, Waiter[]>();
   private readonly roomWaiters: Array<() => void> = [];
   private journal!: Journal;
@@ -282,6 +284,7 @@ export class WriteBackCache implements ExtentStore {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
         if (fetch.stale || this.entries.has(index)) return undefined;
         const extent = data ?? Buffer.alloc(this.extentSize);
+        if (data) this.fetched.add(data);
         this.memory.set(index, extent);
         return extent;
       }, (err: unknown) => {
@@ -469,21 +472,24 @@ export class WriteBackCache implements ExtentStore {
   }
 
   /**
-   * The memory cache pushed out a clean extent that the disk cache does not have: keep it in a
-   * disk slot, as a CLEAN entry (the disk cache is the larger, second level). Skipped if the
-   * extent changes meanwhile (invalidate() forgets it) or no slot can be had without waiting.
+   * The memory cache pushed out a clean extent it had read from the store, which the disk
+   * cache does not have: keep it in a disk slot, as a CLEAN entry (the disk cache is the
+   * larger, second level for reads). Extents that entered memory by being uploaded are not
+   * written again: sequential writes would otherwise pay a second local write. Skipped if the
+   * extent changes meanwhile (invalidate() forgets it), or if no slot can be had without
+   * waiting or without taking one from writes that wait for room.
    */
   private evictedFromMemory(index: number, data: Buffer): void {
-    if (this.closed || this.entries.has(index)) return;
+    if (this.closed || this.entries.has(index) || !this.fetched.has(data)) return;
     this.evicted.set(index, data);
     this.keepOnDisk(index, data)
-      .catch((err: unknown) => this.log.debug({ err, index }, 'could not keep an extent in the disk cache'))
+      .catch((err: unknown) => this.log.warn({ err, index }, 'could not keep an extent in the disk cache'))
       .finally(() => { if (this.evicted.get(index) === data) this.evicted.delete(index); });
   }
 
   private async keepOnDisk(index: number, data: Buffer): Promise<void> {
     await this.locks.with(index, async () => {
-      if (this.closed || this.evicted.get(index) !== data || this.entries.has(index)) return;
+      if (this.closed || this.evicted.get(index) !== data || this.entries.has(index) || this.roomWaiters.length > 0) return;
       const slot = this.takeSlotNow();
       if (slot === undefined) return;
       const e = this.newEntry(index);

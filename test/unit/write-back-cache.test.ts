@@ -243,6 +243,17 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('does not write uploaded extents to the disk cache when memory evicts them', async () => {
+    const objects = new MemoryObjectStore();
+    const { dev, cache } = await open(objects, 12 * E, `${dir.path}/no-second-write`, { uploadDelayMs: 3_600_000 });
+    await dev.write(0, pattern(8 * E, 2), false); // whole extents: journal only
+    await dev.flush(); // uploaded; the memory cache (4 extents) keeps the last 4 of them
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(cache.status().cachedExtents, 0, 'no slot written for what the upload put in memory');
+    assertSameBytes(await readAll(dev, 0, 8 * E), pattern(8 * E, 2), 'read back from memory and the store');
+    await cache.close();
+  });
+
   it('drops the entry of a write that failed, so reads return what the store holds', async () => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 16 * E, `${dir.path}/failed-write`);
