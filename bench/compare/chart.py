@@ -14,31 +14,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-UNITS = {
-    "write+flush": "MiB/s", "cold read": "MiB/s", "warm read": "MiB/s",
-    "4K rand write": "IOPS", "4K rand read": "IOPS",
-    "ext4 copy+sync": "s", "mkfs.ext4 100G": "s", "restore": "s",
-}
-LIMITS = {
-    "write+flush": "raw S3", "cold read": "raw S3", "warm read": "nbdkit memory",
-    "4K rand write": "nbdkit memory", "4K rand read": "nbdkit memory",
-}
-
 
 def main(source: str, output: str) -> None:
     with open(source) as f:
         run = json.load(f)
     names = [c["name"] for c in run["contenders"]]
+    units, limits = run["units"], run["limits"]
     colors = {name: plt.cm.tab10(i) for i, name in enumerate(names)}
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
-    for ax, (workload, unit) in zip(axes.flat, UNITS.items()):
+    for ax, (workload, unit) in zip(axes.flat, units.items()):
         samples = run["results"].get(workload, {})
         shown = [n for n in names if samples.get(n)]
         medians = [statistics.median(s["value"] for s in samples[n]) for n in shown]
         lows = [m - min(s["value"] for s in samples[n]) for m, n in zip(medians, shown)]
         highs = [max(s["value"] for s in samples[n]) - m for m, n in zip(medians, shown)]
         ax.bar(shown, medians, yerr=[lows, highs], color=[colors[n] for n in shown], capsize=3)
-        limit = LIMITS.get(workload)
+        limit = limits.get(workload)
         if limit and samples.get(limit):
             value = statistics.median(s["value"] for s in samples[limit])
             ax.axhline(value, color="black", linestyle="--", linewidth=1)

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { startMinio } from '../../test/helpers/minio.ts';
 import { REPO, run, runOk } from '../../test/helpers/tools.ts';
 import { type Contender, peer, type Running, type S3Target, s3nbd } from './contenders.ts';
+import { LIMITS, type Workload, WORKLOADS } from './workload-table.ts';
 import { copyTreeOntoExt4, makeFileSystem, makeTree, MiB, random4k, readWholeDevice, sequentialRead, sequentialWrite } from './workloads.ts';
 
 const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
@@ -29,6 +30,8 @@ const RANDOM_SECONDS = Number(env('BENCH_RANDOM_SECONDS', '15'));
 const [TREE_SMALL, TREE_LARGE] = env('BENCH_TREE', '2000,3').split(',').map(Number) as [number, number];
 const COUNT = env('BENCH_COUNT', '1') === '1';
 const BIG = 100 * 1024 * MiB;
+/** The commit measured, recorded with the results (the report may be written later). */
+const REVISION = execFileSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
 const BUCKET = 'bench';
 
 export const CONTENDERS: readonly Contender[] = [
@@ -43,17 +46,6 @@ export const CONTENDERS: readonly Contender[] = [
 export interface Sample { value: number; requests?: Record<string, number> }
 export type Results = Record<string, Record<string, Sample[]>>;
 
-export const WORKLOADS = {
-  'write+flush': 'MiB/s',
-  'cold read': 'MiB/s',
-  'warm read': 'MiB/s',
-  '4K rand write': 'IOPS',
-  '4K rand read': 'IOPS',
-  'ext4 copy+sync': 's',
-  'mkfs.ext4 100G': 's',
-  'restore': 's',
-} as const;
-export type Workload = keyof typeof WORKLOADS;
 
 const results: Results = {};
 const failures: string[] = [];
@@ -111,7 +103,7 @@ async function main(): Promise<void> {
       }
       // After every run, so that a later failure keeps what was measured.
       const file = join(REPO, 'bench/results/compare-latest.json');
-      writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), settings: { repeat: rep, dataMiB: DATA / MiB, randomSeconds: RANDOM_SECONDS, tree: { small: TREE_SMALL, large: TREE_LARGE, mib: Math.round(treeBytes / MiB) } }, contenders: contenders.map((c) => ({ name: c.name, settings: c.settings })), results, failures }, null, 2)}\n`);
+      writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), settings: { repeat: rep, dataMiB: DATA / MiB, randomSeconds: RANDOM_SECONDS, tree: { small: TREE_SMALL, large: TREE_LARGE, mib: Math.round(treeBytes / MiB) } }, revision: REVISION, node: process.versions.node, units: WORKLOADS, limits: LIMITS, contenders: contenders.map((c) => ({ name: c.name, settings: c.settings })), results, failures }, null, 2)}\n`);
       console.error(`[bench] wrote ${file} (${rep} of ${REPEAT} runs)`);
     }
   } finally {

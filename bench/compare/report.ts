@@ -14,20 +14,18 @@ import { REPO } from '../../test/helpers/tools.ts';
 interface Sample { value: number; requests?: Record<string, number> }
 interface Run {
   date: string;
+  /** The s3nbd commit measured, and the Node.js that ran it. */
+  revision: string;
+  node: string;
   settings: { repeat: number; dataMiB: number; randomSeconds: number; tree: { small: number; large: number; mib: number } };
   contenders: { name: string; settings: string }[];
+  /** Workload → unit, and workload → the limit it is compared with (workload-table.ts). */
+  units: Record<string, string>;
+  limits: Record<string, string>;
   results: Record<string, Record<string, Sample[]>>;
   failures: string[];
 }
 
-const UNITS: Record<string, string> = {
-  'write+flush': 'MiB/s', 'cold read': 'MiB/s', 'warm read': 'MiB/s', '4K rand write': 'IOPS', '4K rand read': 'IOPS',
-  'ext4 copy+sync': 's', 'mkfs.ext4 100G': 's', 'restore': 's',
-};
-const LIMITS: Record<string, string> = {
-  'write+flush': 'raw S3', 'cold read': 'raw S3', 'warm read': 'nbdkit memory', '4K rand write': 'nbdkit memory', '4K rand read': 'nbdkit memory',
-};
-const higherIsBetter = (workload: string): boolean => UNITS[workload] !== 's';
 
 export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -47,6 +45,8 @@ const version = (command: string): string => {
 };
 
 function report(run: Run): string {
+  const { units: UNITS, limits: LIMITS } = run;
+  const higherIsBetter = (workload: string): boolean => UNITS[workload] !== 's';
   const peers = run.contenders.map((c) => c.name).filter((n) => n !== 's3nbd');
   const columns = ['s3nbd', ...peers, 'limit'];
   const med = (workload: string, name: string): number | undefined => {
@@ -131,7 +131,7 @@ ${run.contenders.map((c) => `- **${c.name}**: ${c.settings}`).join('\n')}
 - measured: ${run.date}
 - ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; everything (MinIO, contenders, clients) on this one machine
 - kernel: ${version('uname -r')}
-- s3nbd: ${version(`git -C ${REPO} rev-parse --short HEAD`)} on Node ${process.versions.node}
+- s3nbd: ${run.revision} on Node ${run.node}
 - s3backer: ${version('s3backer --version 2>&1 | head -1')}
 - nbdkit: ${version('nbdkit --version')}
 - ZeroFS: ${version('"$HOME"/.cache/s3nbd/zerofs-*/bin/zerofs --version')}
