@@ -2,6 +2,7 @@
 // The s3nbd command line. Every option can also come from an S3NBD_* environment variable
 // (handy in containers); a flag on the command line wins over the environment.
 
+import './gc-tuning.ts';
 import { Command, Option } from 'commander';
 import { Errors, UserError } from '../errors.ts';
 import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';

@@ -28,10 +28,11 @@ export interface BlockDevice {
 
   /**
    * Stores `data` at `offset`. Resolves once later reads see it; with `fua`, once it is also
-   * durable. `data` is only valid until the returned promise settles (the session recycles it):
-   * a device that keeps the bytes must copy them.
+   * durable. Resolves true when the device kept `data` itself (it is the device's from then
+   * on), false when it is done with it and the session may recycle it; after a rejection the
+   * session must assume it was kept. Keeping the buffer saves a device a copy of the bytes.
    */
-  write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  write(offset: number, data: Buffer, fua: boolean): Promise<boolean>;
 
   /**
    * Makes the range read as zeros. `mayTrim` allows releasing storage (it is false for

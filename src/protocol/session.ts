@@ -32,6 +32,15 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
 };
 
 /** Zeros sent in place of holes when the client cannot receive hole chunks. */
+/**
+ * A write's payload, read into a pooled buffer. It goes back to the pool only when the device
+ * says it did not keep it (and never after a failed write, which may have kept some of it).
+ */
+interface Payload {
+  readonly data: Buffer;
+  recyclable: boolean;
+}
+
 const ZEROS = Buffer.alloc(1024 * 1024);
 
 /** Caps BLOCK_STATUS replies; clients ask again for the rest. */
@@ -126,16 +135,16 @@ export class Session {
       }
       const cost = req.type === Cmd.WRITE || req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
       await this.inFlight.acquire(cost);
-      let payload: Buffer | undefined;
+      let payload: Payload | undefined;
       if (req.type === Cmd.WRITE && req.length > 0) {
-        payload = payloadPool.acquire(req.length);
-        await this.reader.readInto(payload);
+        payload = { data: payloadPool.acquire(req.length), recyclable: false };
+        await this.reader.readInto(payload.data);
       }
       void this.serve(req, payload, cost);
     }
   }
 
-  private async serve(req: Request, payload: Buffer | undefined, cost: number): Promise<void> {
+  private async serve(req: Request, payload: Payload | undefined, cost: number): Promise<void> {
     let reply: Buffer[];
     try {
       this.validate(req);
@@ -143,7 +152,7 @@ export class Session {
     } catch (err) {
       reply = this.errorReply(req, err);
     }
-    if (payload) payloadPool.release(payload);
+    if (payload?.recyclable) payloadPool.release(payload.data);
     // The budget is returned once the reply has left our process, so it bounds queued output too.
     this.send(reply, () => this.inFlight.release(cost));
   }
@@ -196,14 +205,14 @@ export class Session {
   }
 
   /** Runs a valid request and returns its reply. */
-  private async execute(req: Request, payload: Buffer | undefined): Promise<Buffer[]> {
+  private async execute(req: Request, payload: Payload | undefined): Promise<Buffer[]> {
     const dev = this.device;
     const fua = (req.flags & CMD_FLAG_FUA) !== 0;
     switch (req.type) {
       case Cmd.READ:
         return this.readReply(req, await dev.read(req.offset, req.length));
       case Cmd.WRITE:
-        await dev.write(req.offset, payload!, fua);
+        payload!.recyclable = !await dev.write(req.offset, payload!.data, fua);
         break;
       case Cmd.TRIM:
         await dev.trim(req.offset, req.length, fua);

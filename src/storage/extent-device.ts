@@ -38,10 +38,11 @@ export class ExtentDevice implements BlockDevice {
     return pieces.map((p, i) => ({ offset: offset + p.at, length: p.length, data: data[i] }));
   }
 
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+  async write(offset: number, data: Buffer, fua: boolean): Promise<boolean> {
     const pieces = this.split(offset, data.length);
-    await Promise.all(pieces.map((p) => this.store.write(p.index, p.offset, data.subarray(p.at, p.at + p.length))));
+    const kept = await Promise.all(pieces.map((p) => this.store.write(p.index, p.offset, data.subarray(p.at, p.at + p.length))));
     if (fua) await this.store.flush(pieces.map((p) => p.index));
+    return kept.includes(true);
   }
 
   async zero(offset: number, length: number, _mayTrim: boolean, fua: boolean): Promise<void> {

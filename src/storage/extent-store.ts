@@ -26,10 +26,11 @@ export interface ExtentStore {
   read(index: number, offset: number, length: number): Promise<Buffer | undefined>;
 
   /**
-   * Stores `data` at `offset`; resolves once later reads return it. Not yet durable. `data` is
-   * only valid until the returned promise settles: a layer that keeps the bytes copies them.
+   * Stores `data` at `offset`; resolves once later reads return it. Not yet durable. Resolves
+   * true when the layer kept `data` itself (nobody may modify or reuse it from then on), false
+   * when it copied what it needed; after a rejection the caller must assume it was kept.
    */
-  write(index: number, offset: number, data: Buffer): Promise<void>;
+  write(index: number, offset: number, data: Buffer): Promise<boolean>;
 
   /** Makes [offset, offset + length) of the extent read as zeros. */
   zero(index: number, offset: number, length: number): Promise<void>;

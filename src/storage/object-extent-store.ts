@@ -121,7 +121,7 @@ export class ObjectExtentStore implements ExtentStore {
     return extent?.subarray(offset, offset + length);
   }
 
-  write(index: number, offset: number, data: Buffer): Promise<void> {
+  write(index: number, offset: number, data: Buffer): Promise<boolean> {
     return this.locks.with(index, async () => {
       // Whole or partial, a write patches the extent's existing buffer in place: copying into
       // memory that is already mapped is several times cheaper than allocating a new extent,
@@ -129,6 +129,7 @@ export class ObjectExtentStore implements ExtentStore {
       const extent = await this.load(index) ?? Buffer.alloc(this.extentSize);
       data.copy(extent, offset);
       await this.store(index, extent, isAllZero(data));
+      return false;
     });
   }
 

@@ -14,9 +14,15 @@
 //
 // A DIRTY entry whose last change was a write of the whole extent has `journalCopy` set: its
 // bytes are that journal record's payload, and its slot (reserved, for the dirty limit) is
-// stale. Reads and the upload read the journal; a change of part of the extent first copies
-// it into the slot; once uploaded, the entry is dropped (the store and the memory cache hold
-// the extent), because the journal segment may then be deleted.
+// stale. The written buffer itself (kept, not copied: see write()) goes to the memory cache,
+// which reads and the upload use while it holds it; after that they read the journal. A
+// change of part of the extent first copies it into the slot; once uploaded, the entry is
+// dropped (the store and the memory cache hold the extent), because the journal segment may
+// then be deleted.
+//
+// The memory cache never holds stale bytes: every change to an extent removes it first
+// (invalidate()), and it is refilled only with the extent's current bytes (a whole-extent
+// write, an upload that nothing changed since, or a fetch of an extent without an entry).
 //
 // Invariants, and why:
 // - A write is acknowledged only after its journal record and its slot bytes (for a whole
@@ -315,20 +321,26 @@ export class WriteBackCache implements ExtentStore {
 
   // ---- writes ---------------------------------------------------------------------------
 
-  write(index: number, offset: number, data: Buffer): Promise<void> {
+  /** A write of a whole extent keeps `data` (resolves true): see change(). */
+  write(index: number, offset: number, data: Buffer): Promise<boolean> {
     return this.change(index, RecordType.WRITE, offset, data.length, data);
   }
 
   zero(index: number, offset: number, length: number): Promise<void> {
     const e = this.entries.get(index);
     if (e ? e.zeros : !this.lower.isStored(index)) return Promise.resolve();
-    return this.change(index, RecordType.ZERO, offset, length, undefined);
+    return this.change(index, RecordType.ZERO, offset, length, undefined).then(() => undefined);
   }
 
-  private async change(index: number, type: typeof RecordType.WRITE | typeof RecordType.ZERO, offset: number, length: number, data: Buffer | undefined): Promise<void> {
+  /**
+   * Journals a change and applies it. A whole extent's bytes are kept as they are, in the
+   * memory cache: reads and the upload take them from there instead of reading the journal
+   * back, and the caller gives up the buffer (resolves true).
+   */
+  private async change(index: number, type: typeof RecordType.WRITE | typeof RecordType.ZERO, offset: number, length: number, data: Buffer | undefined): Promise<boolean> {
     this.checkOpen();
     await this.admit(index);
-    await this.locks.with(index, async () => {
+    return this.locks.with(index, async () => {
       const e = await this.entryWithSlot(index);
       const whole = data !== undefined && offset === 0 && length === this.extentSize;
       if (!whole) await this.materialize(e);
@@ -343,6 +355,8 @@ export class WriteBackCache implements ExtentStore {
         e.journalCopy = whole ? where : undefined;
         e.valid.add(offset, offset + length);
         this.markDirty(e, seq);
+        if (whole) this.memory.set(index, data);
+        return whole;
       } catch (err) {
         // The write is reported failed. A clean entry's slot may now hold some of its bytes
         // (or, for an entry it created, nothing anyone would ever evict): drop the entry, so
@@ -543,16 +557,18 @@ export class WriteBackCache implements ExtentStore {
     if (fetch) fetch.stale = true;
   }
 
-  /** The entry's current bytes: from the journal record that holds them, or the slot. */
+  /** The entry's current bytes: from memory if there, else the journal record that holds them, or the slot. */
   private readCurrent(e: Entry, offset: number, length: number): Promise<Buffer> {
+    const remembered = this.memory.peek(e.index);
+    if (remembered) return Promise.resolve(remembered.subarray(offset, offset + length));
     if (e.journalCopy) return this.journal.readPayload({ ...e.journalCopy, position: e.journalCopy.position + offset }, length);
     return this.slots.read(e.slot!, offset, length);
   }
 
-  /** Copies an entry's bytes from the journal into its slot, before a change of part of it. Under the lock. */
+  /** Copies an entry's bytes from the journal (or memory) into its slot, before a change of part of it. Under the lock. */
   private async materialize(e: Entry): Promise<void> {
     if (!e.journalCopy) return;
-    await this.slots.write(e.slot!, 0, await this.journal.readPayload(e.journalCopy, this.extentSize));
+    await this.slots.write(e.slot!, 0, await this.readCurrent(e, 0, this.extentSize));
     e.journalCopy = undefined;
   }
 

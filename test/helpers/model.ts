@@ -47,7 +47,9 @@ export async function runRandomWorkload(dev: BlockDevice, options: {
       if (kind < 0.6) {
         const data = pattern(length, Math.floor(random() * 256));
         data.copy(model, offset);
-        ops.push(dev.write(offset, data, random() < 0.1));
+        // As the NBD session does, reuse the buffer once the device says it did not keep it:
+        // scribbling on it then catches a device that keeps what it said it did not.
+        ops.push(dev.write(offset, data, random() < 0.1).then((kept) => { if (!kept) data.fill(0xee); }));
       } else if (kind < 0.75) {
         model.fill(0, offset, offset + length);
         ops.push(dev.zero(offset, length, true, false));

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
+import { Journal, type JournalLocation } from '../../src/storage/journal.ts';
 import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
 import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
 import type { ObjectStore } from '../../src/storage/object-store.ts';
@@ -183,7 +184,8 @@ describe('WriteBackCache', () => {
 
   it('keeps writes of whole extents in the journal only, and reads, rewrites in part and uploads them right', async () => {
     const objects = new MemoryObjectStore();
-    const { dev, cache } = await open(objects, 8 * E, `${dir.path}/journal-only`, { uploadDelayMs: 3_600_000 });
+    // Memory holds one extent: the others are read back from the journal.
+    const { dev, cache } = await open(objects, 8 * E, `${dir.path}/journal-only`, { uploadDelayMs: 3_600_000, memoryCacheBytes: E });
     // eslint-disable-next-line @typescript-eslint/unbound-method -- put back below, and called with .call()
     const realWrite = SlotFile.prototype.write;
     let slotWrites = 0;
@@ -213,6 +215,35 @@ describe('WriteBackCache', () => {
       assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back after the upload');
     } finally {
       SlotFile.prototype.write = realWrite;
+    }
+    await cache.close();
+  });
+
+  it('keeps the buffer of a whole-extent write, so reads and the upload need not read the journal back', async () => {
+    const objects = new MemoryObjectStore();
+    const { dev, cache } = await open(objects, 8 * E, `${dir.path}/kept`, { uploadDelayMs: 3_600_000 });
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- put back below, and called with .call()
+    const realRead = Journal.prototype.readPayload;
+    let journalReads = 0;
+    Journal.prototype.readPayload = function (this: Journal, at: JournalLocation, length: number) {
+      journalReads++;
+      return realRead.call(this, at, length);
+    };
+    try {
+      const model = Buffer.alloc(8 * E);
+      const whole = pattern(E + E / 2, 5); // extent 1 whole, half of extent 2
+      whole.copy(model, E);
+      assert.equal(await dev.write(E, whole, false), true, 'the device keeps the buffer');
+      const part = pattern(100, 6);
+      part.copy(model, 4 * E + 10);
+      assert.equal(await dev.write(4 * E + 10, part, false), false, 'a partial write is copied: the caller may reuse its buffer');
+      part.fill(0xee); // as the NBD session does with its pooled buffers
+      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back');
+      await dev.flush();
+      assertSameBytes(await storeContents(objects, 8 * E), model, 'uploaded');
+      assert.equal(journalReads, 0, 'the journal was not read back');
+    } finally {
+      Journal.prototype.readPayload = realRead;
     }
     await cache.close();
   });
