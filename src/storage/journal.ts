@@ -27,17 +27,27 @@
 // acknowledged after its record was written). The segment is truncated there so new records
 // never follow garbage.
 //
+// Segments are recycled: a trimmed segment is renamed `spare-<its name>` (at most
+// SPARE_SEGMENTS of them; replay ignores them) and a new segment is a spare renamed and
+// overwritten from its start. Overwriting file pages the kernel still caches costs about a
+// third of the CPU of freeing them (unlink) and allocating new ones. A segment may therefore
+// hold intact records of its previous life after its own: replay also stops at a record whose
+// sequence number is below the segment's name or not above the record before it (records of
+// an earlier life are all older than every record of the present one). A segment is cut to
+// the length of its records before the journal moves on to the next, so only the last
+// segment can have such a tail, and it is truncated like a torn one.
+//
 // The write cache reads payloads of whole-extent writes back from their segment
 // (readPayload) until the extent is uploaded; such a segment is live, so it is not trimmed.
 //
 // Appends reach the kernel (write(2)) before a write is acknowledged, which is what a process
 // crash needs; sync() (fsync) is for `--flush-mode local` and power loss. Records are appended
 // in sequence order, one batch at a time (group commit), so replay applies changes in the
-// order they were applied to the cache. Whole segments are deleted once every change in them
+// order they were applied to the cache. Whole segments are retired once every change in them
 // is in the object store; recovery therefore reads only what is still dirty.
 
-import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
 export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
@@ -59,6 +69,10 @@ export const HEADER_SIZE = 36;
 export const SEGMENT_BYTES = 16 * 1024 * 1024;
 /** Largest payload a record may claim; anything bigger is corruption. */
 const MAX_PAYLOAD = 64 * 1024 * 1024;
+/** Trimmed segments kept for reuse (disk space: this many times SEGMENT_BYTES, at most). */
+export const SPARE_SEGMENTS = 4;
+const SEGMENT_NAME = /^[0-9a-f]{16}\.log$/;
+const SPARE_NAME = /^spare-[0-9a-f]{16}\.log$/;
 
 interface Segment {
   readonly firstSeq: number;
@@ -104,10 +118,14 @@ export function encodeHeader(record: JournalRecord): Buffer {
   return h;
 }
 
-/** Parses the records of one segment; `validBytes` is where the intact prefix ends. */
-export function decodeSegment(data: Buffer): { records: JournalRecord[]; validBytes: number } {
+/**
+ * Parses the records of one segment, whose name says its first sequence number is `firstSeq`;
+ * `validBytes` is where its own intact records end.
+ */
+export function decodeSegment(data: Buffer, firstSeq: number): { records: JournalRecord[]; validBytes: number } {
   const records: JournalRecord[] = [];
   let pos = 0;
+  let previousSeq = firstSeq - 1;
   while (pos + HEADER_SIZE <= data.length) {
     if (data.readUInt32BE(pos) !== MAGIC) break;
     const type = data.readUInt8(pos + 4);
@@ -119,9 +137,12 @@ export function decodeSegment(data: Buffer): { records: JournalRecord[]; validBy
     let crc = crc32(data.subarray(pos, pos + 32));
     if (payload) crc = crc32(payload, crc);
     if (crc !== data.readUInt32BE(pos + 32)) break;
+    const seq = Number(data.readBigUInt64BE(pos + 8));
+    if (seq <= previousSeq) break; // left over from the segment's previous life
+    previousSeq = seq;
     records.push({
       type: type as RecordTypeValue,
-      seq: Number(data.readBigUInt64BE(pos + 8)),
+      seq,
       index: Number(data.readBigUInt64BE(pos + 16)),
       offset: data.readUInt32BE(pos + 24),
       length,
@@ -143,6 +164,8 @@ export class Journal {
   private writing = false;
   private failed: Error | undefined;
   private trimming: Promise<void> = Promise.resolve();
+  /** Paths of spare segments, ready to be reused. */
+  private readonly spares: string[] = [];
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -155,7 +178,9 @@ export class Journal {
   static async open(dir: string): Promise<{ journal: Journal; records: JournalRecord[]; bytes: number }> {
     await mkdir(dir, { recursive: true });
     const journal = new Journal(dir);
-    const names = (await readdir(dir)).filter((n) => /^[0-9a-f]{16}\.log$/.test(n)).sort();
+    const listed = await readdir(dir);
+    journal.spares.push(...listed.filter((n) => SPARE_NAME.test(n)).map((n) => join(dir, n)));
+    const names = listed.filter((n) => SEGMENT_NAME.test(n)).sort();
     const all: JournalRecord[] = [];
     let bytes = 0;
     let torn = false;
@@ -174,7 +199,8 @@ export class Journal {
       let data: Buffer;
       try {
         data = await handle.readFile();
-        const { records, validBytes } = decodeSegment(data);
+        const firstSeq = parseInt(name.slice(0, 16), 16);
+        const { records, validBytes } = decodeSegment(data, firstSeq);
         if (validBytes < data.length) {
           await handle.truncate(validBytes);
           torn = true;
@@ -184,7 +210,6 @@ export class Journal {
           journal.nextSeq = Math.max(journal.nextSeq, record.seq + 1);
         }
         bytes += validBytes;
-        const firstSeq = parseInt(name.slice(0, 16), 16);
         journal.segments.push({ firstSeq, lastSeq: records.at(-1)?.seq ?? firstSeq - 1, bytes: validBytes, path });
       } finally {
         await handle.close();
@@ -240,7 +265,7 @@ export class Journal {
     await this.handle?.datasync();
   }
 
-  /** Deletes every segment whose records all have sequence numbers below `neededSeq`. */
+  /** Retires (deletes, or keeps as spares) every segment whose records all have sequence numbers below `neededSeq`. */
   trim(neededSeq: number): Promise<void> {
     // Segments are taken off the list at once, so overlapping trims never delete one twice.
     let n = 0;
@@ -263,7 +288,7 @@ export class Journal {
     const work = (async () => {
       await handle?.close();
       for (const reader of readers) await (await reader.catch(() => undefined))?.close();
-      for (const segment of doomed) await rm(segment.path, { force: true });
+      for (const segment of doomed) await this.retire(segment.path);
     })();
     this.trimming = this.trimming.then(() => work, () => work);
     return work;
@@ -286,12 +311,16 @@ export class Journal {
         this.queue = [];
         try {
           const handle = await this.activeHandle(batch[0]!.lastSeq);
+          const segment = this.segments.at(-1)!;
           const buffers = batch.flatMap((p) => p.buffers);
           const bytes = buffers.reduce((n, b) => n + b.length, 0);
-          // writev may write less than asked on some file systems: finish the rest.
-          let written = (await handle.writev(buffers)).bytesWritten;
-          while (written < bytes) written += (await handle.write(Buffer.concat(buffers).subarray(written))).bytesWritten;
-          const segment = this.segments.at(-1)!;
+          // At explicit positions: a recycled segment is overwritten from its start. writev may
+          // write less than asked on some file systems: finish the rest.
+          let written = (await handle.writev(buffers, segment.bytes)).bytesWritten;
+          while (written < bytes) {
+            const rest = Buffer.concat(buffers).subarray(written);
+            written += (await handle.write(rest, 0, rest.length, segment.bytes + written)).bytesWritten;
+          }
           let position = segment.bytes;
           segment.bytes += bytes;
           segment.lastSeq = batch.at(-1)!.lastSeq;
@@ -314,10 +343,28 @@ export class Journal {
   private async activeHandle(firstSeq: number): Promise<FileHandle> {
     const current = this.segments.at(-1);
     if (this.handle && current && current.bytes < SEGMENT_BYTES) return this.handle;
-    await this.handle?.close();
+    if (this.handle && current) {
+      // Cut what a recycled file held beyond our records: only the last segment may have a tail.
+      await this.handle.truncate(current.bytes);
+      await this.handle.close();
+    }
+    this.handle = undefined;
     const path = join(this.dir, `${firstSeq.toString(16).padStart(16, '0')}.log`);
-    this.handle = await open(path, 'a');
+    const spare = this.spares.pop();
+    if (spare !== undefined) await rename(spare, path);
+    this.handle = await open(path, spare !== undefined ? 'r+' : 'w');
     this.segments.push({ firstSeq, lastSeq: firstSeq - 1, bytes: 0, path });
     return this.handle;
+  }
+
+  /** A segment no longer needed becomes a spare, or is deleted if there are enough spares. */
+  private async retire(path: string): Promise<void> {
+    if (this.spares.length >= SPARE_SEGMENTS) {
+      await rm(path, { force: true });
+      return;
+    }
+    const spare = join(this.dir, `spare-${basename(path)}`);
+    await rename(path, spare);
+    this.spares.push(spare);
   }
 }

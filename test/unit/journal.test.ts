@@ -1,0 +1,78 @@
+// The journal's recycled segments: replay must return exactly the records of each segment's
+// present life, never leftovers of its previous one, and never lose a later segment to a
+// recycled segment's tail.
+
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { after, describe, it } from 'node:test';
+import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/journal.ts';
+import { pattern } from '../helpers/model.ts';
+import { tempDir } from '../helpers/gateway.ts';
+
+const MiB = 1024 * 1024;
+
+/** Appends a WRITE of `size` bytes, one at a time (one record per batch), with a payload derived from its seq. */
+async function write(journal: Journal, size: number): Promise<number> {
+  const seq = journal.reserve();
+  await journal.append({ type: RecordType.WRITE, seq, index: seq, offset: 0, length: size, payload: pattern(size, seq) });
+  return seq;
+}
+
+async function writeMany(journal: Journal, count: number, size: number): Promise<number[]> {
+  const seqs: number[] = [];
+  for (let i = 0; i < count; i++) seqs.push(await write(journal, size));
+  return seqs;
+}
+
+function assertRecords(records: readonly JournalRecord[], expected: readonly number[], why: string): void {
+  assert.deepEqual(records.map((r) => r.seq), expected, why);
+  for (const r of records) assert.ok(r.payload?.equals(pattern(r.length, r.seq)), `${why}: payload of record ${r.seq}`);
+}
+
+const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+describe('Journal', () => {
+  const dir = tempDir('journal');
+  after(() => dir.remove());
+
+  it('replays only the present life of recycled segments, and keeps the segments after one whose old life was longer', async () => {
+    const path = `${dir.path}/recycle`;
+    let { journal } = await Journal.open(path);
+    await writeMany(journal, 17, MiB); // A: 1-16 (16 MiB and a bit: full), B: 17
+    await journal.trim(17); // A becomes a spare
+    await writeMany(journal, 15, MiB); // B: 17-32, full
+    await writeMany(journal, 4, 4 * MiB); // C, recycled from A: 33-36, shorter than A's life by 432 bytes
+    await write(journal, 100); // D, a new file: C is cut to its records first
+    await journal.close();
+
+    let reopened = await Journal.open(path);
+    assertRecords(reopened.records, range(17, 37), 'B, C (without A\'s tail) and D');
+    journal = reopened.journal;
+
+    await journal.trim(33); // B becomes a spare
+    await writeMany(journal, 2, MiB); // E, recycled from B: 38-39, then B's old records 19-32, intact
+    await journal.close(); // as a crash would leave it: E is not cut
+    reopened = await Journal.open(path);
+    assertRecords(reopened.records, range(33, 39), 'C, D and E\'s own records, not B\'s old ones');
+    await reopened.journal.close();
+  });
+
+  it(`keeps at most ${SPARE_SEGMENTS} spare segments and reuses them`, async () => {
+    const path = `${dir.path}/spares`;
+    const { journal } = await Journal.open(path);
+    let last = 0;
+    let live: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      last = (await writeMany(journal, 8 * 16 + 1, MiB)).at(-1)!; // 8 segments or more
+      await journal.trim(last);
+      const files = readdirSync(path);
+      assert.equal(files.filter((f) => f.startsWith('spare-')).length, SPARE_SEGMENTS, `round ${round}: spares`);
+      live = files.filter((f) => /^[0-9a-f]{16}\.log$/.test(f));
+      assert.equal(live.length, 1, `round ${round}: the live segment only`);
+    }
+    await journal.close();
+    const reopened = await Journal.open(path);
+    assertRecords(reopened.records, range(parseInt(live[0]!.slice(0, 16), 16), last), 'the live segment\'s records');
+    await reopened.journal.close();
+  });
+});
