@@ -10,7 +10,8 @@
 //     retried with capped exponential backoff and full jitter, then EIO;
 //   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
 //   - anything else: EIO at once.
-// A PUT that S3 acknowledged is durable, so flush() has nothing to do.
+// A PUT that S3 acknowledged is durable, so flush() has nothing to do. GETs against an explicit
+// path-style endpoint skip the SDK's pipeline (s3-direct-get.ts), being the hot path of reads.
 
 import { addAbortSignal, Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -26,6 +27,7 @@ import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { StorageError } from './extent-store.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
+import { DirectGet } from './s3-direct-get.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -117,6 +119,8 @@ export class S3ObjectStore implements ObjectStore {
   private readonly log: Logger | undefined;
   /** Aborted by close(): ends requests in flight, backoff waits and retry-forever loops. */
   private readonly closing = new AbortController();
+  /** GETs without the SDK's pipeline, where the endpoint allows (see s3-direct-get.ts). */
+  private readonly directGet: DirectGet | undefined;
 
   constructor(config: S3ObjectStoreConfig) {
     const prefix = normalisePrefix(config.prefix ?? '');
@@ -156,6 +160,14 @@ export class S3ObjectStore implements ObjectStore {
         logger: sdkLogger(config.log),
       },
     });
+    const pathStyle = config.forcePathStyle ?? endpoint !== undefined;
+    if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
+      this.directGet = new DirectGet({
+        endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
+        credentials: () => this.client.config.credentials(),
+        region: () => this.client.config.region(),
+      });
+    }
   }
 
   /**
@@ -212,23 +224,27 @@ export class S3ObjectStore implements ObjectStore {
   close(): Promise<void> {
     this.closing.abort(new Error('the store was closed'));
     this.client.destroy();
+    this.directGet?.close();
     return Promise.resolve();
   }
 
   private getWith(key: string, policy: Policy): Promise<TaggedObject | undefined> {
     const Key = this.keyPrefix + key;
     return this.retry('get', `GET ${this.url(Key)}`, policy, async (signal) => {
-      let output;
       try {
-        output = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
+        return await (this.directGet ? this.directGet.get(Key, signal) : this.sdkGet(Key, signal));
       } catch (err) {
         if (statusOf(err) === 404 && codeOf(err) !== 'NoSuchBucket') return undefined;
         throw err;
       }
-      const data = await readBody(output.Body, output.ContentLength, signal);
-      if (output.ETag === undefined) throw new Error('the response has no ETag');
-      return { data, tag: output.ETag };
     });
+  }
+
+  private async sdkGet(Key: string, signal: AbortSignal): Promise<TaggedObject> {
+    const output = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
+    const data = await readBody(output.Body, output.ContentLength, signal);
+    if (output.ETag === undefined) throw new Error('the response has no ETag');
+    return { data, tag: output.ETag };
   }
 
   private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {

@@ -17,6 +17,8 @@ export interface ProxiedRequest {
   /** The object key ('' for bucket-level requests). */
   readonly key: string;
   readonly kind: RequestKind;
+  /** Its User-Agent header ('' if none). */
+  readonly userAgent: string;
   /** The fault applied to it, if any. */
   fault?: Fault['kind'];
 }
@@ -44,6 +46,8 @@ export interface S3FaultProxy {
    * client cannot know it did.
    */
   dropResponseNext(times: number, match?: Match): void;
+  /** Forwards the next `times` matching requests, but cuts the connection after `bytes` bytes of the answer's body. */
+  truncateBodyNext(times: number, bytes: number, match?: Match): void;
   /** Forgets faults not yet used up. */
   clearFaults(): void;
   /** Forgets the requests seen so far (the counts start again from zero). */
@@ -60,7 +64,8 @@ type Fault =
   | { kind: 'reply'; remaining: number; match: Match; status: number; body: (r: ProxiedRequest) => string }
   | { kind: 'delay'; remaining: number; match: Match; ms: number }
   | { kind: 'reset'; remaining: number; match: Match }
-  | { kind: 'drop'; remaining: number; match: Match };
+  | { kind: 'drop'; remaining: number; match: Match }
+  | { kind: 'truncate'; remaining: number; match: Match; bytes: number };
 
 export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
   const upstream = new URL(target);
@@ -86,10 +91,10 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
       req.once('end', () => reply(res, fault.status, info.method === 'HEAD' ? '' : fault.body(info)));
     } else if (fault?.kind === 'delay') {
       req.pause();
-      const timer = setTimeout(() => forward(req, res, upstream, agent, false), fault.ms);
+      const timer = setTimeout(() => forward(req, res, upstream, agent, {}), fault.ms);
       req.socket.once('close', () => clearTimeout(timer));
     } else {
-      forward(req, res, upstream, agent, fault?.kind === 'drop');
+      forward(req, res, upstream, agent, { drop: fault?.kind === 'drop', cutAfter: fault?.kind === 'truncate' ? fault.bytes : undefined });
     }
   });
   server.on('connection', (socket) => {
@@ -111,6 +116,7 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
     delayNext: (times, ms, match = () => true) => add({ kind: 'delay', remaining: times, match, ms }),
     resetNext: (times, match = () => true) => add({ kind: 'reset', remaining: times, match }),
     dropResponseNext: (times, match = () => true) => add({ kind: 'drop', remaining: times, match }),
+    truncateBodyNext: (times, bytes, match = () => true) => add({ kind: 'truncate', remaining: times, match, bytes }),
     clearFaults: () => { faults = []; },
     clearRequests: () => { requests.length = 0; },
     close: () => new Promise((resolve) => {
@@ -133,10 +139,10 @@ function describe(req: IncomingMessage): ProxiedRequest {
   else if (key !== '' && method === 'HEAD') kind = 'HEAD object';
   else if (key !== '' && method === 'PUT') kind = 'PUT object';
   else if (key !== '' && method === 'DELETE') kind = 'DELETE object';
-  return { method, url: req.url ?? '/', bucket: decodeURIComponent(bucket), key, kind };
+  return { method, url: req.url ?? '/', bucket: decodeURIComponent(bucket), key, kind, userAgent: req.headers['user-agent'] ?? '' };
 }
 
-function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent: Agent, dropResponse: boolean): void {
+function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent: Agent, how: { drop?: boolean; cutAfter?: number | undefined }): void {
   const out = request({
     host: upstream.hostname,
     port: upstream.port,
@@ -145,12 +151,23 @@ function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent
     headers: req.headers,
     agent,
   }, (answer) => {
-    if (dropResponse) {
+    if (how.drop) {
       answer.resume();
       answer.once('end', () => req.socket.resetAndDestroy());
       return;
     }
     res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.headers);
+    const cutAfter = how.cutAfter;
+    if (cutAfter !== undefined) {
+      let sent = 0;
+      answer.on('data', (chunk: Buffer) => {
+        if (sent >= cutAfter) return;
+        const part = chunk.subarray(0, cutAfter - sent);
+        sent += part.length;
+        res.write(part, () => { if (sent >= cutAfter) req.socket.destroy(); });
+      });
+      return;
+    }
     answer.pipe(res);
     answer.once('error', () => res.destroy());
   });

@@ -1,0 +1,193 @@
+// GetObject without the AWS SDK's request pipeline: the hot path of cold reads and restores.
+//
+// Per 1 MiB object the SDK's pipeline (endpoint rules, serialisation, signing, its stream
+// wrapper, collecting chunks) costs about as much CPU as moving the bytes. A cold sequential
+// read of 1 GiB through the gateway from a local MinIO (fio, 1 MiB, queue depth 16; three runs
+// each, interleaved) took a median 2.75 CPU-s of the gateway's and 3.05 s through the SDK, and
+// 2.11 CPU-s and 2.49 s this way. On a gateway that shares its CPUs with the file system above
+// it and, often, with the S3 server, that CPU is throughput.
+//
+// Used only where the request is plain to build: an explicit endpoint with path-style
+// addressing (MinIO, Ceph, LocalStack, any --s3-endpoint). AWS itself, with its virtual-hosted
+// buckets, regional endpoints and redirects, stays on the SDK. Credentials and the region still
+// come from the SDK's chain (its client resolves and refreshes them). Failures are thrown in the
+// SDK's shape (`Code`, `$metadata.httpStatusCode`), so the store classifies and retries them
+// exactly as it does the SDK's.
+
+import { createHash, createHmac } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import type { TaggedObject } from './object-store.ts';
+
+export interface AwsCredentials {
+  readonly accessKeyId: string;
+  readonly secretAccessKey: string;
+  readonly sessionToken?: string | undefined;
+}
+
+export interface DirectGetConfig {
+  /** The endpoint, e.g. http://127.0.0.1:9000; the bucket goes in the path. */
+  readonly endpoint: URL;
+  readonly bucket: string;
+  readonly maxSockets: number;
+  readonly credentials: () => Promise<AwsCredentials>;
+  readonly region: () => Promise<string>;
+}
+
+const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
+export const USER_AGENT = 's3nbd-direct-get';
+/** Error bodies are small XML documents; more than this is not read. */
+const MAX_ERROR_BODY = 64 * 1024;
+/** S3 answers these when our clock is off; its Date header then tells us by how much. */
+const CLOCK_SKEW_CODES = new Set(['RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture']);
+
+export class DirectGet {
+  private readonly config: DirectGetConfig;
+  private readonly agent: http.Agent;
+  private readonly request: typeof http.request;
+  /** Added to our clock when signing, after S3 said it was off. */
+  private clockOffsetMs = 0;
+  private signingKey: { scope: string; secret: string; key: Buffer } | undefined;
+
+  constructor(config: DirectGetConfig) {
+    this.config = config;
+    const secure = config.endpoint.protocol === 'https:';
+    this.agent = new (secure ? https.Agent : http.Agent)({ keepAlive: true, maxSockets: config.maxSockets });
+    this.request = secure ? https.request : http.request;
+  }
+
+  /** The object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200. */
+  async get(key: string, signal: AbortSignal): Promise<TaggedObject> {
+    const { endpoint, bucket } = this.config;
+    const path = `${endpoint.pathname.replace(/\/+$/, '')}/${uriEncode(bucket)}/${key.split('/').map(uriEncode).join('/')}`;
+    const credentials = await this.config.credentials();
+    const amzDate = new Date(Date.now() + this.clockOffsetMs).toISOString().replace(/[-:]|\.\d{3}/g, '');
+    const headers: Record<string, string> = {
+      host: endpoint.host,
+      'x-amz-content-sha256': EMPTY_SHA256,
+      'x-amz-date': amzDate,
+      ...credentials.sessionToken ? { 'x-amz-security-token': credentials.sessionToken } : {},
+    };
+    const authorization = sigV4Authorization({
+      method: 'GET', path, headers, payloadHash: EMPTY_SHA256, amzDate,
+      region: await this.config.region(), service: 's3', credentials, signingKey: (scope, secret) => this.keyFor(scope, secret),
+    });
+    // The user agent is not signed: it only tells server logs (and our tests) who asked.
+    return new Promise<TaggedObject>((resolve, reject) => {
+      const req = this.request({
+        protocol: endpoint.protocol, hostname: endpoint.hostname, port: endpoint.port, path, method: 'GET',
+        headers: { ...headers, authorization, 'user-agent': USER_AGENT }, agent: this.agent, signal,
+      }, (res) => {
+        if (res.statusCode !== 200) {
+          readErrorBody(res).then((body) => {
+            const error = s3Error(res.statusCode ?? 0, body);
+            const serverDate = Date.parse(res.headers.date ?? '');
+            if (CLOCK_SKEW_CODES.has(error.Code) && Number.isFinite(serverDate)) this.clockOffsetMs = serverDate - Date.now();
+            reject(error);
+          }, reject);
+          return;
+        }
+        const length = Number(res.headers['content-length']);
+        const tag = res.headers.etag;
+        if (!Number.isSafeInteger(length) || length < 0 || tag === undefined) {
+          req.destroy(new Error('the response has no Content-Length or no ETag'));
+          return;
+        }
+        // Straight into one buffer as the chunks arrive: no list of chunks, no concatenation.
+        const data = Buffer.allocUnsafe(length);
+        let received = 0;
+        res.on('data', (chunk: Buffer) => {
+          if (received + chunk.length > length) {
+            req.destroy(new Error(`the body is longer than its Content-Length of ${length} bytes`));
+            return;
+          }
+          chunk.copy(data, received);
+          received += chunk.length;
+        });
+        res.on('end', () => {
+          if (received === length) resolve({ data, tag });
+          else reject(prematureEnd(received, length));
+        });
+        res.on('close', () => reject(prematureEnd(received, length))); // no effect after resolve
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** The derived signing key changes once a day (and with the credentials): derive it once. */
+  private keyFor(scope: string, secret: string): Buffer {
+    if (this.signingKey?.scope !== scope || this.signingKey.secret !== secret) {
+      this.signingKey = { scope, secret, key: deriveSigningKey(secret, scope) };
+    }
+    return this.signingKey.key;
+  }
+}
+
+export interface SigV4Request {
+  readonly method: string;
+  /** The path, already URI-encoded, without a query string. */
+  readonly path: string;
+  /** Every header to sign, names in lower case; `host` and `x-amz-date` among them. */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly payloadHash: string;
+  /** YYYYMMDDTHHMMSSZ, as in x-amz-date. */
+  readonly amzDate: string;
+  readonly region: string;
+  readonly service: string;
+  readonly credentials: AwsCredentials;
+  /** For caching the derived key; by default it is derived every time. */
+  readonly signingKey?: (scope: string, secret: string) => Buffer;
+}
+
+/** The Authorization header of AWS Signature Version 4 for a request without a query string. */
+export function sigV4Authorization(r: SigV4Request): string {
+  const names = Object.keys(r.headers).sort();
+  const canonicalHeaders = names.map((n) => `${n}:${r.headers[n]!.trim().replace(/\s+/g, ' ')}\n`).join('');
+  const signedHeaders = names.join(';');
+  const canonicalRequest = `${r.method}\n${r.path}\n\n${canonicalHeaders}\n${signedHeaders}\n${r.payloadHash}`;
+  const scope = `${r.amzDate.slice(0, 8)}/${r.region}/${r.service}/aws4_request`;
+  const stringToSign = `AWS4-HMAC-SHA256\n${r.amzDate}\n${scope}\n${createHash('sha256').update(canonicalRequest).digest('hex')}`;
+  const key = r.signingKey ? r.signingKey(scope, r.credentials.secretAccessKey) : deriveSigningKey(r.credentials.secretAccessKey, scope);
+  const signature = createHmac('sha256', key).update(stringToSign).digest('hex');
+  return `AWS4-HMAC-SHA256 Credential=${r.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
+}
+
+function deriveSigningKey(secret: string, scope: string): Buffer {
+  let key: Buffer = Buffer.from(`AWS4${secret}`);
+  for (const part of scope.split('/')) key = createHmac('sha256', key).update(part).digest();
+  return key;
+}
+
+/** RFC 3986 encoding of one path segment, as SigV4 and S3 want it. */
+function uriEncode(segment: string): string {
+  return encodeURIComponent(segment).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+function readErrorBody(res: http.IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    res.setEncoding('utf8');
+    res.on('data', (text: string) => {
+      if (body.length < MAX_ERROR_BODY) body += text;
+    });
+    res.on('end', () => resolve(body));
+    res.on('error', reject);
+  });
+}
+
+/** An S3 error answer, shaped as the SDK's exceptions are (what the store's classify() reads). */
+function s3Error(status: number, body: string): Error & { Code: string } {
+  const field = (name: string): string | undefined => new RegExp(`<${name}>([^<]*)</${name}>`).exec(body)?.[1];
+  const code = field('Code') ?? (status === 404 ? 'NotFound' : `HTTP${status}`);
+  return Object.assign(new Error(field('Message') ?? `HTTP ${status}`), { name: code, Code: code, $metadata: { httpStatusCode: status } });
+}
+
+function prematureEnd(received: number, length: number): Error {
+  return Object.assign(new Error(`the body ended after ${received} of ${length} bytes`), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+}
