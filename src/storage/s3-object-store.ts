@@ -10,8 +10,8 @@
 //     retried with capped exponential backoff and full jitter, then EIO;
 //   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
 //   - anything else: EIO at once.
-// A PUT that S3 acknowledged is durable, so flush() has nothing to do. GETs against an explicit
-// path-style endpoint skip the SDK's pipeline (s3-direct-get.ts), being the hot path of reads.
+// A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
+// path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
 import { addAbortSignal, Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -27,7 +27,7 @@ import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { StorageError } from './extent-store.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
-import { DirectGet } from './s3-direct-get.ts';
+import { DirectS3 } from './s3-direct.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -119,8 +119,8 @@ export class S3ObjectStore implements ObjectStore {
   private readonly log: Logger | undefined;
   /** Aborted by close(): ends requests in flight, backoff waits and retry-forever loops. */
   private readonly closing = new AbortController();
-  /** GETs without the SDK's pipeline, where the endpoint allows (see s3-direct-get.ts). */
-  private readonly directGet: DirectGet | undefined;
+  /** GETs and unconditional PUTs without the SDK's pipeline, where the endpoint allows (see s3-direct.ts). */
+  private readonly direct: DirectS3 | undefined;
 
   constructor(config: S3ObjectStoreConfig) {
     const prefix = normalisePrefix(config.prefix ?? '');
@@ -162,7 +162,7 @@ export class S3ObjectStore implements ObjectStore {
     });
     const pathStyle = config.forcePathStyle ?? endpoint !== undefined;
     if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
-      this.directGet = new DirectGet({
+      this.direct = new DirectS3({
         endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
         credentials: () => this.client.config.credentials(),
         region: () => this.client.config.region(),
@@ -224,7 +224,7 @@ export class S3ObjectStore implements ObjectStore {
   close(): Promise<void> {
     this.closing.abort(new Error('the store was closed'));
     this.client.destroy();
-    this.directGet?.close();
+    this.direct?.close();
     return Promise.resolve();
   }
 
@@ -232,7 +232,7 @@ export class S3ObjectStore implements ObjectStore {
     const Key = this.keyPrefix + key;
     return this.retry('get', `GET ${this.url(Key)}`, policy, async (signal) => {
       try {
-        return await (this.directGet ? this.directGet.get(Key, signal) : this.sdkGet(Key, signal));
+        return await (this.direct ? this.direct.get(Key, signal) : this.sdkGet(Key, signal));
       } catch (err) {
         if (statusOf(err) === 404 && codeOf(err) !== 'NoSuchBucket') return undefined;
         throw err;
@@ -249,9 +249,10 @@ export class S3ObjectStore implements ObjectStore {
 
   private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {
     const Key = this.keyPrefix + key;
-    await this.retry('put', `PUT ${this.url(Key)}`, policy, (signal) => this.client.send(new PutObjectCommand({
-      Bucket: this.bucket, Key, Body: data, ContentLength: data.length,
-    }), { abortSignal: signal }));
+    await this.retry('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
+      if (this.direct) await this.direct.put(Key, data, signal);
+      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: signal });
+    });
   }
 
   private async putIfWith(key: string, data: Buffer, expectedTag: string | undefined, policy: Policy): Promise<string | undefined> {

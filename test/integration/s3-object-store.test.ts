@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { UserError } from '../../src/errors.ts';
 import { StorageError } from '../../src/storage/extent-store.ts';
-import { USER_AGENT } from '../../src/storage/s3-direct-get.ts';
+import { USER_AGENT } from '../../src/storage/s3-direct.ts';
 import { parseS3Url, S3ObjectStore, type S3ObjectStoreConfig } from '../../src/storage/s3-object-store.ts';
 import { startMinio, type S3TestServer } from '../helpers/minio.ts';
 import { kindIs, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
@@ -250,10 +250,16 @@ describe('S3ObjectStore on a real S3 server', () => {
       assert.equal(waits.length, 2);
     });
 
-    it('reads objects without the SDK, signed so that S3 accepts them, and retries a body cut short', async () => {
+    it('reads and writes objects without the SDK, signed so that S3 accepts them, and retries a body cut short', async () => {
       const { store } = openBehindProxy({ prefix: 'odd prefix/a+b=c(1)&d' });
       const big = randomBytes(3 * 1024 * 1024 + 5);
-      await store.put('extents/x y/1*2', big); // put through the SDK, read back directly: both encode the key alike
+      proxy.clearRequests();
+      await store.put('extents/x y/1*2', big);
+      const tagged = await open({ prefix: 'odd prefix/a+b=c(1)&d' }).getTagged('extents/x y/1*2'); // through the SDK
+      assert.ok(tagged?.data.equals(big), 'the SDK finds what the direct PUT stored, under the same key');
+      assert.equal(proxy.requests[0]?.userAgent, USER_AGENT, 'the PUT took the direct path');
+      await store.putIf('extents/x y/cas', Buffer.from('x'), undefined); // conditional writes stay on the SDK
+      assert.notEqual(proxy.requests[1]?.userAgent, USER_AGENT);
       proxy.clearRequests();
       assert.ok((await store.get('extents/x y/1*2'))?.equals(big));
       assert.equal(await store.get('extents/x y/none'), undefined);

@@ -1,11 +1,11 @@
-// The Signature Version 4 of the direct GET path, against a case of AWS's published SigV4 test
+// The Signature Version 4 of the direct GET and PUT path, against a case of AWS's published SigV4 test
 // suite (get-header-key-duplicate: AKIDEXAMPLE, 2015-08-30T12:36:00Z). The path itself is
 // tested against MinIO, which checks every signature (test/integration/s3-object-store.test.ts).
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { sigV4Authorization } from '../../src/storage/s3-direct-get.ts';
+import { sigV4Authorization } from '../../src/storage/s3-direct.ts';
 
 describe('sigV4Authorization', () => {
   it('signs as the AWS SigV4 test suite expects', () => {

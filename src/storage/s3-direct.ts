@@ -1,18 +1,21 @@
-// GetObject without the AWS SDK's request pipeline: the hot path of cold reads and restores.
+// GetObject and PutObject without the AWS SDK's request pipeline: the hot paths of reads and
+// uploads.
 //
 // Per 1 MiB object the SDK's pipeline (endpoint rules, serialisation, signing, its stream
 // wrapper, collecting chunks) costs about as much CPU as moving the bytes. A cold sequential
 // read of 1 GiB through the gateway from a local MinIO (fio, 1 MiB, queue depth 16; three runs
 // each, interleaved) took a median 2.75 CPU-s of the gateway's and 3.05 s through the SDK, and
-// 2.11 CPU-s and 2.49 s this way. On a gateway that shares its CPUs with the file system above
+// 2.11 CPU-s and 2.49 s this way; 1024 PUTs of 1 MiB, 16 in flight, took 2.6-2.7 CPU-s through
+// the SDK and 1.4-1.7 this way. On a gateway that shares its CPUs with the file system above
 // it and, often, with the S3 server, that CPU is throughput.
 //
 // Used only where the request is plain to build: an explicit endpoint with path-style
 // addressing (MinIO, Ceph, LocalStack, any --s3-endpoint). AWS itself, with its virtual-hosted
-// buckets, regional endpoints and redirects, stays on the SDK. Credentials and the region still
-// come from the SDK's chain (its client resolves and refreshes them). Failures are thrown in the
-// SDK's shape (`Code`, `$metadata.httpStatusCode`), so the store classifies and retries them
-// exactly as it does the SDK's.
+// buckets, regional endpoints and redirects, stays on the SDK, as do conditional writes,
+// listings and deletes everywhere. Credentials and the region still come from the SDK's chain
+// (its client resolves and refreshes them). Failures are thrown in the SDK's shape (`Code`,
+// `$metadata.httpStatusCode`), so the store classifies and retries them exactly as it does the
+// SDK's.
 
 import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
@@ -25,7 +28,7 @@ export interface AwsCredentials {
   readonly sessionToken?: string | undefined;
 }
 
-export interface DirectGetConfig {
+export interface DirectS3Config {
   /** The endpoint, e.g. http://127.0.0.1:9000; the bucket goes in the path. */
   readonly endpoint: URL;
   readonly bucket: string;
@@ -35,84 +38,108 @@ export interface DirectGetConfig {
 }
 
 const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
-export const USER_AGENT = 's3nbd-direct-get';
+export const USER_AGENT = 's3nbd-direct';
 /** Error bodies are small XML documents; more than this is not read. */
 const MAX_ERROR_BODY = 64 * 1024;
 /** S3 answers these when our clock is off; its Date header then tells us by how much. */
 const CLOCK_SKEW_CODES = new Set(['RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture']);
 
-export class DirectGet {
-  private readonly config: DirectGetConfig;
+export class DirectS3 {
+  private readonly config: DirectS3Config;
   private readonly agent: http.Agent;
   private readonly request: typeof http.request;
   /** Added to our clock when signing, after S3 said it was off. */
   private clockOffsetMs = 0;
   private signingKey: { scope: string; secret: string; key: Buffer } | undefined;
 
-  constructor(config: DirectGetConfig) {
+  constructor(config: DirectS3Config) {
     this.config = config;
     const secure = config.endpoint.protocol === 'https:';
     this.agent = new (secure ? https.Agent : http.Agent)({ keepAlive: true, maxSockets: config.maxSockets });
     this.request = secure ? https.request : http.request;
   }
 
-  /** The object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200. */
-  async get(key: string, signal: AbortSignal): Promise<TaggedObject> {
+  /** GetObject: the object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200. */
+  get(key: string, signal: AbortSignal): Promise<TaggedObject> {
+    return this.send('GET', key, undefined, signal, (res, resolve, reject, abort) => {
+      const length = Number(res.headers['content-length']);
+      const tag = res.headers.etag;
+      if (!Number.isSafeInteger(length) || length < 0 || tag === undefined) {
+        abort(new Error('the response has no Content-Length or no ETag'));
+        return;
+      }
+      // Straight into one buffer as the chunks arrive: no list of chunks, no concatenation.
+      const data = Buffer.allocUnsafe(length);
+      let received = 0;
+      res.on('data', (chunk: Buffer) => {
+        if (received + chunk.length > length) {
+          abort(new Error(`the body is longer than its Content-Length of ${length} bytes`));
+          return;
+        }
+        chunk.copy(data, received);
+        received += chunk.length;
+      });
+      res.on('end', () => {
+        if (received === length) resolve({ data, tag });
+        else reject(prematureEnd(received, length));
+      });
+      res.on('close', () => reject(prematureEnd(received, length))); // no effect after resolve
+    });
+  }
+
+  /** PutObject (unconditional): resolves with the new ETag once S3 has the object. */
+  put(key: string, data: Buffer, signal: AbortSignal): Promise<string> {
+    return this.send('PUT', key, data, signal, (res, resolve, reject) => {
+      const tag = res.headers.etag;
+      res.resume();
+      if (tag === undefined) reject(new Error('the response has no ETag'));
+      else resolve(tag);
+    });
+  }
+
+  /**
+   * Sends a signed request for the key, with the body if any. An answer other than 200 is
+   * read and rejected as an S3 error; a 200 goes to `onOk`, which settles the promise.
+   */
+  private async send<T>(method: 'GET' | 'PUT', key: string, body: Buffer | undefined, signal: AbortSignal,
+    onOk: (res: http.IncomingMessage, resolve: (value: T) => void, reject: (err: Error) => void, abort: (err: Error) => void) => void): Promise<T> {
     const { endpoint, bucket } = this.config;
     const path = `${endpoint.pathname.replace(/\/+$/, '')}/${uriEncode(bucket)}/${key.split('/').map(uriEncode).join('/')}`;
     const credentials = await this.config.credentials();
     const amzDate = new Date(Date.now() + this.clockOffsetMs).toISOString().replace(/[-:]|\.\d{3}/g, '');
+    // The payload is signed too (as the SDK does): over plain HTTP it is all that protects it.
+    const payloadHash = body ? createHash('sha256').update(body).digest('hex') : EMPTY_SHA256;
     const headers: Record<string, string> = {
       host: endpoint.host,
-      'x-amz-content-sha256': EMPTY_SHA256,
+      'x-amz-content-sha256': payloadHash,
       'x-amz-date': amzDate,
+      ...body ? { 'content-length': String(body.length) } : {},
       ...credentials.sessionToken ? { 'x-amz-security-token': credentials.sessionToken } : {},
     };
     const authorization = sigV4Authorization({
-      method: 'GET', path, headers, payloadHash: EMPTY_SHA256, amzDate,
+      method, path, headers, payloadHash, amzDate,
       region: await this.config.region(), service: 's3', credentials, signingKey: (scope, secret) => this.keyFor(scope, secret),
     });
-    // The user agent is not signed: it only tells server logs (and our tests) who asked.
-    return new Promise<TaggedObject>((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
+      // The user agent is not signed: it only tells server logs (and our tests) who asked.
       const req = this.request({
-        protocol: endpoint.protocol, hostname: endpoint.hostname, port: endpoint.port, path, method: 'GET',
+        protocol: endpoint.protocol, hostname: endpoint.hostname, port: endpoint.port, path, method,
         headers: { ...headers, authorization, 'user-agent': USER_AGENT }, agent: this.agent, signal,
       }, (res) => {
-        if (res.statusCode !== 200) {
-          readErrorBody(res).then((body) => {
-            const error = s3Error(res.statusCode ?? 0, body);
-            const serverDate = Date.parse(res.headers.date ?? '');
-            if (CLOCK_SKEW_CODES.has(error.Code) && Number.isFinite(serverDate)) this.clockOffsetMs = serverDate - Date.now();
-            reject(error);
-          }, reject);
-          return;
-        }
-        const length = Number(res.headers['content-length']);
-        const tag = res.headers.etag;
-        if (!Number.isSafeInteger(length) || length < 0 || tag === undefined) {
-          req.destroy(new Error('the response has no Content-Length or no ETag'));
-          return;
-        }
-        // Straight into one buffer as the chunks arrive: no list of chunks, no concatenation.
-        const data = Buffer.allocUnsafe(length);
-        let received = 0;
-        res.on('data', (chunk: Buffer) => {
-          if (received + chunk.length > length) {
-            req.destroy(new Error(`the body is longer than its Content-Length of ${length} bytes`));
-            return;
-          }
-          chunk.copy(data, received);
-          received += chunk.length;
-        });
-        res.on('end', () => {
-          if (received === length) resolve({ data, tag });
-          else reject(prematureEnd(received, length));
-        });
-        res.on('close', () => reject(prematureEnd(received, length))); // no effect after resolve
         res.on('error', reject);
+        if (res.statusCode === 200) {
+          onOk(res, resolve, reject, (err) => req.destroy(err));
+          return;
+        }
+        readErrorBody(res).then((text) => {
+          const error = s3Error(res.statusCode ?? 0, text);
+          const serverDate = Date.parse(res.headers.date ?? '');
+          if (CLOCK_SKEW_CODES.has(error.Code) && Number.isFinite(serverDate)) this.clockOffsetMs = serverDate - Date.now();
+          reject(error);
+        }, reject);
       });
       req.on('error', reject);
-      req.end();
+      req.end(body);
     });
   }
 
