@@ -1,11 +1,14 @@
-// s3-raw.ts - the "raw S3" side of bench/s3.sh: PutObject / GetObject of N objects with a
-// fixed number of requests in flight, using the AWS SDK with the same client settings as
-// src/storage/s3-object-store.ts, and the same key layout as s3nbd's extents. Also creates
-// the bucket and reads MinIO's request counters. Run with Node's type stripping:
+// s3-raw.ts - the "raw S3" limit of bench/s3.sh and bench/compare: PutObject / GetObject of N
+// objects with a fixed number of requests in flight and the same key layout as s3nbd's
+// extents, through one of two clients:
+//   --client direct (default): s3nbd's own signed requests (src/storage/s3-direct.ts), the
+//                    leanest client we have, so the limit is what the gateway adds to it;
+//   --client sdk:    @aws-sdk/client-s3 with the settings of src/storage/s3-object-store.ts.
+// Also creates the bucket and reads MinIO's request counters. Run with Node's type stripping:
 //
 //   node bench/s3-raw.ts mkbucket --endpoint URL --bucket B
-//   node bench/s3-raw.ts put      --endpoint URL --bucket B --prefix P --file F [--count 1024] [--size 1048576] [--concurrency 16]
-//   node bench/s3-raw.ts get      --endpoint URL --bucket B --prefix P [--count 1024] [--size 1048576] [--concurrency 16]
+//   node bench/s3-raw.ts put      --endpoint URL --bucket B --prefix P --file F [--count 1024] [--size 1048576] [--concurrency 16] [--client direct|sdk]
+//   node bench/s3-raw.ts get      --endpoint URL --bucket B --prefix P [--count 1024] [--size 1048576] [--concurrency 16] [--client direct|sdk]
 //   node bench/s3-raw.ts requests --endpoint URL
 //
 // Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. put and get print one JSON line,
@@ -25,6 +28,7 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { extentKey } from '../src/storage/extent-keys.ts';
+import { DirectS3 } from '../src/storage/s3-direct.ts';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -36,6 +40,7 @@ const { positionals, values } = parseArgs({
     count: { type: 'string', default: '1024' },
     size: { type: 'string', default: String(2 ** 20) },
     concurrency: { type: 'string', default: '16' },
+    client: { type: 'string', default: 'direct' },
   },
 });
 
@@ -57,6 +62,19 @@ const size = whole('size', values.size);
 const concurrency = whole('concurrency', values.concurrency);
 const prefix = values.prefix.split('/').filter((p) => p !== '').join('/');
 const keyOf = (i: number): string => (prefix === '' ? '' : `${prefix}/`) + extentKey(i);
+if (values.client !== 'direct' && values.client !== 'sdk') fail(`--client must be direct or sdk, got '${values.client}'`);
+const useSdk = values.client === 'sdk';
+const never = new AbortController().signal;
+
+function directClient(bucket: string): DirectS3 {
+  const accessKeyId = process.env.AWS_ACCESS_KEY_ID ?? fail('AWS_ACCESS_KEY_ID is not set');
+  const secretAccessKey = process.env.AWS_SECRET_ACCESS_KEY ?? fail('AWS_SECRET_ACCESS_KEY is not set');
+  return new DirectS3({
+    endpoint: new URL(endpoint), bucket, maxSockets: 50,
+    credentials: () => Promise.resolve({ accessKeyId, secretAccessKey }),
+    region: () => Promise.resolve(process.env.AWS_REGION ?? 'us-east-1'),
+  });
+}
 
 function client(): S3Client {
   // As S3ObjectStore's constructor: keep-alive agent with 50 sockets, no SDK retries,
@@ -138,24 +156,44 @@ switch (command) {
     const file = readFileSync(values.file ?? fail('--file is required'));
     if (file.length < count * size) fail(`--file has ${file.length} bytes, fewer than --count x --size = ${count * size}`);
     const bodies = Array.from({ length: count }, (_, i) => file.subarray(i * size, (i + 1) * size));
-    const s3 = client();
-    const seconds = await pool(async (i) => {
-      await s3.send(new PutObjectCommand({ Bucket, Key: keyOf(i), Body: bodies[i], ContentLength: size }));
-    });
-    s3.destroy();
-    report(seconds);
+    if (useSdk) {
+      const s3 = client();
+      const seconds = await pool(async (i) => {
+        await s3.send(new PutObjectCommand({ Bucket, Key: keyOf(i), Body: bodies[i], ContentLength: size }));
+      });
+      s3.destroy();
+      report(seconds);
+    } else {
+      const direct = directClient(Bucket);
+      const seconds = await pool(async (i) => {
+        await direct.put(keyOf(i), bodies[i]!, never);
+      });
+      direct.close();
+      report(seconds);
+    }
     break;
   }
   case 'get': {
     const Bucket = values.bucket ?? fail('--bucket is required');
-    const s3 = client();
-    const seconds = await pool(async (i) => {
-      const output = await s3.send(new GetObjectCommand({ Bucket, Key: keyOf(i) }));
-      const got = await readAll(output.Body);
+    const check = (i: number, got: number): void => {
       if (got !== size) throw new Error(`GET ${keyOf(i)}: ${got} bytes, expected ${size}`);
-    });
-    s3.destroy();
-    report(seconds);
+    };
+    if (useSdk) {
+      const s3 = client();
+      const seconds = await pool(async (i) => {
+        const output = await s3.send(new GetObjectCommand({ Bucket, Key: keyOf(i) }));
+        check(i, await readAll(output.Body));
+      });
+      s3.destroy();
+      report(seconds);
+    } else {
+      const direct = directClient(Bucket);
+      const seconds = await pool(async (i) => {
+        check(i, (await direct.get(keyOf(i), never)).data.length);
+      });
+      direct.close();
+      report(seconds);
+    }
     break;
   }
   case 'requests':

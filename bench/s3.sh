@@ -13,8 +13,9 @@
 #                 as s3nbd's extents) to a fresh prefix, 16 in flight.
 #          get:   GetObject of those objects, 16 in flight, each body read whole.
 #
-# Both use @aws-sdk/client-s3 with s3nbd's client settings (path style, checksums only when
-# required, no 100-continue, keep-alive agent). Contenders alternate (the starting one flips
+# The raw side uses @aws-sdk/client-s3 with the settings s3nbd gives it (path style, checksums
+# only when required, no 100-continue, keep-alive agent); s3nbd sends its GETs and PUTs to an
+# explicit endpoint without the SDK's pipeline (src/storage/s3-direct.ts). Contenders alternate (the starting one flips
 # each repeat); each is measured BENCH_REPEAT times and the median is reported. MinIO's own
 # request counters (Prometheus, refreshed every 10 s, so each reading waits 11 s after the
 # phase it closes) give the S3 requests per phase.
@@ -118,7 +119,9 @@ MINIO_PID=$!
 # Both contenders get the same credentials and nothing else from the caller's AWS setup.
 unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE
 export AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" AWS_REGION=us-east-1
-raw() { (cd "$ROOT" && "$NODE" "$RAW_TS" "$@" --endpoint "$ENDPOINT"); }
+# The raw side is the AWS SDK here (what this script compares s3nbd with); bench/compare uses
+# s3nbd's own direct client as the limit instead.
+raw() { (cd "$ROOT" && "$NODE" "$RAW_TS" "$@" --client sdk --endpoint "$ENDPOINT"); }
 
 for ((i = 0; ; i++)); do
   "$PY" - "$ENDPOINT/minio/health/live" <<'PY' && break

@@ -62,7 +62,7 @@ async function main(): Promise<void> {
     await minio.createBucket(BUCKET);
     const s3: S3Target = { endpoint: minio.endpoint, accessKeyId: minio.accessKeyId, secretAccessKey: minio.secretAccessKey, bucket: BUCKET };
     const rawEnv = { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: 'us-east-1' };
-    const raw = (args: string[]): Promise<string> => runOk(process.execPath, [join(REPO, 'bench/s3-raw.ts'), ...args, '--endpoint', s3.endpoint], { env: rawEnv, timeoutMs: 3_600_000 });
+    const raw = (args: string[]): Promise<string> => runOk(process.execPath, [join(REPO, 'bench/s3-raw.ts'), ...args, '--client', 'direct', '--endpoint', s3.endpoint], { env: rawEnv, timeoutMs: 3_600_000 });
     const requestCounts = async (): Promise<Record<string, number>> => JSON.parse(await raw(['requests'])) as Record<string, number>;
 
     const tree = join(work, 'tree');
