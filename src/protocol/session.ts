@@ -31,7 +31,6 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   maxInFlightRequests: 256,
 };
 
-/** Zeros sent in place of holes when the client cannot receive hole chunks. */
 /**
  * A write's payload, read into a pooled buffer. It goes back to the pool only when the device
  * says it did not keep it (and never after a failed write, which may have kept some of it).
@@ -41,6 +40,7 @@ interface Payload {
   recyclable: boolean;
 }
 
+/** Zeros sent in place of holes when the client cannot receive hole chunks. */
 const ZEROS = Buffer.alloc(1024 * 1024);
 
 /** Caps BLOCK_STATUS replies; clients ask again for the rest. */

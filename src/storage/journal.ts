@@ -196,24 +196,31 @@ export class Journal {
         throw err;
       });
       if (!handle) continue;
-      let data: Buffer;
+      let records: JournalRecord[];
+      let validBytes: number;
+      const firstSeq = parseInt(name.slice(0, 16), 16);
       try {
-        data = await handle.readFile();
-        const firstSeq = parseInt(name.slice(0, 16), 16);
-        const { records, validBytes } = decodeSegment(data, firstSeq);
+        const data = await handle.readFile();
+        ({ records, validBytes } = decodeSegment(data, firstSeq));
         if (validBytes < data.length) {
           await handle.truncate(validBytes);
           torn = true;
         }
-        for (const record of records) {
-          all.push(record);
-          journal.nextSeq = Math.max(journal.nextSeq, record.seq + 1);
-        }
-        bytes += validBytes;
-        journal.segments.push({ firstSeq, lastSeq: records.at(-1)?.seq ?? firstSeq - 1, bytes: validBytes, path });
       } finally {
         await handle.close();
       }
+      if (records.length === 0) {
+        // Created by a crash before its first record landed. Its name is the sequence number
+        // the next append will get, so it must not stay: that segment would share its path.
+        await journal.retire(path);
+        continue;
+      }
+      for (const record of records) {
+        all.push(record);
+        journal.nextSeq = Math.max(journal.nextSeq, record.seq + 1);
+      }
+      bytes += validBytes;
+      journal.segments.push({ firstSeq, lastSeq: records.at(-1)!.seq, bytes: validBytes, path });
     }
     return { journal, records: all, bytes };
   }

@@ -3,7 +3,7 @@
 // recycled segment's tail.
 
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/journal.ts';
 import { pattern } from '../helpers/model.ts';
@@ -54,6 +54,23 @@ describe('Journal', () => {
     await journal.close(); // as a crash would leave it: E is not cut
     reopened = await Journal.open(path);
     assertRecords(reopened.records, range(33, 39), 'C, D and E\'s own records, not B\'s old ones');
+    await reopened.journal.close();
+  });
+
+  it('does not lose the records appended after a crash left a segment without any', async () => {
+    const path = `${dir.path}/empty-segment`;
+    const { journal } = await Journal.open(path);
+    await writeMany(journal, 3, 100);
+    await journal.close();
+    // A crash just after the next segment was created: a torn first record, named after seq 4.
+    writeFileSync(`${path}/${(4).toString(16).padStart(16, '0')}.log`, Buffer.from('torn record'));
+    let reopened = await Journal.open(path);
+    assertRecords(reopened.records, [1, 2, 3], 'the torn record is not replayed');
+    await write(reopened.journal, 100); // seq 4, in a new segment named like the torn one
+    await reopened.journal.trim(4); // records 1-3 are in the store
+    await reopened.journal.close();
+    reopened = await Journal.open(path);
+    assertRecords(reopened.records, [4], 'record 4 survives the trim of what came before it');
     await reopened.journal.close();
   });
 
