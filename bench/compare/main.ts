@@ -48,6 +48,22 @@ export type Results = Record<string, Record<string, Sample[]>>;
 
 
 const results: Results = {};
+
+/**
+ * Before every timed phase: writes back what earlier phases left dirty in the page cache (the
+ * test data, MinIO's objects, a contender's cache files). The kernel does so 30 s after the
+ * writes, so otherwise a phase pays for whatever ran half a minute before it: the first
+ * contender of each run read 30-50% slower for writing back the previous run's data.
+ */
+function settle(): void {
+  execFileSync('sync');
+}
+
+/** A sample of fn, run settled, without request counts. */
+async function settled(fn: () => Promise<number>): Promise<Sample> {
+  settle();
+  return { value: await fn() };
+}
 const failures: string[] = [];
 function record(workload: Workload, contender: string, sample: Sample): void {
   ((results[workload] ??= {})[contender] ??= []).push(sample);
@@ -75,8 +91,12 @@ async function main(): Promise<void> {
     const contenders = CONTENDERS.filter((c) => !only || only.includes(c.name));
     for (let rep = 1; rep <= REPEAT; rep++) {
       const counting = COUNT && rep === 1;
-      /** Runs fn; with counting, adds the S3 requests it caused (MinIO refreshes its counters every 10 s). */
+      /**
+       * Runs fn once the page cache has nothing left to write back (see settle()); with
+       * counting, adds the S3 requests it caused (MinIO refreshes its counters every 10 s).
+       */
       const measure = async (fn: () => Promise<number>): Promise<Sample> => {
+        settle();
         if (!counting) return { value: await fn() };
         await new Promise((r) => setTimeout(r, 11_000));
         const before = await requestCounts();
@@ -148,9 +168,9 @@ async function runContender(c: Contender, s3: S3Target, rep: number, dir: string
   const cold = await c.start(s3, volume('data', 2 * DATA, 'read'));
   await stopAfter(cold, async () => {
     record('cold read', c.name, await measure(async () => DATA / MiB / await sequentialRead(cold.device, DATA)));
-    record('warm read', c.name, { value: DATA / MiB / await sequentialRead(cold.device, DATA) });
-    record('4K rand write', c.name, { value: await random4k(cold.device, 'randwrite', DATA, RANDOM_SECONDS) });
-    record('4K rand read', c.name, { value: await random4k(cold.device, 'randread', DATA, RANDOM_SECONDS) });
+    record('warm read', c.name, await settled(async () => DATA / MiB / await sequentialRead(cold.device, DATA)));
+    record('4K rand write', c.name, await settled(() => random4k(cold.device, 'randwrite', DATA, RANDOM_SECONDS)));
+    record('4K rand read', c.name, await settled(() => random4k(cold.device, 'randread', DATA, RANDOM_SECONDS)));
   });
 
   record('ext4 copy+sync', c.name, await measure(async () => {
@@ -176,10 +196,10 @@ async function runLimits(rep: number, raw: (args: string[]) => Promise<string>, 
       await new Promise((r) => setTimeout(r, 100));
     }
     const device = { nbd: `nbd+unix:///?socket=${socket}` };
-    record('write+flush', 'nbdkit memory', { value: DATA / MiB / await sequentialWrite(device, DATA) });
-    record('warm read', 'nbdkit memory', { value: DATA / MiB / await sequentialRead(device, DATA) });
-    record('4K rand write', 'nbdkit memory', { value: await random4k(device, 'randwrite', DATA, RANDOM_SECONDS) });
-    record('4K rand read', 'nbdkit memory', { value: await random4k(device, 'randread', DATA, RANDOM_SECONDS) });
+    record('write+flush', 'nbdkit memory', await settled(async () => DATA / MiB / await sequentialWrite(device, DATA)));
+    record('warm read', 'nbdkit memory', await settled(async () => DATA / MiB / await sequentialRead(device, DATA)));
+    record('4K rand write', 'nbdkit memory', await settled(() => random4k(device, 'randwrite', DATA, RANDOM_SECONDS)));
+    record('4K rand read', 'nbdkit memory', await settled(() => random4k(device, 'randread', DATA, RANDOM_SECONDS)));
   } finally {
     nbdkit.kill('SIGTERM');
   }

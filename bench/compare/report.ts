@@ -113,6 +113,10 @@ ${run.failures.length ? `**Failures in this run:**\n\n${run.failures.map((f) => 
   (\`nbdcopy URI null:\`, which skips holes the server reports, or \`dd\` for a block device).
 - **mkfs.ext4 100G**: a fresh 100 GiB volume; \`mkfs.ext4\` with its default whole-device discard.
 
+Every timed phase starts after a \`sync\`, so that none pays for the page-cache writeback of
+what ran before it (the kernel writes dirty pages back about 30 s later, which used to land
+on the first contender of each run).
+
 NBD contenders are driven by fio's nbd engine and nbdcopy; the file-system workloads reach
 them through \`nbdfuse\` and a loop device. s3backer is a FUSE file behind a loop device
 (\`--direct-io=on\`), driven by fio's libaio engine with O_DIRECT.
