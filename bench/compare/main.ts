@@ -64,6 +64,7 @@ async function settled(fn: () => Promise<number>): Promise<Sample> {
   settle();
   return { value: await fn() };
 }
+
 const failures: string[] = [];
 function record(workload: Workload, contender: string, sample: Sample): void {
   ((results[workload] ??= {})[contender] ??= []).push(sample);
@@ -96,8 +97,8 @@ async function main(): Promise<void> {
        * counting, adds the S3 requests it caused (MinIO refreshes its counters every 10 s).
        */
       const measure = async (fn: () => Promise<number>): Promise<Sample> => {
+        if (!counting) return settled(fn);
         settle();
-        if (!counting) return { value: await fn() };
         await new Promise((r) => setTimeout(r, 11_000));
         const before = await requestCounts();
         const value = await fn();
