@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { type BigIntStats, constants } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
+import { fsyncPath } from './fsync.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 /** Temporary and lock files start with this; list() skips them. */
@@ -134,7 +135,7 @@ export class FileObjectStore implements ObjectStore {
     const dirs = this.dirtyDirs;
     this.dirtyDirs = new Set();
     try {
-      await Promise.all([...dirs].map((dir) => fsyncPath(dir)));
+      await Promise.all([...dirs].map((dir) => fsyncPath(dir, 'directory')));
     } catch (err) {
       for (const dir of dirs) this.dirtyDirs.add(dir);
       throw err;
@@ -201,21 +202,6 @@ export class FileObjectStore implements ObjectStore {
       }
     }
     this.knownDirs.add(dir);
-  }
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  let handle;
-  try {
-    handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
-  } catch (err) {
-    if (isNotFound(err)) return;
-    throw err;
-  }
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -41,7 +41,10 @@
 // (readPayload) until the extent is uploaded; such a segment is live, so it is not trimmed.
 //
 // Appends reach the kernel (write(2)) before a write is acknowledged, which is what a process
-// crash needs; sync() (fsync) is for `--flush-mode local` and power loss. Records are appended
+// crash needs; sync() is for `--flush-mode local` and power loss: it fsyncs the segment being
+// written, every segment closed since the last sync(), and the directory whenever segments
+// were created or renamed since (a recycled segment whose rename was lost would be replayed
+// under its old name, out of order). Records are appended
 // in sequence order, one batch at a time (group commit), so replay applies changes in the
 // order they were applied to the cache. Whole segments are retired once every change in them
 // is in the object store; recovery therefore reads only what is still dirty.
@@ -49,6 +52,7 @@
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { fsyncPath } from './fsync.ts';
 
 export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
@@ -166,6 +170,10 @@ export class Journal {
   private trimming: Promise<void> = Promise.resolve();
   /** Paths of spare segments, ready to be reused. */
   private readonly spares: string[] = [];
+  /** Segments closed since the last sync(), whose data may not be durable yet. */
+  private unsynced: string[] = [];
+  /** Segments were created or renamed since the last sync(). */
+  private directoryChanged = false;
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -267,9 +275,23 @@ export class Journal {
     return data;
   }
 
-  /** fsyncs the current segment: every append that resolved before now survives power loss. */
+  /** Every append that resolved before the call survives power loss once this resolves. */
   async sync(): Promise<void> {
-    await this.handle?.datasync();
+    const handle = this.handle;
+    try {
+      await handle?.datasync();
+    } catch (err) {
+      // Closed by a rollover meanwhile: it is in `unsynced` now, synced below.
+      if (handle === this.handle) throw err;
+    }
+    const closed = this.unsynced;
+    this.unsynced = [];
+    // A closed segment that is gone was retired: everything in it is in the store.
+    for (const path of closed) await fsyncPath(path, 'file');
+    if (this.directoryChanged) {
+      this.directoryChanged = false;
+      await fsyncPath(this.dir, 'directory');
+    }
   }
 
   /** Retires (deletes, or keeps as spares) every segment whose records all have sequence numbers below `neededSeq`. */
@@ -353,9 +375,11 @@ export class Journal {
     if (this.handle && current) {
       // Cut what a recycled file held beyond our records: only the last segment may have a tail.
       await this.handle.truncate(current.bytes);
+      this.unsynced.push(current.path);
       await this.handle.close();
     }
     this.handle = undefined;
+    this.directoryChanged = true;
     const path = join(this.dir, `${firstSeq.toString(16).padStart(16, '0')}.log`);
     const spare = this.spares.pop();
     if (spare !== undefined) await rename(spare, path);
@@ -372,6 +396,7 @@ export class Journal {
     }
     const spare = join(this.dir, `spare-${basename(path)}`);
     await rename(path, spare);
+    this.directoryChanged = true;
     this.spares.push(spare);
   }
 }

@@ -4,6 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { readdirSync, writeFileSync } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { after, describe, it } from 'node:test';
 import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/journal.ts';
 import { pattern } from '../helpers/model.ts';
@@ -72,6 +73,23 @@ describe('Journal', () => {
     reopened = await Journal.open(path);
     assertRecords(reopened.records, [4], 'record 4 survives the trim of what came before it');
     await reopened.journal.close();
+  });
+
+  it('sync() makes the segments closed since the last one durable, and the directory', async (t) => {
+    const path = `${dir.path}/sync`;
+    const { journal } = await Journal.open(path);
+    await writeMany(journal, 17, MiB); // the first segment is full and closed; the second is being written
+    const probe = await open(path, 'r');
+    const handles = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const fsyncs = t.mock.method(handles, 'sync');
+    const fdatasyncs = t.mock.method(handles, 'datasync');
+    await journal.sync();
+    assert.equal(fdatasyncs.mock.callCount(), 1, 'the segment being written');
+    assert.equal(fsyncs.mock.callCount(), 2, 'the closed segment, and the directory that got a new segment');
+    await journal.sync();
+    assert.deepEqual([fdatasyncs.mock.callCount(), fsyncs.mock.callCount()], [2, 2], 'nothing else changed since');
+    await journal.close();
   });
 
   it(`keeps at most ${SPARE_SEGMENTS} spare segments and reuses them`, async () => {
