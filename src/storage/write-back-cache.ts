@@ -145,6 +145,8 @@ export class WriteBackCache implements ExtentStore {
   private readonly fetches = new Map<number, Fetch>();
   /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
   private readonly evicted = new Map<number, Buffer>();
+  /** Those disk-cache fills in flight: close() waits for them before it closes the slot file. */
+  private readonly fills = new Set<Promise<void>>();
   /** Buffers the memory cache got from the store (not from uploads): only these go to disk. */
   private readonly fetched = new WeakSet<Buffer>();
   private readonly waiters = new Map<number, Waiter[]>();
@@ -496,9 +498,13 @@ export class WriteBackCache implements ExtentStore {
   private evictedFromMemory(index: number, data: Buffer): void {
     if (this.closed || this.entries.has(index) || !this.fetched.has(data)) return;
     this.evicted.set(index, data);
-    this.keepOnDisk(index, data)
+    const fill = this.keepOnDisk(index, data)
       .catch((err: unknown) => this.log.warn({ err, index }, 'could not keep an extent in the disk cache'))
-      .finally(() => { if (this.evicted.get(index) === data) this.evicted.delete(index); });
+      .finally(() => {
+        if (this.evicted.get(index) === data) this.evicted.delete(index);
+        this.fills.delete(fill);
+      });
+    this.fills.add(fill);
   }
 
   private async keepOnDisk(index: number, data: Buffer): Promise<void> {
@@ -815,6 +821,7 @@ export class WriteBackCache implements ExtentStore {
     // Uploads in flight finish or give up at their next failure; none may touch the journal
     // or the slot file after this returns.
     while (this.uploadsInFlight > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    await Promise.all(this.fills);
     await this.journal.sync();
     await this.journal.trim(this.neededSeq());
     await this.journal.close();

@@ -274,6 +274,30 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('waits for disk-cache fills in flight before it closes the slot file', async (t) => {
+    const objects = new MemoryObjectStore();
+    const first = await open(objects, 4 * E, `${dir.path}/fill-a`);
+    await first.dev.write(0, pattern(2 * E, 3), false);
+    await first.dev.flush();
+    await first.cache.close();
+    const { dev, cache } = await open(objects, 4 * E, `${dir.path}/fill-b`, { memoryCacheBytes: E });
+    const events: string[] = [];
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- called with .call()
+    const [realWrite, realClose] = [SlotFile.prototype.write, SlotFile.prototype.close];
+    t.mock.method(SlotFile.prototype, 'write', async function (this: SlotFile, slot: number, offset: number, data: Buffer) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await realWrite.call(this, slot, offset, data);
+      events.push('fill written');
+    });
+    t.mock.method(SlotFile.prototype, 'close', function (this: SlotFile) {
+      events.push('slot file closed');
+      return realClose.call(this);
+    });
+    assertSameBytes(await readAll(dev, 0, 2 * E), pattern(2 * E, 3), 'read: extent 1 pushes extent 0 from memory to disk');
+    await cache.close();
+    assert.deepEqual(events, ['fill written', 'slot file closed']);
+  });
+
   it('does not write uploaded extents to the disk cache when memory evicts them', async () => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 12 * E, `${dir.path}/no-second-write`, { uploadDelayMs: 3_600_000 });
