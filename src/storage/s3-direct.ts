@@ -215,6 +215,7 @@ function s3Error(status: number, body: string): Error & { Code: string } {
   return Object.assign(new Error(field('Message') ?? `HTTP ${status}`), { name: code, Code: code, $metadata: { httpStatusCode: status } });
 }
 
-function prematureEnd(received: number, length: number): Error {
+/** A body that ended before its Content-Length: retryable, as a connection reset is. */
+export function prematureEnd(received: number, length: number): Error {
   return Object.assign(new Error(`the body ended after ${received} of ${length} bytes`), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
 }

@@ -27,7 +27,7 @@ import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { StorageError } from './extent-store.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
-import { DirectS3 } from './s3-direct.ts';
+import { DirectS3, prematureEnd } from './s3-direct.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -137,11 +137,12 @@ export class S3ObjectStore implements ObjectStore {
     const endpoint = config.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
     this.description = `s3://${this.bucket}${prefix === '' ? '' : `/${prefix}`} at ${endpoint === undefined ? 'AWS' : safeEndpoint(endpoint)}`;
     const maxSockets = config.maxSockets ?? DEFAULTS.maxSockets;
+    const pathStyle = config.forcePathStyle ?? endpoint !== undefined;
     const agent = { keepAlive: true, maxSockets };
     this.client = new S3Client({
       endpoint: config.endpoint,
       region: config.region,
-      forcePathStyle: config.forcePathStyle ?? endpoint !== undefined,
+      forcePathStyle: pathStyle,
       credentials: config.credentials,
       maxAttempts: 1,
       // Checksums only where S3 insists (DeleteObjects): TCP and TLS already protect the bytes,
@@ -160,7 +161,6 @@ export class S3ObjectStore implements ObjectStore {
         logger: sdkLogger(config.log),
       },
     });
-    const pathStyle = config.forcePathStyle ?? endpoint !== undefined;
     if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
       this.direct = new DirectS3({
         endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
@@ -416,9 +416,7 @@ async function readBody(body: unknown, length: number | undefined, signal: Abort
     chunks.push(chunk as Buffer);
     total += (chunk as Buffer).length;
   }
-  if (length !== undefined && total !== length) {
-    throw Object.assign(new Error(`the body ended after ${total} of ${length} bytes`), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
-  }
+  if (length !== undefined && total !== length) throw prematureEnd(total, length);
   return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
 }
 

@@ -571,7 +571,10 @@ export class WriteBackCache implements ExtentStore {
     return this.slots.read(e.slot!, offset, length);
   }
 
-  /** Copies an entry's bytes from the journal (or memory) into its slot, before a change of part of it. Under the lock. */
+  /**
+   * Copies an entry's bytes from the journal into its slot, before a change of part of it.
+   * Under the lock. (Memory no longer has them: the change has already invalidated it.)
+   */
   private async materialize(e: Entry): Promise<void> {
     if (!e.journalCopy) return;
     await this.slots.write(e.slot!, 0, await this.readCurrent(e, 0, this.extentSize));

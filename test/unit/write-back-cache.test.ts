@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
-import { Journal, type JournalLocation } from '../../src/storage/journal.ts';
+import { Journal } from '../../src/storage/journal.ts';
 import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
 import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
 import type { ObjectStore } from '../../src/storage/object-store.ts';
@@ -182,69 +182,49 @@ describe('WriteBackCache', () => {
     await b.cache.close();
   });
 
-  it('keeps writes of whole extents in the journal only, and reads, rewrites in part and uploads them right', async () => {
+  it('keeps writes of whole extents in the journal only, and reads, rewrites in part and uploads them right', async (t) => {
     const objects = new MemoryObjectStore();
     // Memory holds one extent: the others are read back from the journal.
     const { dev, cache } = await open(objects, 8 * E, `${dir.path}/journal-only`, { uploadDelayMs: 3_600_000, memoryCacheBytes: E });
-    // eslint-disable-next-line @typescript-eslint/unbound-method -- put back below, and called with .call()
-    const realWrite = SlotFile.prototype.write;
-    let slotWrites = 0;
-    SlotFile.prototype.write = function (this: SlotFile, slot: number, offset: number, data: Buffer) {
-      slotWrites++;
-      return realWrite.call(this, slot, offset, data);
-    };
-    try {
-      const model = Buffer.alloc(8 * E);
-      for (const [index, seed] of [[0, 1], [1, 2], [2, 3]] as const) {
-        await dev.write(index * E, pattern(E, seed), false);
-        pattern(E, seed).copy(model, index * E);
-      }
-      assert.equal(slotWrites, 0, 'whole extents are not written to slots');
-      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back from the journal');
-
-      await dev.write(E + 100, pattern(300, 9), false); // part of extent 1: copied into its slot first
-      pattern(300, 9).copy(model, E + 100);
-      assert.equal(slotWrites, 2, 'the copy of extent 1, then the partial write');
-      await dev.write(2 * E, pattern(E, 4), false); // extent 2 again, whole
-      pattern(E, 4).copy(model, 2 * E);
-      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'after the partial and the repeated write');
-
-      await dev.flush();
-      assertSameBytes(await storeContents(objects, 8 * E), model, 'uploaded from the journal and the slot');
-      assert.equal(cache.status().cachedExtents, 1, 'extents 0 and 2 left the disk cache once uploaded; extent 1 stays');
-      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back after the upload');
-    } finally {
-      SlotFile.prototype.write = realWrite;
+    const slotWrites = t.mock.method(SlotFile.prototype, 'write').mock;
+    const model = Buffer.alloc(8 * E);
+    for (const [index, seed] of [[0, 1], [1, 2], [2, 3]] as const) {
+      await dev.write(index * E, pattern(E, seed), false);
+      pattern(E, seed).copy(model, index * E);
     }
+    assert.equal(slotWrites.callCount(), 0, 'whole extents are not written to slots');
+    assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back from the journal');
+
+    await dev.write(E + 100, pattern(300, 9), false); // part of extent 1: copied into its slot first
+    pattern(300, 9).copy(model, E + 100);
+    assert.equal(slotWrites.callCount(), 2, 'the copy of extent 1, then the partial write');
+    await dev.write(2 * E, pattern(E, 4), false); // extent 2 again, whole
+    pattern(E, 4).copy(model, 2 * E);
+    assertSameBytes(await readAll(dev, 0, 8 * E), model, 'after the partial and the repeated write');
+
+    await dev.flush();
+    assertSameBytes(await storeContents(objects, 8 * E), model, 'uploaded from the journal and the slot');
+    assert.equal(cache.status().cachedExtents, 1, 'extents 0 and 2 left the disk cache once uploaded; extent 1 stays');
+    assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back after the upload');
     await cache.close();
   });
 
-  it('keeps the buffer of a whole-extent write, so reads and the upload need not read the journal back', async () => {
+  it('keeps the buffer of a whole-extent write, so reads and the upload need not read the journal back', async (t) => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 8 * E, `${dir.path}/kept`, { uploadDelayMs: 3_600_000 });
-    // eslint-disable-next-line @typescript-eslint/unbound-method -- put back below, and called with .call()
-    const realRead = Journal.prototype.readPayload;
-    let journalReads = 0;
-    Journal.prototype.readPayload = function (this: Journal, at: JournalLocation, length: number) {
-      journalReads++;
-      return realRead.call(this, at, length);
-    };
-    try {
-      const model = Buffer.alloc(8 * E);
-      const whole = pattern(E + E / 2, 5); // extent 1 whole, half of extent 2
-      whole.copy(model, E);
-      assert.equal(await dev.write(E, whole, false), true, 'the device keeps the buffer');
-      const part = pattern(100, 6);
-      part.copy(model, 4 * E + 10);
-      assert.equal(await dev.write(4 * E + 10, part, false), false, 'a partial write is copied: the caller may reuse its buffer');
-      part.fill(0xee); // as the NBD session does with its pooled buffers
-      assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back');
-      await dev.flush();
-      assertSameBytes(await storeContents(objects, 8 * E), model, 'uploaded');
-      assert.equal(journalReads, 0, 'the journal was not read back');
-    } finally {
-      Journal.prototype.readPayload = realRead;
-    }
+    const journalReads = t.mock.method(Journal.prototype, 'readPayload').mock;
+    const model = Buffer.alloc(8 * E);
+    const whole = pattern(E + E / 2, 5); // extent 1 whole, half of extent 2
+    whole.copy(model, E);
+    assert.equal(await dev.write(E, whole, false), true, 'the device keeps the buffer');
+    const part = pattern(100, 6);
+    part.copy(model, 4 * E + 10);
+    assert.equal(await dev.write(4 * E + 10, part, false), false, 'a partial write is copied: the caller may reuse its buffer');
+    part.fill(0xee); // as the NBD session does with its pooled buffers
+    assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back');
+    await dev.flush();
+    assertSameBytes(await storeContents(objects, 8 * E), model, 'uploaded');
+    assert.equal(journalReads.callCount(), 0, 'the journal was not read back');
     await cache.close();
   });
 
