@@ -27,7 +27,8 @@ import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { StorageError } from './extent-store.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
-import { DirectS3, prematureEnd } from './s3-direct.ts';
+import { prematureEnd } from './http1.ts';
+import { DirectS3 } from './s3-direct.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
