@@ -19,6 +19,7 @@
 // SDK's.
 
 import { createHash, createHmac } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { Http1Client, type Http1Response } from './http1.ts';
 import type { TaggedObject } from './object-store.ts';
 
@@ -35,6 +36,8 @@ export interface DirectS3Config {
   readonly maxSockets: number;
   readonly credentials: () => Promise<AwsCredentials>;
   readonly region: () => Promise<string>;
+  /** Sign PUT bodies (SHA-256) instead of sending a CRC-32; by default only over plain HTTP to another machine. */
+  readonly signPayloads?: boolean;
 }
 
 const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
@@ -45,6 +48,8 @@ const CLOCK_SKEW_CODES = new Set(['RequestTimeTooSkewed', 'RequestExpired', 'Req
 export class DirectS3 {
   private readonly config: DirectS3Config;
   private readonly http: Http1Client;
+  /** Whether PUT bodies are signed (SHA-256) rather than sent with a CRC-32: see send(). */
+  readonly signsPayloads: boolean;
   /** Added to our clock when signing, after S3 said it was off. */
   private clockOffsetMs = 0;
   private signingKey: { scope: string; secret: string; key: Buffer } | undefined;
@@ -52,6 +57,7 @@ export class DirectS3 {
   constructor(config: DirectS3Config) {
     this.config = config;
     this.http = new Http1Client(config.endpoint, config.maxSockets);
+    this.signsPayloads = config.signPayloads ?? (config.endpoint.protocol === 'http:' && !isLoopback(config.endpoint.hostname));
   }
 
   /** GetObject: the object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200. */
@@ -76,13 +82,17 @@ export class DirectS3 {
     const path = `${endpoint.pathname.replace(/\/+$/, '')}/${uriEncode(bucket)}/${key.split('/').map(uriEncode).join('/')}`;
     const credentials = await this.config.credentials();
     const amzDate = new Date(Date.now() + this.clockOffsetMs).toISOString().replace(/[-:]|\.\d{3}/g, '');
-    // The payload is signed too (as the SDK does): over plain HTTP it is all that protects it.
-    const payloadHash = body ? createHash('sha256').update(body).digest('hex') : EMPTY_SHA256;
+    // Over plain HTTP across a network the payload is signed (as the SDK does): nothing else
+    // protects it in flight. Where TLS or the loopback interface does, a CRC-32 that S3 checks
+    // guards it against corruption for less CPU (0.2 CPU-s less per GiB: docs/s3.md).
+    const unsigned = body !== undefined && !this.signsPayloads;
+    const payloadHash = !body ? EMPTY_SHA256 : unsigned ? 'UNSIGNED-PAYLOAD' : createHash('sha256').update(body).digest('hex');
     const headers: Record<string, string> = {
       host: endpoint.host,
       'x-amz-content-sha256': payloadHash,
       'x-amz-date': amzDate,
       ...body ? { 'content-length': String(body.length) } : {},
+      ...unsigned ? { 'x-amz-checksum-crc32': crc32Base64(body) } : {},
       ...credentials.sessionToken ? { 'x-amz-security-token': credentials.sessionToken } : {},
     };
     const authorization = sigV4Authorization({
@@ -144,6 +154,19 @@ function deriveSigningKey(secret: string, scope: string): Buffer {
   let key: Buffer = Buffer.from(`AWS4${secret}`);
   for (const part of scope.split('/')) key = createHmac('sha256', key).update(part).digest();
   return key;
+}
+
+/** Where no one but this machine's root can alter the bytes in flight. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** x-amz-checksum-crc32: the big-endian CRC-32 in base64. */
+function crc32Base64(data: Buffer): string {
+  const crc = Buffer.allocUnsafe(4);
+  crc.writeUInt32BE(crc32(data));
+  return crc.toString('base64');
 }
 
 /** RFC 3986 encoding of one path segment, as SigV4 and S3 want it. */

@@ -444,6 +444,8 @@ const TRANSIENT_CODES = new Set([
   'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'RequestTimeoutException',
   // Another conditional write to the key was in flight: retrying gets the real answer.
   'ConditionalRequestConflict', 'OperationAborted',
+  // The body arrived corrupted (its checksum or signed hash does not match): send it again.
+  'BadDigest', 'XAmzContentChecksumMismatch', 'XAmzContentSHA256Mismatch',
   // The SDK corrects its clock offset from the failed response, so the next attempt signs right.
   'RequestTimeTooSkewed', 'RequestExpired', 'RequestInTheFuture',
 ]);

@@ -48,6 +48,8 @@ export interface S3FaultProxy {
   dropResponseNext(times: number, match?: Match): void;
   /** Forwards the next `times` matching requests, but cuts the connection after `bytes` bytes of the answer's body. */
   truncateBodyNext(times: number, bytes: number, match?: Match): void;
+  /** Forwards the next `times` matching requests with the byte at `offset` of their body inverted. */
+  corruptBodyNext(times: number, offset: number, match?: Match): void;
   /** Forgets faults not yet used up. */
   clearFaults(): void;
   /** Forgets the requests seen so far (the counts start again from zero). */
@@ -65,7 +67,8 @@ type Fault =
   | { kind: 'delay'; remaining: number; match: Match; ms: number }
   | { kind: 'reset'; remaining: number; match: Match }
   | { kind: 'drop'; remaining: number; match: Match }
-  | { kind: 'truncate'; remaining: number; match: Match; bytes: number };
+  | { kind: 'truncate'; remaining: number; match: Match; bytes: number }
+  | { kind: 'corrupt'; remaining: number; match: Match; offset: number };
 
 export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
   const upstream = new URL(target);
@@ -94,7 +97,11 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
       const timer = setTimeout(() => forward(req, res, upstream, agent, {}), fault.ms);
       req.socket.once('close', () => clearTimeout(timer));
     } else {
-      forward(req, res, upstream, agent, { drop: fault?.kind === 'drop', cutAfter: fault?.kind === 'truncate' ? fault.bytes : undefined });
+      forward(req, res, upstream, agent, {
+        drop: fault?.kind === 'drop',
+        cutAfter: fault?.kind === 'truncate' ? fault.bytes : undefined,
+        invertAt: fault?.kind === 'corrupt' ? fault.offset : undefined,
+      });
     }
   });
   server.on('connection', (socket) => {
@@ -117,6 +124,7 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
     resetNext: (times, match = () => true) => add({ kind: 'reset', remaining: times, match }),
     dropResponseNext: (times, match = () => true) => add({ kind: 'drop', remaining: times, match }),
     truncateBodyNext: (times, bytes, match = () => true) => add({ kind: 'truncate', remaining: times, match, bytes }),
+    corruptBodyNext: (times, offset, match = () => true) => add({ kind: 'corrupt', remaining: times, match, offset }),
     clearFaults: () => { faults = []; },
     clearRequests: () => { requests.length = 0; },
     close: () => new Promise((resolve) => {
@@ -142,7 +150,13 @@ function describe(req: IncomingMessage): ProxiedRequest {
   return { method, url: req.url ?? '/', bucket: decodeURIComponent(bucket), key, kind, userAgent: req.headers['user-agent'] ?? '' };
 }
 
-function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent: Agent, how: { drop?: boolean; cutAfter?: number | undefined }): void {
+interface ForwardFaults {
+  readonly drop?: boolean;
+  readonly cutAfter?: number | undefined;
+  readonly invertAt?: number | undefined;
+}
+
+function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent: Agent, how: ForwardFaults): void {
   const out = request({
     host: upstream.hostname,
     port: upstream.port,
@@ -179,7 +193,21 @@ function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent
   res.once('close', () => {
     if (!res.writableFinished) out.destroy();
   });
-  req.pipe(out);
+  const invertAt = how.invertAt;
+  if (invertAt === undefined) {
+    req.pipe(out);
+    return;
+  }
+  let seen = 0;
+  req.on('data', (chunk: Buffer) => {
+    if (invertAt >= seen && invertAt < seen + chunk.length) {
+      chunk = Buffer.from(chunk);
+      chunk[invertAt - seen]! ^= 0xff;
+    }
+    seen += chunk.length;
+    out.write(chunk);
+  });
+  req.once('end', () => out.end());
 }
 
 function errorXml(code: string, info: ProxiedRequest): string {

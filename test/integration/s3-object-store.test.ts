@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { UserError } from '../../src/errors.ts';
 import { StorageError } from '../../src/storage/extent-store.ts';
-import { USER_AGENT } from '../../src/storage/s3-direct.ts';
+import { DirectS3, USER_AGENT } from '../../src/storage/s3-direct.ts';
 import { parseS3Url, S3ObjectStore, type S3ObjectStoreConfig } from '../../src/storage/s3-object-store.ts';
 import { startMinio, type S3TestServer } from '../helpers/minio.ts';
 import { kindIs, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
@@ -269,6 +269,32 @@ describe('S3ObjectStore on a real S3 server', () => {
       assert.equal(gets.length, 5);
       assert.ok(gets.every((r) => r.userAgent === USER_AGENT), 'every GET took the direct path');
       assert.deepEqual([store.stats.get, store.stats.retries], [5, 2]);
+    });
+
+    it('sends PUT bodies over loopback with a CRC-32 that S3 checks, and resends one corrupted on the way', async () => {
+      const { store } = openBehindProxy({ prefix: 'crc' });
+      const big = randomBytes(2 * 1024 * 1024);
+      proxy.corruptBodyNext(1, 1_500_000, kindIs('PUT object'));
+      await store.put('crc/1', big);
+      assert.equal(store.stats.retries, 1, 'S3 refused the corrupted body, and the store sent it again');
+      assert.ok((await open({ prefix: 'crc' }).get('crc/1'))?.equals(big), 'what S3 keeps is what was sent');
+    });
+
+    it('signs PUT bodies over plain HTTP to another machine (SHA-256), and S3 accepts them', async () => {
+      const credentials = () => Promise.resolve({ accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey });
+      const config = { bucket, maxSockets: 2, credentials, region: () => Promise.resolve(server.region) };
+      const across = (endpoint: string): boolean => new DirectS3({ ...config, endpoint: new URL(endpoint) }).signsPayloads;
+      assert.deepEqual([across('http://10.1.2.3:9000'), across('http://127.0.0.1:9000'), across('http://[::1]:9000'), across('https://s3.example')],
+        [true, false, false, false]);
+      const signing = new DirectS3({ ...config, endpoint: new URL(server.endpoint), signPayloads: true });
+      try {
+        const data = randomBytes(100_000);
+        const never = new AbortController().signal;
+        await signing.put('signed/1', data, never);
+        assert.ok((await signing.get('signed/1', never)).data.equals(data));
+      } finally {
+        signing.close();
+      }
     });
 
     it('settles a conditional write whose answer was lost by reading the object back', async () => {
