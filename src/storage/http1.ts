@@ -42,10 +42,15 @@ const MAX_HEAD_BYTES = 64 * 1024;
 /** Error answers are small documents; past this their body is read but not kept. */
 export const MAX_ERROR_BODY = 64 * 1024;
 
+/** Where connections go; `tls` is set for https. */
+interface Target {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: tls.ConnectionOptions | undefined;
+}
+
 export class Http1Client {
-  private readonly host: string;
-  private readonly port: number;
-  private readonly secure: boolean;
+  private readonly target: Target;
   private readonly maxConnections: number;
   private readonly open = new Set<Connection>();
   /** Open connections waiting for a request, most recently used last. */
@@ -54,10 +59,15 @@ export class Http1Client {
   private readonly waiting = new Set<() => void>();
   private closed = false;
 
-  constructor(endpoint: URL, maxConnections: number) {
-    this.secure = endpoint.protocol === 'https:';
-    this.host = endpoint.hostname.replace(/^\[(.*)\]$/, '$1'); // [::1] -> ::1
-    this.port = Number(endpoint.port || (this.secure ? 443 : 80));
+  /** `tlsOptions` add to the defaults for https (which trust the system's CAs and NODE_EXTRA_CA_CERTS). */
+  constructor(endpoint: URL, maxConnections: number, tlsOptions: tls.ConnectionOptions = {}) {
+    const secure = endpoint.protocol === 'https:';
+    const host = endpoint.hostname.replace(/^\[(.*)\]$/, '$1'); // [::1] -> ::1
+    this.target = {
+      host,
+      port: Number(endpoint.port || (secure ? 443 : 80)),
+      tls: secure ? { ...net.isIP(host) ? {} : { servername: host }, ...tlsOptions } : undefined,
+    };
     this.maxConnections = maxConnections;
   }
 
@@ -80,7 +90,7 @@ export class Http1Client {
       const reused = this.idle.pop();
       if (reused) return reused;
       if (this.open.size < this.maxConnections) {
-        const connection = new Connection(this.host, this.port, this.secure, (c, reusable) => this.release(c, reusable));
+        const connection = new Connection(this.target, (c, reusable) => this.release(c, reusable));
         this.open.add(connection);
         return connection;
       }
@@ -125,15 +135,15 @@ class Connection {
   private current: { bytes(data: Buffer): void; end(err: Error | undefined): void } | undefined;
   destroyed = false;
 
-  constructor(host: string, port: number, secure: boolean, free: (connection: Connection, reusable: boolean) => void) {
+  constructor(target: Target, free: (connection: Connection, reusable: boolean) => void) {
     this.free = free;
     const readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     const options = {
-      host, port, noDelay: true,
+      host: target.host, port: target.port, noDelay: true,
       // The buffer is reused by the next read: bytes() copies what it keeps before returning.
       onread: { buffer: readBuffer, callback: (n: number): boolean => { this.bytes(readBuffer.subarray(0, n)); return true; } },
     };
-    this.socket = secure ? tls.connect({ ...options, ...net.isIP(host) ? {} : { servername: host } }) : net.connect(options);
+    this.socket = target.tls ? tls.connect({ ...options, ...target.tls }) : net.connect(options);
     this.socket.on('error', (err) => this.ended(err));
     this.socket.on('close', () => this.ended(undefined));
   }

@@ -4,7 +4,12 @@
 // through MinIO in test/integration/s3-object-store.test.ts.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo, Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { Http1Client, MAX_ERROR_BODY, ResponseParser } from '../../src/storage/http1.ts';
@@ -191,6 +196,35 @@ describe('Http1Client', () => {
     await assert.rejects(slow, { name: 'AbortError' });
     await assert.rejects(queued, { name: 'AbortError' });
     assert.equal((await client.request(get('/fast'), never)).body.toString(), 'fast');
+  });
+
+  it('speaks HTTPS, checking the server certificate', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 's3nbd-tls-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+    const cert = readFileSync(join(dir, 'cert.pem'));
+    const server = createHttpsServer({ key: readFileSync(join(dir, 'key.pem')), cert }, (req, res) => {
+      req.resume();
+      req.on('end', () => res.end(Buffer.alloc(1_000_000, 7)));
+    });
+    let handshakes = 0;
+    server.on('secureConnection', () => handshakes++);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }));
+    const url = new URL(`https://localhost:${(server.address() as AddressInfo).port}`);
+    const trusting = new Http1Client(url, 2, { ca: cert });
+    const untrusting = new Http1Client(url, 2);
+    cleanups.push(() => trusting.close(), () => untrusting.close());
+    for (let i = 0; i < 2; i++) {
+      const res = await trusting.request({ method: 'PUT', path: '/k', headers: { host: 'localhost', 'content-length': '3' }, body: Buffer.from('abc') }, never);
+      assert.ok(res.body.equals(Buffer.alloc(1_000_000, 7)));
+    }
+    assert.equal(handshakes, 1, 'one connection, kept alive');
+    await assert.rejects(untrusting.request(get(), never), { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' });
   });
 
   it('refuses headers or paths that would split the request', async () => {
