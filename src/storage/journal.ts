@@ -37,6 +37,10 @@
 // the length of its records before the journal moves on to the next, so only the last
 // segment can have such a tail, and it is truncated like a torn one.
 //
+// Live segments follow each other without a gap in sequence numbers. Replay starts after the
+// last gap: a segment before one was trimmed but could not be retired, while newer segments
+// (with newer bytes for the same extents) were, so its records are stale.
+//
 // The write cache reads payloads of whole-extent writes back from their segment
 // (readPayload) until the extent is uploaded; such a segment is live, so it is not trimmed.
 //
@@ -229,6 +233,19 @@ export class Journal {
       }
       bytes += validBytes;
       journal.segments.push({ firstSeq, lastSeq: records.at(-1)!.seq, bytes: validBytes, path });
+    }
+    // Live segments are consecutive: sequence numbers are appended in the order reserved, and
+    // trim() retires segments from the oldest. A segment before a gap was trimmed but could
+    // not be retired (a failed rename or unlink), and the ones in the gap were. Replaying it
+    // would put back, and upload again, bytes that later writes in the gap replaced.
+    const gap = journal.segments.findLastIndex((s, i) => i > 0 && s.firstSeq !== journal.segments[i - 1]!.lastSeq + 1);
+    if (gap > 0) {
+      for (const stale of journal.segments.splice(0, gap)) {
+        bytes -= stale.bytes;
+        await journal.retire(stale.path);
+      }
+      const firstLive = journal.segments[0]!.firstSeq;
+      return { journal, records: all.filter((r) => r.seq >= firstLive), bytes };
     }
     return { journal, records: all, bytes };
   }

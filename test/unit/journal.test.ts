@@ -3,7 +3,7 @@
 // recycled segment's tail.
 
 import assert from 'node:assert/strict';
-import { readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { after, describe, it } from 'node:test';
 import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/journal.ts';
@@ -35,6 +35,23 @@ const range = (from: number, to: number): number[] => Array.from({ length: to - 
 describe('Journal', () => {
   const dir = tempDir('journal');
   after(() => dir.remove());
+
+  it('does not replay a trimmed segment that could not be retired once later segments were', async () => {
+    const path = `${dir.path}/unretired`;
+    const { journal } = await Journal.open(path);
+    await writeMany(journal, 17, MiB); // A: 1-16, B: 17
+    const [a] = readdirSync(path).filter((n) => n.endsWith('.log')).sort();
+    const leftover = readFileSync(`${path}/${a!}`);
+    await journal.trim(17); // A is retired
+    await writeMany(journal, 16, MiB); // B: 17-32, C: 33
+    await journal.trim(33); // B is retired too
+    await journal.close();
+    writeFileSync(`${path}/${a!}`, leftover); // as if A's rename had failed: it is still there
+    const reopened = await Journal.open(path);
+    assertRecords(reopened.records, [33], 'C only: A\'s records were replaced by B\'s, which are in the store');
+    assert.ok(!readdirSync(path).includes(a!), 'A is retired at last');
+    await reopened.journal.close();
+  });
 
   it('replays only the present life of recycled segments, and keeps the segments after one whose old life was longer', async () => {
     const path = `${dir.path}/recycle`;
