@@ -62,7 +62,7 @@ export class Http1Client {
   /** `tlsOptions` add to the defaults for https (which trust the system's CAs and NODE_EXTRA_CA_CERTS). */
   constructor(endpoint: URL, maxConnections: number, tlsOptions: tls.ConnectionOptions = {}) {
     const secure = endpoint.protocol === 'https:';
-    const host = endpoint.hostname.replace(/^\[(.*)\]$/, '$1'); // [::1] -> ::1
+    const host = bareHost(endpoint);
     this.target = {
       host,
       port: Number(endpoint.port || (secure ? 443 : 80)),
@@ -216,6 +216,11 @@ class Connection {
       this.free(this, false); // an idle connection the server closed
     }
   }
+}
+
+/** The URL's host name as a socket wants it: an IPv6 address without its brackets ([::1] -> ::1). */
+export function bareHost(url: URL): string {
+  return url.hostname.replace(/^\[(.*)\]$/, '$1');
 }
 
 /** `METHOD path HTTP/1.1` and the headers, refusing anything that would split the request. */

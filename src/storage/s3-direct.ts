@@ -20,7 +20,7 @@
 
 import { createHash, createHmac } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import { Http1Client, type Http1Response } from './http1.ts';
+import { bareHost, Http1Client, type Http1Response } from './http1.ts';
 import type { TaggedObject } from './object-store.ts';
 
 export interface AwsCredentials {
@@ -57,7 +57,7 @@ export class DirectS3 {
   constructor(config: DirectS3Config) {
     this.config = config;
     this.http = new Http1Client(config.endpoint, config.maxSockets);
-    this.signsPayloads = config.signPayloads ?? (config.endpoint.protocol === 'http:' && !isLoopback(config.endpoint.hostname));
+    this.signsPayloads = config.signPayloads ?? (config.endpoint.protocol === 'http:' && !isLoopback(bareHost(config.endpoint)));
   }
 
   /** GetObject: the object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200. */
@@ -157,9 +157,8 @@ function deriveSigningKey(secret: string, scope: string): Buffer {
 }
 
 /** Where no one but this machine's root can alter the bytes in flight. */
-function isLoopback(hostname: string): boolean {
-  const host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+function isLoopback(host: string): boolean {
+  return host.toLowerCase() === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 /** x-amz-checksum-crc32: the big-endian CRC-32 in base64. */
