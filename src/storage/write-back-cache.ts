@@ -88,6 +88,11 @@ interface Entry {
   zeros: boolean;
   gen: number;
   uploadedGen: number;
+  /**
+   * The first change since the extent was last wholly in the store (gen <= uploadedGen): no
+   * older journal record is needed to rebuild it, so the journal may be trimmed up to here.
+   */
+  firstDirtySeq: number;
   /** Generation being uploaded, if an upload is in flight. */
   uploading: number | undefined;
   /**
@@ -456,7 +461,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   private newEntry(index: number): Entry {
-    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, uploading: undefined, journalCopy: undefined, dirtySince: 0, lastChange: 0 };
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, firstDirtySeq: 0, uploading: undefined, journalCopy: undefined, dirtySince: 0, lastChange: 0 };
     this.entries.set(index, e);
     return e;
   }
@@ -549,7 +554,10 @@ export class WriteBackCache implements ExtentStore {
   private markDirty(e: Entry, seq: number): void {
     if (this.entries.get(e.index) !== e) throw new StorageError('EIO', `internal error: extent ${e.index} changed without an entry`);
     e.lastChange = Date.now();
-    if (e.gen <= e.uploadedGen) e.dirtySince = e.lastChange;
+    if (e.gen <= e.uploadedGen) {
+      e.dirtySince = e.lastChange;
+      e.firstDirtySeq = seq;
+    }
     this.update(e, () => { e.gen = seq; });
     this.cleanOrder.delete(e.index);
     this.dirty.set(e.index, e);
@@ -747,11 +755,16 @@ export class WriteBackCache implements ExtentStore {
     return seq;
   }
 
-  /** The oldest journal sequence number a recovery would still need. */
+  /**
+   * The oldest journal sequence number a recovery would still need: a dirty extent needs its
+   * changes after its last upload, and none before its first change since it was last clean.
+   * (The upload generation alone is 0 for an extent never uploaded: during a long sequential
+   * write, which always has such an extent dirty, the journal grew until the writes paused.)
+   */
   private neededSeq(): number {
     let needed = Number.MAX_SAFE_INTEGER;
     for (const seq of this.inProgress) needed = Math.min(needed, seq);
-    for (const e of this.dirty.values()) needed = Math.min(needed, e.uploadedGen + 1);
+    for (const e of this.dirty.values()) needed = Math.min(needed, Math.max(e.uploadedGen + 1, e.firstDirtySeq));
     return needed;
   }
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
-import { Journal } from '../../src/storage/journal.ts';
+import { Journal, SEGMENT_BYTES } from '../../src/storage/journal.ts';
 import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
 import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
 import type { ObjectStore } from '../../src/storage/object-store.ts';
@@ -373,6 +373,43 @@ describe('WriteBackCache', () => {
     while (cache.status().dirtyExtents > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     assert.equal(cache.status().dirtyExtents, 0, 'four of eight: everything uploaded without a flush');
     await cache.close();
+  });
+
+  it('trims the journal during a long write of new extents, and still recovers what was not uploaded', async () => {
+    const M = 1024 * 1024;
+    const objects = new MemoryObjectStore();
+    const cacheDir = `${dir.path}/trim-new-extents`;
+    // Extent 100 cannot be uploaded: it stays dirty, never uploaded, like the newest extent of
+    // a sequential write, while the 40 before it are uploaded.
+    const last = pattern(M, 100);
+    const refusing = new FaultyStore(objects);
+    refusing.put = async (key, data) => {
+      if (data.equals(last)) throw Object.assign(new Error('injected put failure'), { code: 'EIO' });
+      return objects.put(key, Buffer.from(data));
+    };
+    const openBig = async (store: ObjectStore, uploadDelayMs: number) => {
+      const lower = await ObjectExtentStore.open(store, { extentSize: M, extentCount: 128, cacheBytes: 0 });
+      const cache = await WriteBackCache.open(lower, {
+        cacheDir, cacheBytes: 96 * M, memoryCacheBytes: M, maxDirtyBytes: 256 * M, uploadConcurrency: 4, flushMode: 's3', uploadDelayMs, log,
+      });
+      return { cache, dev: new ExtentDevice(cache, 128 * M, false) };
+    };
+    const a = await openBig(refusing, 20);
+    for (let i = 0; i < 40; i++) await a.dev.write(i * M, pattern(M, i), false);
+    await a.dev.write(100 * M, last, false);
+    const deadline = Date.now() + 5000;
+    while ((a.cache.status().uploadedExtents < 40 || a.cache.status().journalBytes > SEGMENT_BYTES) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(a.cache.status().uploadedExtents, 40);
+    // 41 MiB were written in three segments; the last holds extent 100's record.
+    assert.ok(a.cache.status().journalBytes <= SEGMENT_BYTES, `the journal keeps only the segment of extent 100, not ${a.cache.status().journalBytes} bytes`);
+    await a.cache.close(); // as after kill -9: extent 100 was never uploaded
+    const b = await openBig(objects, 3_600_000);
+    assert.equal(b.cache.status().dirtyExtents, 1, 'only extent 100 is replayed');
+    assertSameBytes((await b.dev.read(100 * M, M))[0]!.data ?? Buffer.alloc(M), last, 'the acknowledged write survived');
+    assertSameBytes((await b.dev.read(7 * M, M))[0]!.data ?? Buffer.alloc(M), pattern(M, 7), 'an uploaded extent');
+    await b.cache.close();
   });
 
   it('discards a whole huge device with deletes only for stored extents', async () => {
