@@ -117,7 +117,9 @@ ${run.failures.length ? `**Failures in this run:**\n\n${run.failures.map((f) => 
 
 Every timed phase starts after a \`sync\`, so that none pays for the page-cache writeback of
 what ran before it (the kernel writes dirty pages back about 30 s later, which used to land
-on the first contender of each run).
+on the first contender of each run). Before the first run, MinIO is warmed up with one
+unrecorded PUT and GET pass of the raw client over the data, so that the first contender does
+not find it freshly started while every later one finds it warm.
 
 NBD contenders are driven by fio's nbd engine and nbdcopy; the file-system workloads reach
 them through \`nbdfuse\` and a loop device. s3backer is a FUSE file behind a loop device
