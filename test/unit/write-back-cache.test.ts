@@ -395,21 +395,27 @@ describe('WriteBackCache', () => {
       return { cache, dev: new ExtentDevice(cache, 128 * M, false) };
     };
     const a = await openBig(refusing, 20);
-    for (let i = 0; i < 40; i++) await a.dev.write(i * M, pattern(M, i), false);
-    await a.dev.write(100 * M, last, false);
-    const deadline = Date.now() + 5000;
-    while ((a.cache.status().uploadedExtents < 40 || a.cache.status().journalBytes > SEGMENT_BYTES) && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 10));
+    try {
+      for (let i = 0; i < 40; i++) await a.dev.write(i * M, pattern(M, i), false);
+      await a.dev.write(100 * M, last, false);
+      const deadline = Date.now() + 5000;
+      while ((a.cache.status().uploadedExtents < 40 || a.cache.status().journalBytes > SEGMENT_BYTES) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.equal(a.cache.status().uploadedExtents, 40);
+      // 41 MiB were written in three segments; the last holds extent 100's record.
+      assert.ok(a.cache.status().journalBytes <= SEGMENT_BYTES, `the journal keeps only the segment of extent 100, not ${a.cache.status().journalBytes} bytes`);
+    } finally {
+      await a.cache.close(); // as after kill -9: extent 100 was never uploaded
     }
-    assert.equal(a.cache.status().uploadedExtents, 40);
-    // 41 MiB were written in three segments; the last holds extent 100's record.
-    assert.ok(a.cache.status().journalBytes <= SEGMENT_BYTES, `the journal keeps only the segment of extent 100, not ${a.cache.status().journalBytes} bytes`);
-    await a.cache.close(); // as after kill -9: extent 100 was never uploaded
     const b = await openBig(objects, 3_600_000);
-    assert.equal(b.cache.status().dirtyExtents, 1, 'only extent 100 is replayed');
-    assertSameBytes((await b.dev.read(100 * M, M))[0]!.data ?? Buffer.alloc(M), last, 'the acknowledged write survived');
-    assertSameBytes((await b.dev.read(7 * M, M))[0]!.data ?? Buffer.alloc(M), pattern(M, 7), 'an uploaded extent');
-    await b.cache.close();
+    try {
+      assert.equal(b.cache.status().dirtyExtents, 1, 'only extent 100 is replayed');
+      assertSameBytes((await b.dev.read(100 * M, M))[0]!.data ?? Buffer.alloc(M), last, 'the acknowledged write survived');
+      assertSameBytes((await b.dev.read(7 * M, M))[0]!.data ?? Buffer.alloc(M), pattern(M, 7), 'an uploaded extent');
+    } finally {
+      await b.cache.close();
+    }
   });
 
   it('discards a whole huge device with deletes only for stored extents', async () => {
