@@ -39,7 +39,12 @@
 //
 // Live segments follow each other without a gap in sequence numbers. Replay starts after the
 // last gap: a segment before one was trimmed but could not be retired, while newer segments
-// (with newer bytes for the same extents) were, so its records are stale.
+// (with newer bytes for the same extents) were, so its records are stale. A power loss could
+// also leave a gap, by writing back a new segment but not the end of the one before it; the
+// records before the gap are then dropped. That is harmless where FLUSH waits for the object
+// store (anything flushed is there), but not where it only syncs the journal (`--flush-mode
+// local`): there the journal is opened with `syncOnRollover`, and a full segment is fsynced
+// before the next one gets a record (once per SEGMENT_BYTES), so no power loss leaves a gap.
 //
 // The write cache reads payloads of whole-extent writes back from their segment
 // (readPayload) until the extent is uploaded; such a segment is live, so it is not trimmed.
@@ -81,6 +86,11 @@ const MAX_PAYLOAD = 64 * 1024 * 1024;
 export const SPARE_SEGMENTS = 4;
 const SEGMENT_NAME = /^[0-9a-f]{16}\.log$/;
 const SPARE_NAME = /^spare-[0-9a-f]{16}\.log$/;
+
+export interface JournalOptions {
+  /** fsync each full segment before writing the next: for when FLUSH only syncs the journal. */
+  readonly syncOnRollover?: boolean;
+}
 
 interface Segment {
   readonly firstSeq: number;
@@ -172,6 +182,8 @@ export class Journal {
   private writing = false;
   private failed: Error | undefined;
   private trimming: Promise<void> = Promise.resolve();
+  /** A full segment is made durable before the next one is written (see the top of the file). */
+  private readonly syncOnRollover: boolean;
   /** Paths of spare segments, ready to be reused. */
   private readonly spares: string[] = [];
   /** Segments closed since the last sync(), whose data may not be durable yet. */
@@ -179,17 +191,18 @@ export class Journal {
   /** Segments were created or renamed since the last sync(). */
   private directoryChanged = false;
 
-  private constructor(dir: string) {
+  private constructor(dir: string, syncOnRollover: boolean) {
     this.dir = dir;
+    this.syncOnRollover = syncOnRollover;
   }
 
   /**
    * Opens the journal in `dir`, truncating a torn tail, and returns it ready for appends with
    * every intact record in order.
    */
-  static async open(dir: string): Promise<{ journal: Journal; records: JournalRecord[]; bytes: number }> {
+  static async open(dir: string, options: JournalOptions = {}): Promise<{ journal: Journal; records: JournalRecord[]; bytes: number }> {
     await mkdir(dir, { recursive: true });
-    const journal = new Journal(dir);
+    const journal = new Journal(dir, options.syncOnRollover ?? false);
     const listed = await readdir(dir);
     journal.spares.push(...listed.filter((n) => SPARE_NAME.test(n)).map((n) => join(dir, n)));
     const names = listed.filter((n) => SEGMENT_NAME.test(n)).sort();
@@ -392,7 +405,8 @@ export class Journal {
     if (this.handle && current) {
       // Cut what a recycled file held beyond our records: only the last segment may have a tail.
       await this.handle.truncate(current.bytes);
-      this.unsynced.push(current.path);
+      if (this.syncOnRollover) await this.handle.datasync();
+      else this.unsynced.push(current.path);
       await this.handle.close();
     }
     this.handle = undefined;

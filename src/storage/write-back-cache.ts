@@ -189,7 +189,7 @@ export class WriteBackCache implements ExtentStore {
     const slotCount = Math.floor(options.cacheBytes / lower.extentSize);
     cache.slots = await SlotFile.open(`${options.cacheDir}/extents.cache`, slotCount, lower.extentSize);
     const started = Date.now();
-    const { journal, records, bytes } = await Journal.open(`${options.cacheDir}/journal`);
+    const { journal, records, bytes } = await Journal.open(`${options.cacheDir}/journal`, { syncOnRollover: options.flushMode === 'local' });
     cache.journal = journal;
     const replayed = await cache.replay(records);
     if (records.length > 0) {

@@ -109,6 +109,34 @@ describe('Journal', () => {
     await journal.close();
   });
 
+  it('with syncOnRollover, makes a full segment durable before it writes the next, so no power loss leaves a gap', async (t) => {
+    const probe = await open(dir.path, 'r');
+    const handles = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    /* eslint-disable @typescript-eslint/unbound-method -- called below with .call() */
+    const realDatasync = handles.datasync;
+    const realWritev = handles.writev;
+    /* eslint-enable @typescript-eslint/unbound-method */
+    for (const syncOnRollover of [true, false]) {
+      const { journal } = await Journal.open(`${dir.path}/rollover-${syncOnRollover}`, { syncOnRollover });
+      await writeMany(journal, 16, MiB); // the first segment is full
+      const events: string[] = [];
+      const datasync = t.mock.method(handles, 'datasync', function (this: FileHandle) {
+        events.push('datasync');
+        return realDatasync.call(this);
+      });
+      const writev = t.mock.method(handles, 'writev', function (this: FileHandle, ...args: Parameters<FileHandle['writev']>) {
+        events.push('writev');
+        return realWritev.apply(this, args);
+      });
+      await write(journal, MiB); // starts the second segment
+      datasync.mock.restore();
+      writev.mock.restore();
+      assert.deepEqual(events, syncOnRollover ? ['datasync', 'writev'] : ['writev'], `syncOnRollover ${syncOnRollover}`);
+      await journal.close();
+    }
+  });
+
   it(`keeps at most ${SPARE_SEGMENTS} spare segments and reuses them`, async () => {
     const path = `${dir.path}/spares`;
     const { journal } = await Journal.open(path);
