@@ -168,6 +168,12 @@ class Connection {
         if (!writing) this.free(this, reusable);
       };
       const onAbort = (): void => settle(abortError(signal), false);
+      // An abort that came after acquire() checked, before the listener below: it would
+      // otherwise go unheard, and a server that never answers would hold the request forever.
+      if (signal.aborted) {
+        onAbort();
+        return;
+      }
       this.current = {
         bytes: (data) => {
           let complete: boolean;

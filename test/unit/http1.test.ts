@@ -198,6 +198,20 @@ describe('Http1Client', () => {
     assert.equal((await client.request(get('/fast'), never)).body.toString(), 'fast');
   });
 
+  it('refuses to start an exchange whose signal was aborted after the connection was found', async () => {
+    const server = await serve(() => undefined); // never answers
+    const client = new Http1Client(server.url, 1);
+    cleanups.push(() => client.close(), () => server.close());
+    // Aborted between acquire()'s check and the exchange, whose listener then hears nothing.
+    let checks = 0;
+    const signal = Object.defineProperties(new EventTarget(), {
+      aborted: { get: () => ++checks > 1 },
+      reason: { value: new Error('timed out') },
+    }) as unknown as AbortSignal;
+    const hung = new Promise((_, reject) => setTimeout(() => reject(new Error('still waiting after 2 s')), 2000).unref());
+    await assert.rejects(Promise.race([client.request(get('/slow'), signal), hung]), { name: 'AbortError' });
+  });
+
   it('speaks HTTPS, checking the server certificate', async () => {
     const dir = mkdtempSync(join(tmpdir(), 's3nbd-tls-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
