@@ -100,6 +100,11 @@ interface Entry {
    * of the whole extent): the slot was not written and is stale. Cleared by materialize().
    */
   journalCopy: JournalLocation | undefined;
+  /**
+   * The last change was a whole-extent write in a run of sequential ones: its bytes stay out
+   * of the memory cache, before the upload and after it (see change()).
+   */
+  streamedWrite: boolean;
   /** When the entry last became dirty, and when it last changed (for the upload policy). */
   dirtySince: number;
   lastChange: number;
@@ -109,6 +114,8 @@ interface Fetch {
   readonly promise: Promise<Buffer | undefined>;
   /** Set when the extent changed while the fetch was in flight: its result must not be cached. */
   stale: boolean;
+  /** Whether the result goes to the memory cache (else only to the stream window). */
+  keep: boolean;
 }
 
 interface Waiter {
@@ -132,6 +139,12 @@ const ZERO_EXTENT_CHUNK = Buffer.alloc(1024 * 1024);
 const RETRY_BASE_MS = 200;
 const RETRY_CAP_MS = 15_000;
 const READ_AHEAD = 8;
+/**
+ * Extents a sequential read fetched are kept only in a window this big (no bigger than the
+ * memory cache, at least 2 x READ_AHEAD extents), not in the memory or disk cache: see
+ * fetchClean().
+ */
+const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
@@ -146,6 +159,8 @@ export class WriteBackCache implements ExtentStore {
   private readonly dirty = new Map<number, Entry>();
   private dirtySlots = 0;
   private readonly memory: LRUCache<number, Buffer>;
+  /** Extents fetched for sequential reads, until they are read (see fetchClean()). */
+  private readonly streamed: LRUCache<number, Buffer>;
   private readonly locks = new ExtentLocks();
   private readonly fetches = new Map<number, Fetch>();
   /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
@@ -171,6 +186,7 @@ export class WriteBackCache implements ExtentStore {
   private closed = false;
   private fenced: string | undefined;
   private lastRead = -2;
+  private lastWritten = -2;
   private warnedFull = false;
 
   private constructor(lower: ObjectExtentStore, options: WriteBackOptions) {
@@ -180,6 +196,8 @@ export class WriteBackCache implements ExtentStore {
     this.extentSize = lower.extentSize;
     this.extentCount = lower.extentCount;
     this.memory = extentMemory(options.memoryCacheBytes, this.extentSize, (index, data) => this.evictedFromMemory(index, data));
+    const window = Math.min(STREAM_WINDOW_BYTES, options.memoryCacheBytes);
+    this.streamed = extentMemory(Math.max(window, 2 * READ_AHEAD * this.extentSize), this.extentSize);
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
@@ -220,12 +238,12 @@ export class WriteBackCache implements ExtentStore {
   // ---- reads ----------------------------------------------------------------------------
 
   async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {
-    this.readAhead(index);
-    const remembered = this.memory.get(index);
+    const sequential = this.readAhead(index);
+    const remembered = this.memory.get(index) ?? this.streamed.get(index);
     if (remembered) return remembered.subarray(offset, offset + length);
     if (!this.entries.has(index)) {
       if (!this.lower.isStored(index)) return undefined;
-      const data = await this.fetchClean(index);
+      const data = await this.fetchClean(index, !sequential);
       if (data) return data.subarray(offset, offset + length);
       // The extent changed while we fetched it: read it as it is now.
     }
@@ -250,7 +268,7 @@ export class WriteBackCache implements ExtentStore {
     const room = Math.floor(this.memory.maxSize / this.extentSize);
     const wanted = [...this.lower.storedIn(first, count)].filter((i) => !this.entries.has(i) && !this.memory.has(i)).slice(0, room);
     for (let i = 0; i < wanted.length; i += this.options.uploadConcurrency) {
-      await Promise.all(wanted.slice(i, i + this.options.uploadConcurrency).map((index) => this.fetchClean(index)));
+      await Promise.all(wanted.slice(i, i + this.options.uploadConcurrency).map((index) => this.fetchClean(index, true)));
     }
   }
 
@@ -272,33 +290,56 @@ export class WriteBackCache implements ExtentStore {
     return e ? !e.zeros : this.lower.isStored(index);
   }
 
-  /** Sequential reads fetch the next extents in parallel. */
-  private readAhead(index: number): void {
+  /**
+   * Sequential reads fetch the next extents in parallel. Says whether this read is part of a
+   * sequential stream: the extent after the last one read, or another piece of that one.
+   */
+  private readAhead(index: number): boolean {
     const sequential = index === this.lastRead + 1;
+    const sameExtent = index === this.lastRead;
     this.lastRead = index;
-    if (!sequential) return;
+    if (!sequential) return sameExtent;
     for (let i = index + 1; i <= index + READ_AHEAD && i < this.extentCount; i++) {
-      if (!this.entries.has(i) && !this.memory.has(i) && !this.fetches.has(i) && this.lower.isStored(i)) {
-        this.fetchClean(i).catch((err: unknown) => this.log.debug({ err, index: i }, 'read-ahead failed'));
+      if (!this.entries.has(i) && !this.memory.has(i) && !this.streamed.has(i) && !this.fetches.has(i) && this.lower.isStored(i)) {
+        this.fetchClean(i, false).catch((err: unknown) => this.log.debug({ err, index: i }, 'read-ahead failed'));
       }
     }
+    return true;
   }
 
   /**
-   * Fetches a stored extent that has no entry, sharing one GET among concurrent readers, and
-   * remembers it in memory. Resolves undefined if the extent changed meanwhile.
+   * Fetches a stored extent that has no entry, sharing one GET among concurrent readers.
+   * Resolves undefined if the extent changed meanwhile.
+   *
+   * With `keep`, the extent is remembered in the memory cache (and, once evicted, on disk).
+   * Without (a sequential read), it only waits in the stream window until it is read: a
+   * sequential read of a large region (a restore, a copy) would otherwise push every hot
+   * extent out of both caches and write the whole region to the local disk for nothing. On a
+   * fresh gateway, it would also put every byte read into memory never touched before, which
+   * costs more than the copy itself (docs/benchmarks.md). A reader that wants to keep an
+   * extent whose fetch is in flight (or waiting in the window) moves it to the memory cache.
    */
-  private fetchClean(index: number): Promise<Buffer | undefined> {
+  private fetchClean(index: number, keep: boolean): Promise<Buffer | undefined> {
     const existing = this.fetches.get(index);
-    if (existing && !existing.stale) return existing.promise;
+    if (existing && !existing.stale) {
+      existing.keep ||= keep;
+      return existing.promise;
+    }
+    const streamed = keep ? this.streamed.get(index) : undefined;
+    if (streamed) {
+      this.streamed.delete(index);
+      this.remember(index, streamed);
+      return Promise.resolve(streamed);
+    }
     const fetch: Fetch = {
       stale: false,
+      keep,
       promise: this.lower.fetch(index).then((data) => {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
         if (fetch.stale || this.entries.has(index)) return undefined;
         const extent = data ?? Buffer.alloc(this.extentSize);
-        if (data) this.fetched.add(data);
-        this.memory.set(index, extent);
+        if (fetch.keep) this.remember(index, extent);
+        else this.streamed.set(index, extent);
         return extent;
       }, (err: unknown) => {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
@@ -307,6 +348,12 @@ export class WriteBackCache implements ExtentStore {
     };
     this.fetches.set(index, fetch);
     return fetch.promise;
+  }
+
+  /** Keeps a clean extent fetched from the store in the memory cache, and so on disk later. */
+  private remember(index: number, data: Buffer): void {
+    this.fetched.add(data);
+    this.memory.set(index, data);
   }
 
   /** Fills the gaps of a PARTIAL entry from the store. */
@@ -328,7 +375,7 @@ export class WriteBackCache implements ExtentStore {
 
   // ---- writes ---------------------------------------------------------------------------
 
-  /** A write of a whole extent keeps `data` (resolves true): see change(). */
+  /** A write of a whole extent keeps `data` (resolves true), unless it is one of a sequential run: see change(). */
   write(index: number, offset: number, data: Buffer): Promise<boolean> {
     return this.change(index, RecordType.WRITE, offset, data.length, data);
   }
@@ -343,13 +390,21 @@ export class WriteBackCache implements ExtentStore {
    * Journals a change and applies it. A whole extent's bytes are kept as they are, in the
    * memory cache: reads and the upload take them from there instead of reading the journal
    * back, and the caller gives up the buffer (resolves true).
+   *
+   * Except in a run of sequential whole-extent writes (a backup, a copy): like a sequential
+   * read (fetchClean()), it would push every hot extent out of memory, and on a fresh gateway
+   * fill memory never touched before, which costs more than reading the journal back for the
+   * upload. The caller reuses the buffer for the next write instead.
    */
   private async change(index: number, type: typeof RecordType.WRITE | typeof RecordType.ZERO, offset: number, length: number, data: Buffer | undefined): Promise<boolean> {
     this.checkOpen();
+    const whole = data !== undefined && offset === 0 && length === this.extentSize;
+    // In the order the requests came, before any wait.
+    const streamed = whole && index === this.lastWritten + 1;
+    if (data) this.lastWritten = index;
     await this.admit(index);
     return this.locks.with(index, async () => {
       const e = await this.entryWithSlot(index);
-      const whole = data !== undefined && offset === 0 && length === this.extentSize;
       if (!whole) await this.materialize(e);
       const seq = this.reserve();
       try {
@@ -360,10 +415,12 @@ export class WriteBackCache implements ExtentStore {
         const stored = whole ? undefined : this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
         const [where] = await Promise.all([logged, stored]);
         e.journalCopy = whole ? where : undefined;
+        e.streamedWrite = streamed;
         e.valid.add(offset, offset + length);
         this.markDirty(e, seq);
-        if (whole) this.memory.set(index, data);
-        return whole;
+        const keep = whole && !streamed;
+        if (keep) this.memory.set(index, data);
+        return keep;
       } catch (err) {
         // The write is reported failed. A clean entry's slot may now hold some of its bytes
         // (or, for an entry it created, nothing anyone would ever evict): drop the entry, so
@@ -461,7 +518,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   private newEntry(index: number): Entry {
-    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, firstDirtySeq: 0, uploading: undefined, journalCopy: undefined, dirtySince: 0, lastChange: 0 };
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, firstDirtySeq: 0, uploading: undefined, journalCopy: undefined, streamedWrite: false, dirtySince: 0, lastChange: 0 };
     this.entries.set(index, e);
     return e;
   }
@@ -566,6 +623,7 @@ export class WriteBackCache implements ExtentStore {
   /** The extent changes: forget its remembered clean copy and any fetch in flight. */
   private invalidate(index: number): void {
     this.memory.delete(index);
+    this.streamed.delete(index);
     this.evicted.delete(index);
     const fetch = this.fetches.get(index);
     if (fetch) fetch.stale = true;
@@ -699,15 +757,16 @@ export class WriteBackCache implements ExtentStore {
     if (e.gen === gen) {
       this.dirty.delete(index);
       if (e.zeros) this.forget(e);
-      else if (e.journalCopy) {
-        // Its bytes are in the journal, which may now be trimmed, not in the slot: the store
-        // (and the memory cache) hold the extent from now on.
-        this.releaseSlot(e);
-        this.forget(e);
-        if (data) this.memory.set(index, data);
-      } else {
-        this.cleanOrder.set(index, e);
-        if (data) this.memory.set(index, data);
+      else {
+        if (e.journalCopy) {
+          // Its bytes are in the journal, which may now be trimmed, not in the slot: the store
+          // (and the memory cache) hold the extent from now on.
+          this.releaseSlot(e);
+          this.forget(e);
+        } else {
+          this.cleanOrder.set(index, e);
+        }
+        if (data && !e.streamedWrite) this.memory.set(index, data);
       }
       this.wakeRoomWaiters();
     }

@@ -20,6 +20,15 @@ import { tempDir } from '../helpers/gateway.ts';
 const E = 4096;
 const log = pino({ level: 'silent' });
 
+/** Reads whole extents out of order (even ones, then odd ones), so none is a sequential read. */
+async function readScattered(dev: ExtentDevice, size: number): Promise<Buffer> {
+  const out = Buffer.alloc(size);
+  for (const parity of [0, 1]) {
+    for (let i = parity; i * E < size; i += 2) (await readAll(dev, i * E, E)).copy(out, i * E);
+  }
+  return out;
+}
+
 async function open(objects: ObjectStore, size: number, cacheDir: string, overrides: Partial<WriteBackOptions> = {}) {
   const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: Math.ceil(size / E), cacheBytes: 0 });
   const cache = await WriteBackCache.open(lower, {
@@ -238,14 +247,14 @@ describe('WriteBackCache', () => {
     await first.cache.close();
 
     // A memory cache of 4 extents, a disk cache of 16: what memory evicts goes to disk, and
-    // the second pass reads memory and disk only.
+    // the second pass reads memory and disk only. (Not read in order: see the next test.)
     const { dev, cache } = await open(objects, size, `${dir.path}/disk-read-b`);
-    assertSameBytes(await readAll(dev, 0, size), model, 'cold');
+    assertSameBytes(await readScattered(dev, size), model, 'cold');
     const deadline = Date.now() + 2000;
     while (cache.status().cachedExtents < 8 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     assert.equal(cache.status().cachedExtents, 8, 'the 8 extents evicted from memory have slots');
     const gets = objects.calls.get;
-    assertSameBytes(await readAll(dev, 0, size), model, 'warm, from the disk cache');
+    assertSameBytes(await readScattered(dev, size), model, 'warm, from the disk cache');
     assert.equal(objects.calls.get, gets, 'no GET for extents in the disk cache');
     // A write after caching replaces the cached copy.
     await dev.write(3 * E + 10, pattern(100, 8), false);
@@ -273,9 +282,54 @@ describe('WriteBackCache', () => {
       events.push('slot file closed');
       return realClose.call(this);
     });
-    assertSameBytes(await readAll(dev, 0, 2 * E), pattern(2 * E, 3), 'read: extent 1 pushes extent 0 from memory to disk');
+    // Extent 1, then extent 0: not in order, so kept (see the next test).
+    const data = pattern(2 * E, 3);
+    assertSameBytes(await readAll(dev, E, E), data.subarray(E), 'extent 1');
+    assertSameBytes(await readAll(dev, 0, E), data.subarray(0, E), 'extent 0, which pushes extent 1 from memory to disk');
     await cache.close();
     assert.deepEqual(events, ['fill written', 'slot file closed']);
+  });
+
+  it('keeps neither sequential reads nor sequential whole-extent writes in memory or on disk, only what is read or written out of order', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const size = 40 * E;
+    const model = pattern(size, 9);
+    const first = await open(objects, size, `${dir.path}/stream-a`);
+    await first.dev.write(0, model, false);
+    await first.dev.flush();
+    await first.cache.close();
+
+    // Memory for 4 extents, so a stream window of 2 x READ_AHEAD = 16 extents.
+    const { dev, cache } = await open(objects, size, `${dir.path}/stream-b`);
+    try {
+      let gets = objects.calls.get;
+      assertSameBytes(await readAll(dev, 0, size), model, 'a sequential read');
+      assert.equal(objects.calls.get - gets, 40, 'one GET per extent');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(cache.status().cachedExtents, 0, 'nothing written to the disk cache');
+      gets = objects.calls.get;
+      assertSameBytes(await readAll(dev, 0, size), model, 'read again');
+      assert.ok(objects.calls.get - gets >= 40 - 16 - 1, `fetched again but the window and extent 0 (the read that started the run): ${objects.calls.get - gets} GETs`);
+      gets = objects.calls.get;
+      assertSameBytes(await readScattered(dev, size), model, 'read out of order');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(cache.status().cachedExtents, 16, 'extents read out of order are kept: they fill the disk cache');
+
+      // Whole extents written in order: the first is kept, the rest of the run is not.
+      const written = pattern(8 * E, 10);
+      const kept: boolean[] = [];
+      for (let i = 0; i < 8; i++) kept.push(await dev.write(i * E, Buffer.from(written.subarray(i * E, (i + 1) * E)), false));
+      assert.deepEqual(kept, [true, false, false, false, false, false, false, false]);
+      gets = objects.calls.get;
+      assertSameBytes(await readScattered(dev, 8 * E), written, 'read back before the upload, from the journal');
+      assert.equal(objects.calls.get, gets, 'no GET for dirty extents');
+      await dev.flush();
+      gets = objects.calls.get;
+      assertSameBytes(await readScattered(dev, 8 * E), written, 'read back after the upload');
+      assert.equal(objects.calls.get - gets, 7, 'only the first extent of the run was kept in memory');
+    } finally {
+      await cache.close();
+    }
   });
 
   it('does not write uploaded extents to the disk cache when memory evicts them', async () => {
