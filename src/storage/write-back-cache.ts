@@ -15,14 +15,17 @@
 // A DIRTY entry whose last change was a write of the whole extent has `journalCopy` set: its
 // bytes are that journal record's payload, and its slot (reserved, for the dirty limit) is
 // stale. The written buffer itself (kept, not copied: see write()) goes to the memory cache,
-// which reads and the upload use while it holds it; after that they read the journal. A
-// change of part of the extent first copies it into the slot; once uploaded, the entry is
+// which reads and the upload use while it holds it; after that they read the journal. (Not
+// in a run of sequential whole-extent writes, which bypass the memory cache: see change().)
+// A change of part of the extent first copies it into the slot; once uploaded, the entry is
 // dropped (the store and the memory cache hold the extent), because the journal segment may
 // then be deleted.
 //
-// The memory cache never holds stale bytes: every change to an extent removes it first
-// (invalidate()), and it is refilled only with the extent's current bytes (a whole-extent
-// write, an upload that nothing changed since, or a fetch of an extent without an entry).
+// Neither the memory cache nor the stream window (extents read ahead for sequential reads,
+// which bypass the memory and disk caches: see fetchClean()) ever holds stale bytes: every
+// change to an extent removes it from both first (invalidate()), and they are refilled only
+// with the extent's current bytes (a whole-extent write, an upload that nothing changed
+// since, or a fetch of an extent without an entry).
 //
 // Invariants, and why:
 // - A write is acknowledged only after its journal record and its slot bytes (for a whole
