@@ -305,22 +305,33 @@ export class Journal {
     return data;
   }
 
-  /** Every append that resolved before the call survives power loss once this resolves. */
+  /**
+   * Every append that resolved before the call survives power loss once this resolves. A
+   * failed fsync fails the journal for good: the kernel may have dropped the pages it could
+   * not write and report success to the next fsync, so nothing appended can be promised
+   * durable any more (appends and syncs are refused from then on).
+   */
   async sync(): Promise<void> {
-    const handle = this.handle;
+    if (this.failed) throw this.failed;
     try {
-      await handle?.datasync();
+      const handle = this.handle;
+      try {
+        await handle?.datasync();
+      } catch (err) {
+        // Closed by a rollover meanwhile: it is in `unsynced` now, synced below.
+        if (handle === this.handle) throw err;
+      }
+      const closed = this.unsynced;
+      this.unsynced = [];
+      // A closed segment that is gone was retired: everything in it is in the store.
+      for (const path of closed) await fsyncPath(path, 'file');
+      if (this.directoryChanged) {
+        this.directoryChanged = false;
+        await fsyncPath(this.dir, 'directory');
+      }
     } catch (err) {
-      // Closed by a rollover meanwhile: it is in `unsynced` now, synced below.
-      if (handle === this.handle) throw err;
-    }
-    const closed = this.unsynced;
-    this.unsynced = [];
-    // A closed segment that is gone was retired: everything in it is in the store.
-    for (const path of closed) await fsyncPath(path, 'file');
-    if (this.directoryChanged) {
-      this.directoryChanged = false;
-      await fsyncPath(this.dir, 'directory');
+      this.failed ??= new Error(`journal sync failed in ${this.dir}: ${(err as Error).message}`, { cause: err });
+      throw this.failed;
     }
   }
 

@@ -109,6 +109,21 @@ describe('Journal', () => {
     await journal.close();
   });
 
+  it('refuses appends and syncs after an fsync failed, instead of promising durability a later fsync cannot give', async (t) => {
+    const path = `${dir.path}/sync-failure`;
+    const { journal } = await Journal.open(path);
+    await writeMany(journal, 17, MiB); // a closed segment and one being written
+    const probe = await open(path, 'r');
+    const handles = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const fsyncs = t.mock.method(handles, 'sync', () => Promise.reject(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' })));
+    await assert.rejects(journal.sync(), /journal sync failed .*EIO/);
+    fsyncs.mock.restore();
+    await assert.rejects(write(journal, MiB), /journal sync failed/, 'an append after the failure');
+    await assert.rejects(journal.sync(), /journal sync failed/, 'a later sync, whose fsyncs would now succeed');
+    await journal.close();
+  });
+
   it('with syncOnRollover, makes a full segment durable before it writes the next, so no power loss leaves a gap', async (t) => {
     const probe = await open(dir.path, 'r');
     const handles = Object.getPrototypeOf(probe) as FileHandle;
