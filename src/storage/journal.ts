@@ -46,8 +46,8 @@
 // local`): there the journal is opened with `syncOnRollover`, and a full segment is fsynced
 // before the next one gets a record (once per SEGMENT_BYTES), so no power loss leaves a gap.
 //
-// The write cache reads payloads of whole-extent writes back from their segment
-// (readPayload) until the extent is uploaded; such a segment is live, so it is not trimmed.
+// The write cache reads payloads of large writes back from their segment (readPayload) until
+// the extent is uploaded; such a segment is live, so it is not trimmed.
 //
 // Appends reach the kernel (write(2)) before a write is acknowledged, which is what a process
 // crash needs; sync() is for `--flush-mode local` and power loss: it fsyncs the segment being
@@ -292,14 +292,14 @@ export class Journal {
    * Reads `length` bytes of a payload that append() placed at `where`. The caller keeps the
    * record's segment alive (trim() only deletes segments below the sequence it is given).
    */
-  async readPayload(where: JournalLocation, length: number): Promise<Buffer> {
+  async readPayload(where: JournalLocation, length: number, into: Buffer = Buffer.allocUnsafe(length)): Promise<Buffer> {
     let reader = this.readers.get(where.path);
     if (!reader) {
       reader = open(where.path, 'r');
       this.readers.set(where.path, reader);
       reader.catch(() => this.readers.delete(where.path));
     }
-    const data = Buffer.allocUnsafe(length);
+    const data = into.subarray(0, length);
     const { bytesRead } = await (await reader).read(data, 0, length, where.position);
     if (bytesRead !== length) throw new Error(`journal ${where.path}: ${bytesRead} of ${length} bytes at ${where.position}`);
     return data;

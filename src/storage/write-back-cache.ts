@@ -12,14 +12,17 @@
 //   ZERO-DIRTY                 no    -       gen > uploadedGen    no          yes    discarded: a delete is pending
 //   DELETING                   no    -       -                    yes         yes    the delete is in flight
 //
-// A DIRTY entry whose last change was a write of the whole extent has `journalCopy` set: its
-// bytes are that journal record's payload, and its slot (reserved, for the dirty limit) is
-// stale. The written buffer itself (kept, not copied: see write()) goes to the memory cache,
-// which reads and the upload use while it holds it; after that they read the journal. (Not
-// in a run of sequential whole-extent writes, which bypass the memory cache: see change().)
-// A change of part of the extent first copies it into the slot; once uploaded, the entry is
-// dropped (the store and the memory cache hold the extent), because the journal segment may
-// then be deleted.
+// Large writes are not copied into the slot: the entry's `journalPieces` point at their
+// journal records, whose payloads lie over the slot's bytes (newest last). A write of the
+// whole extent replaces every piece and leaves the slot (reserved, for the dirty limit) wholly
+// stale. Writing the bytes once, not twice, halves the local I/O of sequential writes and of
+// a file system's writeback (large, unaligned writes). The buffer of a whole-extent write
+// (kept, not copied: see write()) also goes to the memory cache, which reads and the upload
+// use while it holds it. (Not in a run of sequential whole-extent writes, which bypass the
+// memory cache: see change().) A small write, a zeroing, or one piece too many first copies
+// the pieces into the slot (materialize()). Once uploaded, an entry with pieces is dropped
+// (the store and the memory cache hold the extent), because the journal segments may then be
+// deleted.
 //
 // Neither the memory cache nor the stream window (extents read ahead for sequential reads,
 // which bypass the memory and disk caches: see fetchClean()) ever holds stale bytes: every
@@ -28,10 +31,9 @@
 // since, or a fetch of an extent without an entry).
 //
 // Invariants, and why:
-// - A write is acknowledged only after its journal record and its slot bytes (for a whole
-//   extent: its journal record alone) reached the kernel, so a crash of this process loses
-//   nothing acknowledged (journal.ts replays it). Writing a whole extent once, not twice,
-//   halves the local I/O of sequential writes.
+// - A write is acknowledged only after its journal record and its slot bytes (for a journal
+//   piece: its journal record alone) reached the kernel, so a crash of this process loses
+//   nothing acknowledged (journal.ts replays it).
 // - A write never reads the object store: a partial write into an extent that is stored but
 //   not cached creates a PARTIAL entry, whose missing bytes (`valid` gaps) are merged from the
 //   store later, when the extent is read or uploaded.
@@ -57,6 +59,14 @@ import type { ObjectExtentStore } from './object-extent-store.ts';
 import { Ranges } from './ranges.ts';
 import { SlotFile } from './slot-file.ts';
 import { isAllZero } from './zeros.ts';
+
+/**
+ * Writes of at least 64 KiB (or 1/16 of a smaller extent) become journal pieces, not slot
+ * writes, up to MAX_PIECES per extent. Smaller ones go to the slot: small random writes would
+ * otherwise gather pieces only to copy them into the slot later, paying a journal read each.
+ */
+const MIN_PIECE_BYTES = 64 * 1024;
+const MAX_PIECES = 16;
 
 /** The longest a dirty extent that keeps changing waits before it is uploaded. */
 const MAX_DIRTY_AGE_MS = 10_000;
@@ -99,10 +109,11 @@ interface Entry {
   /** Generation being uploaded, if an upload is in flight. */
   uploading: number | undefined;
   /**
-   * Set when the extent's whole current content is the payload of a journal record (a write
-   * of the whole extent): the slot was not written and is stale. Cleared by materialize().
+   * Changes whose bytes are only in the journal, oldest first: they lie over the slot's bytes,
+   * which they make stale. A piece of the whole extent leaves the slot wholly stale. Emptied
+   * by materialize().
    */
-  journalCopy: JournalLocation | undefined;
+  journalPieces: JournalPiece[];
   /**
    * The last change was a whole-extent write in a run of sequential ones: its bytes stay out
    * of the memory cache, before the upload and after it (see change()).
@@ -111,6 +122,14 @@ interface Entry {
   /** When the entry last became dirty, and when it last changed (for the upload policy). */
   dirtySince: number;
   lastChange: number;
+}
+
+/** A change whose bytes are the payload of a journal record, not (yet) in the slot. */
+interface JournalPiece {
+  readonly seq: number;
+  readonly offset: number;
+  readonly length: number;
+  readonly where: JournalLocation;
 }
 
 interface Fetch {
@@ -408,16 +427,18 @@ export class WriteBackCache implements ExtentStore {
     await this.admit(index);
     return this.locks.with(index, async () => {
       const e = await this.entryWithSlot(index);
-      if (!whole) await this.materialize(e);
+      // A large write goes to the journal only: the slot would be a second copy of the same
+      // bytes, and the journal keeps them until the upload. Other changes go to both,
+      // concurrently (after the pieces, which they must lie over); both must land before
+      // the write is answered.
+      const piece = whole || (data !== undefined && length >= Math.min(MIN_PIECE_BYTES, this.extentSize / 16) && e.journalPieces.length < MAX_PIECES);
+      if (!piece) await this.materialize(e);
       const seq = this.reserve();
       try {
-        // A write of the whole extent goes to the journal only: the slot would be a second
-        // copy of the same bytes, and the journal keeps them until the upload. Other changes
-        // go to both, concurrently; both must land before the write is answered.
         const logged = this.journal.append({ type, seq, index, offset, length, payload: data });
-        const stored = whole ? undefined : this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
+        const stored = piece ? undefined : this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
         const [where] = await Promise.all([logged, stored]);
-        e.journalCopy = whole ? where : undefined;
+        if (piece) e.journalPieces = [...(whole ? [] : e.journalPieces), { seq, offset, length, where }];
         e.streamedWrite = streamed;
         e.valid.add(offset, offset + length);
         this.markDirty(e, seq);
@@ -521,7 +542,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   private newEntry(index: number): Entry {
-    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, firstDirtySeq: 0, uploading: undefined, journalCopy: undefined, streamedWrite: false, dirtySince: 0, lastChange: 0 };
+    const e: Entry = { index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0, firstDirtySeq: 0, uploading: undefined, journalPieces: [], streamedWrite: false, dirtySince: 0, lastChange: 0 };
     this.entries.set(index, e);
     return e;
   }
@@ -594,7 +615,7 @@ export class WriteBackCache implements ExtentStore {
   private releaseSlot(e: Entry): void {
     const slot = e.slot;
     if (slot === undefined) return;
-    this.update(e, () => { e.slot = undefined; e.journalCopy = undefined; });
+    this.update(e, () => { e.slot = undefined; e.journalPieces = []; });
     this.cleanOrder.delete(e.index);
     this.slots.release(slot);
     this.wakeRoomWaiters();
@@ -632,22 +653,40 @@ export class WriteBackCache implements ExtentStore {
     if (fetch) fetch.stale = true;
   }
 
-  /** The entry's current bytes: from memory if there, else the journal record that holds them, or the slot. */
-  private readCurrent(e: Entry, offset: number, length: number): Promise<Buffer> {
+  /**
+   * The entry's current bytes (which `valid` must cover): from memory if there, else its
+   * journal pieces laid over the slot's bytes.
+   */
+  private async readCurrent(e: Entry, offset: number, length: number): Promise<Buffer> {
     const remembered = this.memory.peek(e.index);
-    if (remembered) return Promise.resolve(remembered.subarray(offset, offset + length));
-    if (e.journalCopy) return this.journal.readPayload({ ...e.journalCopy, position: e.journalCopy.position + offset }, length);
-    return this.slots.read(e.slot!, offset, length);
+    if (remembered) return remembered.subarray(offset, offset + length);
+    const end = offset + length;
+    const pieces = e.journalPieces.filter((p) => p.offset < end && offset < p.offset + p.length);
+    const newest = pieces.at(-1);
+    if (newest && newest.offset <= offset && end <= newest.offset + newest.length) return this.readPiece(newest, offset, length);
+    const inPieces = new Ranges();
+    for (const p of pieces) inPieces.add(p.offset, p.offset + p.length);
+    const out = inPieces.covers(offset, end) ? Buffer.allocUnsafe(length) : await this.slots.read(e.slot!, offset, length);
+    for (const p of pieces) {
+      const start = Math.max(offset, p.offset);
+      await this.readPiece(p, start, Math.min(end, p.offset + p.length) - start, out.subarray(start - offset));
+    }
+    return out;
+  }
+
+  /** Bytes [offset, offset + length) of the extent, from a piece that holds them. */
+  private readPiece(p: JournalPiece, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.journal.readPayload({ ...p.where, position: p.where.position + offset - p.offset }, length, into);
   }
 
   /**
-   * Copies an entry's bytes from the journal into its slot, before a change of part of it.
-   * Under the lock. (Memory no longer has them: the change has already invalidated it.)
+   * Copies an entry's journal pieces into its slot, oldest first, before a change that goes
+   * to the slot. Under the lock. (Memory no longer has the extent: the change has already
+   * invalidated it.)
    */
   private async materialize(e: Entry): Promise<void> {
-    if (!e.journalCopy) return;
-    await this.slots.write(e.slot!, 0, await this.readCurrent(e, 0, this.extentSize));
-    e.journalCopy = undefined;
+    for (const p of e.journalPieces) await this.slots.write(e.slot!, p.offset, await this.readPiece(p, p.offset, p.length));
+    e.journalPieces = [];
   }
 
   private touch(e: Entry): void {
@@ -761,8 +800,8 @@ export class WriteBackCache implements ExtentStore {
       this.dirty.delete(index);
       if (e.zeros) this.forget(e);
       else {
-        if (e.journalCopy) {
-          // Its bytes are in the journal, which may now be trimmed, not in the slot: the store
+        if (e.journalPieces.length > 0) {
+          // Bytes of it are in the journal, which may now be trimmed, not in the slot: the store
           // (and the memory cache) hold the extent from now on.
           this.releaseSlot(e);
           this.forget(e);
@@ -826,7 +865,10 @@ export class WriteBackCache implements ExtentStore {
   private neededSeq(): number {
     let needed = Number.MAX_SAFE_INTEGER;
     for (const seq of this.inProgress) needed = Math.min(needed, seq);
-    for (const e of this.dirty.values()) needed = Math.min(needed, Math.max(e.uploadedGen + 1, e.firstDirtySeq));
+    for (const e of this.dirty.values()) {
+      // Pieces are read until the extent is clean, even those an upload already covered.
+      needed = Math.min(needed, Math.max(e.uploadedGen + 1, e.firstDirtySeq), e.journalPieces[0]?.seq ?? needed);
+    }
     return needed;
   }
 

@@ -204,8 +204,8 @@ describe('WriteBackCache', () => {
     assert.equal(slotWrites.callCount(), 0, 'whole extents are not written to slots');
     assertSameBytes(await readAll(dev, 0, 8 * E), model, 'read back from the journal');
 
-    await dev.write(E + 100, pattern(300, 9), false); // part of extent 1: copied into its slot first
-    pattern(300, 9).copy(model, E + 100);
+    await dev.write(E + 100, pattern(200, 9), false); // a small part of extent 1: copied into its slot first
+    pattern(200, 9).copy(model, E + 100);
     assert.equal(slotWrites.callCount(), 2, 'the copy of extent 1, then the partial write');
     await dev.write(2 * E, pattern(E, 4), false); // extent 2 again, whole
     pattern(E, 4).copy(model, 2 * E);
@@ -218,12 +218,90 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('keeps large partial writes in the journal only, lays them over the slot newest last, and copies them in before a small write', async (t) => {
+    const objects = new MemoryObjectStore();
+    const size = 8 * E;
+    const { dev, cache } = await open(objects, size, `${dir.path}/pieces`, { uploadDelayMs: 3_600_000, memoryCacheBytes: E });
+    const model = Buffer.alloc(size);
+    const write = async (offset: number, length: number, seed: number) => {
+      const data = pattern(length, seed);
+      data.copy(model, offset);
+      await dev.write(offset, data, false);
+    };
+    await write(3 * E, E, 1);
+    await dev.flush(); // extent 3 is in the store: its gaps come from there
+    const slotWrites = t.mock.method(SlotFile.prototype, 'write').mock;
+    // Large (>= E/16) and overlapping, with gaps: three pieces of extent 0 (never stored) and two of extent 3.
+    await write(0, 1024, 2);
+    await write(512, 1536, 3);
+    await write(3000, E - 3000, 4);
+    await write(3 * E + 100, 1000, 5);
+    await write(3 * E + 600, 2000, 6);
+    for (let i = 0; i < 17; i++) await write(5 * E + 200 * i, 256, 10 + i); // 17 pieces: the 17th copies 16 into the slot
+    assert.equal(slotWrites.callCount(), 17, 'only the sixteen pieces of extent 5 and its seventeenth write reached a slot');
+    assertSameBytes(await readScattered(dev, size), model, 'pieces over zeros, over the store, and copied into the slot');
+    const beforeSmall = slotWrites.callCount();
+    await write(700, 100, 30); // small: extent 0's pieces are copied into the slot first
+    assert.equal(slotWrites.callCount() - beforeSmall, 4, 'three pieces, then the small write');
+    await write(0, E, 31); // whole: replaces every piece
+    await write(100, 300, 32);
+    assertSameBytes(await readScattered(dev, size), model, 'after the small and the whole write');
+    await dev.flush();
+    assertSameBytes(await storeContents(objects, size), model, 'uploaded');
+    assertSameBytes(await readScattered(dev, size), model, 'read back after the upload');
+    await cache.close();
+  });
+
+  it('keeps the journal segment of a piece that an upload already covered while the extent is still dirty', { timeout: 10_000 }, async () => {
+    const M = 1024 * 1024;
+    const objects = new MemoryObjectStore();
+    const first = pattern(M / 4, 100);
+    let gate: Promise<void> | undefined;
+    let release = (): void => undefined;
+    const gated = new FaultyStore(objects);
+    gated.put = async (key, data) => {
+      if (gate && data.subarray(0, 64).equals(first.subarray(0, 64))) await gate;
+      return objects.put(key, Buffer.from(data));
+    };
+    const lower = await ObjectExtentStore.open(gated, { extentSize: M, extentCount: 32, cacheBytes: 0 });
+    const cache = await WriteBackCache.open(lower, {
+      cacheDir: `${dir.path}/piece-trim`, cacheBytes: 32 * M, memoryCacheBytes: M, maxDirtyBytes: 32 * M, uploadConcurrency: 4,
+      flushMode: 's3', uploadDelayMs: 3_600_000, log,
+    });
+    const dev = new ExtentDevice(cache, 32 * M, false);
+    const model = Buffer.alloc(M);
+    const piece = async (offset: number, data: Buffer) => {
+      data.copy(model, offset);
+      await dev.write(offset, data, false);
+    };
+    try {
+      await piece(0, first); // in the first journal segment
+      for (let i = 1; i <= 17; i++) await dev.write(i * M, pattern(M, i), false); // fills it
+      await piece(M / 4, pattern(M / 4, 2)); // in the second
+      gate = new Promise((resolve) => { release = resolve; });
+      const uploaded = cache.flush([0]); // extent 0 as of the second piece: held in its put
+      await new Promise((r) => setTimeout(r, 20));
+      await piece(M / 2, pattern(M / 4, 3)); // a third piece while the upload runs
+      await cache.flush(Array.from({ length: 17 }, (_, i) => i + 1));
+      release();
+      await uploaded;
+      await new Promise((r) => setTimeout(r, 50)); // a trim of the first segment would be done by now
+      assertSameBytes(await readAll(dev, 0, M), model, 'the first piece is still read from the journal');
+      await dev.flush();
+      const stored = await (await ObjectExtentStore.open(objects, { extentSize: M, extentCount: 32, cacheBytes: 0 })).fetch(0);
+      assertSameBytes(stored ?? Buffer.alloc(0), model, 'uploaded');
+    } finally {
+      release();
+      await cache.close();
+    }
+  });
+
   it('keeps the buffer of a whole-extent write, so reads and the upload need not read the journal back', async (t) => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 8 * E, `${dir.path}/kept`, { uploadDelayMs: 3_600_000 });
     const journalReads = t.mock.method(Journal.prototype, 'readPayload').mock;
     const model = Buffer.alloc(8 * E);
-    const whole = pattern(E + E / 2, 5); // extent 1 whole, half of extent 2
+    const whole = pattern(E + 200, 5); // extent 1 whole, a small part of extent 2 (copied into its slot)
     whole.copy(model, E);
     assert.equal(await dev.write(E, whole, false), true, 'the device keeps the buffer');
     const part = pattern(100, 6);
@@ -358,9 +436,9 @@ describe('WriteBackCache', () => {
       return realWrite.call(this, slot, offset, data);
     };
     try {
-      // Partial writes: a write of a whole extent goes to the journal only, not to a slot.
-      await assert.rejects(dev.write(0, Buffer.alloc(E - 512, 0x77), false), /disk error/);
-      await assert.rejects(dev.write(5 * E, Buffer.alloc(E - 512, 0x77), false), /disk error/);
+      // Small writes: a write of a whole extent or a large part goes to the journal only, not to a slot.
+      await assert.rejects(dev.write(0, Buffer.alloc(200, 0x77), false), /disk error/);
+      await assert.rejects(dev.write(5 * E, Buffer.alloc(200, 0x77), false), /disk error/);
     } finally {
       SlotFile.prototype.write = realWrite;
     }
