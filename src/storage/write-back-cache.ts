@@ -170,6 +170,8 @@ const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
+  /** Writes at least this large become journal pieces (see MIN_PIECE_BYTES). */
+  private readonly minPieceBytes: number;
   readonly extentCount: number;
   private readonly lower: ObjectExtentStore;
   private readonly options: WriteBackOptions;
@@ -216,6 +218,7 @@ export class WriteBackCache implements ExtentStore {
     this.options = options;
     this.log = options.log;
     this.extentSize = lower.extentSize;
+    this.minPieceBytes = Math.min(MIN_PIECE_BYTES, this.extentSize / 16);
     this.extentCount = lower.extentCount;
     this.memory = extentMemory(options.memoryCacheBytes, this.extentSize, (index, data) => this.evictedFromMemory(index, data));
     const window = Math.min(STREAM_WINDOW_BYTES, options.memoryCacheBytes);
@@ -431,14 +434,15 @@ export class WriteBackCache implements ExtentStore {
       // bytes, and the journal keeps them until the upload. Other changes go to both,
       // concurrently (after the pieces, which they must lie over); both must land before
       // the write is answered.
-      const piece = whole || (data !== undefined && length >= Math.min(MIN_PIECE_BYTES, this.extentSize / 16) && e.journalPieces.length < MAX_PIECES);
+      const piece = whole || (data !== undefined && length >= this.minPieceBytes && e.journalPieces.length < MAX_PIECES);
       if (!piece) await this.materialize(e);
       const seq = this.reserve();
       try {
         const logged = this.journal.append({ type, seq, index, offset, length, payload: data });
         const stored = piece ? undefined : this.slots.write(e.slot!, offset, data ?? zeroBytes(length));
         const [where] = await Promise.all([logged, stored]);
-        if (piece) e.journalPieces = [...(whole ? [] : e.journalPieces), { seq, offset, length, where }];
+        if (whole) e.journalPieces = [];
+        if (piece) e.journalPieces.push({ seq, offset, length, where });
         e.streamedWrite = streamed;
         e.valid.add(offset, offset + length);
         this.markDirty(e, seq);
@@ -660,6 +664,7 @@ export class WriteBackCache implements ExtentStore {
   private async readCurrent(e: Entry, offset: number, length: number): Promise<Buffer> {
     const remembered = this.memory.peek(e.index);
     if (remembered) return remembered.subarray(offset, offset + length);
+    if (e.journalPieces.length === 0) return this.slots.read(e.slot!, offset, length);
     const end = offset + length;
     const pieces = e.journalPieces.filter((p) => p.offset < end && offset < p.offset + p.length);
     const newest = pieces.at(-1);
