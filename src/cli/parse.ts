@@ -10,6 +10,10 @@ export function parseSize(option: string, text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(text);
   if (!match) throw Errors.badSize(option, text);
   const bytes = Number(match[1]) * UNITS[match[2]!.toUpperCase()]!;
+  // A whole number too large to be exact is a size, just too big: say so, not "not a size".
+  if (Number.isInteger(bytes) && !Number.isSafeInteger(bytes)) {
+    throw Errors.sizeTooLarge(option, text, option === '--size' ? '1 PiB' : '8 PiB');
+  }
   if (!Number.isSafeInteger(bytes)) throw Errors.badSize(option, text);
   return bytes;
 }

@@ -4,13 +4,14 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { Errors } from '../errors.ts';
+import { Errors, type UserError } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
-import type { ExportRegistry } from '../protocol/handshake.ts';
+import type { Export, ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { writeAtomically } from '../storage/cache-dir.ts';
-import { openStorage } from '../storage/stack.ts';
+import { explainLocalError } from '../storage/first-run-errors.ts';
+import { type Storage, openStorage } from '../storage/stack.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
@@ -51,42 +52,56 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   if (opts.socket !== undefined) endpoints.push({ path: opts.socket });
   if (opts.socket === undefined || listenGiven) endpoints.push(parseListen(opts.listen));
 
-  let stop: (reason: string, exitCode: number) => void = () => undefined;
-  const storage = await openStorage({
-    store: opts.store,
-    s3: s3OptionsOf(opts),
-    volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
-    readOnly,
-    memoryCacheBytes: opts.memoryCache,
-    cache: {
-      dir: opts.cacheDir, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency,
-      flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
-    },
-    log,
-    onFenced: () => stop('fenced off by another gateway', 3),
-  });
-  const { volume } = storage;
-
-  const exp = {
-    name: opts.exportName,
-    description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`,
-    device: storage.device,
-  };
+  // Listening comes first: a start refused because the address or socket cannot be used then
+  // has touched no storage (no volume created, no lease taken). Connections that arrive while
+  // the storage opens wait for their greeting until it is ready.
+  const served: { exp?: Export } = {};
   const exports: ExportRegistry = {
-    find: (name) => (name === '' || name === exp.name ? exp : undefined),
-    list: () => [exp],
+    find: (name) => (served.exp !== undefined && (name === '' || name === served.exp.name) ? served.exp : undefined),
+    list: () => (served.exp ? [served.exp] : []),
   };
-  const server = new NbdServer({ exports, log });
+  let ready: (ok: boolean) => void = () => undefined;
+  const server = new NbdServer({ exports, log, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
   const addresses: string[] = [];
   for (const endpoint of endpoints) {
     try {
       addresses.push(await server.listen(endpoint));
     } catch (err) {
+      ready(false);
       await server.shutdown(0);
-      await storage.close();
-      throw Errors.listenFailed('path' in endpoint ? endpoint.path : `${endpoint.host}:${endpoint.port}`, (err as Error).message);
+      throw await listenError(endpoint, err);
     }
   }
+
+  let stop: (reason: string, exitCode: number) => void = () => undefined;
+  let storage: Storage;
+  try {
+    storage = await openStorage({
+      store: opts.store,
+      s3: s3OptionsOf(opts),
+      volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
+      readOnly,
+      memoryCacheBytes: opts.memoryCache,
+      cache: {
+        dir: opts.cacheDir, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency,
+        flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
+      },
+      log,
+      onFenced: () => stop('fenced off by another gateway', 3),
+    });
+  } catch (err) {
+    ready(false);
+    await server.shutdown(0);
+    throw err;
+  }
+  const { volume } = storage;
+  const exp: Export = {
+    name: opts.exportName,
+    description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`,
+    device: storage.device,
+  };
+  served.exp = exp;
+  ready(true);
 
   // What the gateway is doing, for `s3nbd info --cache-dir`.
   const statusPath = join(opts.cacheDir, 'status.json');
@@ -127,4 +142,23 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   };
   process.on('SIGINT', () => stop('SIGINT', 0));
   process.on('SIGTERM', () => stop('SIGTERM', 0));
+}
+
+/** A listen() failure as the user should read it: what is wrong with the address or socket, and the fix. */
+async function listenError(endpoint: Endpoint, err: unknown): Promise<UserError> {
+  const code = (err as NodeJS.ErrnoException).code;
+  const message = err instanceof Error ? err.message : String(err);
+  if ('path' in endpoint) {
+    if (code === 'EADDRINUSE') return Errors.listenFailed(endpoint.path, 'another server is listening on it');
+    if (code === 'EEXIST') return Errors.listenFailed(endpoint.path, 'it exists and is not a socket', 'move the file away, or pick another --socket path');
+    return await explainLocalError(err, [{ option: '--socket', path: endpoint.path }], endpoint.path) ?? Errors.listenFailed(endpoint.path, message);
+  }
+  const where = `${endpoint.host}:${endpoint.port}`;
+  if (code === 'EADDRINUSE') return Errors.listenFailed(where, 'another server is listening on it');
+  if (code === 'EACCES') return Errors.listenFailed(where, 'ports below 1024 need root (EACCES)', 'pick a port above 1023, e.g. --listen 127.0.0.1:10809');
+  if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND' || code === 'EAI_AGAIN') {
+    return Errors.listenFailed(where, `${endpoint.host} is not an address of this machine (${code})`,
+      'use one of this machine\'s addresses, 127.0.0.1, or 0.0.0.0 for all of them');
+  }
+  return Errors.listenFailed(where, message);
 }

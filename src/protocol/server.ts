@@ -19,6 +19,12 @@ export interface ServerOptions {
   readonly exports: ExportRegistry;
   readonly log: Logger;
   readonly limits?: SessionLimits;
+  /**
+   * Resolves true once the exports can be served. Until then connections are accepted but wait
+   * for their greeting, so that the server can listen before its storage opens (a start whose
+   * listen fails then touches no storage); false closes them.
+   */
+  readonly ready?: Promise<boolean>;
 }
 
 export class NbdServer {
@@ -82,7 +88,11 @@ export class NbdServer {
     const reader = new SocketReader(socket);
     let session: Session | undefined;
     try {
-      if (this.shuttingDown) {
+      if (this.options.ready && !(await this.options.ready)) {
+        socket.destroy();
+        return;
+      }
+      if (this.shuttingDown || socket.destroyed) {
         socket.destroy();
         return;
       }

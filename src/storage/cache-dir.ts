@@ -9,7 +9,8 @@
 // is the same gateway, and resumes without waiting for its old lease to expire.
 
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Errors } from '../errors.ts';
 import type { Volume } from './volume.ts';
@@ -29,6 +30,25 @@ export async function claimCacheDir(dir: string, volume: Volume): Promise<CacheI
   const identity: CacheIdentity = { volume: volume.id, gateway: randomUUID(), extentSize: volume.extentSize };
   await writeAtomically(path, `${JSON.stringify(identity)}\n`);
   return identity;
+}
+
+/**
+ * Checked before anything is written to the store: the directory exists or can be made, this
+ * process may write in it, and which volume it already belongs to, if any. A start refused
+ * here has created nothing in the bucket.
+ */
+export async function prepareCacheDir(dir: string): Promise<CacheIdentity | undefined> {
+  await mkdir(dir, { recursive: true });
+  await access(dir, constants.R_OK | constants.W_OK | constants.X_OK);
+  const text = await readFile(join(dir, 'cache.json'), 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  try {
+    return text === undefined ? undefined : JSON.parse(text) as CacheIdentity;
+  } catch {
+    return undefined; // Torn by a crash while first written: claimCacheDir writes it anew.
+  }
 }
 
 export async function writeAtomically(path: string, text: string): Promise<void> {

@@ -19,7 +19,8 @@ const VALID_KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
 
 export class FileObjectStore implements ObjectStore {
   readonly description: string;
-  private readonly root: string;
+  /** The directory, for errors that name it (first-run-errors.ts). */
+  readonly root: string;
   /** Directories known to exist, so put() does not mkdir every time. */
   private readonly knownDirs = new Set<string>();
   /** Directories whose entries changed since the last flush. */

@@ -235,7 +235,9 @@ export class S3ObjectStore implements ObjectStore {
       try {
         return await (this.direct ? this.direct.get(Key, signal) : this.sdkGet(Key, signal));
       } catch (err) {
-        if (statusOf(err) === 404 && codeOf(err) !== 'NoSuchBucket') return undefined;
+        // Only S3's own "no such key" means the object is missing: a 404 page of a server that
+        // is not S3 at all (a wrong port, a web server) must not read as "no volume here".
+        if (statusOf(err) === 404 && (codeOf(err) === 'NoSuchKey' || (err as Error).name === 'NoSuchKey')) return undefined;
         throw err;
       }
     });

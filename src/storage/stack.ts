@@ -9,15 +9,18 @@
 // job: for the volatile memory store, for read-only serving, and for inspection (`s3nbd info`).
 
 import type { Logger } from 'pino';
-import { Errors } from '../errors.ts';
+import { Errors, UserError } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
-import { type CacheIdentity, claimCacheDir } from './cache-dir.ts';
+import { type CacheIdentity, claimCacheDir, prepareCacheDir } from './cache-dir.ts';
 import { ExtentDevice } from './extent-device.ts';
+import { FileObjectStore } from './file-object-store.ts';
+import { explainLocalError, explainS3Error } from './first-run-errors.ts';
 import type { ExtentStore } from './extent-store.ts';
 import { Lease } from './lease.ts';
 import { MemoryObjectStore } from './memory-object-store.ts';
 import { ObjectExtentStore } from './object-extent-store.ts';
 import type { ObjectStore } from './object-store.ts';
+import { S3ObjectStore, parseS3Url } from './s3-object-store.ts';
 import { type S3Options, openObjectStore } from './store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume.ts';
 import { WriteBackCache } from './write-back-cache.ts';
@@ -45,6 +48,8 @@ export interface StorageConfig {
   readonly log: Logger;
   /** Called when another gateway took the volume over (this one is fenced off). */
   readonly onFenced?: (by: string) => void;
+  /** Bound on the first contact with S3 (default FIRST_CONTACT_MS). */
+  readonly firstContactMs?: number;
 }
 
 export interface Storage {
@@ -61,6 +66,12 @@ export interface Storage {
 }
 
 export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
+/**
+ * How long the first contact with S3 (reading the volume) may take, retries included. A wrong
+ * endpoint that accepts connections but never answers would otherwise cost 6 attempts of 30 s
+ * before the user hears anything; once S3 has answered, the normal retry policy applies.
+ */
+export const FIRST_CONTACT_MS = 10_000;
 
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
@@ -73,14 +84,24 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const c = config.cache;
     if (c && c.cacheBytes < c.maxDirtyBytes + 2 * extentSize) throw Errors.badCacheSize(c.cacheBytes, c.maxDirtyBytes, extentSize);
   };
+  const firstContact = new AbortController();
+  const firstContactTimer = setTimeout(() => firstContact.abort(new Error('first contact timed out')), config.firstContactMs ?? FIRST_CONTACT_MS);
   try {
-    // Before a volume is created, with the extent size asked for; again once it is known.
+    // Everything that can refuse the start is checked before the first write to the store, so a
+    // refused start leaves nothing behind in the bucket: local checks first (they need no S3),
+    // then S3's answers, and only then the volume is created and the lease taken.
     checkCacheSize(config.volume.extentSize ?? DEFAULT_EXTENT_SIZE);
-    const { volume, created } = await openVolume(objects, config.volume).catch((err: unknown) => {
-      if (err instanceof Error && /region is missing/i.test(err.message)) throw Errors.noRegion(objects.description);
-      throw err;
-    });
     const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
+    const c = config.cache;
+    const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
+    const bounded = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal }) : objects;
+    const { volume, created } = await openVolume(bounded, { ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' }, () => {
+      // About to create a volume: a cache directory of another volume means a wrong --store.
+      if (previous && c) throw Errors.cacheDirNotNew(c.dir, previous.volume, objects.description);
+      return Promise.resolve();
+    });
+    clearTimeout(firstContactTimer);
+    if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
     const extents = await ObjectExtentStore.open(objects, {
       extentSize: volume.extentSize,
       extentCount: extentCountOf(volume),
@@ -90,8 +111,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     let top: ExtentStore = extents;
     let cache: WriteBackCache | undefined;
     let identity: CacheIdentity | undefined;
-    if (writeBack) {
-      const c = config.cache;
+    if (writeBack && c) {
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
       const lease = await Lease.acquire(objects, {
@@ -125,7 +145,26 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       },
     };
   } catch (err) {
+    clearTimeout(firstContactTimer);
     await closeAll();
-    throw err;
+    throw await explain(err, config, objects, firstContact.signal.aborted);
   }
+}
+
+/** The error as users should read it: a UserError with its fix where the failure is a known first-run one. */
+async function explain(err: unknown, config: StorageConfig, objects: ObjectStore, timedOut: boolean): Promise<unknown> {
+  if (err instanceof UserError) return err;
+  if (err instanceof Error && /region is missing/i.test(err.message)) return Errors.noRegion(objects.description);
+  if (objects instanceof S3ObjectStore) {
+    const endpoint = config.s3?.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    const place = { description: objects.description, bucket: parseS3Url(config.store).bucket, endpoint };
+    if (timedOut) return Errors.s3Unreachable(objects.description, `no answer within ${(config.firstContactMs ?? FIRST_CONTACT_MS) / 1000} s`);
+    const s3 = explainS3Error(err, place);
+    if (s3) return s3;
+  }
+  const places = [
+    ...config.cache ? [{ option: '--cache-dir', path: config.cache.dir }] : [],
+    ...objects instanceof FileObjectStore ? [{ option: '--store', path: objects.root }] : [],
+  ];
+  return await explainLocalError(err, places) ?? err;
 }

@@ -28,6 +28,9 @@ export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger):
   if (/^s3:/i.test(spec)) {
     const { bucket, prefix } = parseS3Url(spec);
     const endpoint = s3.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    if (endpoint !== undefined) {
+      checkEndpoint(s3.endpoint !== undefined ? '--s3-endpoint' : process.env.AWS_ENDPOINT_URL_S3 !== undefined ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL', endpoint);
+    }
     // S3-compatible services rarely care about the region, but the SDK insists on one.
     const region = s3.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? (endpoint ? 'us-east-1' : undefined);
     return new S3ObjectStore({
@@ -53,4 +56,21 @@ export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger):
   }
   // The directory is created by the first write, so `info` on a wrong path leaves nothing behind.
   return new FileObjectStore(dir);
+}
+
+/**
+ * An endpoint must be an http:// or https:// URL. "127.0.0.1:9000" or "minio:9000" would
+ * otherwise fail later with the SDK's "Invalid URL", or be read as a URL of scheme "minio:".
+ */
+function checkEndpoint(source: string, text: string): void {
+  const bare = text.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/^[^@/]*@/, '');
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
+    throw Errors.badEndpoint(source, text.replace(/\/\/[^@/]*@/, '//'), bare);
+  }
 }

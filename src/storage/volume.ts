@@ -31,6 +31,8 @@ export interface VolumeRequest {
   readonly extentSize?: number | undefined;
   /** 'open-or-create' for serve, 'create' for `s3nbd create`, 'open' for `s3nbd info`. */
   readonly mode: 'open' | 'create' | 'open-or-create';
+  /** Serving --read-only: never create (that would write to the store), whatever the mode. */
+  readonly readOnly?: boolean | undefined;
 }
 
 export function extentCountOf(volume: Volume): number {
@@ -38,7 +40,8 @@ export function extentCountOf(volume: Volume): number {
 }
 
 export function checkGeometry(size: number | undefined, extentSize: number | undefined): void {
-  if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0 || size > MAX_DEVICE_SIZE)) {
+  if (size !== undefined && Number.isSafeInteger(size) && size > MAX_DEVICE_SIZE) throw Errors.sizeTooLarge('--size', String(size), '1 PiB');
+  if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0)) {
     throw Errors.badDeviceSize(size);
   }
   if (extentSize !== undefined
@@ -47,15 +50,23 @@ export function checkGeometry(size: number | undefined, extentSize: number | und
   }
 }
 
-export async function openVolume(objects: ObjectStore, request: VolumeRequest): Promise<{ volume: Volume; created: boolean }> {
+/**
+ * Reads the volume, or creates it when the request allows. `beforeCreate` runs just before the
+ * first write to the store, so that a start refused for a local reason (cache directory,
+ * listen address) leaves nothing behind in the bucket.
+ */
+export async function openVolume(objects: ObjectStore, request: VolumeRequest,
+  beforeCreate: () => Promise<void> = () => Promise.resolve()): Promise<{ volume: Volume; created: boolean }> {
   checkGeometry(request.size, request.extentSize);
   if (request.mode !== 'create') {
     const existing = await readVolume(objects);
     if (existing) return { volume: matchRequest(objects, existing, request), created: false };
+    if (request.readOnly) throw Errors.noVolumeReadOnly(objects.description);
     if (request.mode === 'open' || request.size === undefined) throw Errors.noVolume(objects.description);
   } else if (request.size === undefined) {
     throw Errors.noVolume(objects.description);
   }
+  await beforeCreate();
   const volume: Volume = {
     id: randomUUID(),
     size: request.size,
