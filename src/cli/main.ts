@@ -10,6 +10,7 @@ import { DEFAULT_STORE } from '../storage/store-url.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
+import { versionText } from './version.ts';
 
 export const DEFAULT_CACHE_DIR = './s3nbd-cache';
 
@@ -45,6 +46,7 @@ function addStoreOptions(cmd: Command): Command {
 
 const program = new Command('s3nbd')
   .description('A network block device (NBD) server that keeps its data in S3-style object storage.')
+  .version(versionText(), '-V, --version', 'print the version and the commit it was built from')
   .showHelpAfterError('(run with --help for usage)')
   .configureOutput({ outputError: (text, write) => write(text) });
 

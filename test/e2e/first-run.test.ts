@@ -12,7 +12,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CLI, startGateway, tempDir } from '../helpers/gateway.ts';
+import { CLI, REPO, startGateway, tempDir } from '../helpers/gateway.ts';
 import { freePort, run, type RunResult } from '../helpers/tools.ts';
 
 /** Credentials that look real to the SDK, and no instance metadata lookups (loopback only). */
@@ -138,6 +138,14 @@ describe('first-run errors', () => {
       assertUserError(r, 'S3NBD_NO_VOLUME', /--read-only never creates one/);
     }
     assert.deepEqual(storeContents(store), []);
+  });
+
+  it('prints the version and the commit it was built from', async () => {
+    const r = await s3nbd(['--version']);
+    assert.equal(r.code, 0, r.stderr);
+    const commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: REPO, encoding: 'utf8' }).trim();
+    const version = (JSON.parse(execFileSync('git', ['show', 'HEAD:package.json'], { cwd: REPO, encoding: 'utf8' })) as { version: string }).version;
+    assert.equal(r.stdout.trim(), `s3nbd ${version} (commit ${commit})`);
   });
 });
 

@@ -49,11 +49,14 @@ describe('the container image, built and started by its own scripts', () => {
         cpSync(join(REPO, source), source.endsWith('/') ? join(context, target) : to, { recursive: true });
       }
     }
+    assert.ok(build.some((i) => i[0] === 'ARG' && i[1]!.startsWith('S3NBD_COMMIT')), 'the commit for --version is a build argument');
     const buildRun = build.find((i) => i[0] === 'RUN')!;
     assert.deepEqual(buildRun.slice(1, 3), ['bash', 'scripts/image-build.sh']);
     const app = join(dir.path, 'app');
-    await runOk('bash', ['scripts/image-build.sh', app], { cwd: context, timeoutMs: 300_000 });
+    // The context has no .git: the commit comes in as the Dockerfile's build argument.
+    await runOk('bash', ['scripts/image-build.sh', app], { cwd: context, timeoutMs: 300_000, env: { ...process.env, S3NBD_COMMIT: 'feedc0ffee12' } });
     assert.ok(readFileSync(join(app, 'dist/cli/main.js')).length > 0, 'built from the context');
+    assert.match(await runOk(process.execPath, [join(app, 'dist/cli/main.js'), '--version']), /^s3nbd \d+\.\d+\.\d+ \(commit feedc0ffee12\)\n$/);
     assert.throws(() => readFileSync(join(app, 'node_modules/typescript/package.json')), 'no dev dependencies in the image');
     mkdirSync(join(app, 'scripts'), { recursive: true });
     cpSync(join(REPO, 'scripts/image-start.sh'), join(app, 'scripts/image-start.sh'));
