@@ -7,13 +7,13 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI, REPO, startGateway, tempDir } from '../helpers/gateway.ts';
-import { freePort, run, type RunResult } from '../helpers/tools.ts';
+import { freePort, run, runOk, type RunResult } from '../helpers/tools.ts';
 
 /** Credentials that look real to the SDK, and no instance metadata lookups (loopback only). */
 const S3_ENV = { AWS_ACCESS_KEY_ID: 'AKIAFIRSTRUNTEST', AWS_SECRET_ACCESS_KEY: 'first-run-secret-never-printed', AWS_EC2_METADATA_DISABLED: 'true' };
@@ -138,6 +138,30 @@ describe('first-run errors', () => {
       assertUserError(r, 'S3NBD_NO_VOLUME', /--read-only never creates one/);
     }
     assert.deepEqual(storeContents(store), []);
+  });
+
+  it('shows the cache directory\'s state without S3 first, and says in one line that S3 is unreachable', async () => {
+    const cache = join(dir.path, 'c-info');
+    const gw = await startGateway(['--store', join(dir.path, 'info-store'), '--size', '64M', '--cache-dir', cache, '--upload-delay', '600000', '--flush-mode', 'local'],
+      { socket: join(dir.path, 'info.sock') });
+    await runOk('qemu-io', ['-f', 'raw', gw.uri, '-c', 'write -P 3 0 3M']);
+    const volume = (JSON.parse(readFileSync(join(cache, 'cache.json'), 'utf8')) as { volume: string }).volume;
+    await new Promise((r) => setTimeout(r, 2_500)); // the gateway writes its status every 2 s
+    const s3 = ['--store', 's3://bucket/vol', '--s3-endpoint', `http://127.0.0.1:${silentPort}`, '--cache-dir', cache];
+    const human = await s3nbd(['info', ...s3], {}, 40_000);
+    assertUserError({ ...human, stdout: '' }, 'S3NBD_S3_UNREACHABLE', /no answer within 5 s/);
+    assert.ok(human.ms < 15_000, `took ${human.ms} ms`);
+    assert.match(human.stdout, new RegExp(`volume id: +${volume}`));
+    assert.match(human.stdout, new RegExp(`pid ${gw.process.pid}, running`));
+    assert.match(human.stdout, /dirty: +3 MiB in 3 extents/);
+    assert.match(human.stdout, /journal: +3(\.\d+)? MiB/);
+    const json = await s3nbd(['info', ...s3, '--json'], {}, 40_000);
+    assert.equal(json.code, 2);
+    const parsed = JSON.parse(json.stdout) as { cacheDir: { identity: { volume: string } }; gateway: { dirtyExtents: number }; storeError: { code: string } };
+    assert.equal(parsed.cacheDir.identity.volume, volume);
+    assert.equal(parsed.gateway.dirtyExtents, 3);
+    assert.equal(parsed.storeError.code, 'S3NBD_S3_UNREACHABLE');
+    assert.equal(await gw.stop(), 0);
   });
 
   it('prints the version and the commit it was built from', async () => {
