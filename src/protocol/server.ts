@@ -5,6 +5,7 @@
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { LogThrottle } from '../log-throttle.ts';
 import { ProtocolError } from './errors.ts';
 import { type ExportRegistry, Handshake } from './handshake.ts';
 import { DEFAULT_SESSION_LIMITS, Session, type SessionLimits } from './session.ts';
@@ -12,6 +13,8 @@ import { ConnectionClosed, SocketReader } from './socket-reader.ts';
 
 /** How long a client must send nothing before a shutting-down server closes its connection. */
 const QUIET_MS = 200;
+/** At most one line per this interval for each kind of connection or request failure. */
+const CONNECTION_LOG_MS = 10_000;
 
 export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string };
 
@@ -35,9 +38,16 @@ export class NbdServer {
   private shuttingDown = false;
   private nextConnectionId = 1;
   private readonly options: ServerOptions;
+  private readonly badClients: LogThrottle;
+  private readonly failedSessions: LogThrottle;
+  /** Shared by every session, so that S3 failing every request is one line per interval, not one per connection. */
+  private readonly failedRequests: LogThrottle;
 
   constructor(options: ServerOptions) {
     this.options = options;
+    this.badClients = new LogThrottle(options.log, 'warn', { intervalMs: CONNECTION_LOG_MS });
+    this.failedSessions = new LogThrottle(options.log, 'error', { intervalMs: CONNECTION_LOG_MS });
+    this.failedRequests = new LogThrottle(options.log, 'error', { intervalMs: CONNECTION_LOG_MS });
   }
 
   /** Starts listening on one more endpoint; resolves with the address bound (useful with port 0). */
@@ -80,7 +90,8 @@ export class NbdServer {
   }
 
   private async handle(socket: net.Socket): Promise<void> {
-    const log = this.options.log.child({ conn: this.nextConnectionId++ });
+    const connectionId = this.nextConnectionId++;
+    const log = this.options.log.child({ conn: connectionId });
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => this.sockets.delete(socket));
@@ -102,15 +113,23 @@ export class NbdServer {
         return;
       }
       log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies }, 'transmission started');
-      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS);
+      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.failedRequests);
       this.sessions.add(session);
       if (this.shuttingDown) session.beginShutdown();
       await session.run();
       socket.end();
     } catch (err) {
+      // A fuzzer or a broken client can do this hundreds of times a second: one line per
+      // interval with a count, the details of each at debug level, stacks only there.
       if (err instanceof ConnectionClosed) log.debug(err.message);
-      else if (err instanceof ProtocolError) log.warn({ reason: err.message }, 'ending session: client broke the protocol');
-      else log.error({ err }, 'ending session after an unexpected error');
+      else if (err instanceof ProtocolError) {
+        log.debug({ reason: err.message }, 'ending session: client broke the protocol');
+        this.badClients.write({ conn: connectionId, reason: err.message }, 'ending session: client broke the protocol');
+      } else {
+        log.debug({ err }, 'ending session after an unexpected error');
+        this.failedSessions.write({ conn: connectionId, error: messageOf(err), code: (err as NodeJS.ErrnoException).code },
+          'ending session after an unexpected error');
+      }
       socket.destroy();
     } finally {
       if (session) this.sessions.delete(session);
@@ -132,4 +151,8 @@ async function removeStaleSocket(path: string): Promise<void> {
   });
   if (alive) throw Object.assign(new Error(`another server is listening on ${path}`), { code: 'EADDRINUSE' });
   unlinkSync(path);
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }

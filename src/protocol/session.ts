@@ -6,6 +6,7 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
+import { LogThrottle } from '../log-throttle.ts';
 import type { BlockDevice, ReadPiece } from './block-device.ts';
 import {
   BASE_ALLOCATION_ID, CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, Cmd,
@@ -100,12 +101,19 @@ export class Session {
   private readonly reader: SocketReader;
   private readonly negotiated: Negotiated;
   private readonly log: Logger;
+  private readonly failedRequests: LogThrottle;
 
-  constructor(socket: Socket, reader: SocketReader, negotiated: Negotiated, log: Logger, limits: SessionLimits) {
+  /**
+   * `failedRequests` carries the one line per interval for requests that fail with EIO (every
+   * request fails while S3 is down or the disk is bad); the server shares one among sessions.
+   */
+  constructor(socket: Socket, reader: SocketReader, negotiated: Negotiated, log: Logger, limits: SessionLimits,
+    failedRequests = new LogThrottle(log, 'error', { intervalMs: 10_000 })) {
     this.socket = socket;
     this.reader = reader;
     this.negotiated = negotiated;
     this.log = log;
+    this.failedRequests = failedRequests;
     this.device = negotiated.export.device;
     this.inFlight = new InFlight(limits);
   }
@@ -278,8 +286,11 @@ export class Session {
   private errorReply(req: Request, err: unknown): Buffer[] {
     const errno = nbdErrnoOf(err);
     const message = err instanceof Error ? err.message : String(err);
-    if (errno === NbdErrno.EIO) this.log.error({ err, type: req.type, offset: req.offset, length: req.length }, 'request failed');
-    else this.log.debug({ errno, type: req.type, offset: req.offset, length: req.length, message }, 'request refused');
+    if (errno === NbdErrno.EIO) {
+      // One line with the message and errno, not a stack per request: stacks at debug only.
+      this.log.debug({ err, type: req.type, offset: req.offset, length: req.length }, 'request failed');
+      this.failedRequests.write({ type: req.type, offset: req.offset, length: req.length, errno: errnoNameOf(err), error: message }, 'request failed');
+    } else this.log.debug({ errno, type: req.type, offset: req.offset, length: req.length, message }, 'request refused');
     return [this.negotiated.structuredReplies ? errorChunk(req.handle, errno, message) : simpleReply(req.handle, errno)];
   }
 
@@ -306,4 +317,10 @@ function pushData(out: Buffer[], piece: ReadPiece): void {
     return;
   }
   for (let left = piece.length; left > 0; left -= ZEROS.length) out.push(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
+}
+
+/** The POSIX name the storage layers put on their errors ('EIO', 'ENOSPC'), if any. */
+function errnoNameOf(err: unknown): string | undefined {
+  const e = err as { errno?: unknown; code?: unknown } | undefined;
+  return typeof e?.errno === 'string' ? e.errno : typeof e?.code === 'string' ? e.code : undefined;
 }

@@ -51,6 +51,7 @@ import { mkdir } from 'node:fs/promises';
 import type { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
+import { LogThrottle } from '../log-throttle.ts';
 import { ExtentLocks } from './extent-locks.ts';
 import { extentMemory } from './extent-memory.ts';
 import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
@@ -167,6 +168,8 @@ const READ_AHEAD = 8;
  * fetchClean().
  */
 const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
+/** At most one "dirty limit reached" line per this interval (it can be hit 100+ times a second). */
+const DIRTY_LIMIT_LOG_MS = 10_000;
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
@@ -212,11 +215,13 @@ export class WriteBackCache implements ExtentStore {
   private lastRead = -2;
   private lastWritten = -2;
   private warnedFull = false;
+  private readonly dirtyLimitLog: LogThrottle;
 
   private constructor(lower: ObjectExtentStore, options: WriteBackOptions) {
     this.lower = lower;
     this.options = options;
     this.log = options.log;
+    this.dirtyLimitLog = new LogThrottle(options.log, 'warn', { intervalMs: DIRTY_LIMIT_LOG_MS });
     this.extentSize = lower.extentSize;
     this.minPieceBytes = Math.min(MIN_PIECE_BYTES, this.extentSize / 16);
     this.extentCount = lower.extentCount;
@@ -507,8 +512,10 @@ export class WriteBackCache implements ExtentStore {
       const slotAvailable = (e?.slot !== undefined) || this.slots.freeCount > 0 || this.cleanOrder.size > 0;
       if (underLimit && slotAvailable) return;
       if (!this.warnedFull) {
+        // Once per wait for room; under sustained load that is many times a second, so the
+        // line itself is throttled (the count of waits since the last line goes with it).
         this.warnedFull = true;
-        this.log.warn({ dirtyBytes: this.dirtySlots * this.extentSize, maxDirty: this.options.maxDirtyBytes },
+        this.dirtyLimitLog.write({ dirtyBytes: this.dirtySlots * this.extentSize, maxDirty: this.options.maxDirtyBytes },
           'dirty limit reached: writes wait for uploads');
       }
       this.urgent++;
