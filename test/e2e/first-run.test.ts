@@ -14,25 +14,15 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI, REPO, startGateway, tempDir } from '../helpers/gateway.ts';
 import { freePort, run, runOk, type RunResult } from '../helpers/tools.ts';
+import { assertUserError, TEST_SECRET } from '../helpers/user-error.ts';
 
 /** Credentials that look real to the SDK, and no instance metadata lookups (loopback only). */
-const S3_ENV = { AWS_ACCESS_KEY_ID: 'AKIAFIRSTRUNTEST', AWS_SECRET_ACCESS_KEY: 'first-run-secret-never-printed', AWS_EC2_METADATA_DISABLED: 'true' };
+const S3_ENV = { AWS_ACCESS_KEY_ID: 'AKIAFIRSTRUNTEST', AWS_SECRET_ACCESS_KEY: TEST_SECRET, AWS_EC2_METADATA_DISABLED: 'true' };
 
 async function s3nbd(args: readonly string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 30_000): Promise<RunResult & { ms: number }> {
   const started = Date.now();
   const r = await run(process.execPath, [CLI, ...args], { env: { ...process.env, ...S3_ENV, ...env }, timeoutMs });
   return { ...r, ms: Date.now() - started };
-}
-
-/** The error contract: exit 2, one line with the code and a fix, nothing raw. */
-export function assertUserError(r: RunResult, code: string, ...say: RegExp[]): void {
-  assert.equal(r.code, 2, `exit ${r.code}: ${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, r.stderr);
-  assert.match(lines[0]!, new RegExp(`^s3nbd: .*\\(${code}\\)\\. Fix: .+\\.$`));
-  for (const re of say) assert.match(lines[0]!, re);
-  assert.doesNotMatch(r.stderr, /\bat .*:\d+:\d+|CredentialsProviderError|UnknownError|Invalid URL|EPROTO|openssl|no such file or directory, |gave up after/);
-  assert.doesNotMatch(r.stderr, new RegExp(S3_ENV.AWS_SECRET_ACCESS_KEY));
 }
 
 /** Everything under a directory store: a refused start must leave it empty (or absent). */
