@@ -101,7 +101,7 @@ export const Errors = {
     `mount it read-write (in Docker: drop ":ro" from the bind mount), or choose another ${option}`),
   permissionDenied: (option: string, path: string, detail: string, containerUid: boolean) => new UserError('S3NBD_PERMISSION_DENIED',
     `${option} ${path}: permission denied (${detail})`,
-    containerUid ? `the image runs as uid 1000: chown 1000:1000 the bind-mounted directory on the host, or use a named volume (-v s3nbd-cache:/var/cache/s3nbd)`
+    containerUid ? `the image runs as uid 1000: chown 1000:1000 the bind-mounted directory on the host, or use a named volume${option === '--cache-dir' ? ' (-v s3nbd-cache:/var/cache/s3nbd)' : ''}`
       : `let this user write there (chown or chmod the directory), or choose another ${option}`),
   noSuchDirectory: (option: string, path: string, dir: string) => new UserError('S3NBD_NO_SUCH_DIRECTORY',
     `${option} ${path}: the directory ${dir} does not exist`, `create it (mkdir -p ${dir}), or choose another ${option}`),

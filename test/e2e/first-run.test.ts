@@ -211,5 +211,8 @@ describe('local file-system errors', () => {
     assert.deepEqual(storeContents(store), [], 'no volume created');
     const r = await asUid1000(['serve', '--store', join(owned, 'data'), '--size', '1G', '--cache-dir', join(open, 'cache'), '--socket', sock]);
     assertUserError(r, 'S3NBD_PERMISSION_DENIED', /--store /, /uid 1000/);
+    const s = await asUid1000(['serve', '--store', store, '--size', '1G', '--cache-dir', join(open, 'cache'), '--socket', join(owned, 'u.sock')]);
+    assertUserError(s, 'S3NBD_PERMISSION_DENIED', /--socket .*owned by uid 0 \(root\)/, /chown 1000:1000/);
+    assert.deepEqual(storeContents(store), [], 'no volume created');
   });
 });
