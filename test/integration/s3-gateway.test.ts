@@ -27,7 +27,7 @@ describe('s3nbd on a real S3 server', () => {
   const s3Args = (): string[] => ['--s3-endpoint', s3.endpoint];
 
   before(async () => {
-    for (const tool of ['nbdcopy', 'fio', 'nbdfuse', 'mkfs.ext4', 'e2fsck']) requireTool(tool);
+    for (const tool of ['nbdcopy', 'fio', 'nbdfuse', 'mkfs.ext4', 'e2fsck'] as const) requireTool(tool);
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
     env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
