@@ -32,6 +32,7 @@ interface ServeOptions extends StoreOptions {
   uploadConcurrency: number;
   flushMode: 's3' | 'local';
   drainTimeout: number;
+  readTimeout: number;
   takeOver?: boolean;
   leaseTtl: number;
   uploadDelay: number;
@@ -54,7 +55,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   let stop: (reason: string, exitCode: number) => void = () => undefined;
   const storage = await openStorage({
     store: opts.store,
-    s3: s3OptionsOf(opts),
+    s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
     volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
     readOnly,
     memoryCacheBytes: opts.memoryCache,
