@@ -37,6 +37,14 @@
 // the length of its records before the journal moves on to the next, so only the last
 // segment can have such a tail, and it is truncated like a torn one.
 //
+// A write that fails for want of space (ENOSPC, EDQUOT) is not a failure of the journal: the
+// segment is cut back to the end of its last whole record (ftruncate needs no space), the
+// batch is refused with ENOSPC, and later appends go on once there is room again. Their
+// sequence numbers are lost, which replay tolerates (it needs them increasing, not
+// consecutive), and a new segment is named after the last record of the one before it, not
+// after its own first record, so lost numbers never look like a gap between segments (below).
+// Any other write error, a failed truncate, and any failed fsync fail the journal for good.
+//
 // Live segments follow each other without a gap in sequence numbers. Replay starts after the
 // last gap: a segment before one was trimmed but could not be retired, while newer segments
 // (with newer bytes for the same extents) were, so its records are stale. A power loss could
@@ -61,6 +69,7 @@
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { StorageError } from './extent-store.ts';
 import { fsyncPath } from './fsync.ts';
 
 export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
@@ -90,7 +99,15 @@ const SPARE_NAME = /^spare-[0-9a-f]{16}\.log$/;
 export interface JournalOptions {
   /** fsync each full segment before writing the next: for when FLUSH only syncs the journal. */
   readonly syncOnRollover?: boolean;
+  /** Called once when the journal fails for good (a failed fsync, a write error other than no space). */
+  readonly onFailed?: (err: Error) => void;
 }
+
+/** Write errors that only mean the disk is full for now: the journal goes on once there is room. */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+
+/** An fsync that failed: never recoverable (the kernel may have dropped the pages it could not write). */
+class SyncFailed extends Error {}
 
 interface Segment {
   readonly firstSeq: number;
@@ -191,9 +208,12 @@ export class Journal {
   /** Segments were created or renamed since the last sync(). */
   private directoryChanged = false;
 
-  private constructor(dir: string, syncOnRollover: boolean) {
+  private readonly onFailed: ((err: Error) => void) | undefined;
+
+  private constructor(dir: string, options: JournalOptions) {
     this.dir = dir;
-    this.syncOnRollover = syncOnRollover;
+    this.syncOnRollover = options.syncOnRollover ?? false;
+    this.onFailed = options.onFailed;
   }
 
   /**
@@ -202,7 +222,7 @@ export class Journal {
    */
   static async open(dir: string, options: JournalOptions = {}): Promise<{ journal: Journal; records: JournalRecord[]; bytes: number }> {
     await mkdir(dir, { recursive: true });
-    const journal = new Journal(dir, options.syncOnRollover ?? false);
+    const journal = new Journal(dir, options);
     const listed = await readdir(dir);
     journal.spares.push(...listed.filter((n) => SPARE_NAME.test(n)).map((n) => join(dir, n)));
     const names = listed.filter((n) => SEGMENT_NAME.test(n)).sort();
@@ -268,6 +288,11 @@ export class Journal {
     return this.nextSeq++;
   }
 
+  /** Why the journal failed for good, if it did: appends and syncs are refused. */
+  get failure(): Error | undefined {
+    return this.failed;
+  }
+
   /** Bytes in live segments (what a recovery would read). */
   get bytes(): number {
     return this.segments.reduce((n, s) => n + s.bytes, 0);
@@ -330,9 +355,16 @@ export class Journal {
         await fsyncPath(this.dir, 'directory');
       }
     } catch (err) {
-      this.failed ??= new Error(`journal sync failed in ${this.dir}: ${(err as Error).message}`, { cause: err });
-      throw this.failed;
+      throw this.fail(new Error(`journal sync failed in ${this.dir}: ${(err as Error).message}`, { cause: err }));
     }
+  }
+
+  /** Fails the journal for good (the first failure is the one kept and reported). */
+  private fail(err: Error): Error {
+    if (this.failed) return this.failed;
+    this.failed = err;
+    this.onFailed?.(err);
+    return err;
   }
 
   /** Retires (deletes, or keeps as spares) every segment whose records all have sequence numbers below `neededSeq`. */
@@ -399,14 +431,36 @@ export class Journal {
             position += p.buffers.reduce((n, b) => n + b.length, 0);
           }
         } catch (err) {
+          if (await this.cutBackAfterNoSpace(err)) {
+            const full = new StorageError('ENOSPC', `journal write failed in ${this.dir}: the cache disk is full`, { cause: err });
+            for (const p of batch) p.reject(full);
+            continue;
+          }
           // A journal that cannot be written cannot protect writes: refuse all further ones.
-          this.failed = new Error(`journal write failed in ${this.dir}: ${(err as Error).message}`, { cause: err });
-          for (const p of [...batch, ...this.queue]) p.reject(this.failed);
+          const failed = this.fail(new Error(`journal ${err instanceof SyncFailed ? 'sync' : 'write'} failed in ${this.dir}: ${(err as Error).message}`, { cause: err }));
+          for (const p of [...batch, ...this.queue]) p.reject(failed);
           this.queue = [];
         }
       }
     } finally {
       this.writing = false;
+    }
+  }
+
+  /**
+   * After a failed batch: if it failed for want of space (and not in an fsync), cuts the
+   * segment back to its last whole record, so the partial batch can neither be replayed nor
+   * be followed by records, and says the journal may go on. False: it must fail for good.
+   */
+  private async cutBackAfterNoSpace(err: unknown): Promise<boolean> {
+    if (err instanceof SyncFailed || !NO_SPACE.has((err as NodeJS.ErrnoException).code ?? '')) return false;
+    const segment = this.segments.at(-1);
+    if (!this.handle || !segment) return true; // no segment was opened: nothing was written
+    try {
+      await this.handle.truncate(segment.bytes);
+      return true;
+    } catch {
+      return false;
     }
   }
 
@@ -416,17 +470,23 @@ export class Journal {
     if (this.handle && current) {
       // Cut what a recycled file held beyond our records: only the last segment may have a tail.
       await this.handle.truncate(current.bytes);
-      if (this.syncOnRollover) await this.handle.datasync();
-      else this.unsynced.push(current.path);
+      if (this.syncOnRollover) {
+        await this.handle.datasync().catch((err: unknown) => {
+          throw new SyncFailed((err as Error).message, { cause: err });
+        });
+      } else this.unsynced.push(current.path);
       await this.handle.close();
     }
     this.handle = undefined;
     this.directoryChanged = true;
-    const path = join(this.dir, `${firstSeq.toString(16).padStart(16, '0')}.log`);
+    // Named after the record that follows the previous segment's last, which is this batch's
+    // first unless appends failed for want of space in between: never a gap (see the top).
+    const name = current ? current.lastSeq + 1 : firstSeq;
+    const path = join(this.dir, `${name.toString(16).padStart(16, '0')}.log`);
     const spare = this.spares.pop();
     if (spare !== undefined) await rename(spare, path);
     this.handle = await open(path, spare !== undefined ? 'r+' : 'w');
-    this.segments.push({ firstSeq, lastSeq: firstSeq - 1, bytes: 0, path });
+    this.segments.push({ firstSeq: name, lastSeq: name - 1, bytes: 0, path });
     return this.handle;
   }
 
