@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/node-env.sh
 
-APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl)
+APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -132,11 +132,9 @@ describe('Journal', () => {
     const probe = await open(path, 'r');
     const handles = Object.getPrototypeOf(probe) as FileHandle;
     await probe.close();
-    /* eslint-disable-next-line @typescript-eslint/unbound-method -- called below with .call() */
-    const realWrite = handles.write;
     // The disk fills in the middle of the batch: part of the record reaches the file, then ENOSPC.
     const writev = t.mock.method(handles, 'writev', async function (this: FileHandle, buffers: Buffer[], position: number) {
-      await realWrite.call(this, buffers[0]!, 0, 20, position);
+      await this.write(buffers[0]!, 0, 20, position);
       throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
     });
     const segment = `${path}/${readdirSync(path).find((n) => n.endsWith('.log'))!}`;
