@@ -1,26 +1,13 @@
 // The dirty-extent journal: a redo log of every change not yet known to be in the object
 // store, so an acknowledged write survives a crash of the gateway process.
 //
-// On-disk format. The journal is a directory of segment files, named by the sequence number
-// of their first record in 16 hex digits (`0000000000000001.log`), replayed in name order.
-// A segment is a plain sequence of records; all integers are big-endian:
-//
-//   offset size  field
-//   0      4     magic 0x534e4a31 ("SNJ1")
-//   4      1     type: 1 = WRITE, 2 = ZERO, 3 = DISCARD, 4 = UPLOADED
-//   5      3     reserved, zero
-//   8      8     sequence number, strictly increasing across all segments
-//   16     8     extent index (DISCARD: the first extent)
-//   24     4     WRITE, ZERO: offset inside the extent; DISCARD: zero;
-//                UPLOADED: high 32 bits of the generation now in the store
-//   28     4     WRITE: payload length; ZERO: bytes zeroed; DISCARD: number of extents;
-//                UPLOADED: low 32 bits of that generation
-//   32     4     CRC-32 of bytes 0-31 followed by the payload
-//   36     n     WRITE only: the payload (n = length)
-//
-// An UPLOADED record says that the extent's changes up to that generation (a sequence
-// number) are in the object store: replay skips them, so a restart only re-applies (and only
-// needs cache room for) what was not uploaded yet.
+// On-disk format. The journal is a directory of segment files, named by a sequence number in
+// 16 hex digits (`0000000000000001.log`): the one after the last record of the segment before,
+// which is that of their first record unless appends were refused in between (below). They
+// are replayed in name order. A segment is a plain sequence of records, whose format and
+// encoding are in journal-records.ts; an UPLOADED record says that the extent's changes up to
+// a generation (a sequence number) are in the object store: replay skips them, so a restart
+// only re-applies (and only needs cache room for) what was not uploaded yet.
 //
 // Replay stops at the first record whose magic, length or checksum is wrong: that is the torn
 // tail of a write the crash interrupted (which was never acknowledged, because a write is only
@@ -68,29 +55,14 @@
 
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { crc32 } from 'node:zlib';
 import { StorageError } from './extent-store.ts';
 import { fsyncPath } from './fsync.ts';
+import { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord } from './journal-records.ts';
 
-export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
-export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
+export { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord, RecordType, type RecordTypeValue, uploadedGeneration, uploadedRecord } from './journal-records.ts';
 
-export interface JournalRecord {
-  readonly type: RecordTypeValue;
-  readonly seq: number;
-  readonly index: number;
-  readonly offset: number;
-  /** WRITE: payload bytes; ZERO: bytes zeroed; DISCARD: extents discarded. */
-  readonly length: number;
-  readonly payload?: Buffer | undefined;
-}
-
-const MAGIC = 0x534e4a31;
-export const HEADER_SIZE = 36;
 /** A new segment is started once the current one reaches this size. */
 export const SEGMENT_BYTES = 16 * 1024 * 1024;
-/** Largest payload a record may claim; anything bigger is corruption. */
-const MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Trimmed segments kept for reuse (disk space: this many times SEGMENT_BYTES, at most). */
 export const SPARE_SEGMENTS = 4;
 const SEGMENT_NAME = /^[0-9a-f]{16}\.log$/;
@@ -130,63 +102,6 @@ export interface JournalLocation {
   readonly position: number;
 }
 
-/** The generation an UPLOADED record carries (split over its offset and length fields). */
-export function uploadedGeneration(record: JournalRecord): number {
-  return record.offset * 2 ** 32 + record.length;
-}
-
-export function uploadedRecord(seq: number, index: number, gen: number): JournalRecord {
-  return { type: RecordType.UPLOADED, seq, index, offset: Math.floor(gen / 2 ** 32), length: gen % 2 ** 32 };
-}
-
-export function encodeHeader(record: JournalRecord): Buffer {
-  const h = Buffer.alloc(HEADER_SIZE);
-  h.writeUInt32BE(MAGIC, 0);
-  h.writeUInt8(record.type, 4);
-  h.writeBigUInt64BE(BigInt(record.seq), 8);
-  h.writeBigUInt64BE(BigInt(record.index), 16);
-  h.writeUInt32BE(record.offset, 24);
-  h.writeUInt32BE(record.length, 28);
-  let crc = crc32(h.subarray(0, 32));
-  if (record.payload) crc = crc32(record.payload, crc);
-  h.writeUInt32BE(crc, 32);
-  return h;
-}
-
-/**
- * Parses the records of one segment, whose name says its first sequence number is `firstSeq`;
- * `validBytes` is where its own intact records end.
- */
-export function decodeSegment(data: Buffer, firstSeq: number): { records: JournalRecord[]; validBytes: number } {
-  const records: JournalRecord[] = [];
-  let pos = 0;
-  let previousSeq = firstSeq - 1;
-  while (pos + HEADER_SIZE <= data.length) {
-    if (data.readUInt32BE(pos) !== MAGIC) break;
-    const type = data.readUInt8(pos + 4);
-    const length = data.readUInt32BE(pos + 28);
-    const payloadLength = type === RecordType.WRITE ? length : 0;
-    if (type < RecordType.WRITE || type > RecordType.UPLOADED || payloadLength > MAX_PAYLOAD) break;
-    if (pos + HEADER_SIZE + payloadLength > data.length) break;
-    const payload = payloadLength > 0 ? data.subarray(pos + HEADER_SIZE, pos + HEADER_SIZE + payloadLength) : undefined;
-    let crc = crc32(data.subarray(pos, pos + 32));
-    if (payload) crc = crc32(payload, crc);
-    if (crc !== data.readUInt32BE(pos + 32)) break;
-    const seq = Number(data.readBigUInt64BE(pos + 8));
-    if (seq <= previousSeq) break; // left over from the segment's previous life
-    previousSeq = seq;
-    records.push({
-      type: type as RecordTypeValue,
-      seq,
-      index: Number(data.readBigUInt64BE(pos + 16)),
-      offset: data.readUInt32BE(pos + 24),
-      length,
-      payload,
-    });
-    pos += HEADER_SIZE + payloadLength;
-  }
-  return { records, validBytes: pos };
-}
 
 export class Journal {
   private readonly dir: string;
