@@ -2,7 +2,8 @@
 // through the fault proxy from MinIO with a real NBD client. An S3 answer that never comes, or
 // comes a few bytes a second, ends the read with EIO within --read-timeout (plus a small
 // margin), a warn line says what the gateway waits for while it waits, and the gateway goes on
-// serving. An upload that stalls is logged at warn too, and goes on once S3 answers.
+// serving. A body longer than the extent is never served as its data. An upload that stalls is
+// logged at warn too, and goes on once S3 answers.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -112,6 +113,17 @@ describe('S3 stalls: bounded reads, visible waits', () => {
       proxy.clearFaults();
     }
     const [again] = await nbdOps(gw.uri, [['read', 5 * MIB, MIB, seed(5)]]);
+    assert.deepEqual([again!.ok, again!.match], [true, true]);
+  });
+
+  it('a body longer than the extent asked for is never served as its data; the gateway goes on', { timeout: 60_000 }, async () => {
+    proxy.oversizeBodyNext(1, 4096, kindIs('GET object', extentKey(6)));
+    const [big] = await nbdOps(gw.uri, [['read', 6 * MIB, MIB, seed(6)]]);
+    // EIO, or the right bytes from a retry: never the wrong ones.
+    assert.ok(!big!.ok ? big!.errno === ERRNO.EIO : big!.match === true, `the read of an oversized answer: ${JSON.stringify(big)}`);
+    assert.ok(big!.ms < READ_TIMEOUT_S * 1000 + MARGIN_MS);
+    assert.ok(proxy.requests.some((r) => r.fault === 'oversize'), 'the fault was used');
+    const [again] = await nbdOps(gw.uri, [['read', 6 * MIB, MIB, seed(6)]]);
     assert.deepEqual([again!.ok, again!.match], [true, true]);
   });
 
