@@ -145,7 +145,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
         const drained = await storage.close(Math.max(0, deadline - Date.now()));
         await rm(statusPath, { force: true });
         const code = journalFailed ? EXIT_JOURNAL_FAILED : exitCode;
-        log.info({ drained, exitCode: code }, 'stopped');
+        log.info({ exitCode: code, drained }, 'stopped');
         process.exitCode = code;
       } catch (err) {
         log.error({ err }, 'shutdown failed');
