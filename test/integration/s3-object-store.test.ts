@@ -240,6 +240,28 @@ describe('S3ObjectStore on a real S3 server', () => {
       assert.equal(store.stats.retries, 3);
     });
 
+    it('ends a get() within readTimeoutMs, retries included, on a stall or a trickle; a put() has no such budget', async () => {
+      const stalled = openBehindProxy({ readTimeoutMs: 1200, requestTimeoutMs: 500 }).store;
+      await stalled.put('k', randomBytes(256 * 1024));
+      proxy.stallNext(1000, kindIs('GET object'));
+      let started = Date.now();
+      await rejectsWith(stalled.get('k'), 'EIO', /read timeout is 1200 ms/);
+      const stallMs = Date.now() - started;
+      assert.ok(stallMs >= 1100 && stallMs < 1700, `a stalled get() gave up after ${stallMs} ms (budget 1200, attempts of 500)`);
+      proxy.clearFaults();
+      proxy.releaseStalled();
+      proxy.trickleNext(1000, 8192, kindIs('GET object'));
+      started = Date.now();
+      await rejectsWith(stalled.get('k'), 'EIO', /gave up/);
+      assert.ok(Date.now() - started < 1700, `a trickled get() gave up after ${Date.now() - started} ms`);
+      proxy.clearFaults();
+      // The same budget does not apply to writes: a PUT delayed past it still succeeds.
+      const slow = openBehindProxy({ readTimeoutMs: 300 }).store;
+      proxy.delayNext(1, 600, kindIs('PUT object'));
+      await slow.put('k', Buffer.from('later'));
+      assert.equal((await slow.get('k'))?.toString(), 'later');
+    });
+
     it('retries a refused connection', async () => {
       const waits: number[] = [];
       // Nothing listens on the proxy's port once it is closed.
