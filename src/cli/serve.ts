@@ -65,7 +65,9 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   if (opts.socket === undefined || listenGiven) endpoints.push(parseListen(opts.listen));
 
   let stop: (reason: string, exitCode: number) => void = () => undefined;
-  // Told at once and stopped soon after (in a later tick: openStorage may still be running).
+  let stopping = false;
+  // Told at once and stopped soon after (in a later tick: openStorage may still be running),
+  // unless a shutdown is already under way (then it only changes the exit status).
   let journalFailed: Error | undefined;
   const storage = await openStorage({
     store: opts.store,
@@ -81,7 +83,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
     onJournalFailed: (err) => {
       journalFailed = err;
-      setImmediate(() => stop('the journal failed', EXIT_JOURNAL_FAILED));
+      setImmediate(() => { if (!stopping) stop('the journal failed', EXIT_JOURNAL_FAILED); });
     },
   });
   const { volume } = storage;
@@ -121,7 +123,6 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 
-  let stopping = false;
   stop = (reason: string, exitCode: number): void => {
     if (stopping) {
       log.warn({ reason }, 'second signal: exiting without waiting (dirty data stays in the journal)');

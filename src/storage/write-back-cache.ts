@@ -999,9 +999,10 @@ export class WriteBackCache implements ExtentStore {
     // or the slot file after this returns.
     while (this.uploadsInFlight > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await Promise.all(this.fills);
-    // A journal that failed for good cannot be synced (it said so when it failed); what it
-    // holds is replayed by the next start all the same.
-    if (!this.journal.failure) await this.journal.sync();
+    // A journal that failed for good cannot be synced; one whose sync fails now fails for
+    // good. Either said so once when it failed (onFailed), and the exit status says it;
+    // what it holds is replayed by the next start all the same.
+    if (!this.journal.failure) await this.journal.sync().catch(() => undefined);
     await this.journal.trim(this.neededSeq());
     await this.journal.close();
     await this.slots.close();

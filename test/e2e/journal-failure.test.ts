@@ -57,4 +57,21 @@ describe('a cache disk whose fsync fails', () => {
     assert.ok(back.every((r) => r.ok && r.match), `the acknowledged writes were uploaded before the exit: ${JSON.stringify(back)}`);
     assert.equal(await fresh.stop(), 0);
   });
+
+  it(`exits ${EXIT_JOURNAL_FAILED}, not 1, when the journal's last fsync at shutdown fails`, { timeout: 60_000 }, async () => {
+    const cacheDir = join(dir.path, 'cache2');
+    const flag = join(dir.path, 'fail-at-stop');
+    const env = await failFsyncEnv(dir.path, cacheDir, flag);
+    const store = join(dir.path, 'store2');
+    const gw = await startGateway(['--store', store, '--cache-dir', cacheDir, '--size', '64M', '--extent-size', '1M'],
+      { socket: join(dir.path, 'b.sock'), env });
+    const written = await nbdOps(gw.uri, [['write', 0, MIB, 3]]);
+    assert.ok(written[0]!.ok);
+    // With --flush-mode s3 the journal is fsynced only when the cache closes.
+    writeFileSync(flag, '');
+    const code = await within(gw.stop('SIGTERM'), 30_000, 'the gateway to stop');
+    assert.match(gw.logs(), /all dirty data uploaded/);
+    assert.equal(gw.logs().split('\n').filter((l) => l.includes('"msg":"the journal failed')).length, 1);
+    assert.equal(code, EXIT_JOURNAL_FAILED, `exit status ${code}:\n${gw.logs().slice(-3000)}`);
+  });
 });
