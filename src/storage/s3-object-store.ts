@@ -350,9 +350,10 @@ export class S3ObjectStore implements ObjectStore {
     const started = Date.now();
     const deadline = policy.budgetMs === undefined ? Infinity : started + policy.budgetMs;
     let n = 1;
+    let lastError: string | undefined;
     // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
     const stallTimer = this.stallLog && setInterval(() => {
-      this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n,
+      this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
         ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - Date.now()) } }, 'waiting for S3: no answer yet');
     }, this.stallWarnMs);
     try {
@@ -370,6 +371,7 @@ export class S3ObjectStore implements ObjectStore {
         } catch (err) {
           if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
           failure = classify(err, timeout.signal.aborted, limitMs);
+          lastError = failure.text;
           if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
           if (n >= policy.maxAttempts) {
             this.stats.exhausted++;
