@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Everything the tests run, the VM tests' QEMU and guest image included (the tests only check
 # for tools: test/unit/test-deps.test.ts fails when one has no package here).
 APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl
-  qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync)
+  qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -10,6 +10,11 @@
 //     retried with capped exponential backoff and full jitter, then EIO;
 //   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
 //   - anything else: EIO at once.
+// A read (get()) has a total time budget as well (readTimeoutMs, --read-timeout): a stalled or
+// trickling S3 answer ends in EIO within it, instead of keeping the NBD client waiting for
+// maxAttempts x requestTimeoutMs (6 x 30 s). Writes have no budget: the write-back flusher
+// retries them until they succeed. Any request still unanswered after stallWarnMs is logged
+// at warn level (rate-limited), with what it waits for, so a stall is visible while it lasts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
@@ -25,6 +30,7 @@ import {
 } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
+import { LogThrottle } from '../log-throttle.ts';
 import { StorageError } from './extent-store.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
 import { prematureEnd } from './http1.ts';
@@ -44,6 +50,10 @@ export interface S3ObjectStoreConfig {
   readonly maxAttempts?: number;
   /** Time limit for one attempt, body included. Default 30 s. */
   readonly requestTimeoutMs?: number;
+  /** Time limit for a whole get(), every attempt and backoff included (then EIO). Default 60 s. */
+  readonly readTimeoutMs?: number;
+  /** A request unanswered this long is logged at warn level (rate-limited). Default 5 s. */
+  readonly stallWarnMs?: number;
   /** Concurrent connections to S3. Default 50. */
   readonly maxSockets?: number;
   /** Normally absent, leaving credentials to the SDK's chain; tests pass them. */
@@ -99,10 +109,14 @@ type Operation = 'get' | 'put' | 'delete' | 'list';
 interface Policy {
   readonly maxAttempts: number;
   readonly signal: AbortSignal | undefined;
+  /** Total time for the operation, retries included; undefined: no limit but the attempts. */
+  readonly budgetMs?: number | undefined;
 }
 
 const DELETE_BATCH = 1000;
-const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
+const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, readTimeoutMs: 60_000, stallWarnMs: 5000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
+/** At most one "waiting for S3" line per this many ms, however many requests wait. */
+const STALL_LOG_INTERVAL_MS = 10_000;
 
 export class S3ObjectStore implements ObjectStore {
   readonly description: string;
@@ -112,7 +126,11 @@ export class S3ObjectStore implements ObjectStore {
   /** '' or the prefix with one trailing slash: prepended to every key. */
   private readonly keyPrefix: string;
   private readonly policy: Policy;
+  /** get()'s: the default policy with the read time budget. */
+  private readonly readPolicy: Policy;
   private readonly requestTimeoutMs: number;
+  private readonly stallWarnMs: number;
+  private readonly stallLog: LogThrottle | undefined;
   private readonly retryBaseMs: number;
   private readonly retryCapMs: number;
   private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
@@ -128,7 +146,10 @@ export class S3ObjectStore implements ObjectStore {
     this.bucket = config.bucket;
     this.keyPrefix = prefix === '' ? '' : `${prefix}/`;
     this.policy = { maxAttempts: config.maxAttempts ?? DEFAULTS.maxAttempts, signal: undefined };
+    this.readPolicy = { ...this.policy, budgetMs: config.readTimeoutMs ?? DEFAULTS.readTimeoutMs };
     this.requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.stallWarnMs = config.stallWarnMs ?? DEFAULTS.stallWarnMs;
+    this.stallLog = config.log && new LogThrottle(config.log, 'warn', { intervalMs: STALL_LOG_INTERVAL_MS });
     this.retryBaseMs = config.retryBaseMs ?? DEFAULTS.retryBaseMs;
     this.retryCapMs = config.retryCapMs ?? DEFAULTS.retryCapMs;
     this.sleep = config.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
@@ -195,7 +216,7 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
-    return (await this.getWith(key, this.policy))?.data;
+    return (await this.getWith(key, this.readPolicy))?.data;
   }
 
   getTagged(key: string): Promise<TaggedObject | undefined> {
@@ -321,45 +342,70 @@ export class S3ObjectStore implements ObjectStore {
 
   /**
    * Runs `attempt` until it succeeds, fails in a way retrying cannot fix, or runs out of
-   * attempts. Each attempt gets a signal that aborts at its time limit, on close() and on the
-   * policy's signal.
+   * attempts or of the policy's time budget. Each attempt gets a signal that aborts at its
+   * time limit (no later than the budget's end), on close() and on the policy's signal.
    */
   private async retry<T>(operation: Operation, what: string, policy: Policy, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const stop = policy.signal ? AbortSignal.any([this.closing.signal, policy.signal]) : this.closing.signal;
-    for (let n = 1; ; n++) {
-      if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
-      this.stats[operation]++;
-      // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
-      // timer fires, long after a quick request is done.
-      const timeout = new AbortController();
-      const timer = setTimeout(() => timeout.abort(), this.requestTimeoutMs);
-      let failure: Failure;
-      try {
-        return await attempt(AbortSignal.any([timeout.signal, stop]));
-      } catch (err) {
-        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-        failure = classify(err, timeout.signal.aborted, this.requestTimeoutMs);
-        if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
-        if (n >= policy.maxAttempts) {
-          this.stats.exhausted++;
-          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
+    const started = Date.now();
+    const deadline = policy.budgetMs === undefined ? Infinity : started + policy.budgetMs;
+    let n = 1;
+    let lastError: string | undefined;
+    // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
+    const stallTimer = this.stallLog && setInterval(() => {
+      this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
+        ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - Date.now()) } }, 'waiting for S3: no answer yet');
+    }, this.stallWarnMs);
+    try {
+      for (;; n++) {
+        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
+        this.stats[operation]++;
+        // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
+        // timer fires, long after a quick request is done.
+        const timeout = new AbortController();
+        const limitMs = Math.max(1, Math.min(this.requestTimeoutMs, deadline - Date.now()));
+        const timer = setTimeout(() => timeout.abort(), limitMs);
+        let failure: Failure;
+        try {
+          return await attempt(AbortSignal.any([timeout.signal, stop]));
+        } catch (err) {
+          if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
+          failure = classify(err, timeout.signal.aborted, limitMs);
+          lastError = failure.text;
+          if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
+          if (n >= policy.maxAttempts) {
+            this.stats.exhausted++;
+            throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
+          }
+        } finally {
+          clearTimeout(timer);
         }
-      } finally {
-        clearTimeout(timer);
+        // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
+        const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
+        const wait = Math.floor(this.random() * ceiling);
+        if (Date.now() + wait >= deadline) {
+          this.stats.exhausted++;
+          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts in ${Date.now() - started} ms: the read timeout is ${policy.budgetMs} ms)`);
+        }
+        await this.backoff(what, n, failure, wait, stop);
       }
-      this.stats.retries++;
-      if (failure.throttled) this.stats.throttled++;
-      // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
-      const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
-      const wait = Math.floor(this.random() * ceiling);
-      // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
-      const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
-      this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
-      try {
-        await this.sleep(wait, stop);
-      } catch (err) {
-        throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-      }
+    } finally {
+      clearInterval(stallTimer);
+    }
+  }
+
+  /** Counts a failed attempt, logs it, and waits `wait` ms before the next. */
+  private async backoff(what: string, n: number, failure: Failure, wait: number, stop: AbortSignal): Promise<void> {
+    this.stats.retries++;
+    if (failure.throttled) this.stats.throttled++;
+    // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
+    // A request that hangs is reported by the stall warning in retry() meanwhile.
+    const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
+    this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
+    try {
+      await this.sleep(wait, stop);
+    } catch (err) {
+      throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
     }
   }
 

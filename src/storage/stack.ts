@@ -45,6 +45,8 @@ export interface StorageConfig {
   readonly log: Logger;
   /** Called when another gateway took the volume over (this one is fenced off). */
   readonly onFenced?: (by: string) => void;
+  /** Called once if the cache's journal fails for good (the gateway should stop; status 4). */
+  readonly onJournalFailed?: (err: Error) => void;
 }
 
 export interface Storage {
@@ -56,18 +58,33 @@ export interface Storage {
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
   readonly device: BlockDevice;
-  /** Uploads dirty data for up to `timeoutMs`, then closes everything. Resolves true if all was uploaded. */
+  /**
+   * Uploads dirty data for up to `timeoutMs`, then closes everything, in about that time
+   * (plus at most RELEASE_MIN_MS for the lease) whatever S3 does. Resolves true if all was
+   * uploaded.
+   */
   close(drainTimeoutMs?: number): Promise<boolean>;
 }
 
+/** The least time the lease release gets when the drain used up the time allowed. */
+const RELEASE_MIN_MS = 1000;
+
 export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
+
+/** Waits for `work` for at most `ms` (it goes on in the background, and is ended by closing the store). */
+async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work.catch(() => undefined), new Promise((resolve) => { timer = setTimeout(resolve, ms); })]);
+  clearTimeout(timer);
+}
 
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
   const objects = openObjectStore(config.store, { maxSockets: (config.cache?.uploadConcurrency ?? 16) * 2 + 16, ...config.s3 }, log);
   const opened: Array<() => Promise<unknown>> = [() => objects.close()];
-  const closeAll = async (): Promise<void> => {
-    for (const close of opened.reverse()) await close();
+  /** Closes in reverse order of opening; each step (the lease release) may take until `deadline`. */
+  const closeAll = async (deadline = Infinity): Promise<void> => {
+    for (const close of opened.reverse()) await bounded(close(), Math.max(deadline - Date.now(), RELEASE_MIN_MS));
   };
   const checkCacheSize = (extentSize: number): void => {
     const c = config.cache;
@@ -106,6 +123,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
         uploadDelayMs: c.uploadDelayMs, log, mayUpload: () => lease.isValid(),
+        ...config.onJournalFailed ? { onFailed: config.onJournalFailed } : {},
       });
       top = cache;
     }
@@ -114,13 +132,24 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     return {
       objects, volume, created, extents, cache, identity, device,
       async close(drainTimeoutMs = 0) {
+        const deadline = Date.now() + drainTimeoutMs;
         let drained = true;
         if (openedCache) {
           if (drainTimeoutMs > 0) drained = await openedCache.drain(drainTimeoutMs);
-          await openedCache.close();
+          const uploadsInFlight = openedCache.status().uploadsInFlight;
+          const closing = openedCache.close(); // no new uploads from here on
+          if (uploadsInFlight > 0) {
+            // The time is up and uploads hang on S3: cut them off (closing the store ends every
+            // request in flight), or the cache would wait for them for minutes. The journal
+            // keeps what they carried. The lease is then not released but left to expire: a
+            // PUT already sent may still land, and must not land after a successor's.
+            log.warn({ uploadsInFlight }, 'stopping uploads in flight; the lease is left to expire (the journal keeps their data for the next start)');
+            await objects.close();
+          }
+          await closing;
         }
         await extents.close();
-        await closeAll();
+        await closeAll(deadline);
         return drained;
       },
     };

@@ -38,11 +38,14 @@ export const TOOL_PACKAGES = {
   umount: 'mount',
   timeout: 'coreutils',
   sync: 'coreutils',
+  dd: 'coreutils',
+  df: 'coreutils',
   cp: 'coreutils',
   find: 'findutils',
   sh: 'dash',
   bash: 'bash',
   dpkg: 'dpkg',
+  cc: 'gcc',
 } as const;
 
 export type Tool = keyof typeof TOOL_PACKAGES;

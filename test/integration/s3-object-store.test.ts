@@ -3,7 +3,9 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import { pino } from 'pino';
 import { UserError } from '../../src/errors.ts';
 import { StorageError } from '../../src/storage/extent-store.ts';
 import { DirectS3, USER_AGENT } from '../../src/storage/s3-direct.ts';
@@ -238,6 +240,34 @@ describe('S3ObjectStore on a real S3 server', () => {
       assert.ok(Date.now() - started < 1500, 'the slow attempt was abandoned at its time limit');
       assert.equal(proxy.count('GET object'), 5);
       assert.equal(store.stats.retries, 3);
+    });
+
+    it('ends a get() within readTimeoutMs, retries included, on a stall or a trickle; a put() has no such budget', async () => {
+      const lines: Array<Record<string, unknown>> = [];
+      const log = pino({ level: 'warn' }, new Writable({ write(chunk: Buffer, _enc, done) { lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>); done(); } }));
+      const stalled = openBehindProxy({ readTimeoutMs: 1200, requestTimeoutMs: 500, stallWarnMs: 300, log }).store;
+      await stalled.put('k', randomBytes(256 * 1024));
+      proxy.stallNext(1000, kindIs('GET object'));
+      let started = Date.now();
+      await rejectsWith(stalled.get('k'), 'EIO', /read timeout is 1200 ms/);
+      const stallMs = Date.now() - started;
+      assert.ok(stallMs >= 1100 && stallMs < 1700, `a stalled get() gave up after ${stallMs} ms (budget 1200, attempts of 500)`);
+      const waiting = lines.filter((l) => l.msg === 'waiting for S3: no answer yet');
+      assert.equal(waiting.length, 1, `one warn line while it waited (rate-limited): ${JSON.stringify(lines)}`);
+      assert.match(String(waiting[0]!.operation), /^GET s3:\/\/.*\/k$/);
+      assert.equal(typeof waiting[0]!.givesUpInMs, 'number');
+      proxy.clearFaults();
+      proxy.releaseStalled();
+      proxy.trickleNext(1000, 8192, kindIs('GET object'));
+      started = Date.now();
+      await rejectsWith(stalled.get('k'), 'EIO', /gave up/);
+      assert.ok(Date.now() - started < 1700, `a trickled get() gave up after ${Date.now() - started} ms`);
+      proxy.clearFaults();
+      // The same budget does not apply to writes: a PUT delayed past it still succeeds.
+      const slow = openBehindProxy({ readTimeoutMs: 300 }).store;
+      proxy.delayNext(1, 600, kindIs('PUT object'));
+      await slow.put('k', Buffer.from('later'));
+      assert.equal((await slow.get('k'))?.toString(), 'later');
     });
 
     it('retries a refused connection', async () => {
