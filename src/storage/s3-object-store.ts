@@ -122,6 +122,13 @@ export class S3ObjectStore implements ObjectStore {
   private readonly closing = new AbortController();
   /** GETs and unconditional PUTs without the SDK's pipeline, where the endpoint allows (see s3-direct.ts). */
   private readonly direct: DirectS3 | undefined;
+  /**
+   * Ceph RGW 16 compares If-Match with the stored ETag as the header spells it, quotes and
+   * all, so the quoted ETag it hands out itself never matches: every renewal of the lease
+   * would look like a take-over. Set once a 412 answered a tag the object does have; from
+   * then on the tag goes out without its quotes, which such a server matches.
+   */
+  private unquotedIfMatch = false;
 
   constructor(config: S3ObjectStoreConfig) {
     const prefix = normalisePrefix(config.prefix ?? '');
@@ -258,13 +265,14 @@ export class S3ObjectStore implements ObjectStore {
 
   private async putIfWith(key: string, data: Buffer, expectedTag: string | undefined, policy: Policy): Promise<string | undefined> {
     const Key = this.keyPrefix + key;
+    const condition = expectedTag === undefined ? { IfNoneMatch: '*' }
+      : { IfMatch: this.unquotedIfMatch ? expectedTag.replace(/^"(.*)"$/, '$1') : expectedTag };
     let attempts = 0;
     const tag = await this.retry('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
         const output = await this.client.send(new PutObjectCommand({
-          Bucket: this.bucket, Key, Body: data, ContentLength: data.length,
-          ...expectedTag === undefined ? { IfNoneMatch: '*' } : { IfMatch: expectedTag },
+          Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition,
         }), { abortSignal: signal });
         if (output.ETag === undefined) throw new Error('the response has no ETag');
         return output.ETag;
@@ -275,12 +283,20 @@ export class S3ObjectStore implements ObjectStore {
         throw err;
       }
     });
-    if (tag !== undefined || attempts === 1) return tag;
+    const quoted = expectedTag !== undefined && !this.unquotedIfMatch && /^".*"$/.test(expectedTag);
+    if (tag !== undefined || (attempts === 1 && !quoted)) return tag;
     // An earlier attempt failed without a clear answer, so it may have written the object and
     // made this attempt's condition fail. If the object now holds exactly our bytes, the write
     // was ours (or indistinguishable from ours): report success, with its tag.
     const current = await this.getWith(key, policy);
-    return current?.data.equals(data) ? current.tag : undefined;
+    if (attempts > 1 && current?.data.equals(data)) return current.tag;
+    // Or the object has the tag we sent and the server still said no: it wants it unquoted.
+    if (quoted && current?.tag === expectedTag) {
+      this.unquotedIfMatch = true;
+      this.log?.warn({ store: this.description }, 'the S3 server refused If-Match with its own quoted ETag (as Ceph RGW 16 does): sending ETags unquoted');
+      return this.putIfWith(key, data, expectedTag, policy);
+    }
+    return undefined;
   }
 
   private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
