@@ -143,6 +143,8 @@ export interface SigV4Request {
   readonly method: string;
   /** The path, already URI-encoded, without a query string. */
   readonly path: string;
+  /** The canonical query string (sorted, URI-encoded name=value pairs joined by &); default none. */
+  readonly query?: string;
   /** Every header to sign, names in lower case; `host` and `x-amz-date` among them. */
   readonly headers: Readonly<Record<string, string>>;
   readonly payloadHash: string;
@@ -155,12 +157,12 @@ export interface SigV4Request {
   readonly signingKey?: (scope: string, secret: string) => Buffer;
 }
 
-/** The Authorization header of AWS Signature Version 4 for a request without a query string. */
+/** The Authorization header of AWS Signature Version 4 (header-based, as S3 takes it). */
 export function sigV4Authorization(r: SigV4Request): string {
   const names = Object.keys(r.headers).sort();
   const canonicalHeaders = names.map((n) => `${n}:${r.headers[n]!.trim().replace(/\s+/g, ' ')}\n`).join('');
   const signedHeaders = names.join(';');
-  const canonicalRequest = `${r.method}\n${r.path}\n\n${canonicalHeaders}\n${signedHeaders}\n${r.payloadHash}`;
+  const canonicalRequest = `${r.method}\n${r.path}\n${r.query ?? ''}\n${canonicalHeaders}\n${signedHeaders}\n${r.payloadHash}`;
   const scope = `${r.amzDate.slice(0, 8)}/${r.region}/${r.service}/aws4_request`;
   const stringToSign = `AWS4-HMAC-SHA256\n${r.amzDate}\n${scope}\n${createHash('sha256').update(canonicalRequest).digest('hex')}`;
   const key = r.signingKey ? r.signingKey(scope, r.credentials.secretAccessKey) : deriveSigningKey(r.credentials.secretAccessKey, scope);

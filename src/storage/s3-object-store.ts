@@ -282,6 +282,9 @@ export class S3ObjectStore implements ObjectStore {
         if (status === 412 || (status === 404 && expectedTag !== undefined && codeOf(err) !== 'NoSuchBucket')) return undefined;
         throw err;
       }
+    }).catch((err: unknown) => {
+      const refused = notImplemented(err);
+      throw refused ? Errors.noConditionalWrites(this.description, `refuses ${expectedTag === undefined ? 'If-None-Match' : 'If-Match'} on PutObject (${refused})`) : err;
     });
     const quoted = expectedTag !== undefined && !this.unquotedIfMatch && /^".*"$/.test(expectedTag);
     if (tag !== undefined || (attempts === 1 && !quoted)) return tag;
@@ -297,6 +300,37 @@ export class S3ObjectStore implements ObjectStore {
       return this.putIfWith(key, data, expectedTag, policy);
     }
     return undefined;
+  }
+
+  /**
+   * Throws UserError S3NBD_NO_CONDITIONAL_WRITES unless the server refuses conditional PUTs
+   * whose condition fails; putIf() (volume creation, the lease) is all that keeps two
+   * gateways from writing one volume. `key` must exist and hold `data`: each check PUTs
+   * those same bytes, so a server that ignores the condition rewrites what was there. Two
+   * small requests, answered 412 by a server that honours them, when a writer opens a volume.
+   */
+  async checkConditionalWrites(key: string, data: Buffer): Promise<void> {
+    const Key = this.keyPrefix + key;
+    // An ETag is the quoted hex MD5 of the object (or of its parts): this one is nobody's.
+    const checks = [{ IfNoneMatch: '*' }, { IfMatch: '"s3nbd-never-matches"' }];
+    for (const condition of checks) {
+      const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
+      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, this.policy, async (signal) => {
+        try {
+          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
+          return true;
+        } catch (err) {
+          if (statusOf(err) === 412) return false;
+          throw err;
+        }
+      }).catch((err: unknown) => {
+        const refused = notImplemented(err);
+        throw refused ? Errors.noConditionalWrites(this.description, `refuses ${header} on PutObject (${refused})`) : err;
+      });
+      if (accepted) {
+        throw Errors.noConditionalWrites(this.description, `ignores ${header} on PutObject (a PUT that had to fail with 412 was accepted)`);
+      }
+    }
   }
 
   private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
@@ -469,6 +503,14 @@ const NETWORK_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
   'ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE',
 ]);
+
+/** How a server said it does not implement what was asked (HTTP 501, or the code NotImplemented), if it did. */
+function notImplemented(err: unknown): string | undefined {
+  const cause = err instanceof StorageError ? err.cause : err;
+  const status = statusOf(cause);
+  const code = codeOf(cause);
+  return status === 501 || code === 'NotImplemented' ? `HTTP ${status ?? '?'} ${code ?? ''}`.trim() : undefined;
+}
 
 function isTransientCode(code: string | undefined): boolean {
   return code !== undefined && (THROTTLING_CODES.has(code) || TRANSIENT_CODES.has(code));
