@@ -3,8 +3,8 @@
 # from Debian's own packages, for the integration tests' second S3 server (test/helpers/ceph.ts
 # starts a throw-away single-node cluster from them). Checks that the tools run and prints
 # the version on stdout; logging goes to stderr. Safe to run again: installed packages are
-# not touched. Nothing is started here, and no service is enabled: the packages' own units
-# need a configured cluster, which a bare machine does not have.
+# not touched. Nothing is started here: the packages' own units need a configured cluster,
+# which a bare machine does not have.
 set -euo pipefail
 
 CEPH_PACKAGES=(radosgw ceph-mon ceph-osd)
@@ -28,6 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Another apt run (e.g. install-test-deps.sh in a parallel job) may hold the lock for a while.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     -o DPkg::Lock::Timeout=600 "${missing[@]}" >&2
+  # Under systemd the packages start ceph-crash, a collector for a system cluster that this
+  # machine does not run; the tests start daemons of their own and leave nothing running.
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now ceph-crash.service >/dev/null 2>&1 || true
+  fi
 fi
 
 for tool in "${CEPH_TOOLS[@]}"; do

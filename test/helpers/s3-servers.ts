@@ -4,7 +4,8 @@
 // that takes this list runs every case once per server, each against its own instance.
 //
 // S3NBD_TEST_S3_SERVERS=minio (or ceph) runs only that one, for a quicker loop while
-// developing; CI leaves it unset, and a server that cannot start fails the tests.
+// developing; CI leaves it unset, and a server that cannot start fails the tests. With
+// S3NBD_TEST_S3_ENDPOINT set, the MinIO entry is that server instead (see minio.ts).
 
 import { startCeph } from './ceph.ts';
 import { type S3TestServer, startMinio } from './minio.ts';
