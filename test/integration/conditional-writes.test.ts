@@ -81,6 +81,18 @@ for (const kind of S3_SERVERS) describe(`conditional writes: ${kind.name}`, () =
     }
   });
 
+  it('refuses to create a volume on a server that answers conditional PUTs with 501 NotImplemented', async () => {
+    const prefix = newPrefix();
+    proxy.failNext(20, 501, 'NotImplemented', kindIs('PUT object', `${prefix}/s3nbd-volume.json`));
+    try {
+      const created = await s3nbd(['create', '--store', `s3://${bucket}/${prefix}`, '--size', '64M'], proxy.endpoint);
+      assertRefused(created, /refuses If-None-Match on PutObject \(HTTP 501 NotImplemented\)/);
+      assert.deepEqual(await keys(prefix), []);
+    } finally {
+      proxy.clearFaults();
+    }
+  });
+
   it('refuses to serve an existing volume there before taking the lease; read-only serving and info need no check', async () => {
     const prefix = newPrefix();
     const store = `s3://${bucket}/${prefix}`;
