@@ -1,30 +1,31 @@
 // A second real S3 server for integration tests: Ceph's RADOS Gateway from Debian's packages
-// (scripts/install-ceph.sh), as a throw-away single-node cluster on 127.0.0.1: one monitor,
-// one OSD on memstore (objects in the OSD's memory: nothing to format, and a file of the
-// suite writes well under 1 GB) and radosgw with its beast front end, plus one S3 user.
+// (installed with the other test tools; scripts/install-ceph.sh checks them), as a throw-away
+// single-node cluster on 127.0.0.1: one monitor, one OSD on memstore (objects in the OSD's
+// memory: nothing to format; the busiest test file peaks at about 0.9 GB) and radosgw with
+// its beast front end, plus one S3 user.
 // It answers the same S3TestServer interface as MinIO (test/helpers/minio.ts), so a test
-// file runs the same cases against both. Missing packages are installed, and a cluster that
-// cannot start fails the tests: never a skip.
+// file runs the same cases against both. A missing tool or a cluster that cannot start fails
+// the tests: never a skip.
 //
 // The cluster runs without cephx (auth none): it only listens on loopback, for the lifetime
 // of one test file, and RGW still checks every S3 request's signature against its user.
 // pause(), resume() and restart() act on radosgw, the S3 server proper; the monitor and the
 // OSD, which hold the data, keep running, so a restarted gateway finds every object again.
 
-import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBucket, type S3TestServer, watchdog, whenStopped } from './minio.ts';
-import { freePort, REPO, TOOL_ENV } from './tools.ts';
+import { freePort, requireTool, TOOL_ENV } from './tools.ts';
 
 const USER = 's3nbdtest';
 const SECRET = 's3nbdtestsecret';
 /** A start takes 1-3 s on an idle 2-core machine, up to 10 s on a loaded one; this bounds each attempt. */
 const START_TIMEOUT_MS = 60_000;
 const COMMAND_TIMEOUT_MS = 30_000;
-const BINARIES = ['ceph-mon', 'ceph-osd', 'radosgw', 'radosgw-admin', 'monmaptool', 'ceph'];
+const BINARIES = ['ceph-mon', 'ceph-osd', 'radosgw', 'radosgw-admin', 'monmaptool', 'ceph'] as const;
 
 /**
  * Starts a single-node Ceph cluster with RGW on free loopback ports. A start that fails is
@@ -32,7 +33,7 @@ const BINARIES = ['ceph-mon', 'ceph-osd', 'radosgw', 'radosgw-admin', 'monmaptoo
  * daemon that lost a race on a loaded machine, should not fail a test file.
  */
 export async function startCeph(): Promise<S3TestServer> {
-  installCeph();
+  for (const tool of BINARIES) requireTool(tool);
   const failures: string[] = [];
   for (let attempt = 1; ; attempt++) {
     const dir = mkdtempSync(join(tmpdir(), 's3nbd-ceph-'));
@@ -48,20 +49,6 @@ export async function startCeph(): Promise<S3TestServer> {
   }
 }
 
-/** The Ceph version string, e.g. "ceph version 16.2.15 (...) pacific (stable)". */
-export function cephVersion(): string {
-  installCeph();
-  return spawnSync('ceph-mon', ['--version'], { env: TOOL_ENV, encoding: 'utf8' }).stdout.trim();
-}
-
-function installCeph(): void {
-  const missing = BINARIES.filter((b) => spawnSync('sh', ['-c', `command -v ${b}`], { env: TOOL_ENV }).status !== 0);
-  if (missing.length === 0) return;
-  const result = spawnSync('bash', [join(REPO, 'scripts/install-ceph.sh')], { stdio: ['ignore', 'inherit', 'inherit'] });
-  if (result.status !== 0) {
-    throw new Error(`scripts/install-ceph.sh failed (exit ${result.status}): the S3 integration tests need Ceph RGW (${missing.join(', ')} missing); see its output above`);
-  }
-}
 
 const running = new Set<ChildProcess>();
 const dirs = new Set<string>();
