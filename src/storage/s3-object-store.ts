@@ -194,6 +194,7 @@ export class S3ObjectStore implements ObjectStore {
       getTagged: (key) => this.getWith(key, policy),
       put: (key, data) => this.putWith(key, data, policy),
       putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
+      checkConditionalWrites: (key, data) => this.checkConditionsWith(key, data, policy),
       deleteMany: (keys) => this.deleteWith(keys, policy),
       list: (prefix) => this.listWith(prefix, policy),
       flush: () => this.flush(),
@@ -309,13 +310,17 @@ export class S3ObjectStore implements ObjectStore {
    * those same bytes, so a server that ignores the condition rewrites what was there. Two
    * small requests, answered 412 by a server that honours them, when a writer opens a volume.
    */
-  async checkConditionalWrites(key: string, data: Buffer): Promise<void> {
+  checkConditionalWrites(key: string, data: Buffer): Promise<void> {
+    return this.checkConditionsWith(key, data, this.policy);
+  }
+
+  private async checkConditionsWith(key: string, data: Buffer, policy: Policy): Promise<void> {
     const Key = this.keyPrefix + key;
     // An ETag is the quoted hex MD5 of the object (or of its parts): this one is nobody's.
     const checks = [{ IfNoneMatch: '*' }, { IfMatch: '"s3nbd-never-matches"' }];
     for (const condition of checks) {
       const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
-      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, this.policy, async (signal) => {
+      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
         try {
           await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
           return true;

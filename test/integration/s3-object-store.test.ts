@@ -328,6 +328,25 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
       assert.equal((await direct.get('lease'))?.toString(), 'theirs');
     });
 
+    it('checks conditional writes: passes on the server, refused where they are ignored, through a withRetry view too', async () => {
+      const prefix = `cond-${randomBytes(4).toString('hex')}`;
+      const direct = open({ prefix });
+      const data = Buffer.from('{"volume":1}\n');
+      await direct.put('meta', data);
+      await direct.checkConditionalWrites('meta', data);
+      await direct.withRetry({ maxAttempts: 2 }).checkConditionalWrites!('meta', data);
+      const refused = (err: unknown): boolean => err instanceof UserError && err.code === 'S3NBD_NO_CONDITIONAL_WRITES' && /ignores If-None-Match: \*/.test(err.message);
+      const { store } = openBehindProxy({ prefix });
+      proxy.stripHeaders(['if-match', 'if-none-match'], server.secretAccessKey);
+      try {
+        await assert.rejects(store.checkConditionalWrites('meta', data), refused);
+        await assert.rejects(store.withRetry({ maxAttempts: 2 }).checkConditionalWrites!('meta', data), refused);
+      } finally {
+        proxy.stripHeaders([]);
+      }
+      assert.deepEqual(await direct.get('meta'), data, 'the check rewrote the same bytes at most');
+    });
+
     it('throws on DeleteObjects errors, retrying only the keys whose errors are transient', async () => {
       const prefix = `del-${randomBytes(4).toString('hex')}`;
       const { store } = openBehindProxy({ prefix });
