@@ -60,4 +60,7 @@ export const Errors = {
     'start again with a larger --cache-size (at least what it was when the data was written)'),
   noRegion: (store: string) => new UserError('S3NBD_NO_REGION',
     `no AWS region is configured for ${store}`, 'pass --s3-region (e.g. us-east-1) or set AWS_REGION'),
+  noConditionalWrites: (store: string, reason: string) => new UserError('S3NBD_NO_CONDITIONAL_WRITES',
+    `the S3 server of ${store} ${reason}, so nothing would keep a second gateway from writing the volume at the same time`,
+    'use an S3 service that supports conditional writes (If-None-Match: * and If-Match on PutObject: AWS S3, MinIO, Ceph RGW 16 or later; see docs/s3.md), or a directory --store'),
 } as const;

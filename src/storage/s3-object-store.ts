@@ -140,6 +140,13 @@ export class S3ObjectStore implements ObjectStore {
   private readonly closing = new AbortController();
   /** GETs and unconditional PUTs without the SDK's pipeline, where the endpoint allows (see s3-direct.ts). */
   private readonly direct: DirectS3 | undefined;
+  /**
+   * Ceph RGW 16 compares If-Match with the stored ETag as the header spells it, quotes and
+   * all, so the quoted ETag it hands out itself never matches: every renewal of the lease
+   * would look like a take-over. Set once a 412 answered a tag the object does have; from
+   * then on the tag goes out without its quotes, which such a server matches.
+   */
+  private unquotedIfMatch = false;
 
   constructor(config: S3ObjectStoreConfig) {
     const prefix = normalisePrefix(config.prefix ?? '');
@@ -208,6 +215,7 @@ export class S3ObjectStore implements ObjectStore {
       getTagged: (key) => this.getWith(key, policy),
       put: (key, data) => this.putWith(key, data, policy),
       putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
+      checkConditionalWrites: (key, data) => this.checkConditionsWith(key, data, policy),
       deleteMany: (keys) => this.deleteWith(keys, policy),
       list: (prefix) => this.listWith(prefix, policy),
       flush: () => this.flush(),
@@ -279,13 +287,14 @@ export class S3ObjectStore implements ObjectStore {
 
   private async putIfWith(key: string, data: Buffer, expectedTag: string | undefined, policy: Policy): Promise<string | undefined> {
     const Key = this.keyPrefix + key;
+    const condition = expectedTag === undefined ? { IfNoneMatch: '*' }
+      : { IfMatch: this.unquotedIfMatch ? expectedTag.replace(/^"(.*)"$/, '$1') : expectedTag };
     let attempts = 0;
     const tag = await this.retry('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
         const output = await this.client.send(new PutObjectCommand({
-          Bucket: this.bucket, Key, Body: data, ContentLength: data.length,
-          ...expectedTag === undefined ? { IfNoneMatch: '*' } : { IfMatch: expectedTag },
+          Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition,
         }), { abortSignal: signal });
         if (output.ETag === undefined) throw new Error('the response has no ETag');
         return output.ETag;
@@ -295,13 +304,59 @@ export class S3ObjectStore implements ObjectStore {
         if (status === 412 || (status === 404 && expectedTag !== undefined && codeOf(err) !== 'NoSuchBucket')) return undefined;
         throw err;
       }
+    }).catch((err: unknown) => {
+      const refused = notImplemented(err);
+      throw refused ? Errors.noConditionalWrites(this.description, `refuses ${expectedTag === undefined ? 'If-None-Match' : 'If-Match'} on PutObject (${refused})`) : err;
     });
-    if (tag !== undefined || attempts === 1) return tag;
+    const quoted = expectedTag !== undefined && !this.unquotedIfMatch && /^".*"$/.test(expectedTag);
+    if (tag !== undefined || (attempts === 1 && !quoted)) return tag;
     // An earlier attempt failed without a clear answer, so it may have written the object and
     // made this attempt's condition fail. If the object now holds exactly our bytes, the write
     // was ours (or indistinguishable from ours): report success, with its tag.
     const current = await this.getWith(key, policy);
-    return current?.data.equals(data) ? current.tag : undefined;
+    if (attempts > 1 && current?.data.equals(data)) return current.tag;
+    // Or the object has the tag we sent and the server still said no: it wants it unquoted.
+    if (quoted && current?.tag === expectedTag) {
+      this.unquotedIfMatch = true;
+      this.log?.warn({ store: this.description }, 'the S3 server refused If-Match with its own quoted ETag (as Ceph RGW 16 does): sending ETags unquoted');
+      return this.putIfWith(key, data, expectedTag, policy);
+    }
+    return undefined;
+  }
+
+  /**
+   * Throws UserError S3NBD_NO_CONDITIONAL_WRITES unless the server refuses conditional PUTs
+   * whose condition fails; putIf() (volume creation, the lease) is all that keeps two
+   * gateways from writing one volume. `key` must exist and hold `data`: each check PUTs
+   * those same bytes, so a server that ignores the condition rewrites what was there. Two
+   * small requests, answered 412 by a server that honours them, when a writer opens a volume.
+   */
+  checkConditionalWrites(key: string, data: Buffer): Promise<void> {
+    return this.checkConditionsWith(key, data, this.policy);
+  }
+
+  private async checkConditionsWith(key: string, data: Buffer, policy: Policy): Promise<void> {
+    const Key = this.keyPrefix + key;
+    // An ETag is the quoted hex MD5 of the object (or of its parts): this one is nobody's.
+    const checks = [{ IfNoneMatch: '*' }, { IfMatch: '"s3nbd-never-matches"' }];
+    for (const condition of checks) {
+      const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
+      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
+        try {
+          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
+          return true;
+        } catch (err) {
+          if (statusOf(err) === 412) return false;
+          throw err;
+        }
+      }).catch((err: unknown) => {
+        const refused = notImplemented(err);
+        throw refused ? Errors.noConditionalWrites(this.description, `refuses ${header} on PutObject (${refused})`) : err;
+      });
+      if (accepted) {
+        throw Errors.noConditionalWrites(this.description, `ignores ${header} on PutObject (a PUT that had to fail with 412 was accepted)`);
+      }
+    }
   }
 
   private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
@@ -499,6 +554,14 @@ const NETWORK_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
   'ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE',
 ]);
+
+/** How a server said it does not implement what was asked (HTTP 501, or the code NotImplemented), if it did. */
+function notImplemented(err: unknown): string | undefined {
+  const cause = err instanceof StorageError ? err.cause : err;
+  const status = statusOf(cause);
+  const code = codeOf(cause);
+  return status === 501 || code === 'NotImplemented' ? `HTTP ${status ?? '?'} ${code ?? ''}`.trim() : undefined;
+}
 
 function isTransientCode(code: string | undefined): boolean {
   return code !== undefined && (THROTTLING_CODES.has(code) || TRANSIENT_CODES.has(code));

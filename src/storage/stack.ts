@@ -93,7 +93,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
   try {
     // Before a volume is created, with the extent size asked for; again once it is known.
     checkCacheSize(config.volume.extentSize ?? DEFAULT_EXTENT_SIZE);
-    const { volume, created } = await openVolume(objects, config.volume).catch((err: unknown) => {
+    const { volume, created } = await openVolume(objects, { writer: !config.readOnly, ...config.volume }).catch((err: unknown) => {
       if (err instanceof Error && /region is missing/i.test(err.message)) throw Errors.noRegion(objects.description);
       throw err;
     });

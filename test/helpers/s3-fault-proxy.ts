@@ -4,11 +4,13 @@
 // requests by kind, and injects the faults it is told to: S3 error replies, delays,
 // connection resets, answers cut short or corrupted, and the ways a server can hold a client
 // without failing: a request held unanswered (a stall), a body sent a few bytes a second (a
-// trickle), and a body or Content-Length larger than the object asked for. Only path-style
-// requests (http://proxy/BUCKET/KEY) are classified.
+// trickle), and a body or Content-Length larger than the object asked for. Or it strips
+// headers, as a server that ignores them would. Only path-style requests
+// (http://proxy/BUCKET/KEY) are classified.
 
 import { Agent, createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { sigV4Authorization } from '../../src/storage/s3-direct.ts';
 
 export type RequestKind = 'GET object' | 'HEAD object' | 'PUT object' | 'DELETE object' | 'DELETE objects' | 'LIST' | 'other';
 
@@ -85,6 +87,12 @@ export interface S3FaultProxy {
    * then holds the connection open: a client that believes the header waits or allocates.
    */
   inflateLengthNext(times: number, contentLength: number, match?: Match): void;
+  /**
+   * From now on, forwards every request without these headers (lower case), signed again
+   * with `secretAccessKey` since SigV4 signs them: ['if-match', 'if-none-match'] makes the
+   * server one that ignores conditional writes. [] forwards requests unchanged again.
+   */
+  stripHeaders(names: readonly string[], secretAccessKey?: string): void;
 }
 
 /** Matches requests of one kind, optionally only for keys that contain `keyPart`. */
@@ -113,6 +121,7 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
   const sockets = new Set<Socket>();
   /** Requests a stall holds, with how to forward them once released. */
   let stalled: Array<() => void> = [];
+  let strip: { names: readonly string[]; secret: string } | undefined;
 
   const server = createServer((req, res) => {
     const info = describe(req);
@@ -138,6 +147,7 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
       const timer = setTimeout(() => forward(req, res, upstream, agent, {}), fault.ms);
       req.socket.once('close', () => clearTimeout(timer));
     } else {
+      if (strip) stripAndSign(req, strip.names, strip.secret);
       forward(req, res, upstream, agent, {
         drop: fault?.kind === 'drop',
         cutAfter: fault?.kind === 'truncate' ? fault.bytes : undefined,
@@ -188,7 +198,29 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
     trickleNext: (times, bytesPerSecond, match = () => true) => add({ kind: 'trickle', remaining: times, match, bytesPerSecond }),
     oversizeBodyNext: (times, extraBytes, match = () => true) => add({ kind: 'oversize', remaining: times, match, extraBytes }),
     inflateLengthNext: (times, contentLength, match = () => true) => add({ kind: 'inflate', remaining: times, match, contentLength }),
+    stripHeaders: (names, secret = '') => { strip = names.length === 0 ? undefined : { names, secret }; },
   };
+}
+
+/** Removes `names` from the request's headers, and from its SigV4 signature, signing it again. */
+function stripAndSign(req: IncomingMessage, names: readonly string[], secret: string): void {
+  if (!names.some((name) => name in req.headers)) return;
+  for (const name of names) delete req.headers[name];
+  const auth = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=([^,]+), ?Signature=\S+$/.exec(req.headers.authorization ?? '');
+  if (!auth) throw new Error(`the fault proxy can only strip headers from header-signed SigV4 requests, not ${req.method} ${req.url}`);
+  const [, accessKeyId, , region, service, signed] = auth as unknown as [string, string, string, string, string, string];
+  const headers: Record<string, string> = {};
+  for (const name of signed.split(';')) {
+    const value = req.headers[name];
+    if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(',') : value;
+  }
+  const [path = '/', rawQuery = ''] = (req.url ?? '/').split('?', 2);
+  // Canonical: pairs sorted by name, each part encoded as SigV4 wants (the SDK's already are).
+  const query = rawQuery === '' ? '' : rawQuery.split('&').map((pair) => pair.includes('=') ? pair : `${pair}=`).sort().join('&');
+  req.headers.authorization = sigV4Authorization({
+    method: req.method ?? 'GET', path, query, headers, payloadHash: String(req.headers['x-amz-content-sha256']),
+    amzDate: String(req.headers['x-amz-date']), region, service, credentials: { accessKeyId, secretAccessKey: secret },
+  });
 }
 
 function describe(req: IncomingMessage): ProxiedRequest {

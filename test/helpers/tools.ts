@@ -46,6 +46,13 @@ export const TOOL_PACKAGES = {
   bash: 'bash',
   dpkg: 'dpkg',
   cc: 'gcc',
+  // Ceph RGW, the second S3 server of the integration tests (test/helpers/ceph.ts).
+  'ceph-mon': 'ceph-mon',
+  'ceph-osd': 'ceph-osd',
+  radosgw: 'radosgw',
+  'radosgw-admin': 'ceph-common',
+  monmaptool: 'ceph-base',
+  ceph: 'ceph-common',
 } as const;
 
 export type Tool = keyof typeof TOOL_PACKAGES;
