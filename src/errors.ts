@@ -60,4 +60,10 @@ export const Errors = {
     'start again with a larger --cache-size (at least what it was when the data was written)'),
   noRegion: (store: string) => new UserError('S3NBD_NO_REGION',
     `no AWS region is configured for ${store}`, 'pass --s3-region (e.g. us-east-1) or set AWS_REGION'),
+  cacheDirLocked: (dir: string, holder: string) => new UserError('S3NBD_CACHE_DIR_LOCKED',
+    `the cache directory ${dir} is in use by another running gateway${holder ? ` (${holder})` : ''}`,
+    'stop that gateway first (a gateway restarted on its cache directory resumes where it stopped), or give this one its own --cache-dir'),
+  cacheDirLockFailed: (dir: string, reason: string) => new UserError('S3NBD_CACHE_DIR_NO_LOCK',
+    `the cache directory ${dir} cannot be locked (${reason}), so a second gateway on it could not be refused`,
+    'put --cache-dir on a local file system that supports fcntl locks (ext4, xfs, btrfs, tmpfs; NFS with locking)'),
 } as const;

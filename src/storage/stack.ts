@@ -5,13 +5,15 @@
 //   WriteBackCache      journal + disk cache: writes acknowledged locally, uploaded later
 //   ExtentDevice        the byte-addressed BlockDevice the NBD server serves
 //
-// The write-back cache (and the writer lease that protects it) is left out where it has no
-// job: for the volatile memory store, for read-only serving, and for inspection (`s3nbd info`).
+// The write-back cache (and the cache directory's lock and the writer lease that protect it)
+// is left out where it has no job: for the volatile memory store, for read-only serving, and
+// for inspection (`s3nbd info`, which may run beside a gateway on its cache directory).
 
 import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
 import { type CacheIdentity, claimCacheDir } from './cache-dir.ts';
+import { lockCacheDir } from './cache-lock.ts';
 import { ExtentDevice } from './extent-device.ts';
 import type { ExtentStore } from './extent-store.ts';
 import { Lease } from './lease.ts';
@@ -76,11 +78,17 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
   try {
     // Before a volume is created, with the extent size asked for; again once it is known.
     checkCacheSize(config.volume.extentSize ?? DEFAULT_EXTENT_SIZE);
+    const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
+    // First of all, before the bucket is touched: a second gateway on this cache directory is
+    // refused here, having created no volume, written no lease and replayed no journal.
+    if (writeBack) {
+      const lock = await lockCacheDir(config.cache.dir);
+      opened.push(() => lock.release());
+    }
     const { volume, created } = await openVolume(objects, config.volume).catch((err: unknown) => {
       if (err instanceof Error && /region is missing/i.test(err.message)) throw Errors.noRegion(objects.description);
       throw err;
     });
-    const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
     const extents = await ObjectExtentStore.open(objects, {
       extentSize: volume.extentSize,
       extentCount: extentCountOf(volume),
