@@ -40,6 +40,7 @@ export const LEASE_KEY = 's3nbd-lease.json';
 
 /** The share of the lifetime after the last renewal during which the lease counts as ours. */
 const VALID_SHARE = 0.8;
+const WARN_EVERY_MS = 30_000;
 
 interface LeaseBody {
   readonly owner: string;
@@ -70,8 +71,12 @@ export class Lease {
   private timer: NodeJS.Timeout | undefined;
   private lost = false;
   private stopped = false;
-  /** When the current run of failed renewals began (for the log), or undefined. */
+  /** When the current run of failed renewals began, or undefined. */
   private failingSince: number | undefined;
+  /** When a failed renewal was last logged at warn level (once per WARN_EVERY_MS). */
+  private warnedAt = -Infinity;
+  /** isValid() has said false since the last renewal (logged once: uploads are paused). */
+  private paused = false;
   private readonly objects: ObjectStore;
   private readonly options: LeaseOptions;
 
@@ -115,7 +120,14 @@ export class Lease {
 
   /** True while our last renewal is recent enough that nobody else can have taken over. */
   isValid(): boolean {
-    return !this.lost && !this.stopped && performance.now() - this.validFrom < this.options.ttlMs * VALID_SHARE;
+    if (this.lost || this.stopped) return false;
+    const age = performance.now() - this.validFrom;
+    if (age < this.options.ttlMs * VALID_SHARE) return true;
+    if (!this.paused) {
+      this.paused = true;
+      this.options.log.warn({ sinceRenewalMs: Math.round(age) }, 'lease not renewed in time (S3 unreachable or slow): uploads paused until a renewal succeeds; writes are still acknowledged');
+    }
+    return false;
   }
 
   private renewInterval(): number {
@@ -130,20 +142,28 @@ export class Lease {
   private async renewLoop(): Promise<void> {
     if (this.lost || this.stopped) return;
     let renewed = false;
+    const previous = this.validFrom;
     try {
       renewed = await this.renew();
     } catch (err) {
       // S3 is unreachable or failing: keep trying, however long it takes. isValid() turns
       // false before the lease can expire, and uploads wait for the next renewal.
+      // Logged at warn level once per WARN_EVERY_MS: an outage of hours is not a flood.
       const now = performance.now();
       this.failingSince ??= now;
-      this.options.log.warn({ err: (err as Error).message, failingForMs: Math.round(now - this.failingSince), uploadsPaused: !this.isValid() },
+      const level = now - this.warnedAt >= WARN_EVERY_MS ? 'warn' : 'debug';
+      if (level === 'warn') this.warnedAt = now;
+      this.options.log[level]({ err: (err as Error).message, failingForMs: Math.round(now - this.failingSince), uploadsPaused: !this.isValid() },
         'lease renewal failed; retrying');
     }
     if (this.lost || this.stopped) return;
-    if (renewed && this.failingSince !== undefined) {
-      this.options.log.info({ failedForMs: Math.round(performance.now() - this.failingSince) }, 'lease renewed again; uploads resume');
+    if (renewed) {
+      if (this.paused || this.failingSince !== undefined) {
+        this.options.log.info({ sinceLastRenewalMs: Math.round(this.validFrom - previous) }, 'lease renewed again; uploads resume');
+      }
       this.failingSince = undefined;
+      this.paused = false;
+      this.warnedAt = -Infinity;
     }
     // After a failure, try again soon: uploads may be paused until it works.
     this.schedule(renewed ? this.renewInterval() : Math.min(this.renewInterval(), 1000));

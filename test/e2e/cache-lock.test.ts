@@ -111,6 +111,9 @@ describe('one gateway per cache directory', () => {
     const third = await runBounded(process.execPath, [CLI, 'serve', '--store', otherStore, '--size', '64M', '--cache-dir', c.cache, '--socket', c.socket('c')]);
     assertRefused(third, c.cache);
     assert.equal(existsSync(otherStore), false, 'no volume created');
+    // `s3nbd info` only reads: it runs beside the gateway.
+    const info = await runBounded(process.execPath, [CLI, 'info', '--store', c.store, '--cache-dir', c.cache]);
+    assert.equal(info.code, 0, info.stderr);
 
     // The first one still serves; everything it acknowledged survives kill -9.
     const two = image('two', 16 * MiB);
