@@ -7,32 +7,20 @@
 // store and nbdcopy.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI, type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
-import { requireTool, runOk } from '../helpers/tools.ts';
+import { requireTool, run, runOk } from '../helpers/tools.ts';
 
 const MiB = 1 << 20;
 
-/** Runs a command that must end by itself; kills it (code 'running') if it is still up after `ms`. */
-function runBounded(cmd: string, args: readonly string[], ms = 15_000): Promise<{ code: number | 'running' | null; stderr: string; ms: number }> {
+/** Runs a command that must end by itself, timed; killed (code null) if still up after 15 s. */
+async function runBounded(cmd: string, args: readonly string[]): Promise<{ code: number | null; stderr: string; ms: number }> {
   const started = Date.now();
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      resolve({ code: 'running', stderr, ms: Date.now() - started });
-    }, ms);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stderr, ms: Date.now() - started });
-    });
-  });
+  const r = await run(cmd, args, { timeoutMs: 15_000 });
+  return { code: r.code, stderr: r.stderr, ms: Date.now() - started };
 }
 
 /**
@@ -56,8 +44,8 @@ function snapshot(dir: string): Record<string, string> {
   return out;
 }
 
-function assertRefused(r: { code: number | 'running' | null; stderr: string; ms: number }, cacheDir: string): void {
-  assert.equal(r.code, 2, `refused with exit 2, got ${r.code}:\n${r.stderr}`);
+function assertRefused(r: { code: number | null; stderr: string; ms: number }, cacheDir: string): void {
+  assert.equal(r.code, 2, `refused with exit 2, got ${r.code} (null: still running after 15 s):\n${r.stderr}`);
   const lines = r.stderr.trimEnd().split('\n');
   assert.equal(lines.length, 1, `one line:\n${r.stderr}`);
   assert.match(lines[0]!, new RegExp(`^s3nbd: the cache directory ${cacheDir} is in use by another running gateway .*\\(S3NBD_CACHE_DIR_LOCKED\\)\\. Fix: stop that gateway first`));

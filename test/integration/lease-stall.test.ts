@@ -10,7 +10,7 @@ import { randomFillSync } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
+import { CLI, type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { type S3FaultProxy, kindIs, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
@@ -146,6 +146,24 @@ describe('the writer lease under S3 stalls and lost answers', () => {
     await runOk('nbdcopy', ['--flush', one.path, gw.uri], { timeoutMs: 60_000 });
     assert.equal(await gw.stop(), 0);
     proxy.clearFaults();
+  });
+
+  it('refuses a second gateway on the same cache directory before it sends S3 a single request', async () => {
+    const store = newStore();
+    const cacheDir = join(dir.path, `lock-cache${n}`);
+    const first = await startGateway(['--store', store, '--s3-endpoint', s3.endpoint, '--size', '64M', '--cache-dir', cacheDir], { socket: socket('holder'), env });
+    // The refused ones talk to S3 through the proxy, the first one does not: every request the
+    // proxy sees would be theirs.
+    proxy.clearRequests();
+    const unused = newStore();
+    for (const target of [store, unused]) {
+      const second = await run(process.execPath, [CLI, 'serve', '--store', target, '--s3-endpoint', proxy.endpoint, '--size', '64M', '--cache-dir', cacheDir,
+        '--socket', socket('refused')], { env: { ...process.env, ...env }, timeoutMs: 15_000 });
+      assert.equal(second.code, 2, `refused (null: still running after 15 s): ${second.stderr}`);
+      assert.match(second.stderr, /^s3nbd: the cache directory .* is in use by another running gateway .*\(S3NBD_CACHE_DIR_LOCKED\)/);
+    }
+    assert.deepEqual(proxy.requests.map((r) => `${r.method} ${r.url}`), [], 'no volume created, no lease read or written');
+    assert.equal(await first.stop(), 0);
   });
 
   it('is still fenced (exit 3) by a real take-over', async () => {
