@@ -24,6 +24,12 @@ export const LOCK_FILE = 'lock';
 
 export interface CacheDirLock {
   readonly path: string;
+  /**
+   * Names this lock for everyone who can share it: the kernel's boot id (shared by all the
+   * containers of one host), the file system and the lock file's inode. A lease written by a
+   * process that held the same lock is a lease of a process that is gone now.
+   */
+  readonly id: string;
   /** Drops the lock (closing the file). The kernel does the same when the process exits. */
   release(): Promise<void>;
 }
@@ -56,8 +62,11 @@ export async function lockCacheDir(dir: string): Promise<CacheDirLock> {
   } catch {
     // Only information for a refused gateway's message: the lock is what counts.
   }
+  const st = await file.stat();
+  const boot = await readFile('/proc/sys/kernel/random/boot_id', 'utf8').then((t) => t.trim(), () => hostname());
   return {
     path,
+    id: `${boot}:${st.dev}:${st.ino}`,
     async release() {
       await file.close();
     },

@@ -1,13 +1,19 @@
 // One writer per volume. A running gateway holds the lease object
 //
-//   s3nbd-lease.json  {"owner":"<gateway id>","token":"<process token>","host":"<hostname>",
-//                      "pid":<pid>,"expiresAt":"<ISO 8601>","renewedAt":"<ISO 8601>"}
+//   s3nbd-lease.json  {"owner":"<gateway id>","token":"<process token>","lock":"<lock id>",
+//                      "host":"<hostname>","pid":<pid>,"expiresAt":"<ISO 8601>","renewedAt":"<ISO 8601>"}
 //
 // and renews it every third of its time to live with a compare-and-swap (ObjectStore.putIf).
 // A second gateway finds an unexpired lease of another owner and refuses to start, unless told
 // to take over. The gateway id lives in the cache directory, so a gateway restarted on its own
-// cache directory after a crash recognises its own lease and resumes at once (the cache
-// directory's lock, cache-lock.ts, says that the process that wrote it is gone).
+// cache directory after a crash recognises its own lease and resumes at once.
+//
+// Whoever replaces an unexpired lease starts serving at once, but uploads only once the
+// previous writer's lease would have lapsed (80% of its lifetime after its last renewal, what
+// that writer's own isValid() allows), so the two never upload at the same time: after a
+// --take-over, and for a process with our gateway id on a copy of the cache directory. Not
+// after kill -9: the lease names the cache directory lock its writer held (cache-lock.ts), and
+// a writer that held the lock we hold now is gone.
 //
 // The token is random, made by each process when it takes the lease. It tells our own writes
 // from everybody else's, including another process with the same gateway id (a copy of the
@@ -46,6 +52,8 @@ interface LeaseBody {
   readonly owner: string;
   /** Absent in leases written before tokens existed: never ours then. */
   readonly token?: string;
+  /** The cache directory lock its writer held (CacheDirLock.id), if any. */
+  readonly lock?: string;
   readonly host: string;
   readonly pid: number;
   readonly expiresAt: string;
@@ -54,6 +62,8 @@ interface LeaseBody {
 
 export interface LeaseOptions {
   readonly owner: string;
+  /** The cache directory lock this process holds (CacheDirLock.id). */
+  readonly lockId?: string | undefined;
   readonly ttlMs: number;
   readonly takeOver: boolean;
   readonly log: Logger;
@@ -68,6 +78,8 @@ export class Lease {
   private tag: string | undefined;
   /** performance.now() when the body of our last confirmed write was made. */
   private validFrom: number;
+  /** performance.now() before which the previous holder may still be uploading (see acquire). */
+  private readonly notBefore: number;
   private timer: NodeJS.Timeout | undefined;
   private lost = false;
   private stopped = false;
@@ -80,12 +92,13 @@ export class Lease {
   private readonly objects: ObjectStore;
   private readonly options: LeaseOptions;
 
-  private constructor(objects: ObjectStore, options: LeaseOptions, token: string, tag: string, validFrom: number) {
+  private constructor(objects: ObjectStore, options: LeaseOptions, token: string, tag: string, validFrom: number, notBefore: number) {
     this.objects = objects;
     this.options = options;
     this.token = token;
     this.tag = tag;
     this.validFrom = validFrom;
+    this.notBefore = notBefore;
   }
 
   /** Takes the lease, or throws S3NBD_VOLUME_IN_USE while another gateway holds it. */
@@ -101,15 +114,16 @@ export class Lease {
           throw Errors.volumeInUse(objects.description, `${holder.owner} on ${holder.host} (pid ${holder.pid})`, holder.expiresAt);
         }
         if (!mine && !expired) options.log.warn({ previous: holder }, 'taking over the volume from another gateway');
-        // Our own gateway id with another token: the process before us on this cache directory
-        // (we hold its lock, so it is gone). A copy of the directory elsewhere would be fenced
-        // at its next renewal, since the lease then holds our token.
-        if (mine && !expired) options.log.info({ previous: holder }, 'resuming the lease of the previous process on this cache directory');
       }
       const made = performance.now();
       const tag = await objects.putIf(LEASE_KEY, body(options, token), current?.tag);
       if (tag !== undefined) {
-        const lease = new Lease(objects, options, token, tag, made);
+        const wait = current ? previousHolderMayUploadFor(parse(current.data), options) : 0;
+        if (wait > 0) {
+          options.log.warn({ previous: parse(current!.data), waitMs: Math.round(wait) },
+            'the previous holder of the lease may still be uploading: uploads start once its lease would have lapsed; writes are acknowledged meanwhile');
+        }
+        const lease = new Lease(objects, options, token, tag, made, made + wait);
         lease.schedule(lease.renewInterval());
         return lease;
       }
@@ -121,7 +135,9 @@ export class Lease {
   /** True while our last renewal is recent enough that nobody else can have taken over. */
   isValid(): boolean {
     if (this.lost || this.stopped) return false;
-    const age = performance.now() - this.validFrom;
+    const now = performance.now();
+    if (now < this.notBefore) return false;
+    const age = now - this.validFrom;
     if (age < this.options.ttlMs * VALID_SHARE) return true;
     if (!this.paused) {
       this.paused = true;
@@ -238,11 +254,31 @@ export class Lease {
   }
 }
 
+/**
+ * How long the writer of an unexpired lease we just replaced may still believe it holds it,
+ * in ms: until 80% of its lifetime after its last renewal (what its own isValid() allows).
+ * Another process that held our cache directory's lock is gone (we hold the lock now): no
+ * wait, so a restart after kill -9 uploads at once. Anyone else (a take-over, a process with
+ * our gateway id on a copy of the cache directory) might still be uploading, and our uploads
+ * would race its own: wait. Wall clocks are compared, as for the expiry itself.
+ */
+function previousHolderMayUploadFor(holder: LeaseBody | undefined, options: LeaseOptions): number {
+  if (!holder) return 0;
+  if (options.lockId !== undefined && holder.lock === options.lockId) return 0;
+  const renewedAt = Date.parse(holder.renewedAt);
+  const expiresAt = Date.parse(holder.expiresAt);
+  if (!Number.isFinite(renewedAt) || !Number.isFinite(expiresAt)) return 0;
+  const validUntil = renewedAt + (expiresAt - renewedAt) * VALID_SHARE;
+  // Never longer than a lifetime of ours: a clock far ahead must not stop uploads for good.
+  return Math.min(Math.max(0, validUntil - Date.now()), options.ttlMs);
+}
+
 function body(options: LeaseOptions, token: string): Buffer {
   const now = Date.now();
   const lease: LeaseBody = {
     owner: options.owner,
     token,
+    ...options.lockId !== undefined ? { lock: options.lockId } : {},
     host: hostname(),
     pid: process.pid,
     expiresAt: new Date(now + options.ttlMs).toISOString(),

@@ -81,8 +81,10 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
     // First of all, before the bucket is touched: a second gateway on this cache directory is
     // refused here, having created no volume, written no lease and replayed no journal.
+    let lockId: string | undefined;
     if (writeBack) {
       const lock = await lockCacheDir(config.cache.dir);
+      lockId = lock.id;
       opened.push(() => lock.release());
     }
     const { volume, created } = await openVolume(objects, config.volume).catch((err: unknown) => {
@@ -103,7 +105,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
       const lease = await Lease.acquire(objects, {
-        owner: identity.gateway, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
+        owner: identity.gateway, lockId, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
         onLost: (by) => {
           cache?.fence(by);
           config.onFenced?.(by);

@@ -87,6 +87,27 @@ describe('Lease', () => {
     await b.release();
   });
 
+  it('uploads only once a replaced holder\'s lease would have lapsed, unless that one held the same cache directory lock', async () => {
+    const objects = store();
+    const lostA: string[] = [];
+    const a = await Lease.acquire(objects, options('gw-7', lostA, { lockId: 'boot:1:100' }));
+    await sleep(TTL / 3 + 50); // a renewal: a's lease is valid until 80% of TTL after it
+    // A copy of the cache directory (another lock): serves at once, uploads only later.
+    const b = await Lease.acquire(objects, options('gw-7', [], { lockId: 'boot:1:200' }));
+    assert.equal(b.isValid(), false, 'the first may still be uploading');
+    await sleep(TTL * 0.8);
+    assert.equal(b.isValid(), true, 'the first one\'s lease has lapsed for it too');
+    assert.equal(lostA.length, 1, 'and it has been fenced');
+    assert.equal(a.isValid(), false);
+    await b.release();
+    // A restart on the same cache directory after kill -9 (the same lock): at once.
+    const c = await Lease.acquire(objects, options('gw-8', [], { lockId: 'boot:1:300' }));
+    const d = await Lease.acquire(objects, options('gw-8', [], { lockId: 'boot:1:300' }));
+    assert.equal(d.isValid(), true);
+    await d.release();
+    await c.release(); // fenced by d meanwhile, or not yet: either way it must not throw
+  });
+
   it('recognises its own renewal whose answer was lost, and keeps the lease', async () => {
     const objects = faulty(store());
     const lost: string[] = [];
