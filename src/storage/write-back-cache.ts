@@ -836,6 +836,7 @@ export class WriteBackCache implements ExtentStore {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       if (this.fenced !== undefined) throw new StorageError('EPERM', `this gateway was fenced off: ${this.fenced} took over the volume`);
+      if (this.options.mayUpload?.() === false) throw new StorageError('ESHUTDOWN', 'the cache was closed while the lease was not valid');
       try {
         await fn();
         return;
