@@ -63,4 +63,10 @@ export const Errors = {
   noConditionalWrites: (store: string, reason: string) => new UserError('S3NBD_NO_CONDITIONAL_WRITES',
     `the S3 server of ${store} ${reason}, so nothing would keep a second gateway from writing the volume at the same time`,
     'use an S3 service that supports conditional writes (If-None-Match: * and If-Match on PutObject: AWS S3, MinIO, Ceph RGW 16 or later; see docs/s3.md), or a directory --store'),
+  cacheDirLocked: (dir: string, holder: string) => new UserError('S3NBD_CACHE_DIR_LOCKED',
+    `the cache directory ${dir} is in use by another running gateway${holder ? ` (${holder})` : ''}`,
+    'stop that gateway first (a gateway restarted on its cache directory resumes where it stopped), or give this one its own --cache-dir'),
+  cacheDirLockFailed: (dir: string, reason: string) => new UserError('S3NBD_CACHE_DIR_NO_LOCK',
+    `the cache directory ${dir} cannot be locked (${reason}), so a second gateway on it could not be refused`,
+    'put --cache-dir on a local file system that supports fcntl locks (ext4, xfs, btrfs, tmpfs; NFS with locking)'),
 } as const;

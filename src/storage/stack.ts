@@ -5,13 +5,15 @@
 //   WriteBackCache      journal + disk cache: writes acknowledged locally, uploaded later
 //   ExtentDevice        the byte-addressed BlockDevice the NBD server serves
 //
-// The write-back cache (and the writer lease that protects it) is left out where it has no
-// job: for the volatile memory store, for read-only serving, and for inspection (`s3nbd info`).
+// The write-back cache (and the cache directory's lock and the writer lease that protect it)
+// is left out where it has no job: for the volatile memory store, for read-only serving, and
+// for inspection (`s3nbd info`, which may run beside a gateway on its cache directory).
 
 import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
 import { type CacheIdentity, claimCacheDir } from './cache-dir.ts';
+import { lockCacheDir } from './cache-lock.ts';
 import { ExtentDevice } from './extent-device.ts';
 import type { ExtentStore } from './extent-store.ts';
 import { Lease } from './lease.ts';
@@ -93,11 +95,19 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
   try {
     // Before a volume is created, with the extent size asked for; again once it is known.
     checkCacheSize(config.volume.extentSize ?? DEFAULT_EXTENT_SIZE);
+    const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
+    // First of all, before the bucket is touched: a second gateway on this cache directory is
+    // refused here, having created no volume, written no lease and replayed no journal.
+    let lockId: string | undefined;
+    if (writeBack) {
+      const lock = await lockCacheDir(config.cache.dir);
+      lockId = lock.id;
+      opened.push(() => lock.release());
+    }
     const { volume, created } = await openVolume(objects, { writer: !config.readOnly, ...config.volume }).catch((err: unknown) => {
       if (err instanceof Error && /region is missing/i.test(err.message)) throw Errors.noRegion(objects.description);
       throw err;
     });
-    const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
     const extents = await ObjectExtentStore.open(objects, {
       extentSize: volume.extentSize,
       extentCount: extentCountOf(volume),
@@ -112,7 +122,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
       const lease = await Lease.acquire(objects, {
-        owner: identity.gateway, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
+        owner: identity.gateway, lockId, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
         onLost: (by) => {
           cache?.fence(by);
           config.onFenced?.(by);

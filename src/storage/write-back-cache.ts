@@ -88,7 +88,7 @@ export interface WriteBackOptions {
   /** How long a dirty extent must go unchanged before upload, so a burst of writes uploads once. */
   readonly uploadDelayMs: number;
   readonly log: Logger;
-  /** False while uploads must not start (the writer lease may have expired). */
+  /** False while uploads must not start, nor retry (the writer lease may have expired). */
   readonly mayUpload?: () => boolean;
   /**
    * Called once if the journal fails for good (a failed fsync, a write error other than a
@@ -881,6 +881,13 @@ export class WriteBackCache implements ExtentStore {
   /** Runs `fn` until it succeeds, backing off exponentially with jitter up to RETRY_CAP_MS. */
   private async retrying(what: string, fn: () => Promise<void>): Promise<void> {
     for (let attempt = 0; ; attempt++) {
+      // Not even a retry without a valid lease: after a long S3 outage the volume may belong
+      // to another gateway, and this attempt would overwrite its data.
+      while (this.options.mayUpload?.() === false && !this.closed && this.fenced === undefined) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      if (this.fenced !== undefined) throw new StorageError('EPERM', `this gateway was fenced off: ${this.fenced} took over the volume`);
+      if (this.options.mayUpload?.() === false) throw new StorageError('ESHUTDOWN', 'the cache was closed while the lease was not valid');
       try {
         await fn();
         return;

@@ -34,6 +34,7 @@ export const TOOL_PACKAGES = {
   fusermount3: 'fuse3',
   python3: 'python3',
   losetup: 'mount',
+  unshare: 'util-linux',
   mount: 'mount',
   umount: 'mount',
   timeout: 'coreutils',
