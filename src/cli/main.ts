@@ -69,6 +69,7 @@ addStoreOptions(program.command('serve'))
   .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp())
   .addOption(countOption('--upload-delay <ms>', 'how long a dirty extent waits before upload', 'S3NBD_UPLOAD_DELAY', 0, 3_600_000).default(200).hideHelp())
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
+  .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);
   });

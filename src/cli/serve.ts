@@ -1,5 +1,13 @@
 // `s3nbd serve`: open the storage stack, serve it over NBD, and on SIGINT/SIGTERM stop
-// accepting, finish requests in flight, upload dirty data (up to --drain-timeout), and exit 0.
+// accepting, finish requests in flight, upload dirty data, and exit 0, all within
+// --drain-timeout (plus SHUTDOWN_MARGIN_MS at most), whatever S3 does: systemd and
+// `docker stop` kill a process that takes longer, and nothing is gained by waiting, since the
+// journal keeps what was not uploaded.
+//
+// Exit statuses: 0 stopped by a signal (everything uploaded, or the drain timed out and the
+// journal keeps the rest); 1 an unexpected error; 2 a user error (one line with its code);
+// 3 fenced off by another gateway; 4 the journal failed (a failed fsync or a write error of the
+// cache disk); 130 a second signal.
 
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,8 +23,12 @@ import { type Storage, openStorage } from '../storage/stack.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
-/** How long a shutdown waits for requests in flight before closing connections anyway. */
+/** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
+/** A shutdown exits at the latest this long after --drain-timeout has run out. */
+export const SHUTDOWN_MARGIN_MS = 5_000;
+export const EXIT_FENCED = 3;
+export const EXIT_JOURNAL_FAILED = 4;
 const STATUS_INTERVAL_MS = 2_000;
 
 interface ServeOptions extends StoreOptions {
@@ -33,6 +45,7 @@ interface ServeOptions extends StoreOptions {
   uploadConcurrency: number;
   flushMode: 's3' | 'local';
   drainTimeout: number;
+  readTimeout: number;
   takeOver?: boolean;
   leaseTtl: number;
   uploadDelay: number;
@@ -74,11 +87,15 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   }
 
   let stop: (reason: string, exitCode: number) => void = () => undefined;
+  let stopping = false;
+  // Told at once and stopped soon after (in a later tick: openStorage may still be running),
+  // unless a shutdown is already under way (then it only changes the exit status).
+  let journalFailed: Error | undefined;
   let storage: Storage;
   try {
     storage = await openStorage({
       store: opts.store,
-      s3: s3OptionsOf(opts),
+      s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
       volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
       readOnly,
       memoryCacheBytes: opts.memoryCache,
@@ -87,7 +104,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
         flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
       },
       log,
-      onFenced: () => stop('fenced off by another gateway', 3),
+      onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
+      onJournalFailed: (err) => {
+        journalFailed = err;
+        setImmediate(() => { if (!stopping) stop('the journal failed', EXIT_JOURNAL_FAILED); });
+      },
     });
   } catch (err) {
     ready(false);
@@ -117,22 +138,31 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 
-  let stopping = false;
   stop = (reason: string, exitCode: number): void => {
     if (stopping) {
       log.warn({ reason }, 'second signal: exiting without waiting (dirty data stays in the journal)');
       process.exit(130);
     }
     stopping = true;
-    log.info({ reason, connections: server.connectionCount }, 'shutting down: finishing requests in flight');
+    // Fenced off: another gateway writes the volume now, so nothing may be uploaded. Otherwise
+    // the drain gets what is left of --drain-timeout after the requests in flight.
+    const drainMs = exitCode === EXIT_FENCED ? 0 : opts.drainTimeout * 1000;
+    const deadline = Date.now() + drainMs;
+    log.info({ reason, connections: server.connectionCount, drainTimeoutMs: drainMs }, 'shutting down: finishing requests in flight');
+    // However the steps below fare (a hung S3, a stuck request), the process ends in time.
+    setTimeout(() => {
+      log.error({ reason, drainTimeoutMs: drainMs }, 'shutdown took longer than the drain timeout allows: exiting now (the journal keeps what was not uploaded)');
+      log.flush(() => process.exit(journalFailed ? EXIT_JOURNAL_FAILED : exitCode));
+    }, drainMs + SHUTDOWN_MARGIN_MS).unref();
     void (async () => {
       try {
-        await server.shutdown(SHUTDOWN_GRACE_MS);
+        await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
         clearInterval(statusTimer);
-        const drained = await storage.close(exitCode === 0 ? opts.drainTimeout * 1000 : 0);
+        const drained = await storage.close(Math.max(0, deadline - Date.now()));
         await rm(statusPath, { force: true });
-        log.info({ drained }, 'stopped');
-        process.exitCode = exitCode;
+        const code = journalFailed ? EXIT_JOURNAL_FAILED : exitCode;
+        log.info({ exitCode: code, drained }, 'stopped');
+        process.exitCode = code;
       } catch (err) {
         log.error({ err }, 'shutdown failed');
         process.exitCode = 1;

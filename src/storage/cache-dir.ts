@@ -4,6 +4,7 @@
 //   <cache-dir>/journal/       the dirty-extent journal (journal.ts)
 //   <cache-dir>/extents.cache  the slot file (slot-file.ts)
 //   <cache-dir>/status.json    what the running gateway is doing (for `s3nbd info`)
+//   <cache-dir>/lock           held (fcntl) by the running gateway: one per directory (cache-lock.ts)
 //
 // The gateway id is the lease owner (lease.ts): a gateway restarted on its own cache directory
 // is the same gateway, and resumes without waiting for its old lease to expire.

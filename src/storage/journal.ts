@@ -1,26 +1,13 @@
 // The dirty-extent journal: a redo log of every change not yet known to be in the object
 // store, so an acknowledged write survives a crash of the gateway process.
 //
-// On-disk format. The journal is a directory of segment files, named by the sequence number
-// of their first record in 16 hex digits (`0000000000000001.log`), replayed in name order.
-// A segment is a plain sequence of records; all integers are big-endian:
-//
-//   offset size  field
-//   0      4     magic 0x534e4a31 ("SNJ1")
-//   4      1     type: 1 = WRITE, 2 = ZERO, 3 = DISCARD, 4 = UPLOADED
-//   5      3     reserved, zero
-//   8      8     sequence number, strictly increasing across all segments
-//   16     8     extent index (DISCARD: the first extent)
-//   24     4     WRITE, ZERO: offset inside the extent; DISCARD: zero;
-//                UPLOADED: high 32 bits of the generation now in the store
-//   28     4     WRITE: payload length; ZERO: bytes zeroed; DISCARD: number of extents;
-//                UPLOADED: low 32 bits of that generation
-//   32     4     CRC-32 of bytes 0-31 followed by the payload
-//   36     n     WRITE only: the payload (n = length)
-//
-// An UPLOADED record says that the extent's changes up to that generation (a sequence
-// number) are in the object store: replay skips them, so a restart only re-applies (and only
-// needs cache room for) what was not uploaded yet.
+// On-disk format. The journal is a directory of segment files, named by a sequence number in
+// 16 hex digits (`0000000000000001.log`): the one after the last record of the segment before,
+// which is that of their first record unless appends were refused in between (below). They
+// are replayed in name order. A segment is a plain sequence of records, whose format and
+// encoding are in journal-records.ts; an UPLOADED record says that the extent's changes up to
+// a generation (a sequence number) are in the object store: replay skips them, so a restart
+// only re-applies (and only needs cache room for) what was not uploaded yet.
 //
 // Replay stops at the first record whose magic, length or checksum is wrong: that is the torn
 // tail of a write the crash interrupted (which was never acknowledged, because a write is only
@@ -36,6 +23,14 @@
 // an earlier life are all older than every record of the present one). A segment is cut to
 // the length of its records before the journal moves on to the next, so only the last
 // segment can have such a tail, and it is truncated like a torn one.
+//
+// A write that fails for want of space (ENOSPC, EDQUOT) is not a failure of the journal: the
+// segment is cut back to the end of its last whole record (ftruncate needs no space), the
+// batch is refused with ENOSPC, and later appends go on once there is room again. Their
+// sequence numbers are lost, which replay tolerates (it needs them increasing, not
+// consecutive), and a new segment is named after the last record of the one before it, not
+// after its own first record, so lost numbers never look like a gap between segments (below).
+// Any other write error, a failed truncate, and any failed fsync fail the journal for good.
 //
 // Live segments follow each other without a gap in sequence numbers. Replay starts after the
 // last gap: a segment before one was trimmed but could not be retired, while newer segments
@@ -60,28 +55,14 @@
 
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { crc32 } from 'node:zlib';
+import { StorageError } from './extent-store.ts';
 import { fsyncPath } from './fsync.ts';
+import { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord } from './journal-records.ts';
 
-export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
-export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
+export { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord, RecordType, type RecordTypeValue, uploadedGeneration, uploadedRecord } from './journal-records.ts';
 
-export interface JournalRecord {
-  readonly type: RecordTypeValue;
-  readonly seq: number;
-  readonly index: number;
-  readonly offset: number;
-  /** WRITE: payload bytes; ZERO: bytes zeroed; DISCARD: extents discarded. */
-  readonly length: number;
-  readonly payload?: Buffer | undefined;
-}
-
-const MAGIC = 0x534e4a31;
-export const HEADER_SIZE = 36;
 /** A new segment is started once the current one reaches this size. */
 export const SEGMENT_BYTES = 16 * 1024 * 1024;
-/** Largest payload a record may claim; anything bigger is corruption. */
-const MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Trimmed segments kept for reuse (disk space: this many times SEGMENT_BYTES, at most). */
 export const SPARE_SEGMENTS = 4;
 const SEGMENT_NAME = /^[0-9a-f]{16}\.log$/;
@@ -90,7 +71,15 @@ const SPARE_NAME = /^spare-[0-9a-f]{16}\.log$/;
 export interface JournalOptions {
   /** fsync each full segment before writing the next: for when FLUSH only syncs the journal. */
   readonly syncOnRollover?: boolean;
+  /** Called once when the journal fails for good (a failed fsync, a write error other than no space). */
+  readonly onFailed?: (err: Error) => void;
 }
+
+/** Write errors that only mean the disk is full for now: the journal goes on once there is room. */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+
+/** An fsync that failed: never recoverable (the kernel may have dropped the pages it could not write). */
+class SyncFailed extends Error {}
 
 interface Segment {
   readonly firstSeq: number;
@@ -113,63 +102,6 @@ export interface JournalLocation {
   readonly position: number;
 }
 
-/** The generation an UPLOADED record carries (split over its offset and length fields). */
-export function uploadedGeneration(record: JournalRecord): number {
-  return record.offset * 2 ** 32 + record.length;
-}
-
-export function uploadedRecord(seq: number, index: number, gen: number): JournalRecord {
-  return { type: RecordType.UPLOADED, seq, index, offset: Math.floor(gen / 2 ** 32), length: gen % 2 ** 32 };
-}
-
-export function encodeHeader(record: JournalRecord): Buffer {
-  const h = Buffer.alloc(HEADER_SIZE);
-  h.writeUInt32BE(MAGIC, 0);
-  h.writeUInt8(record.type, 4);
-  h.writeBigUInt64BE(BigInt(record.seq), 8);
-  h.writeBigUInt64BE(BigInt(record.index), 16);
-  h.writeUInt32BE(record.offset, 24);
-  h.writeUInt32BE(record.length, 28);
-  let crc = crc32(h.subarray(0, 32));
-  if (record.payload) crc = crc32(record.payload, crc);
-  h.writeUInt32BE(crc, 32);
-  return h;
-}
-
-/**
- * Parses the records of one segment, whose name says its first sequence number is `firstSeq`;
- * `validBytes` is where its own intact records end.
- */
-export function decodeSegment(data: Buffer, firstSeq: number): { records: JournalRecord[]; validBytes: number } {
-  const records: JournalRecord[] = [];
-  let pos = 0;
-  let previousSeq = firstSeq - 1;
-  while (pos + HEADER_SIZE <= data.length) {
-    if (data.readUInt32BE(pos) !== MAGIC) break;
-    const type = data.readUInt8(pos + 4);
-    const length = data.readUInt32BE(pos + 28);
-    const payloadLength = type === RecordType.WRITE ? length : 0;
-    if (type < RecordType.WRITE || type > RecordType.UPLOADED || payloadLength > MAX_PAYLOAD) break;
-    if (pos + HEADER_SIZE + payloadLength > data.length) break;
-    const payload = payloadLength > 0 ? data.subarray(pos + HEADER_SIZE, pos + HEADER_SIZE + payloadLength) : undefined;
-    let crc = crc32(data.subarray(pos, pos + 32));
-    if (payload) crc = crc32(payload, crc);
-    if (crc !== data.readUInt32BE(pos + 32)) break;
-    const seq = Number(data.readBigUInt64BE(pos + 8));
-    if (seq <= previousSeq) break; // left over from the segment's previous life
-    previousSeq = seq;
-    records.push({
-      type: type as RecordTypeValue,
-      seq,
-      index: Number(data.readBigUInt64BE(pos + 16)),
-      offset: data.readUInt32BE(pos + 24),
-      length,
-      payload,
-    });
-    pos += HEADER_SIZE + payloadLength;
-  }
-  return { records, validBytes: pos };
-}
 
 export class Journal {
   private readonly dir: string;
@@ -191,9 +123,12 @@ export class Journal {
   /** Segments were created or renamed since the last sync(). */
   private directoryChanged = false;
 
-  private constructor(dir: string, syncOnRollover: boolean) {
+  private readonly onFailed: ((err: Error) => void) | undefined;
+
+  private constructor(dir: string, options: JournalOptions) {
     this.dir = dir;
-    this.syncOnRollover = syncOnRollover;
+    this.syncOnRollover = options.syncOnRollover ?? false;
+    this.onFailed = options.onFailed;
   }
 
   /**
@@ -202,7 +137,7 @@ export class Journal {
    */
   static async open(dir: string, options: JournalOptions = {}): Promise<{ journal: Journal; records: JournalRecord[]; bytes: number }> {
     await mkdir(dir, { recursive: true });
-    const journal = new Journal(dir, options.syncOnRollover ?? false);
+    const journal = new Journal(dir, options);
     const listed = await readdir(dir);
     journal.spares.push(...listed.filter((n) => SPARE_NAME.test(n)).map((n) => join(dir, n)));
     const names = listed.filter((n) => SEGMENT_NAME.test(n)).sort();
@@ -268,6 +203,11 @@ export class Journal {
     return this.nextSeq++;
   }
 
+  /** Why the journal failed for good, if it did: appends and syncs are refused. */
+  get failure(): Error | undefined {
+    return this.failed;
+  }
+
   /** Bytes in live segments (what a recovery would read). */
   get bytes(): number {
     return this.segments.reduce((n, s) => n + s.bytes, 0);
@@ -330,9 +270,16 @@ export class Journal {
         await fsyncPath(this.dir, 'directory');
       }
     } catch (err) {
-      this.failed ??= new Error(`journal sync failed in ${this.dir}: ${(err as Error).message}`, { cause: err });
-      throw this.failed;
+      throw this.fail(new Error(`journal sync failed in ${this.dir}: ${(err as Error).message}`, { cause: err }));
     }
+  }
+
+  /** Fails the journal for good (the first failure is the one kept and reported). */
+  private fail(err: Error): Error {
+    if (this.failed) return this.failed;
+    this.failed = err;
+    this.onFailed?.(err);
+    return err;
   }
 
   /** Retires (deletes, or keeps as spares) every segment whose records all have sequence numbers below `neededSeq`. */
@@ -399,14 +346,36 @@ export class Journal {
             position += p.buffers.reduce((n, b) => n + b.length, 0);
           }
         } catch (err) {
+          if (await this.cutBackAfterNoSpace(err)) {
+            const full = new StorageError('ENOSPC', `journal write failed in ${this.dir}: the cache disk is full`, { cause: err });
+            for (const p of batch) p.reject(full);
+            continue;
+          }
           // A journal that cannot be written cannot protect writes: refuse all further ones.
-          this.failed = new Error(`journal write failed in ${this.dir}: ${(err as Error).message}`, { cause: err });
-          for (const p of [...batch, ...this.queue]) p.reject(this.failed);
+          const failed = this.fail(new Error(`journal ${err instanceof SyncFailed ? 'sync' : 'write'} failed in ${this.dir}: ${(err as Error).message}`, { cause: err }));
+          for (const p of [...batch, ...this.queue]) p.reject(failed);
           this.queue = [];
         }
       }
     } finally {
       this.writing = false;
+    }
+  }
+
+  /**
+   * After a failed batch: if it failed for want of space (and not in an fsync), cuts the
+   * segment back to its last whole record, so the partial batch can neither be replayed nor
+   * be followed by records, and says the journal may go on. False: it must fail for good.
+   */
+  private async cutBackAfterNoSpace(err: unknown): Promise<boolean> {
+    if (err instanceof SyncFailed || !NO_SPACE.has((err as NodeJS.ErrnoException).code ?? '')) return false;
+    const segment = this.segments.at(-1);
+    if (!this.handle || !segment) return true; // no segment was opened: nothing was written
+    try {
+      await this.handle.truncate(segment.bytes);
+      return true;
+    } catch {
+      return false;
     }
   }
 
@@ -416,17 +385,23 @@ export class Journal {
     if (this.handle && current) {
       // Cut what a recycled file held beyond our records: only the last segment may have a tail.
       await this.handle.truncate(current.bytes);
-      if (this.syncOnRollover) await this.handle.datasync();
-      else this.unsynced.push(current.path);
+      if (this.syncOnRollover) {
+        await this.handle.datasync().catch((err: unknown) => {
+          throw new SyncFailed((err as Error).message, { cause: err });
+        });
+      } else this.unsynced.push(current.path);
       await this.handle.close();
     }
     this.handle = undefined;
     this.directoryChanged = true;
-    const path = join(this.dir, `${firstSeq.toString(16).padStart(16, '0')}.log`);
+    // Named after the record that follows the previous segment's last, which is this batch's
+    // first unless appends failed for want of space in between: never a gap (see the top).
+    const name = current ? current.lastSeq + 1 : firstSeq;
+    const path = join(this.dir, `${name.toString(16).padStart(16, '0')}.log`);
     const spare = this.spares.pop();
     if (spare !== undefined) await rename(spare, path);
     this.handle = await open(path, spare !== undefined ? 'r+' : 'w');
-    this.segments.push({ firstSeq, lastSeq: firstSeq - 1, bytes: 0, path });
+    this.segments.push({ firstSeq: name, lastSeq: name - 1, bytes: 0, path });
     return this.handle;
   }
 

@@ -37,6 +37,13 @@ export interface ObjectStore {
    */
   putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined>;
 
+  /**
+   * Throws UserError S3NBD_NO_CONDITIONAL_WRITES if the store accepts a putIf() whose
+   * condition fails. Only stores whose conditions someone else evaluates (an S3 server) have
+   * it. `key` exists and holds `data`; the check writes nothing else.
+   */
+  checkConditionalWrites?(key: string, data: Buffer): Promise<void>;
+
   /** Deletes the keys; keys that do not exist are not an error. */
   deleteMany(keys: readonly string[]): Promise<void>;
 

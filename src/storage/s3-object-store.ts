@@ -10,6 +10,11 @@
 //     retried with capped exponential backoff and full jitter, then EIO;
 //   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
 //   - anything else: EIO at once.
+// A read (get()) has a total time budget as well (readTimeoutMs, --read-timeout): a stalled or
+// trickling S3 answer ends in EIO within it, instead of keeping the NBD client waiting for
+// maxAttempts x requestTimeoutMs (6 x 30 s). Writes have no budget: the write-back flusher
+// retries them until they succeed. Any request still unanswered after stallWarnMs is logged
+// at warn level (rate-limited), with what it waits for, so a stall is visible while it lasts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
@@ -25,6 +30,7 @@ import {
 } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
+import { LogThrottle } from '../log-throttle.ts';
 import { StorageError } from './extent-store.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
 import { prematureEnd } from './http1.ts';
@@ -44,6 +50,10 @@ export interface S3ObjectStoreConfig {
   readonly maxAttempts?: number;
   /** Time limit for one attempt, body included. Default 30 s. */
   readonly requestTimeoutMs?: number;
+  /** Time limit for a whole get(), every attempt and backoff included (then EIO). Default 60 s. */
+  readonly readTimeoutMs?: number;
+  /** A request unanswered this long is logged at warn level (rate-limited). Default 5 s. */
+  readonly stallWarnMs?: number;
   /** Concurrent connections to S3. Default 50. */
   readonly maxSockets?: number;
   /** Normally absent, leaving credentials to the SDK's chain; tests pass them. */
@@ -99,10 +109,14 @@ type Operation = 'get' | 'put' | 'delete' | 'list';
 interface Policy {
   readonly maxAttempts: number;
   readonly signal: AbortSignal | undefined;
+  /** Total time for the operation, retries included; undefined: no limit but the attempts. */
+  readonly budgetMs?: number | undefined;
 }
 
 const DELETE_BATCH = 1000;
-const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
+const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, readTimeoutMs: 60_000, stallWarnMs: 5000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
+/** At most one "waiting for S3" line per this many ms, however many requests wait. */
+const STALL_LOG_INTERVAL_MS = 10_000;
 
 export class S3ObjectStore implements ObjectStore {
   readonly description: string;
@@ -112,7 +126,11 @@ export class S3ObjectStore implements ObjectStore {
   /** '' or the prefix with one trailing slash: prepended to every key. */
   private readonly keyPrefix: string;
   private readonly policy: Policy;
+  /** get()'s: the default policy with the read time budget. */
+  private readonly readPolicy: Policy;
   private readonly requestTimeoutMs: number;
+  private readonly stallWarnMs: number;
+  private readonly stallLog: LogThrottle | undefined;
   private readonly retryBaseMs: number;
   private readonly retryCapMs: number;
   private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
@@ -122,13 +140,23 @@ export class S3ObjectStore implements ObjectStore {
   private readonly closing = new AbortController();
   /** GETs and unconditional PUTs without the SDK's pipeline, where the endpoint allows (see s3-direct.ts). */
   private readonly direct: DirectS3 | undefined;
+  /**
+   * Ceph RGW 16 compares If-Match with the stored ETag as the header spells it, quotes and
+   * all, so the quoted ETag it hands out itself never matches: every renewal of the lease
+   * would look like a take-over. Set once a 412 answered a tag the object does have; from
+   * then on the tag goes out without its quotes, which such a server matches.
+   */
+  private unquotedIfMatch = false;
 
   constructor(config: S3ObjectStoreConfig) {
     const prefix = normalisePrefix(config.prefix ?? '');
     this.bucket = config.bucket;
     this.keyPrefix = prefix === '' ? '' : `${prefix}/`;
     this.policy = { maxAttempts: config.maxAttempts ?? DEFAULTS.maxAttempts, signal: undefined };
+    this.readPolicy = { ...this.policy, budgetMs: config.readTimeoutMs ?? DEFAULTS.readTimeoutMs };
     this.requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.stallWarnMs = config.stallWarnMs ?? DEFAULTS.stallWarnMs;
+    this.stallLog = config.log && new LogThrottle(config.log, 'warn', { intervalMs: STALL_LOG_INTERVAL_MS });
     this.retryBaseMs = config.retryBaseMs ?? DEFAULTS.retryBaseMs;
     this.retryCapMs = config.retryCapMs ?? DEFAULTS.retryCapMs;
     this.sleep = config.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
@@ -187,6 +215,7 @@ export class S3ObjectStore implements ObjectStore {
       getTagged: (key) => this.getWith(key, policy),
       put: (key, data) => this.putWith(key, data, policy),
       putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
+      checkConditionalWrites: (key, data) => this.checkConditionsWith(key, data, policy),
       deleteMany: (keys) => this.deleteWith(keys, policy),
       list: (prefix) => this.listWith(prefix, policy),
       flush: () => this.flush(),
@@ -195,7 +224,7 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
-    return (await this.getWith(key, this.policy))?.data;
+    return (await this.getWith(key, this.readPolicy))?.data;
   }
 
   getTagged(key: string): Promise<TaggedObject | undefined> {
@@ -260,13 +289,14 @@ export class S3ObjectStore implements ObjectStore {
 
   private async putIfWith(key: string, data: Buffer, expectedTag: string | undefined, policy: Policy): Promise<string | undefined> {
     const Key = this.keyPrefix + key;
+    const condition = expectedTag === undefined ? { IfNoneMatch: '*' }
+      : { IfMatch: this.unquotedIfMatch ? expectedTag.replace(/^"(.*)"$/, '$1') : expectedTag };
     let attempts = 0;
     const tag = await this.retry('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
         const output = await this.client.send(new PutObjectCommand({
-          Bucket: this.bucket, Key, Body: data, ContentLength: data.length,
-          ...expectedTag === undefined ? { IfNoneMatch: '*' } : { IfMatch: expectedTag },
+          Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition,
         }), { abortSignal: signal });
         if (output.ETag === undefined) throw new Error('the response has no ETag');
         return output.ETag;
@@ -276,13 +306,59 @@ export class S3ObjectStore implements ObjectStore {
         if (status === 412 || (status === 404 && expectedTag !== undefined && codeOf(err) !== 'NoSuchBucket')) return undefined;
         throw err;
       }
+    }).catch((err: unknown) => {
+      const refused = notImplemented(err);
+      throw refused ? Errors.noConditionalWrites(this.description, `refuses ${expectedTag === undefined ? 'If-None-Match' : 'If-Match'} on PutObject (${refused})`) : err;
     });
-    if (tag !== undefined || attempts === 1) return tag;
+    const quoted = expectedTag !== undefined && !this.unquotedIfMatch && /^".*"$/.test(expectedTag);
+    if (tag !== undefined || (attempts === 1 && !quoted)) return tag;
     // An earlier attempt failed without a clear answer, so it may have written the object and
     // made this attempt's condition fail. If the object now holds exactly our bytes, the write
     // was ours (or indistinguishable from ours): report success, with its tag.
     const current = await this.getWith(key, policy);
-    return current?.data.equals(data) ? current.tag : undefined;
+    if (attempts > 1 && current?.data.equals(data)) return current.tag;
+    // Or the object has the tag we sent and the server still said no: it wants it unquoted.
+    if (quoted && current?.tag === expectedTag) {
+      this.unquotedIfMatch = true;
+      this.log?.warn({ store: this.description }, 'the S3 server refused If-Match with its own quoted ETag (as Ceph RGW 16 does): sending ETags unquoted');
+      return this.putIfWith(key, data, expectedTag, policy);
+    }
+    return undefined;
+  }
+
+  /**
+   * Throws UserError S3NBD_NO_CONDITIONAL_WRITES unless the server refuses conditional PUTs
+   * whose condition fails; putIf() (volume creation, the lease) is all that keeps two
+   * gateways from writing one volume. `key` must exist and hold `data`: each check PUTs
+   * those same bytes, so a server that ignores the condition rewrites what was there. Two
+   * small requests, answered 412 by a server that honours them, when a writer opens a volume.
+   */
+  checkConditionalWrites(key: string, data: Buffer): Promise<void> {
+    return this.checkConditionsWith(key, data, this.policy);
+  }
+
+  private async checkConditionsWith(key: string, data: Buffer, policy: Policy): Promise<void> {
+    const Key = this.keyPrefix + key;
+    // An ETag is the quoted hex MD5 of the object (or of its parts): this one is nobody's.
+    const checks = [{ IfNoneMatch: '*' }, { IfMatch: '"s3nbd-never-matches"' }];
+    for (const condition of checks) {
+      const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
+      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
+        try {
+          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
+          return true;
+        } catch (err) {
+          if (statusOf(err) === 412) return false;
+          throw err;
+        }
+      }).catch((err: unknown) => {
+        const refused = notImplemented(err);
+        throw refused ? Errors.noConditionalWrites(this.description, `refuses ${header} on PutObject (${refused})`) : err;
+      });
+      if (accepted) {
+        throw Errors.noConditionalWrites(this.description, `ignores ${header} on PutObject (a PUT that had to fail with 412 was accepted)`);
+      }
+    }
   }
 
   private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
@@ -323,45 +399,70 @@ export class S3ObjectStore implements ObjectStore {
 
   /**
    * Runs `attempt` until it succeeds, fails in a way retrying cannot fix, or runs out of
-   * attempts. Each attempt gets a signal that aborts at its time limit, on close() and on the
-   * policy's signal.
+   * attempts or of the policy's time budget. Each attempt gets a signal that aborts at its
+   * time limit (no later than the budget's end), on close() and on the policy's signal.
    */
   private async retry<T>(operation: Operation, what: string, policy: Policy, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const stop = policy.signal ? AbortSignal.any([this.closing.signal, policy.signal]) : this.closing.signal;
-    for (let n = 1; ; n++) {
-      if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
-      this.stats[operation]++;
-      // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
-      // timer fires, long after a quick request is done.
-      const timeout = new AbortController();
-      const timer = setTimeout(() => timeout.abort(), this.requestTimeoutMs);
-      let failure: Failure;
-      try {
-        return await attempt(AbortSignal.any([timeout.signal, stop]));
-      } catch (err) {
-        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-        failure = classify(err, timeout.signal.aborted, this.requestTimeoutMs);
-        if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
-        if (n >= policy.maxAttempts) {
-          this.stats.exhausted++;
-          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
+    const started = Date.now();
+    const deadline = policy.budgetMs === undefined ? Infinity : started + policy.budgetMs;
+    let n = 1;
+    let lastError: string | undefined;
+    // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
+    const stallTimer = this.stallLog && setInterval(() => {
+      this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
+        ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - Date.now()) } }, 'waiting for S3: no answer yet');
+    }, this.stallWarnMs);
+    try {
+      for (;; n++) {
+        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
+        this.stats[operation]++;
+        // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
+        // timer fires, long after a quick request is done.
+        const timeout = new AbortController();
+        const limitMs = Math.max(1, Math.min(this.requestTimeoutMs, deadline - Date.now()));
+        const timer = setTimeout(() => timeout.abort(), limitMs);
+        let failure: Failure;
+        try {
+          return await attempt(AbortSignal.any([timeout.signal, stop]));
+        } catch (err) {
+          if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
+          failure = classify(err, timeout.signal.aborted, limitMs);
+          lastError = failure.text;
+          if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
+          if (n >= policy.maxAttempts) {
+            this.stats.exhausted++;
+            throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
+          }
+        } finally {
+          clearTimeout(timer);
         }
-      } finally {
-        clearTimeout(timer);
+        // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
+        const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
+        const wait = Math.floor(this.random() * ceiling);
+        if (Date.now() + wait >= deadline) {
+          this.stats.exhausted++;
+          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts in ${Date.now() - started} ms: the read timeout is ${policy.budgetMs} ms)`);
+        }
+        await this.backoff(what, n, failure, wait, stop);
       }
-      this.stats.retries++;
-      if (failure.throttled) this.stats.throttled++;
-      // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
-      const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
-      const wait = Math.floor(this.random() * ceiling);
-      // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
-      const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
-      this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
-      try {
-        await this.sleep(wait, stop);
-      } catch (err) {
-        throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-      }
+    } finally {
+      clearInterval(stallTimer);
+    }
+  }
+
+  /** Counts a failed attempt, logs it, and waits `wait` ms before the next. */
+  private async backoff(what: string, n: number, failure: Failure, wait: number, stop: AbortSignal): Promise<void> {
+    this.stats.retries++;
+    if (failure.throttled) this.stats.throttled++;
+    // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
+    // A request that hangs is reported by the stall warning in retry() meanwhile.
+    const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
+    this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
+    try {
+      await this.sleep(wait, stop);
+    } catch (err) {
+      throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
     }
   }
 
@@ -455,6 +556,14 @@ const NETWORK_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
   'ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE',
 ]);
+
+/** How a server said it does not implement what was asked (HTTP 501, or the code NotImplemented), if it did. */
+function notImplemented(err: unknown): string | undefined {
+  const cause = err instanceof StorageError ? err.cause : err;
+  const status = statusOf(cause);
+  const code = codeOf(cause);
+  return status === 501 || code === 'NotImplemented' ? `HTTP ${status ?? '?'} ${code ?? ''}`.trim() : undefined;
+}
 
 function isTransientCode(code: string | undefined): boolean {
   return code !== undefined && (THROTTLING_CODES.has(code) || TRANSIENT_CODES.has(code));

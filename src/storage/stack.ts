@@ -5,13 +5,15 @@
 //   WriteBackCache      journal + disk cache: writes acknowledged locally, uploaded later
 //   ExtentDevice        the byte-addressed BlockDevice the NBD server serves
 //
-// The write-back cache (and the writer lease that protects it) is left out where it has no
-// job: for the volatile memory store, for read-only serving, and for inspection (`s3nbd info`).
+// The write-back cache (and the cache directory's lock and the writer lease that protect it)
+// is left out where it has no job: for the volatile memory store, for read-only serving, and
+// for inspection (`s3nbd info`, which may run beside a gateway on its cache directory).
 
 import type { Logger } from 'pino';
 import { Errors, UserError } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
 import { type CacheIdentity, claimCacheDir, prepareCacheDir } from './cache-dir.ts';
+import { lockCacheDir } from './cache-lock.ts';
 import { ExtentDevice } from './extent-device.ts';
 import { FileObjectStore } from './file-object-store.ts';
 import { explainLocalError, explainS3Error } from './first-run-errors.ts';
@@ -48,6 +50,8 @@ export interface StorageConfig {
   readonly log: Logger;
   /** Called when another gateway took the volume over (this one is fenced off). */
   readonly onFenced?: (by: string) => void;
+  /** Called once if the cache's journal fails for good (the gateway should stop; status 4). */
+  readonly onJournalFailed?: (err: Error) => void;
   /** Bound on the first contact with S3 (default FIRST_CONTACT_MS). */
   readonly firstContactMs?: number;
 }
@@ -61,9 +65,16 @@ export interface Storage {
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
   readonly device: BlockDevice;
-  /** Uploads dirty data for up to `timeoutMs`, then closes everything. Resolves true if all was uploaded. */
+  /**
+   * Uploads dirty data for up to `timeoutMs`, then closes everything, in about that time
+   * (plus at most RELEASE_MIN_MS for the lease) whatever S3 does. Resolves true if all was
+   * uploaded.
+   */
   close(drainTimeoutMs?: number): Promise<boolean>;
 }
+
+/** The least time the lease release gets when the drain used up the time allowed. */
+const RELEASE_MIN_MS = 1000;
 
 export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
 /**
@@ -73,12 +84,20 @@ export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
  */
 export const FIRST_CONTACT_MS = 10_000;
 
+/** Waits for `work` for at most `ms` (it goes on in the background, and is ended by closing the store). */
+async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work.catch(() => undefined), new Promise((resolve) => { timer = setTimeout(resolve, ms); })]);
+  clearTimeout(timer);
+}
+
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
   const objects = openObjectStore(config.store, { maxSockets: (config.cache?.uploadConcurrency ?? 16) * 2 + 16, ...config.s3 }, log);
   const opened: Array<() => Promise<unknown>> = [() => objects.close()];
-  const closeAll = async (): Promise<void> => {
-    for (const close of opened.reverse()) await close();
+  /** Closes in reverse order of opening; each step (the lease release) may take until `deadline`. */
+  const closeAll = async (deadline = Infinity): Promise<void> => {
+    for (const close of opened.reverse()) await bounded(close(), Math.max(deadline - Date.now(), RELEASE_MIN_MS));
   };
   const checkCacheSize = (extentSize: number): void => {
     const c = config.cache;
@@ -90,12 +109,23 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // Everything that can refuse the start is checked before the first write to the store, so a
     // refused start leaves nothing behind in the bucket: local checks first (they need no S3),
     // then S3's answers, and only then the volume is created and the lease taken.
+    // Before a volume is created, with the extent size asked for; again once it is known.
     checkCacheSize(config.volume.extentSize ?? DEFAULT_EXTENT_SIZE);
     const writeBack = config.cache !== undefined && !config.readOnly && !(objects instanceof MemoryObjectStore);
+    // First of all, before the bucket is touched: a second gateway on this cache directory is
+    // refused here, having created no volume, written no lease and replayed no journal.
+    let lockId: string | undefined;
+    if (writeBack) {
+      const lock = await lockCacheDir(config.cache.dir);
+      lockId = lock.id;
+      opened.push(() => lock.release());
+    }
+    // The directory is usable (made, writable) and which volume it belongs to, if any.
     const c = config.cache;
     const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
     const bounded = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal }) : objects;
-    const { volume, created } = await openVolume(bounded, { ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' }, () => {
+    const request = { writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' };
+    const { volume, created } = await openVolume(bounded, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.
       if (previous && c) throw Errors.cacheDirNotNew(c.dir, previous.volume, objects.description);
       return Promise.resolve();
@@ -115,7 +145,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
       const lease = await Lease.acquire(objects, {
-        owner: identity.gateway, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
+        owner: identity.gateway, lockId, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
         onLost: (by) => {
           cache?.fence(by);
           config.onFenced?.(by);
@@ -126,6 +156,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
         uploadDelayMs: c.uploadDelayMs, log, mayUpload: () => lease.isValid(),
+        ...config.onJournalFailed ? { onFailed: config.onJournalFailed } : {},
       });
       top = cache;
     }
@@ -134,13 +165,24 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     return {
       objects, volume, created, extents, cache, identity, device,
       async close(drainTimeoutMs = 0) {
+        const deadline = Date.now() + drainTimeoutMs;
         let drained = true;
         if (openedCache) {
           if (drainTimeoutMs > 0) drained = await openedCache.drain(drainTimeoutMs);
-          await openedCache.close();
+          const uploadsInFlight = openedCache.status().uploadsInFlight;
+          const closing = openedCache.close(); // no new uploads from here on
+          if (uploadsInFlight > 0) {
+            // The time is up and uploads hang on S3: cut them off (closing the store ends every
+            // request in flight), or the cache would wait for them for minutes. The journal
+            // keeps what they carried. The lease is then not released but left to expire: a
+            // PUT already sent may still land, and must not land after a successor's.
+            log.warn({ uploadsInFlight }, 'stopping uploads in flight; the lease is left to expire (the journal keeps their data for the next start)');
+            await objects.close();
+          }
+          await closing;
         }
         await extents.close();
-        await closeAll();
+        await closeAll(deadline);
         return drained;
       },
     };

@@ -21,6 +21,8 @@ export interface S3Options {
   readonly forcePathStyle?: boolean | undefined;
   /** Connections to S3; at least the upload concurrency plus room for reads. */
   readonly maxSockets?: number | undefined;
+  /** How long a read may wait on S3, retries included, before it fails with EIO (--read-timeout). */
+  readonly readTimeoutMs?: number | undefined;
 }
 
 export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger): ObjectStore {
@@ -39,6 +41,7 @@ export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger):
       ...(region !== undefined ? { region } : {}),
       ...(s3.forcePathStyle !== undefined ? { forcePathStyle: s3.forcePathStyle } : {}),
       ...(s3.maxSockets !== undefined ? { maxSockets: s3.maxSockets } : {}),
+      ...(s3.readTimeoutMs !== undefined ? { readTimeoutMs: s3.readTimeoutMs } : {}),
       ...(log ? { log } : {}),
     });
   }

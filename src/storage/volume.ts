@@ -4,10 +4,13 @@
 //                       "extentSize":<bytes>,"createdAt":"<ISO 8601>"}
 //
 // It is created with a conditional put, so two gateways racing to create the same volume
-// agree on one description. Serving reads it and checks any size the user asked for.
+// agree on one description. Serving reads it and checks any size the user asked for. Before
+// a writer relies on conditional puts (the lease), the store shows that it refuses one whose
+// condition fails (ObjectStore.checkConditionalWrites): an S3 server that ignored them would
+// let two gateways write at once.
 
 import { randomUUID } from 'node:crypto';
-import { Errors } from '../errors.ts';
+import { Errors, UserError } from '../errors.ts';
 import type { ObjectStore } from './object-store.ts';
 
 export const VOLUME_KEY = 's3nbd-volume.json';
@@ -31,6 +34,8 @@ export interface VolumeRequest {
   readonly extentSize?: number | undefined;
   /** 'open-or-create' for serve, 'create' for `s3nbd create`, 'open' for `s3nbd info`. */
   readonly mode: 'open' | 'create' | 'open-or-create';
+  /** The caller will write (and take the lease): check the store's conditional writes. Always done on creation. */
+  readonly writer?: boolean | undefined;
   /** Serving --read-only: never create (that would write to the store), whatever the mode. */
   readonly readOnly?: boolean | undefined;
 }
@@ -60,7 +65,11 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
   checkGeometry(request.size, request.extentSize);
   if (request.mode !== 'create') {
     const existing = await readVolume(objects);
-    if (existing) return { volume: matchRequest(objects, existing, request), created: false };
+    if (existing) {
+      const volume = matchRequest(objects, existing.volume, request);
+      if (request.writer) await checkConditions(objects, existing.data, false);
+      return { volume, created: false };
+    }
     if (request.readOnly) throw Errors.noVolumeReadOnly(objects.description);
     if (request.mode === 'open' || request.size === undefined) throw Errors.noVolume(objects.description);
   } else if (request.size === undefined) {
@@ -75,6 +84,7 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
   };
   const body = Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version: VOLUME_VERSION, ...volume })}\n`);
   if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
+    await checkConditions(objects, body, true);
     await objects.flush();
     return { volume, created: true };
   }
@@ -82,10 +92,22 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
   // Another gateway created it first: serve theirs, if it is what we asked for.
   const theirs = await readVolume(objects);
   if (!theirs) throw Errors.badVolume(objects.description, 'it vanished while being created');
-  return { volume: matchRequest(objects, theirs, request), created: false };
+  const matched = matchRequest(objects, theirs.volume, request);
+  if (request.writer) await checkConditions(objects, theirs.data, false);
+  return { volume: matched, created: false };
 }
 
-async function readVolume(objects: ObjectStore): Promise<Volume | undefined> {
+/** See ObjectStore.checkConditionalWrites. A volume this call created is deleted again when the check fails: a refused start leaves nothing behind. */
+async function checkConditions(objects: ObjectStore, data: Buffer, created: boolean): Promise<void> {
+  try {
+    await objects.checkConditionalWrites?.(VOLUME_KEY, data);
+  } catch (err) {
+    if (created && err instanceof UserError) await objects.deleteMany([VOLUME_KEY]).catch(() => undefined);
+    throw err;
+  }
+}
+
+async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer } | undefined> {
   const data = await objects.get(VOLUME_KEY);
   if (!data) return undefined;
   let meta: Record<string, unknown>;
@@ -103,7 +125,7 @@ async function readVolume(objects: ObjectStore): Promise<Volume | undefined> {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} lacks id, size, extentSize or createdAt`);
   }
   checkGeometry(size, extentSize);
-  return { id, size, extentSize, createdAt };
+  return { volume: { id, size, extentSize, createdAt }, data };
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {

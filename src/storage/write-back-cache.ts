@@ -47,6 +47,7 @@
 // - Dirty extents with slots are limited to --max-dirty: a write that would dirty one more
 //   waits for uploads (logged), the only case where a write waits for the store.
 
+import { statfsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
@@ -87,9 +88,17 @@ export interface WriteBackOptions {
   /** How long a dirty extent must go unchanged before upload, so a burst of writes uploads once. */
   readonly uploadDelayMs: number;
   readonly log: Logger;
-  /** False while uploads must not start (the writer lease may have expired). */
+  /** False while uploads must not start, nor retry (the writer lease may have expired). */
   readonly mayUpload?: () => boolean;
+  /**
+   * Called once if the journal fails for good (a failed fsync, a write error other than a
+   * full disk): writes are refused from then on, and the gateway should stop.
+   */
+  readonly onFailed?: (err: Error) => void;
 }
+
+/** Lines about a condition that repeats with every request (a full disk, failing uploads): one per this many ms. */
+const REPEAT_LOG_INTERVAL_MS = 10_000;
 
 interface Entry {
   readonly index: number;
@@ -168,8 +177,6 @@ const READ_AHEAD = 8;
  * fetchClean().
  */
 const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
-/** At most one "dirty limit reached" line per this interval (it can be hit 100+ times a second). */
-const DIRTY_LIMIT_LOG_MS = 10_000;
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
@@ -216,12 +223,16 @@ export class WriteBackCache implements ExtentStore {
   private lastWritten = -2;
   private warnedFull = false;
   private readonly dirtyLimitLog: LogThrottle;
+  private readonly diskFullLog: LogThrottle;
+  private readonly retryLog: LogThrottle;
 
   private constructor(lower: ObjectExtentStore, options: WriteBackOptions) {
     this.lower = lower;
     this.options = options;
     this.log = options.log;
-    this.dirtyLimitLog = new LogThrottle(options.log, 'warn', { intervalMs: DIRTY_LIMIT_LOG_MS });
+    this.dirtyLimitLog = new LogThrottle(options.log, 'warn', { intervalMs: REPEAT_LOG_INTERVAL_MS });
+    this.diskFullLog = new LogThrottle(options.log, 'warn', { intervalMs: REPEAT_LOG_INTERVAL_MS });
+    this.retryLog = new LogThrottle(options.log, 'warn', { intervalMs: REPEAT_LOG_INTERVAL_MS });
     this.extentSize = lower.extentSize;
     this.minPieceBytes = Math.min(MIN_PIECE_BYTES, this.extentSize / 16);
     this.extentCount = lower.extentCount;
@@ -237,7 +248,15 @@ export class WriteBackCache implements ExtentStore {
     const slotCount = Math.floor(options.cacheBytes / lower.extentSize);
     cache.slots = await SlotFile.open(`${options.cacheDir}/extents.cache`, slotCount, lower.extentSize);
     const started = Date.now();
-    const { journal, records, bytes } = await Journal.open(`${options.cacheDir}/journal`, { syncOnRollover: options.flushMode === 'local' });
+    const { journal, records, bytes } = await Journal.open(`${options.cacheDir}/journal`, {
+      syncOnRollover: options.flushMode === 'local',
+      onFailed: (err) => {
+        options.log.error({ cacheDir: options.cacheDir, error: err.message },
+          'the journal failed (the cache disk lost or refused data): writes are refused from now on; what is dirty is uploaded, '
+          + 'then the gateway exits with status 4. Check the disk (dmesg) and restart: the journal replays what it holds');
+        options.onFailed?.(err);
+      },
+    });
     cache.journal = journal;
     const replayed = await cache.replay(records);
     if (records.length > 0) {
@@ -462,11 +481,32 @@ export class WriteBackCache implements ExtentStore {
           this.releaseSlot(e);
           this.forget(e);
         }
-        throw err;
+        throw this.noSpaceOr(err);
       } finally {
         this.inProgress.delete(seq);
       }
     });
+  }
+
+  /**
+   * A change failed. If for want of disk space, that is a condition, not a fault: the client
+   * gets ENOSPC, one line now and then says so (where, how much is free, what to do), and
+   * writes work again once there is room. Anything else is returned as it is.
+   */
+  private noSpaceOr(err: unknown): unknown {
+    const code = (err as { errno?: unknown; code?: unknown }).errno ?? (err as { code?: unknown }).code;
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') return err;
+    let space = {};
+    try {
+      const fs = statfsSync(this.options.cacheDir);
+      space = { freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+    } catch {
+      // Only for the message.
+    }
+    this.diskFullLog.write({ cacheDir: this.options.cacheDir, ...space, dirtyBytes: this.dirtySlots * this.extentSize },
+      'cache disk full: writes fail with ENOSPC until there is room on the file system of --cache-dir (uploads go on and free '
+      + 'journal space). Free space there, or move --cache-dir to a larger disk; no restart is needed');
+    return err instanceof StorageError && err.errno === 'ENOSPC' ? err : new StorageError('ENOSPC', `the cache disk is full (${this.options.cacheDir})`, { cause: err });
   }
 
   async discard(first: number, count: number): Promise<void> {
@@ -479,7 +519,9 @@ export class WriteBackCache implements ExtentStore {
     await this.locks.withAll([...indexes], async () => {
       const seq = this.reserve();
       try {
-        await this.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count });
+        await this.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count }).catch((err: unknown) => {
+          throw this.noSpaceOr(err);
+        });
         for (const index of indexes) this.applyDiscard(index, seq);
       } finally {
         this.inProgress.delete(seq);
@@ -740,7 +782,7 @@ export class WriteBackCache implements ExtentStore {
       const index = e.index;
       this.uploadsInFlight++;
       this.scheduled.add(index);
-      void this.upload(index).catch((err: unknown) => this.log.error({ err, index }, 'upload abandoned'))
+      void this.upload(index).catch((err: unknown) => this.abandoned(err, `upload of extent ${index}`))
         .finally(() => {
           this.scheduled.delete(index);
           this.uploadsInFlight--;
@@ -749,12 +791,18 @@ export class WriteBackCache implements ExtentStore {
     }
     if (deletes.length > 0 && this.uploadsInFlight < this.options.uploadConcurrency) {
       this.uploadsInFlight++;
-      void this.deleteZeros(deletes).catch((err: unknown) => this.log.error({ err }, 'delete abandoned'))
+      void this.deleteZeros(deletes).catch((err: unknown) => this.abandoned(err, `delete of ${deletes.length} extents`))
         .finally(() => {
           this.uploadsInFlight--;
           this.pump();
         });
     }
+  }
+
+  /** Uploads stop only at close() (the journal keeps what they carried), or on a bug. */
+  private abandoned(err: unknown, what: string): void {
+    if (this.closed) this.log.debug({ error: (err as Error).message }, `${what} stopped by the shutdown; the journal keeps it`);
+    else this.log.error({ err }, `${what} abandoned`);
   }
 
   /** Uploads one dirty extent, retrying until it succeeds (the journal keeps it safe meanwhile). */
@@ -837,6 +885,13 @@ export class WriteBackCache implements ExtentStore {
   /** Runs `fn` until it succeeds, backing off exponentially with jitter up to RETRY_CAP_MS. */
   private async retrying(what: string, fn: () => Promise<void>): Promise<void> {
     for (let attempt = 0; ; attempt++) {
+      // Not even a retry without a valid lease: after a long S3 outage the volume may belong
+      // to another gateway, and this attempt would overwrite its data.
+      while (this.options.mayUpload?.() === false && !this.closed && this.fenced === undefined) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      if (this.fenced !== undefined) throw new StorageError('EPERM', `this gateway was fenced off: ${this.fenced} took over the volume`);
+      if (this.options.mayUpload?.() === false) throw new StorageError('ESHUTDOWN', 'the cache was closed while the lease was not valid');
       try {
         await fn();
         return;
@@ -844,7 +899,8 @@ export class WriteBackCache implements ExtentStore {
         if (this.closed) throw err;
         this.uploadFailures++;
         const delay = Math.random() * Math.min(RETRY_CAP_MS, RETRY_BASE_MS * 2 ** attempt);
-        this.log.warn({ err: (err as Error).message, attempt: attempt + 1, retryInMs: Math.round(delay) }, `${what} failed; retrying`);
+        // Rate-limited: with S3 down, every upload in flight fails every few seconds.
+        this.retryLog.write({ err: (err as Error).message, attempt: attempt + 1, retryInMs: Math.round(delay) }, `${what} failed; retrying`);
         for (const until = Date.now() + delay; Date.now() < until && !this.closed;) {
           await new Promise((resolve) => setTimeout(resolve, Math.min(50, until - Date.now())));
         }
@@ -954,10 +1010,18 @@ export class WriteBackCache implements ExtentStore {
     // or the slot file after this returns.
     while (this.uploadsInFlight > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await Promise.all(this.fills);
-    await this.journal.sync();
+    // A journal that failed for good cannot be synced; one whose sync fails now fails for
+    // good. Either said so once when it failed (onFailed), and the exit status says it;
+    // what it holds is replayed by the next start all the same.
+    if (!this.journal.failure) await this.journal.sync().catch(() => undefined);
     await this.journal.trim(this.neededSeq());
     await this.journal.close();
     await this.slots.close();
+  }
+
+  /** Why the journal failed for good, if it did (the gateway then exits with status 4). */
+  get failure(): Error | undefined {
+    return this.journal.failure;
   }
 
   private checkOpen(): void {

@@ -46,7 +46,7 @@ describe('ext4 on s3nbd through nbdfuse and a loop device', () => {
   });
 
   it('survives mkfs, a copy, e2fsck and a restart of the gateway with every file intact', async () => {
-    for (const tool of ['nbdfuse', 'losetup', 'mkfs.ext4', 'e2fsck', 'fusermount3']) requireTool(tool);
+    for (const tool of ['nbdfuse', 'losetup', 'mkfs.ext4', 'e2fsck', 'fusermount3'] as const) requireTool(tool);
     const tree = join(dir.path, 'tree');
     makeTree(tree);
     const want = checksums(tree);

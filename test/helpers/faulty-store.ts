@@ -1,5 +1,8 @@
 // A pass-through ObjectStore that counts calls and fails the ones it is told to, for tests
 // of how layers above react to a broken store. It copies on put, like a real remote store.
+// Three kinds of failure: every call of an operation (failAll), the next N calls (failNext),
+// and the next N calls that take effect but report an error (applyThenFail: the request
+// reached S3, its answer was lost), which is what makes retries need to be idempotent.
 
 import type { ObjectStore, TaggedObject } from '../../src/storage/object-store.ts';
 
@@ -11,6 +14,8 @@ export class FaultyStore implements ObjectStore {
   /** Keys passed to deleteMany, in order. */
   readonly deleted: string[] = [];
   private readonly failing = new Set<Operation>();
+  private readonly failNextCount = new Map<Operation, number>();
+  private readonly applyThenFailCount = new Map<Operation, number>();
   private readonly inner: ObjectStore;
 
   constructor(inner: ObjectStore) {
@@ -23,9 +28,33 @@ export class FaultyStore implements ObjectStore {
     else this.failing.delete(op);
   }
 
+  /** The next `times` calls of `op` fail without reaching the store. */
+  failNext(op: Operation, times: number): void {
+    this.failNextCount.set(op, (this.failNextCount.get(op) ?? 0) + times);
+  }
+
+  /** The next `times` calls of `op` reach the store, then report a failure anyway. */
+  applyThenFail(op: Operation, times: number): void {
+    this.applyThenFailCount.set(op, (this.applyThenFailCount.get(op) ?? 0) + times);
+  }
+
+  /** Forgets the pending failNext and applyThenFail failures. */
+  clearFaults(): void {
+    this.failNextCount.clear();
+    this.applyThenFailCount.clear();
+  }
+
   private check(op: Operation): void {
     this.calls[op]++;
-    if (this.failing.has(op)) throw Object.assign(new Error(`injected ${op} failure`), { code: 'EIO' });
+    if (this.failing.has(op) || take(this.failNextCount, op)) throw injected(op);
+  }
+
+  /** Runs a call that changes the store; with applyThenFail pending, reports failure after it took effect. */
+  private async apply<T>(op: Operation, call: () => Promise<T>): Promise<T> {
+    this.check(op);
+    const result = await call();
+    if (take(this.applyThenFailCount, op)) throw injected(op);
+    return result;
   }
 
   async get(key: string): Promise<Buffer | undefined> {
@@ -34,8 +63,7 @@ export class FaultyStore implements ObjectStore {
   }
 
   async put(key: string, data: Buffer): Promise<void> {
-    this.check('put');
-    return this.inner.put(key, Buffer.from(data));
+    return this.apply('put', () => this.inner.put(key, Buffer.from(data)));
   }
 
   async getTagged(key: string): Promise<TaggedObject | undefined> {
@@ -44,14 +72,14 @@ export class FaultyStore implements ObjectStore {
   }
 
   async putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
-    this.check('putIf');
-    return this.inner.putIf(key, Buffer.from(data), expectedTag);
+    return this.apply('putIf', () => this.inner.putIf(key, Buffer.from(data), expectedTag));
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {
-    this.check('deleteMany');
-    this.deleted.push(...keys);
-    return this.inner.deleteMany(keys);
+    return this.apply('deleteMany', () => {
+      this.deleted.push(...keys);
+      return this.inner.deleteMany(keys);
+    });
   }
 
   async *list(prefix: string): AsyncIterable<string> {
@@ -67,4 +95,15 @@ export class FaultyStore implements ObjectStore {
   close(): Promise<void> {
     return this.inner.close();
   }
+}
+
+/** Uses up one of `op`'s pending failures, if it has one. */
+function take(counts: Map<Operation, number>, op: Operation): boolean {
+  const left = counts.get(op) ?? 0;
+  if (left > 0) counts.set(op, left - 1);
+  return left > 0;
+}
+
+function injected(op: Operation): Error {
+  return Object.assign(new Error(`injected ${op} failure`), { code: 'EIO' });
 }

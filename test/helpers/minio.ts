@@ -89,7 +89,7 @@ process.prependListener('exit', () => {
  * For deaths the 'exit' event never sees (SIGKILL, a test runner's timeout): a shell that
  * waits for its stdin, our pipe, to close, which happens however we die, then kills `pid`.
  */
-function watchdog(pid: number): ChildProcess {
+export function watchdog(pid: number): ChildProcess {
   const dog = spawn('sh', ['-c', 'read -r _; kill -KILL "$0" 2>/dev/null', String(pid)], { stdio: ['pipe', 'ignore', 'ignore'] });
   // Neither the shell nor its pipe may keep the test process alive.
   dog.unref();
@@ -164,12 +164,7 @@ class LocalMinio implements S3TestServer {
 
   async pause(): Promise<void> {
     this.signal('SIGSTOP');
-    const pid = this.child!.pid!;
-    const deadline = Date.now() + 5000;
-    while (!allThreadsStopped(pid)) {
-      if (Date.now() > deadline) throw new Error(`MinIO (pid ${pid}) did not stop within 5 s of SIGSTOP`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await whenStopped(this.child!.pid!, 'MinIO');
   }
 
   resume(): void {
@@ -197,6 +192,15 @@ class LocalMinio implements S3TestServer {
     this.child?.kill('SIGKILL');
     await this.exited;
     this.child = undefined;
+  }
+}
+
+/** Resolves once every thread of `pid`, sent SIGSTOP, has stopped (the signal takes effect asynchronously). */
+export async function whenStopped(pid: number, name: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!allThreadsStopped(pid)) {
+    if (Date.now() > deadline) throw new Error(`${name} (pid ${pid}) did not stop within 5 s of SIGSTOP`);
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
@@ -246,7 +250,7 @@ function externalServer(endpoint: string): S3TestServer {
   return server;
 }
 
-async function createBucket(server: S3TestServer, name: string): Promise<void> {
+export async function createBucket(server: S3TestServer, name: string): Promise<void> {
   const client = new S3Client({
     endpoint: server.endpoint,
     region: server.region,

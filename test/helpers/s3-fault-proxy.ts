@@ -1,11 +1,16 @@
 // An HTTP proxy in front of a real S3 server, for tests of how the S3 client copes with a
 // misbehaving one. It forwards requests unchanged (the Host header included, so SigV4
 // signatures made for the proxy's address still verify), streams bodies both ways, counts
-// requests by kind, and injects the faults it is told to: S3 error replies, delays and
-// connection resets. Only path-style requests (http://proxy/BUCKET/KEY) are classified.
+// requests by kind, and injects the faults it is told to: S3 error replies, delays,
+// connection resets, answers cut short or corrupted, and the ways a server can hold a client
+// without failing: a request held unanswered (a stall), a body sent a few bytes a second (a
+// trickle), and a body or Content-Length larger than the object asked for. Or it strips
+// headers, as a server that ignores them would. Only path-style requests
+// (http://proxy/BUCKET/KEY) are classified.
 
 import { Agent, createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { sigV4Authorization } from '../../src/storage/s3-direct.ts';
 
 export type RequestKind = 'GET object' | 'HEAD object' | 'PUT object' | 'DELETE object' | 'DELETE objects' | 'LIST' | 'other';
 
@@ -55,6 +60,39 @@ export interface S3FaultProxy {
   /** Forgets the requests seen so far (the counts start again from zero). */
   clearRequests(): void;
   close(): Promise<void>;
+  /**
+   * Holds the next `times` matching requests unanswered (their connection stays open, nothing
+   * is sent) until releaseStalled() or close(): a server that accepted the request and went
+   * silent, as a paused or overloaded one does.
+   */
+  stallNext(times: number, match?: Match): void;
+  /** Forwards every request stallNext() holds now; returns how many there were. */
+  releaseStalled(): number;
+  /** Requests held by stallNext() right now. */
+  stalledCount(): number;
+  /**
+   * Forwards the next `times` matching requests, and sends their answer's headers at once but
+   * the body at `bytesPerSecond` (in pieces ten times a second): a server or link so slow that
+   * an answer is always on its way but never arrives in useful time.
+   */
+  trickleNext(times: number, bytesPerSecond: number, match?: Match): void;
+  /**
+   * Forwards the next `times` matching requests, and appends `extraBytes` bytes (0xee) to their
+   * answer's body, with a Content-Length that counts them: a body larger than the object asked for.
+   */
+  oversizeBodyNext(times: number, extraBytes: number, match?: Match): void;
+  /**
+   * Forwards the next `times` matching requests, but announces `contentLength` as their
+   * answer's Content-Length (e.g. 4000000000 for a 1 MiB object), sends the real body, and
+   * then holds the connection open: a client that believes the header waits or allocates.
+   */
+  inflateLengthNext(times: number, contentLength: number, match?: Match): void;
+  /**
+   * From now on, forwards every request without these headers (lower case), signed again
+   * with `secretAccessKey` since SigV4 signs them: ['if-match', 'if-none-match'] makes the
+   * server one that ignores conditional writes. [] forwards requests unchanged again.
+   */
+  stripHeaders(names: readonly string[], secretAccessKey?: string): void;
 }
 
 /** Matches requests of one kind, optionally only for keys that contain `keyPart`. */
@@ -68,7 +106,11 @@ type Fault =
   | { kind: 'reset'; remaining: number; match: Match }
   | { kind: 'drop'; remaining: number; match: Match }
   | { kind: 'truncate'; remaining: number; match: Match; bytes: number }
-  | { kind: 'corrupt'; remaining: number; match: Match; offset: number };
+  | { kind: 'corrupt'; remaining: number; match: Match; offset: number }
+  | { kind: 'stall'; remaining: number; match: Match }
+  | { kind: 'trickle'; remaining: number; match: Match; bytesPerSecond: number }
+  | { kind: 'oversize'; remaining: number; match: Match; extraBytes: number }
+  | { kind: 'inflate'; remaining: number; match: Match; contentLength: number };
 
 export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
   const upstream = new URL(target);
@@ -77,6 +119,9 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
   const requests: ProxiedRequest[] = [];
   let faults: Fault[] = [];
   const sockets = new Set<Socket>();
+  /** Requests a stall holds, with how to forward them once released. */
+  let stalled: Array<() => void> = [];
+  let strip: { names: readonly string[]; secret: string } | undefined;
 
   const server = createServer((req, res) => {
     const info = describe(req);
@@ -92,15 +137,24 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
       // Read the body first, so the connection stays usable, as with a real server.
       req.resume();
       req.once('end', () => reply(res, fault.status, info.method === 'HEAD' ? '' : fault.body(info)));
+    } else if (fault?.kind === 'stall') {
+      req.pause();
+      const release = (): void => forward(req, res, upstream, agent, {});
+      stalled.push(release);
+      req.socket.once('close', () => { stalled = stalled.filter((r) => r !== release); });
     } else if (fault?.kind === 'delay') {
       req.pause();
       const timer = setTimeout(() => forward(req, res, upstream, agent, {}), fault.ms);
       req.socket.once('close', () => clearTimeout(timer));
     } else {
+      if (strip) stripAndSign(req, strip.names, strip.secret);
       forward(req, res, upstream, agent, {
         drop: fault?.kind === 'drop',
         cutAfter: fault?.kind === 'truncate' ? fault.bytes : undefined,
         invertAt: fault?.kind === 'corrupt' ? fault.offset : undefined,
+        bytesPerSecond: fault?.kind === 'trickle' ? fault.bytesPerSecond : undefined,
+        extraBytes: fault?.kind === 'oversize' ? fault.extraBytes : undefined,
+        claimLength: fault?.kind === 'inflate' ? fault.contentLength : undefined,
       });
     }
   });
@@ -128,11 +182,45 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
     clearFaults: () => { faults = []; },
     clearRequests: () => { requests.length = 0; },
     close: () => new Promise((resolve) => {
+      stalled = [];
       for (const socket of sockets) socket.destroy();
       agent.destroy();
       server.close(() => resolve());
     }),
+    stallNext: (times, match = () => true) => add({ kind: 'stall', remaining: times, match }),
+    releaseStalled: () => {
+      const released = stalled;
+      stalled = [];
+      for (const release of released) release();
+      return released.length;
+    },
+    stalledCount: () => stalled.length,
+    trickleNext: (times, bytesPerSecond, match = () => true) => add({ kind: 'trickle', remaining: times, match, bytesPerSecond }),
+    oversizeBodyNext: (times, extraBytes, match = () => true) => add({ kind: 'oversize', remaining: times, match, extraBytes }),
+    inflateLengthNext: (times, contentLength, match = () => true) => add({ kind: 'inflate', remaining: times, match, contentLength }),
+    stripHeaders: (names, secret = '') => { strip = names.length === 0 ? undefined : { names, secret }; },
   };
+}
+
+/** Removes `names` from the request's headers, and from its SigV4 signature, signing it again. */
+function stripAndSign(req: IncomingMessage, names: readonly string[], secret: string): void {
+  if (!names.some((name) => name in req.headers)) return;
+  for (const name of names) delete req.headers[name];
+  const auth = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=([^,]+), ?Signature=\S+$/.exec(req.headers.authorization ?? '');
+  if (!auth) throw new Error(`the fault proxy can only strip headers from header-signed SigV4 requests, not ${req.method} ${req.url}`);
+  const [, accessKeyId, , region, service, signed] = auth as unknown as [string, string, string, string, string, string];
+  const headers: Record<string, string> = {};
+  for (const name of signed.split(';')) {
+    const value = req.headers[name];
+    if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(',') : value;
+  }
+  const [path = '/', rawQuery = ''] = (req.url ?? '/').split('?', 2);
+  // Canonical: pairs sorted by name, each part encoded as SigV4 wants (the SDK's already are).
+  const query = rawQuery === '' ? '' : rawQuery.split('&').map((pair) => pair.includes('=') ? pair : `${pair}=`).sort().join('&');
+  req.headers.authorization = sigV4Authorization({
+    method: req.method ?? 'GET', path, query, headers, payloadHash: String(req.headers['x-amz-content-sha256']),
+    amzDate: String(req.headers['x-amz-date']), region, service, credentials: { accessKeyId, secretAccessKey: secret },
+  });
 }
 
 function describe(req: IncomingMessage): ProxiedRequest {
@@ -154,6 +242,9 @@ interface ForwardFaults {
   readonly drop?: boolean;
   readonly cutAfter?: number | undefined;
   readonly invertAt?: number | undefined;
+  readonly bytesPerSecond?: number | undefined;
+  readonly extraBytes?: number | undefined;
+  readonly claimLength?: number | undefined;
 }
 
 function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent: Agent, how: ForwardFaults): void {
@@ -170,7 +261,26 @@ function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent
       answer.once('end', () => req.socket.resetAndDestroy());
       return;
     }
-    res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.headers);
+    const length = Number(answer.headers['content-length'] ?? NaN);
+    const headers = { ...answer.headers };
+    if (how.extraBytes !== undefined && Number.isFinite(length)) headers['content-length'] = String(length + how.extraBytes);
+    if (how.claimLength !== undefined) headers['content-length'] = String(how.claimLength);
+    res.writeHead(answer.statusCode ?? 502, answer.statusMessage, headers);
+    if (how.bytesPerSecond !== undefined) {
+      trickle(answer, res, how.bytesPerSecond);
+      return;
+    }
+    if (how.extraBytes !== undefined) {
+      answer.pipe(res, { end: false });
+      answer.once('end', () => res.end(Buffer.alloc(how.extraBytes!, 0xee)));
+      return;
+    }
+    if (how.claimLength !== undefined) {
+      // The rest of the announced body never comes: the connection stays open until the
+      // client gives up (or the proxy closes).
+      answer.pipe(res, { end: false });
+      return;
+    }
     const cutAfter = how.cutAfter;
     if (cutAfter !== undefined) {
       let sent = 0;
@@ -208,6 +318,31 @@ function forward(req: IncomingMessage, res: ServerResponse, upstream: URL, agent
     out.write(chunk);
   });
   req.once('end', () => out.end());
+}
+
+/** Sends the answer's body at `bytesPerSecond`, a tenth of that every 100 ms. */
+function trickle(answer: IncomingMessage, res: ServerResponse, bytesPerSecond: number): void {
+  const pending: Buffer[] = [];
+  let ended = false;
+  answer.on('data', (chunk: Buffer) => pending.push(chunk));
+  answer.once('end', () => { ended = true; });
+  const step = Math.max(1, Math.round(bytesPerSecond / 10));
+  const timer = setInterval(() => {
+    let budget = step;
+    while (budget > 0 && pending.length > 0) {
+      const head = pending[0]!;
+      const part = head.subarray(0, budget);
+      if (part.length === head.length) pending.shift();
+      else pending[0] = head.subarray(part.length);
+      budget -= part.length;
+      res.write(part);
+    }
+    if (ended && pending.length === 0) {
+      clearInterval(timer);
+      res.end();
+    }
+  }, 100);
+  res.once('close', () => clearInterval(timer));
 }
 
 function errorXml(code: string, info: ProxiedRequest): string {

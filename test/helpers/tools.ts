@@ -11,7 +11,54 @@ export const REPO = resolve(import.meta.dirname, '../..');
 /** Debian's python3 first: libnbd's Python bindings (nbdsh) live there, not in pyenv's. */
 export const TOOL_ENV = { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin:${process.env.PATH ?? ''}` };
 
-export function requireTool(name: string): void {
+/**
+ * Every external tool the tests run, with the Debian package that provides it. requireTool()
+ * takes only these names, and test/unit/test-deps.test.ts checks that each package is one
+ * that every Debian 12 has, or one that scripts/install-test-deps.sh installs before the test
+ * runner starts: a tool installed later (or by hand) passes here and fails on a fresh machine.
+ */
+export const TOOL_PACKAGES = {
+  nbdinfo: 'libnbd-bin',
+  nbdcopy: 'libnbd-bin',
+  nbdfuse: 'libnbd-bin',
+  nbdsh: 'python3-libnbd',
+  'qemu-io': 'qemu-utils',
+  'qemu-img': 'qemu-utils',
+  'qemu-system-x86_64': 'qemu-system-x86',
+  socat: 'socat',
+  fio: 'fio',
+  nbdkit: 'nbdkit',
+  openssl: 'openssl',
+  'mkfs.ext4': 'e2fsprogs',
+  e2fsck: 'e2fsprogs',
+  fusermount3: 'fuse3',
+  python3: 'python3',
+  losetup: 'mount',
+  unshare: 'util-linux',
+  mount: 'mount',
+  umount: 'mount',
+  timeout: 'coreutils',
+  sync: 'coreutils',
+  dd: 'coreutils',
+  df: 'coreutils',
+  cp: 'coreutils',
+  find: 'findutils',
+  sh: 'dash',
+  bash: 'bash',
+  dpkg: 'dpkg',
+  cc: 'gcc',
+  // Ceph RGW, the second S3 server of the integration tests (test/helpers/ceph.ts).
+  'ceph-mon': 'ceph-mon',
+  'ceph-osd': 'ceph-osd',
+  radosgw: 'radosgw',
+  'radosgw-admin': 'ceph-common',
+  monmaptool: 'ceph-base',
+  ceph: 'ceph-common',
+} as const;
+
+export type Tool = keyof typeof TOOL_PACKAGES;
+
+export function requireTool(name: Tool): void {
   const found = spawnSync('sh', ['-c', `command -v ${name}`], { env: TOOL_ENV }).status === 0;
   if (!found) throw new Error(`${name} is not installed: run scripts/install-test-deps.sh (or npm test, which does)`);
 }

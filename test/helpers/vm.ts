@@ -19,7 +19,7 @@ export interface VmImage {
 
 /** Builds (or reuses the cached) kernel and initramfs. */
 export async function vmImage(): Promise<VmImage> {
-  for (const tool of ['qemu-system-x86_64', 'socat', 'timeout']) requireTool(tool);
+  for (const tool of ['qemu-system-x86_64', 'socat', 'timeout'] as const) requireTool(tool);
   const built = await runOk('bash', [join(REPO, 'scripts/vm/build-initramfs.sh')], { timeoutMs: 600_000 });
   const paths = Object.fromEntries(built.trim().split('\n').map((line) => line.split('=', 2) as [string, string]));
   assert.ok(paths.kernel && paths.initrd, built);

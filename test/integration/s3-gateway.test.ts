@@ -1,6 +1,7 @@
-// The gateway on a real S3 server (MinIO): data written and flushed through one gateway is
-// served identically by a second gateway with an empty cache; the bucket holds one object per
-// non-zero extent under the documented key layout; a second writer is refused; fio and the
+// The gateway on each real S3 server (MinIO and Ceph RGW, test/helpers/s3-servers.ts): data
+// written and flushed through one gateway is served identically by a second gateway with an
+// empty cache; the bucket holds one object per non-zero extent under the documented key
+// layout; a second writer is refused, and one that takes over fences the first; fio and the
 // kernel's ext4 work on it; mkfs of a 100 GiB volume (a whole-device TRIM) takes seconds.
 
 import assert from 'node:assert/strict';
@@ -12,13 +13,14 @@ import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { extentKey } from '../../src/storage/extent-keys.ts';
 import { attachKernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
 import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import type { S3TestServer } from '../helpers/minio.ts';
+import { S3_SERVERS } from '../helpers/s3-servers.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
 
 const MiB = 1 << 20;
 const BUCKET = 's3nbd-gateway-tests';
 
-describe('s3nbd on a real S3 server', () => {
+for (const kind of S3_SERVERS) describe(`s3nbd on a real S3 server: ${kind.name}`, () => {
   const dir = tempDir('s3gw');
   let s3: S3TestServer;
   let env: NodeJS.ProcessEnv;
@@ -27,8 +29,8 @@ describe('s3nbd on a real S3 server', () => {
   const s3Args = (): string[] => ['--s3-endpoint', s3.endpoint];
 
   before(async () => {
-    for (const tool of ['nbdcopy', 'fio', 'nbdfuse', 'mkfs.ext4', 'e2fsck']) requireTool(tool);
-    s3 = await startMinio();
+    for (const tool of ['nbdcopy', 'fio', 'nbdfuse', 'mkfs.ext4', 'e2fsck'] as const) requireTool(tool);
+    s3 = await kind.start();
     await s3.createBucket(BUCKET);
     env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
   });
@@ -114,6 +116,30 @@ describe('s3nbd on a real S3 server', () => {
     // A clean stop releases the lease: the next gateway starts at once.
     const third = await startGateway(['--store', store, ...s3Args()], { socket: join(dir.path, 'e.sock'), env });
     assert.equal(await third.stop(), 0);
+  });
+
+  it('keeps its lease past the lease time; --take-over fences the first gateway, which stops writing', async () => {
+    const store = newStore();
+    const first = await startGateway(['--store', store, ...s3Args(), '--size', '64M', '--lease-ttl', '3'], { socket: join(dir.path, 'l1.sock'), env });
+    const image = join(dir.path, 'lease-a');
+    writeFileSync(image, Buffer.alloc(MiB, 1));
+    await runOk('nbdcopy', ['--flush', image, first.uri]);
+    // Renewed every second: after 5 s only a renewal that works has kept it.
+    await new Promise((r) => setTimeout(r, 5000));
+    assert.equal(first.process.exitCode, null, `the first gateway stopped on its own:\n${first.logs()}`);
+    assert.doesNotMatch(first.logs(), /lease lost/);
+    await runOk('nbdcopy', ['--flush', image, first.uri]);
+
+    const second = await startGateway(['--store', store, ...s3Args(), '--take-over', '--lease-ttl', '3'], { socket: join(dir.path, 'l2.sock'), env });
+    assert.equal(await first.exited, 3, 'the first gateway exits 3 once its renewal finds the other owner');
+    assert.match(first.logs(), /lease lost: another gateway took over/);
+    const other = join(dir.path, 'lease-b');
+    writeFileSync(other, Buffer.alloc(MiB, 2));
+    await runOk('nbdcopy', ['--flush', other, second.uri]);
+    const back = join(dir.path, 'lease-out');
+    await runOk('nbdcopy', [second.uri, back]);
+    assert.ok(readFileSync(back).subarray(0, MiB).equals(Buffer.alloc(MiB, 2)));
+    assert.equal(await second.stop(), 0);
   });
 
   it('passes fio --verify=crc32c with several jobs', async () => {

@@ -1,6 +1,7 @@
-// The write-back cache of a real gateway (the built CLI) against a real S3 server (MinIO),
-// when S3 misbehaves: it stops answering, it fails requests (throttling, server errors,
-// resets, slow answers), and the gateway itself is killed. Every test ends by reading the
+// The write-back cache of a real gateway (the built CLI) against each real S3 server (MinIO
+// and Ceph RGW, test/helpers/s3-servers.ts), when S3 misbehaves: it stops answering, it
+// fails requests (throttling, server errors, resets, slow answers), and the gateway itself
+// is killed. Every test ends by reading the
 // volume back through a fresh gateway with an empty cache directory, so what it checks is
 // what is really in the store, not what a cache remembers.
 //
@@ -15,8 +16,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { extentKey } from '../../src/storage/extent-keys.ts';
 import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
-import { startMinio, type S3TestServer } from '../helpers/minio.ts';
+import type { S3TestServer } from '../helpers/minio.ts';
 import { kindIs, type Match, type ProxiedRequest, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
+import { S3_SERVERS } from '../helpers/s3-servers.ts';
 import { TOOL_ENV, requireTool, runOk } from '../helpers/tools.ts';
 
 const MIB = 1024 * 1024;
@@ -228,41 +230,41 @@ function isPut(index: number): Match {
   return kindIs('PUT object', extentKey(index));
 }
 
-describe('write-back cache against a misbehaving S3 server', () => {
-  let minio: S3TestServer;
+for (const kind of S3_SERVERS) describe(`write-back cache against a misbehaving S3 server: ${kind.name}`, () => {
+  let s3: S3TestServer;
   let proxy: S3FaultProxy;
   const dir = tempDir('wbf');
   let env: NodeJS.ProcessEnv;
 
   before(async () => {
     requireTool('python3');
-    minio = await startMinio();
-    proxy = await startFaultProxy(minio.endpoint);
-    env = { AWS_ACCESS_KEY_ID: minio.accessKeyId, AWS_SECRET_ACCESS_KEY: minio.secretAccessKey };
+    s3 = await kind.start();
+    proxy = await startFaultProxy(s3.endpoint);
+    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey };
   });
   after(async () => {
     for (const child of pythons) child.kill('SIGKILL');
-    if (minio?.controllable) {
+    if (s3?.controllable) {
       try {
-        minio.resume();
+        s3.resume();
       } catch {
         // Not running.
       }
     }
     await proxy?.close();
-    await minio?.stop();
+    await s3?.stop();
     dir.remove();
   });
 
   /** A new bucket and prefix: the store URL of a fresh volume. */
   async function newStore(name: string): Promise<string> {
     const bucket = `wbf-${name}-${randomBytes(4).toString('hex')}`;
-    await minio.createBucket(bucket);
+    await s3.createBucket(bucket);
     return `s3://${bucket}/vol-${randomBytes(3).toString('hex')}`;
   }
 
   /** A gateway on `store`; its cache directory is `<socket>.cache`, so a new socket name means an empty cache. */
-  function gateway(store: string, socketName: string, args: readonly string[] = [], endpoint = minio.endpoint): Promise<Gateway> {
+  function gateway(store: string, socketName: string, args: readonly string[] = [], endpoint = s3.endpoint): Promise<Gateway> {
     return startGateway(['--store', store, '--s3-endpoint', endpoint, ...args], { socket: join(dir.path, socketName), env, timeoutMs: 30_000 });
   }
 
@@ -273,7 +275,7 @@ describe('write-back cache against a misbehaving S3 server', () => {
   }
 
   it('S3 unreachable mid-stream: writes continue up to --max-dirty, then wait; nothing is lost', { timeout: 90_000 }, async (t) => {
-    if (!minio.controllable) return t.skip('needs a local MinIO to pause (S3NBD_TEST_S3_ENDPOINT is set)');
+    if (!s3.controllable) return t.skip('needs a local S3 server to pause (S3NBD_TEST_S3_ENDPOINT is set)');
     const store = await newStore('pause');
     const gw = await gateway(store, 'pause-a.sock', ['--size', '64M', '--max-dirty', '8M', '--cache-size', '64M', '--extent-size', '1M', '--upload-delay', '0']);
 
@@ -283,7 +285,7 @@ describe('write-back cache against a misbehaving S3 server', () => {
     // 12 whole extents the store has never seen, one at a time: the first 8 fill --max-dirty.
     const stream: Write[] = Array.from({ length: 12 }, (_, i) => [(16 + i) * MIB, MIB, 200 + i]);
     let writer: Python | undefined;
-    await minio.pause();
+    await s3.pause();
     try {
       writer = startWriter(gw.uri, [...stream, 'flush']);
       const w = writer;
@@ -297,7 +299,7 @@ describe('write-back cache against a misbehaving S3 server', () => {
       assert.ok(!w.lines.some((l) => 'flushed' in l));
       assert.match(gw.logs(), /dirty limit reached/);
     } finally {
-      minio.resume();
+      s3.resume();
     }
 
     const w = writer;
@@ -386,7 +388,7 @@ describe('write-back cache against a misbehaving S3 server', () => {
     t.diagnostic(`phase 2 (write during failures, then flush): ${Date.now() - phase2Started} ms`);
     await stopClean(gw, 'the gateway');
 
-    // Straight to MinIO, empty cache: later writes win, so each extent holds round 11.
+    // Straight to the server, empty cache: later writes win, so each extent holds round 11.
     const fresh = await gateway(store, 'faults-b.sock');
     await assertContents(fresh.uri, written, extents(0, 8), 'read back through a gateway with an empty cache');
     await stopClean(fresh, 'the checking gateway');

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { UserError } from '../../src/errors.ts';
+import { Errors, UserError } from '../../src/errors.ts';
 import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
 import { VOLUME_KEY, openVolume } from '../../src/storage/volume.ts';
 
@@ -35,6 +35,32 @@ describe('volume metadata', () => {
     ]);
     assert.equal(a.volume.id, b.volume.id);
     assert.equal([a.created, b.created].filter(Boolean).length, 1);
+  });
+
+  it('has a writer check the store\'s conditional writes, and deletes a volume it created when the check fails', async () => {
+    // A store whose conditions someone else evaluates (S3) has the check; here it fails or passes on demand.
+    class CheckedStore extends MemoryObjectStore {
+      checks: Array<{ key: string; data: string }> = [];
+      honours = false;
+      checkConditionalWrites(key: string, data: Buffer): Promise<void> {
+        this.checks.push({ key, data: data.toString() });
+        return this.honours ? Promise.resolve() : Promise.reject(Errors.noConditionalWrites('memory:', 'ignores If-None-Match: *'));
+      }
+    }
+    const store = new CheckedStore();
+    await assert.rejects(openVolume(store, { mode: 'open-or-create', size: 1 << 30 }), code('S3NBD_NO_CONDITIONAL_WRITES'));
+    assert.equal(await store.get(VOLUME_KEY), undefined, 'the volume it created is gone again');
+    assert.equal(store.checks.length, 1);
+    store.honours = true;
+    const { volume } = await openVolume(store, { mode: 'create', size: 1 << 30 });
+    const stored = (await store.get(VOLUME_KEY))!.toString();
+    assert.deepEqual(store.checks[1], { key: VOLUME_KEY, data: stored }, 'checked with the bytes it holds');
+    store.honours = false;
+    await assert.rejects(openVolume(store, { mode: 'open-or-create', writer: true }), code('S3NBD_NO_CONDITIONAL_WRITES'));
+    assert.equal((await store.get(VOLUME_KEY))?.toString(), stored, 'an existing volume stays');
+    assert.equal((await openVolume(store, { mode: 'open-or-create' })).volume.id, volume.id, 'no check without a writer');
+    assert.equal((await openVolume(store, { mode: 'open' })).volume.id, volume.id);
+    assert.equal(store.checks.length, 3);
   });
 
   it('rejects bad geometry and unreadable metadata with a clear error', async () => {

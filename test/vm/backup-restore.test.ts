@@ -30,7 +30,7 @@ describe('a backup from the kernel NBD client, restored through a new gateway wi
   let proxy: S3FaultProxy;
 
   before(async () => {
-    for (const tool of ['nbdfuse', 'e2fsck', 'losetup']) requireTool(tool);
+    for (const tool of ['nbdfuse', 'e2fsck', 'losetup'] as const) requireTool(tool);
     image = await vmImage();
     s3 = await startMinio();
     await s3.createBucket(BUCKET);

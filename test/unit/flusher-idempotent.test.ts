@@ -1,0 +1,123 @@
+// Uploads are idempotent: a PUT or a batched DELETE that failed before it reached the store,
+// or that took effect while its answer was lost, is retried, and the store ends up holding
+// exactly what was acknowledged, also when the extent was written again before the retry and
+// when a restart replays the journal and uploads everything once more.
+
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { ExtentDevice } from '../../src/storage/extent-device.ts';
+import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
+import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
+import type { ObjectStore } from '../../src/storage/object-store.ts';
+import { WriteBackCache } from '../../src/storage/write-back-cache.ts';
+import { assertSameBytes } from '../helpers/bytes.ts';
+import { FaultyStore } from '../helpers/faulty-store.ts';
+import { tempDir } from '../helpers/gateway.ts';
+import { pattern, readAll, runRandomWorkload } from '../helpers/model.ts';
+
+const E = 4096;
+const SIZE = 24 * E;
+const log = pino({ level: 'silent' });
+
+async function openCache(objects: ObjectStore, cacheDir: string, uploadDelayMs = 5) {
+  const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: SIZE / E, cacheBytes: 0 });
+  const cache = await WriteBackCache.open(lower, {
+    cacheDir, cacheBytes: 64 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 32 * E, uploadConcurrency: 4,
+    flushMode: 's3', uploadDelayMs, log,
+  });
+  return { cache, dev: new ExtentDevice(cache, SIZE, false) };
+}
+
+/** What the store alone holds, through a stack without a write-back cache. */
+async function stored(objects: ObjectStore): Promise<Buffer> {
+  const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: SIZE / E, cacheBytes: 0 });
+  return readAll(new ExtentDevice(lower, SIZE, false), 0, SIZE);
+}
+
+describe('flusher retries', () => {
+  const dir = tempDir('flusher');
+  after(() => dir.remove());
+
+  it('counts the failures it injects: failNext fails before the store, applyThenFail after it', async () => {
+    const inner = new MemoryObjectStore();
+    const objects = new FaultyStore(inner);
+    objects.failNext('put', 1);
+    objects.applyThenFail('put', 1);
+    await assert.rejects(objects.put('a', Buffer.from('1')));
+    assert.equal(await inner.get('a'), undefined, 'failNext: the store never saw it');
+    await assert.rejects(objects.put('a', Buffer.from('2')));
+    assert.deepEqual(await inner.get('a'), Buffer.from('2'), 'applyThenFail: the store has it, the caller saw an error');
+    await objects.put('a', Buffer.from('3'));
+    assert.deepEqual(await inner.get('a'), Buffer.from('3'));
+    assert.equal(objects.calls.put, 3);
+  });
+
+  it('leaves the store holding exactly what was acknowledged when uploads and deletes fail before or after taking effect', async () => {
+    for (const seed of [21, 22, 23]) {
+      const objects = new FaultyStore(new MemoryObjectStore());
+      const { dev, cache } = await openCache(objects, `${dir.path}/random-${seed}`);
+      try {
+        objects.failNext('put', 3);
+        objects.applyThenFail('put', 4);
+        objects.failNext('deleteMany', 1);
+        objects.applyThenFail('deleteMany', 2);
+        const model = await runRandomWorkload(dev, { seed, rounds: 30, maxLength: 3 * E, flushes: true });
+        await dev.flush();
+        assert.equal(cache.status().dirtyExtents, 0);
+        assertSameBytes(await stored(objects), model, `seed ${seed}`);
+        assert.ok(cache.status().uploadFailures >= 7, `seed ${seed}: the injected failures were met (${cache.status().uploadFailures})`);
+      } finally {
+        await cache.close();
+      }
+    }
+  });
+
+  it('uploads the newer bytes when an extent is written again while the retry of an applied upload waits', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await openCache(objects, `${dir.path}/rewrite`);
+    try {
+      objects.applyThenFail('put', 1);
+      await dev.write(0, pattern(E, 1), false);
+      // The first PUT has reached the store and failed; its retry backs off for a while.
+      for (let i = 0; i < 200 && objects.calls.put === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+      assert.equal(objects.calls.put, 1);
+      await dev.write(0, pattern(E, 2), false);
+      await dev.flush();
+      assertSameBytes(await stored(objects), Buffer.concat([pattern(E, 2), Buffer.alloc(SIZE - E)]), 'the store holds the second write');
+    } finally {
+      await cache.close();
+    }
+  });
+
+  it('uploads again what the journal replays after a restart, whatever of it already reached the store', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const cacheDir = `${dir.path}/replay`;
+    const first = await openCache(objects, cacheDir);
+    const model = Buffer.alloc(SIZE);
+    // Every upload takes effect, but the cache learns of none: at close, all is still dirty.
+    objects.applyThenFail('put', 1_000_000);
+    try {
+      for (let i = 0; i < 6; i++) {
+        const data = pattern(E + 100, 10 + i); // two extents each
+        await first.dev.write(i * 3 * E, data, false);
+        data.copy(model, i * 3 * E);
+      }
+      for (let i = 0; i < 400 && objects.calls.put < 12; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+      assert.ok(objects.calls.put >= 12, 'every extent was uploaded once');
+      assert.equal(first.cache.status().dirtyExtents, 12, 'and the cache knows of none');
+    } finally {
+      await first.cache.close();
+    }
+    objects.clearFaults();
+    objects.applyThenFail('put', 5);
+    const second = await openCache(objects, cacheDir);
+    try {
+      await second.dev.flush();
+      assertSameBytes(await stored(objects), model, 'after replay and retries');
+      assertSameBytes(await readAll(second.dev, 0, SIZE), model, 'through the cache');
+    } finally {
+      await second.cache.close();
+    }
+  });
+});
