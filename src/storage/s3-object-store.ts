@@ -84,6 +84,8 @@ export interface RetryOptions {
   readonly maxAttempts?: number;
   /** Ends the retrying (StorageError EIO) when aborted. close() ends every operation too. */
   readonly signal?: AbortSignal;
+  /** No "waiting for S3" warnings: the caller bounds the wait and reports its outcome itself (the first contact at start). */
+  readonly quiet?: boolean;
 }
 
 /** Requests sent (every attempt counts), and how they went. */
@@ -111,6 +113,7 @@ interface Policy {
   readonly signal: AbortSignal | undefined;
   /** Total time for the operation, retries included; undefined: no limit but the attempts. */
   readonly budgetMs?: number | undefined;
+  readonly quiet?: boolean | undefined;
 }
 
 const DELETE_BATCH = 1000;
@@ -208,6 +211,7 @@ export class S3ObjectStore implements ObjectStore {
     const policy: Policy = {
       maxAttempts: options.forever ? Infinity : options.maxAttempts ?? this.policy.maxAttempts,
       signal: options.signal,
+      quiet: options.quiet,
     };
     return {
       description: this.description,
@@ -409,7 +413,7 @@ export class S3ObjectStore implements ObjectStore {
     let n = 1;
     let lastError: string | undefined;
     // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
-    const stallTimer = this.stallLog && setInterval(() => {
+    const stallTimer = policy.quiet ? undefined : this.stallLog && setInterval(() => {
       this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
         ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - Date.now()) } }, 'waiting for S3: no answer yet');
     }, this.stallWarnMs);

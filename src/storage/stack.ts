@@ -86,6 +86,12 @@ export const FIRST_CONTACT_MS = 10_000;
 
 /** Waits for `work` for at most `ms` (it goes on in the background, and is ended by closing the store). */
 async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
+  // No deadline (a refused start closing what it opened): setTimeout(Infinity) would print a
+  // TimeoutOverflowWarning on stderr, beside the start's one-line error.
+  if (!Number.isFinite(ms)) {
+    await work.catch(() => undefined);
+    return;
+  }
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([work.catch(() => undefined), new Promise((resolve) => { timer = setTimeout(resolve, ms); })]);
   clearTimeout(timer);
@@ -123,7 +129,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // The directory is usable (made, writable) and which volume it belongs to, if any.
     const c = config.cache;
     const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
-    const bounded = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal }) : objects;
+    const bounded = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
     const request = { writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' };
     const { volume, created } = await openVolume(bounded, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.
