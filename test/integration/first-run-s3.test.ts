@@ -1,7 +1,8 @@
-// First runs against a real S3 server (MinIO): refused credentials, a missing bucket and TLS
-// spoken to its plain-HTTP port are one line with a code and a fix; a start refused for any
-// reason creates nothing in the bucket (listed after each); `--read-only` never writes to it;
-// and `info --cache-dir` shows the local state while S3 does not answer.
+// First runs against the real S3 servers (MinIO and Ceph RGW, helpers/s3-servers.ts):
+// refused credentials, a missing bucket and TLS spoken to the plain-HTTP port are one line
+// with a code and a fix; a start refused for any reason creates nothing in the bucket (listed
+// after each); `--read-only` never writes to it; and `info --cache-dir` shows the local state
+// while S3 does not answer.
 
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -9,13 +10,15 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { CLI, startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import type { S3TestServer } from '../helpers/minio.ts';
+import { S3_SERVERS } from '../helpers/s3-servers.ts';
 import { run, runOk, type RunResult } from '../helpers/tools.ts';
 import { assertUserError, TEST_SECRET } from '../helpers/user-error.ts';
 
 const BUCKET = 's3nbd-first-run';
 
-describe('first runs on a real S3 server', () => {
+
+for (const kind of S3_SERVERS) describe(`first runs on a real S3 server: ${kind.name}`, () => {
   const dir = tempDir('first-run-s3');
   let s3: S3TestServer;
   let env: NodeJS.ProcessEnv;
@@ -23,7 +26,7 @@ describe('first runs on a real S3 server', () => {
   const newPrefix = (): string => `vol${++n}-${Date.now()}`;
 
   before(async () => {
-    s3 = await startMinio();
+    s3 = await kind.start();
     await s3.createBucket(BUCKET);
     env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region, AWS_EC2_METADATA_DISABLED: 'true' };
   });
@@ -64,7 +67,7 @@ describe('first runs on a real S3 server', () => {
     assertUserError(r, 'S3NBD_NO_BUCKET', /"no-such-bucket-here" does not exist/, /mb s3:\/\/no-such-bucket-here/);
   });
 
-  it('says https:// was spoken to MinIO\'s plain-HTTP port', async () => {
+  it('says https:// was spoken to its plain-HTTP port', async () => {
     const r = await s3nbd(['info', '--store', `s3://${BUCKET}/x`, '--s3-endpoint', s3.endpoint.replace('http://', 'https://')]);
     assertUserError(r, 'S3NBD_S3_NOT_TLS', /http:\/\//);
   });
