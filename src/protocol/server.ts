@@ -13,12 +13,21 @@ import { ConnectionClosed, SocketReader } from './socket-reader.ts';
 /** How long a client must send nothing before a shutting-down server closes its connection. */
 const QUIET_MS = 200;
 
+/**
+ * How long a connection may take from our greeting to the transmission phase (qemu-nbd's
+ * default handshake limit too). Real clients need milliseconds; a connection that idles or
+ * trickles in the handshake would otherwise hold its socket and buffers for ever.
+ */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
 export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string };
 
 export interface ServerOptions {
   readonly exports: ExportRegistry;
   readonly log: Logger;
   readonly limits?: SessionLimits;
+  /** Default HANDSHAKE_TIMEOUT_MS. */
+  readonly handshakeTimeoutMs?: number;
 }
 
 export class NbdServer {
@@ -86,7 +95,13 @@ export class NbdServer {
         socket.destroy();
         return;
       }
-      const negotiated = await new Handshake(socket, reader, this.options.exports, () => this.shuttingDown).run();
+      const timeoutMs = this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+      const timer = setTimeout(() => {
+        log.debug({ timeoutMs }, 'handshake not finished in time: closing the connection');
+        socket.destroy();
+      }, timeoutMs);
+      const negotiated = await new Handshake(socket, reader, this.options.exports, () => this.shuttingDown).run()
+        .finally(() => clearTimeout(timer));
       if (!negotiated) {
         socket.end();
         return;
