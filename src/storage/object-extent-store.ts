@@ -78,7 +78,7 @@ export class ObjectExtentStore implements ExtentStore {
   /** The whole stored extent, or undefined for a hole. The caller owns the buffer. */
   async fetch(index: number): Promise<Buffer | undefined> {
     if (!this.map.has(index)) return undefined;
-    const data = await this.guard('read', index, () => this.objects.get(extentKey(index)));
+    const data = await this.guard('read', index, () => this.objects.get(extentKey(index), this.extentSize));
     if (data === undefined) {
       // Deleted behind our back (another writer, or by hand): it reads as zeros now.
       this.map.clear(index);
