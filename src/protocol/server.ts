@@ -7,7 +7,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { ProtocolError } from './errors.ts';
 import { type ExportRegistry, Handshake } from './handshake.ts';
-import { DEFAULT_SESSION_LIMITS, Session, type SessionLimits } from './session.ts';
+import { DEFAULT_SERVER_IN_FLIGHT_BYTES, DEFAULT_SESSION_LIMITS, Session, type SessionLimits, SharedBudget } from './session.ts';
 import { ConnectionClosed, SocketReader } from './socket-reader.ts';
 
 /** How long a client must send nothing before a shutting-down server closes its connection. */
@@ -28,6 +28,8 @@ export interface ServerOptions {
   readonly limits?: SessionLimits;
   /** Default HANDSHAKE_TIMEOUT_MS. */
   readonly handshakeTimeoutMs?: number;
+  /** Payloads and pending replies of all connections together; default DEFAULT_SERVER_IN_FLIGHT_BYTES. */
+  readonly maxInFlightBytes?: number;
 }
 
 export class NbdServer {
@@ -38,9 +40,12 @@ export class NbdServer {
   private shuttingDown = false;
   private nextConnectionId = 1;
   private readonly options: ServerOptions;
+  /** Shared by every session: what one connection may hold is also bounded by what all hold. */
+  readonly inFlight: SharedBudget;
 
   constructor(options: ServerOptions) {
     this.options = options;
+    this.inFlight = new SharedBudget(options.maxInFlightBytes ?? DEFAULT_SERVER_IN_FLIGHT_BYTES);
   }
 
   /** Starts listening on one more endpoint; resolves with the address bound (useful with port 0). */
@@ -107,7 +112,7 @@ export class NbdServer {
         return;
       }
       log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies }, 'transmission started');
-      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS);
+      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.inFlight);
       this.sessions.add(session);
       if (this.shuttingDown) session.beginShutdown();
       await session.run();
