@@ -10,7 +10,8 @@ import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import type { ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { writeAtomically } from '../storage/cache-dir.ts';
-import { openStorage } from '../storage/stack.ts';
+import { openStorage, s3ConnectionsFor } from '../storage/stack.ts';
+import { bufferBudgetBytes, governMemory } from '../memory-budget.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
@@ -77,6 +78,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     list: () => [exp],
   };
   const server = new NbdServer({ exports, log });
+  // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
+  governMemory(bufferBudgetBytes({
+    memoryCacheBytes: opts.memoryCache, extentSize: volume.extentSize, uploadConcurrency: opts.uploadConcurrency,
+    s3Connections: opts.store.startsWith('s3://') ? s3ConnectionsFor(opts.uploadConcurrency) : 0, inFlightBytes: server.inFlight.limit,
+  }), log);
   const addresses: string[] = [];
   for (const endpoint of endpoints) {
     try {

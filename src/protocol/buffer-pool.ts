@@ -4,7 +4,7 @@
 // Small payloads are not worth pooling. The pool keeps at most MAX_POOLED_BYTES in total.
 
 const MIN_POOLED = 64 * 1024;
-const MAX_POOLED_BYTES = 128 * 1024 * 1024;
+export const MAX_POOLED_BYTES = 128 * 1024 * 1024;
 
 export class BufferPool {
   private readonly free = new Map<number, ArrayBuffer[]>();

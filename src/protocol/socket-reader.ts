@@ -22,6 +22,9 @@ interface PendingFill {
   reject(err: Error): void;
 }
 
+/** Unread bytes beyond which the socket is paused while no read waits. */
+export const READER_HIGH_WATER_MARK = 4 * 1024 * 1024;
+
 export class SocketReader {
   private readonly chunks: Buffer[] = [];
   private buffered = 0;
@@ -31,7 +34,7 @@ export class SocketReader {
   private readonly socket: Socket;
   private readonly highWaterMark: number;
 
-  constructor(socket: Socket, highWaterMark = 4 * 1024 * 1024) {
+  constructor(socket: Socket, highWaterMark = READER_HIGH_WATER_MARK) {
     this.socket = socket;
     this.highWaterMark = highWaterMark;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));

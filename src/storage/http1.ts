@@ -41,7 +41,7 @@ export interface Http1Response {
 }
 
 /** What each connection reads into: large enough that a 1 MiB body takes a few reads. */
-const READ_BUFFER_BYTES = 128 * 1024;
+export const READ_BUFFER_BYTES = 128 * 1024;
 /** A status line and headers longer than this are not HTTP we want to talk to. */
 const MAX_HEAD_BYTES = 64 * 1024;
 /** Error answers are small documents; past this their body is read but not kept. */

@@ -62,9 +62,14 @@ export interface Storage {
 
 export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
 
+/** Connections to S3: uploads and fetches in flight at once, with room for reads beside uploads. */
+export function s3ConnectionsFor(uploadConcurrency = 16): number {
+  return uploadConcurrency * 2 + 16;
+}
+
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
-  const objects = openObjectStore(config.store, { maxSockets: (config.cache?.uploadConcurrency ?? 16) * 2 + 16, ...config.s3 }, log);
+  const objects = openObjectStore(config.store, { maxSockets: s3ConnectionsFor(config.cache?.uploadConcurrency), ...config.s3 }, log);
   const opened: Array<() => Promise<unknown>> = [() => objects.close()];
   const closeAll = async (): Promise<void> => {
     for (const close of opened.reverse()) await close();

@@ -167,6 +167,24 @@ const READ_AHEAD = 8;
  * fetchClean().
  */
 const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
+/**
+ * Whole extents being fetched from the store at once, in bytes (at least READ_AHEAD extents).
+ * A read of one byte fetches a whole extent, so the NBD in-flight budget, which counts the
+ * bytes asked for, did not bound them; nor did anything bound read-ahead, which starts
+ * fetches no request waits for. More fetches wait; read-ahead is skipped when none is free.
+ */
+export const MAX_FETCH_BYTES = 64 * 1024 * 1024;
+/**
+ * Extents the memory cache evicted that wait to be written into the disk cache, in bytes (at
+ * least two extents). Past it, an evicted extent is simply dropped: a slow disk must not make
+ * evicted extents pile up in memory.
+ */
+export const MAX_FILL_BYTES = 16 * 1024 * 1024;
+
+/** The stream window: no bigger than the memory cache, at most 64 MiB, at least 2 x READ_AHEAD extents. */
+export function streamWindowBytes(memoryCacheBytes: number, extentSize: number): number {
+  return Math.max(Math.min(STREAM_WINDOW_BYTES, memoryCacheBytes), 2 * READ_AHEAD * extentSize);
+}
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
@@ -187,6 +205,10 @@ export class WriteBackCache implements ExtentStore {
   private readonly streamed: LRUCache<number, Buffer>;
   private readonly locks = new ExtentLocks();
   private readonly fetches = new Map<number, Fetch>();
+  /** Fetches from the store running (see MAX_FETCH_BYTES), and those waiting for their turn. */
+  private fetching = 0;
+  private readonly maxFetches: number;
+  private readonly fetchQueue: Array<() => void> = [];
   /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
   private readonly evicted = new Map<number, Buffer>();
   /** Those disk-cache fills in flight: close() waits for them before it closes the slot file. */
@@ -221,8 +243,8 @@ export class WriteBackCache implements ExtentStore {
     this.minPieceBytes = Math.min(MIN_PIECE_BYTES, this.extentSize / 16);
     this.extentCount = lower.extentCount;
     this.memory = extentMemory(options.memoryCacheBytes, this.extentSize, (index, data) => this.evictedFromMemory(index, data));
-    const window = Math.min(STREAM_WINDOW_BYTES, options.memoryCacheBytes);
-    this.streamed = extentMemory(Math.max(window, 2 * READ_AHEAD * this.extentSize), this.extentSize);
+    this.streamed = extentMemory(streamWindowBytes(options.memoryCacheBytes, this.extentSize), this.extentSize);
+    this.maxFetches = Math.max(READ_AHEAD, Math.floor(MAX_FETCH_BYTES / this.extentSize));
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
@@ -325,6 +347,7 @@ export class WriteBackCache implements ExtentStore {
     this.lastRead = index;
     if (!sequential) return sameExtent;
     for (let i = index + 1; i <= index + READ_AHEAD && i < this.extentCount; i++) {
+      if (this.fetching >= this.maxFetches) break; // no request waits for these: never queue them
       if (!this.entries.has(i) && !this.memory.has(i) && !this.streamed.has(i) && !this.fetches.has(i) && this.lower.isStored(i)) {
         this.fetchClean(i, false).catch((err: unknown) => this.log.debug({ err, index: i }, 'read-ahead failed'));
       }
@@ -359,7 +382,7 @@ export class WriteBackCache implements ExtentStore {
     const fetch: Fetch = {
       stale: false,
       keep,
-      promise: this.lower.fetch(index).then((data) => {
+      promise: this.fetchLimited(index).then((data) => {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
         if (fetch.stale || this.entries.has(index)) return undefined;
         const extent = data ?? Buffer.alloc(this.extentSize);
@@ -375,6 +398,18 @@ export class WriteBackCache implements ExtentStore {
     return fetch.promise;
   }
 
+  /** The store's copy of the extent, once fewer than maxFetches fetches are running. */
+  private async fetchLimited(index: number): Promise<Buffer | undefined> {
+    while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
+    this.fetching++;
+    try {
+      return await this.lower.fetch(index);
+    } finally {
+      this.fetching--;
+      this.fetchQueue.shift()?.();
+    }
+  }
+
   /** Keeps a clean extent fetched from the store in the memory cache, and so on disk later. */
   private remember(index: number, data: Buffer): void {
     this.fetched.add(data);
@@ -385,7 +420,7 @@ export class WriteBackCache implements ExtentStore {
   private async completeFromStore(index: number): Promise<void> {
     // A base known to be zeros needs no request.
     const skipFetch = this.entries.get(index)?.baseIsZero === true;
-    const base = skipFetch ? undefined : await this.lower.fetch(index);
+    const base = skipFetch ? undefined : await this.fetchLimited(index);
     await this.locks.with(index, async () => {
       const e = this.entries.get(index);
       if (!e || e.zeros || e.slot === undefined) return;
@@ -583,10 +618,12 @@ export class WriteBackCache implements ExtentStore {
    * larger, second level for reads). Extents that entered memory by being uploaded are not
    * written again: sequential writes would otherwise pay a second local write. Skipped if the
    * extent changes meanwhile (invalidate() forgets it), or if no slot can be had without
-   * waiting or without taking one from writes that wait for room.
+   * waiting or without taking one from writes that wait for room, or if MAX_FILL_BYTES of
+ * extents already wait for their slot.
    */
   private evictedFromMemory(index: number, data: Buffer): void {
     if (this.closed || this.entries.has(index) || !this.fetched.has(data)) return;
+    if (this.fills.size * this.extentSize >= Math.max(MAX_FILL_BYTES, 2 * this.extentSize)) return;
     this.evicted.set(index, data);
     const fill = this.keepOnDisk(index, data)
       .catch((err: unknown) => this.log.warn({ err, index }, 'could not keep an extent in the disk cache'))
