@@ -29,6 +29,7 @@ import { StorageError } from './extent-store.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from './object-store.ts';
 import { bodyTooLarge, prematureEnd } from './http1.ts';
 import { DirectS3 } from './s3-direct.ts';
+import { limitSdkBodies } from './sdk-body-limit.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -162,6 +163,7 @@ export class S3ObjectStore implements ObjectStore {
         logger: sdkLogger(config.log),
       },
     });
+    limitSdkBodies(this.client);
     if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
       this.direct = new DirectS3({
         endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
