@@ -168,13 +168,6 @@ const READ_AHEAD = 8;
  */
 const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
 /**
- * Whole extents being fetched from the store at once, in bytes (at least READ_AHEAD extents).
- * A read of one byte fetches a whole extent, so the NBD in-flight budget, which counts the
- * bytes asked for, did not bound them; nor did anything bound read-ahead, which starts
- * fetches no request waits for. More fetches wait; read-ahead is skipped when none is free.
- */
-export const MAX_FETCH_BYTES = 64 * 1024 * 1024;
-/**
  * Extents the memory cache evicted that wait to be written into the disk cache, in bytes (at
  * least two extents). Past it, an evicted extent is simply dropped: a slow disk must not make
  * evicted extents pile up in memory.
@@ -205,10 +198,6 @@ export class WriteBackCache implements ExtentStore {
   private readonly streamed: LRUCache<number, Buffer>;
   private readonly locks = new ExtentLocks();
   private readonly fetches = new Map<number, Fetch>();
-  /** Fetches from the store running (see MAX_FETCH_BYTES), and those waiting for their turn. */
-  private fetching = 0;
-  private readonly maxFetches: number;
-  private readonly fetchQueue: Array<() => void> = [];
   /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
   private readonly evicted = new Map<number, Buffer>();
   /** Those disk-cache fills in flight: close() waits for them before it closes the slot file. */
@@ -244,7 +233,6 @@ export class WriteBackCache implements ExtentStore {
     this.extentCount = lower.extentCount;
     this.memory = extentMemory(options.memoryCacheBytes, this.extentSize, (index, data) => this.evictedFromMemory(index, data));
     this.streamed = extentMemory(streamWindowBytes(options.memoryCacheBytes, this.extentSize), this.extentSize);
-    this.maxFetches = Math.max(READ_AHEAD, Math.floor(MAX_FETCH_BYTES / this.extentSize));
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
@@ -347,7 +335,8 @@ export class WriteBackCache implements ExtentStore {
     this.lastRead = index;
     if (!sequential) return sameExtent;
     for (let i = index + 1; i <= index + READ_AHEAD && i < this.extentCount; i++) {
-      if (this.fetching >= this.maxFetches) break; // no request waits for these: never queue them
+      // No request waits for these: never queue them behind the store's fetch limit.
+      if (this.lower.fetchesFull) break;
       if (!this.entries.has(i) && !this.memory.has(i) && !this.streamed.has(i) && !this.fetches.has(i) && this.lower.isStored(i)) {
         this.fetchClean(i, false).catch((err: unknown) => this.log.debug({ err, index: i }, 'read-ahead failed'));
       }
@@ -382,7 +371,7 @@ export class WriteBackCache implements ExtentStore {
     const fetch: Fetch = {
       stale: false,
       keep,
-      promise: this.fetchLimited(index).then((data) => {
+      promise: this.lower.fetch(index).then((data) => {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
         if (fetch.stale || this.entries.has(index)) return undefined;
         const extent = data ?? Buffer.alloc(this.extentSize);
@@ -398,18 +387,6 @@ export class WriteBackCache implements ExtentStore {
     return fetch.promise;
   }
 
-  /** The store's copy of the extent, once fewer than maxFetches fetches are running. */
-  private async fetchLimited(index: number): Promise<Buffer | undefined> {
-    while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
-    this.fetching++;
-    try {
-      return await this.lower.fetch(index);
-    } finally {
-      this.fetching--;
-      this.fetchQueue.shift()?.();
-    }
-  }
-
   /** Keeps a clean extent fetched from the store in the memory cache, and so on disk later. */
   private remember(index: number, data: Buffer): void {
     this.fetched.add(data);
@@ -420,7 +397,7 @@ export class WriteBackCache implements ExtentStore {
   private async completeFromStore(index: number): Promise<void> {
     // A base known to be zeros needs no request.
     const skipFetch = this.entries.get(index)?.baseIsZero === true;
-    const base = skipFetch ? undefined : await this.fetchLimited(index);
+    const base = skipFetch ? undefined : await this.lower.fetch(index);
     await this.locks.with(index, async () => {
       const e = this.entries.get(index);
       if (!e || e.zeros || e.slot === undefined) return;

@@ -1,15 +1,15 @@
 // What the write-back cache holds in memory for reads it did not get a byte budget for: a read
 // of one byte fetches a whole extent, and read-ahead fetches extents no request waits for.
-// Fetches in flight must stay within MAX_FETCH_BYTES however many reads come, and read-ahead
-// must not queue behind them.
+// Fetches in flight must stay within MAX_FETCH_BYTES however many reads come (in the object
+// extent layer, so read-only serving too), and read-ahead must not queue behind them.
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { extentKey } from '../../src/storage/extent-keys.ts';
 import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
-import { MAX_FETCH_BYTES, WriteBackCache } from '../../src/storage/write-back-cache.ts';
+import { MAX_FETCH_BYTES, ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
+import { WriteBackCache } from '../../src/storage/write-back-cache.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 const E = 4 * 1024 * 1024;
@@ -63,6 +63,22 @@ describe('WriteBackCache fetch memory', () => {
     } finally {
       store.release();
       await cache.close();
+    }
+  });
+
+  it('keeps the limit without the write-back cache too (read-only serving)', async () => {
+    const { store, cache } = await open('read-only');
+    await cache.close();
+    const lower = await ObjectExtentStore.open(store, { extentSize: E, extentCount: EXTENTS, cacheBytes: 2 * E });
+    try {
+      const reads = Array.from({ length: EXTENTS / 2 }, (_, i) => lower.read(2 * i, 0, 1));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.ok(store.peak <= MAX_FETCHES, `${store.peak} fetches of ${E / 1048576} MiB in flight`);
+      store.release();
+      for (const data of await Promise.all(reads)) assert.equal(data?.[0], 7);
+    } finally {
+      store.release();
+      await lower.close();
     }
   });
 
