@@ -51,15 +51,19 @@ describe('WriteBackCache fetch memory', () => {
     return { store, cache };
   }
 
-  it(`keeps at most ${MAX_FETCHES} whole-extent fetches in flight for one-byte reads of ${EXTENTS} extents`, async () => {
+  /** One-byte reads of every other extent (so none is sequential): at most MAX_FETCHES fetches at once. */
+  async function scatteredReads(store: GatedStore, read: (index: number) => Promise<Buffer | undefined>): Promise<void> {
+    const reads = Array.from({ length: EXTENTS / 2 }, (_, i) => read(2 * i));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(store.peak <= MAX_FETCHES, `${store.peak} fetches of ${E / 1048576} MiB in flight`);
+    store.release();
+    for (const data of await Promise.all(reads)) assert.equal(data?.[0], 7);
+  }
+
+  it(`keeps at most ${MAX_FETCHES} whole-extent fetches in flight for one-byte reads of ${EXTENTS / 2} extents`, async () => {
     const { store, cache } = await open('scattered');
     try {
-      // Every other extent, so no read is sequential.
-      const reads = Array.from({ length: EXTENTS / 2 }, (_, i) => cache.read(2 * i, 0, 1));
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      assert.ok(store.peak <= MAX_FETCHES, `${store.peak} fetches of ${E / 1048576} MiB in flight`);
-      store.release();
-      for (const data of await Promise.all(reads)) assert.equal(data?.[0], 7);
+      await scatteredReads(store, (index) => cache.read(index, 0, 1));
     } finally {
       store.release();
       await cache.close();
@@ -71,11 +75,7 @@ describe('WriteBackCache fetch memory', () => {
     await cache.close();
     const lower = await ObjectExtentStore.open(store, { extentSize: E, extentCount: EXTENTS, cacheBytes: 2 * E });
     try {
-      const reads = Array.from({ length: EXTENTS / 2 }, (_, i) => lower.read(2 * i, 0, 1));
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      assert.ok(store.peak <= MAX_FETCHES, `${store.peak} fetches of ${E / 1048576} MiB in flight`);
-      store.release();
-      for (const data of await Promise.all(reads)) assert.equal(data?.[0], 7);
+      await scatteredReads(store, (index) => lower.read(index, 0, 1));
     } finally {
       store.release();
       await lower.close();
