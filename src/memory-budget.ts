@@ -35,7 +35,10 @@ export interface MemoryOptions {
 
 /** Node, V8's heap and code: what a gateway holds besides its Buffers (87 MB at start, ~150 MB under load). */
 export const PROCESS_BASE_BYTES = 192 * 1024 * 1024;
-/** What one connection may add: its socket reader's high-water mark, a read, queued handshake replies. */
+/**
+ * What one connection may add: its socket reader's high-water mark and one socket read
+ * (64 KiB) beyond it, and queued handshake replies. At most DEFAULT_MAX_CONNECTIONS are open.
+ */
 export const PER_CONNECTION_BYTES = READER_HIGH_WATER_MARK + 64 * 1024 + MAX_QUEUED_REPLY_BYTES;
 
 /** The terms of the buffer budget, in bytes (docs/architecture.md, "Memory"). */
@@ -76,8 +79,11 @@ const MIN_GAP_MS = 100;
 const MAX_GC_SHARE = 0.1;
 const WARN_EVERY_MS = 60_000;
 
-/** Starts the governor; returns a function that stops it. */
-export function governMemory(budgetBytes: number, log: Logger): () => void {
+/**
+ * Starts the governor; returns a function that stops it. `budget()` is asked at every check:
+ * the buffers of the connections open change it.
+ */
+export function governMemory(budget: () => number, log: Logger): () => void {
   // Exposes gc() to contexts made from now on; the flag is harmless otherwise.
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
@@ -86,6 +92,7 @@ export function governMemory(budgetBytes: number, log: Logger): () => void {
   let checkAfterGc = false;
   const timer = setInterval(() => {
     const buffers = process.memoryUsage().arrayBuffers;
+    const budgetBytes = budget();
     const now = performance.now();
     if (checkAfterGc) {
       checkAfterGc = false;

@@ -11,7 +11,7 @@ import type { ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { writeAtomically } from '../storage/cache-dir.ts';
 import { openStorage, s3ConnectionsFor } from '../storage/stack.ts';
-import { bufferBudgetBytes, governMemory } from '../memory-budget.ts';
+import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
@@ -79,10 +79,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   };
   const server = new NbdServer({ exports, log });
   // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
-  governMemory(bufferBudgetBytes({
+  const buffers = bufferBudgetBytes({
     memoryCacheBytes: opts.memoryCache, extentSize: volume.extentSize, uploadConcurrency: opts.uploadConcurrency,
     s3Connections: opts.store.startsWith('s3://') ? s3ConnectionsFor(opts.uploadConcurrency) : 0, inFlightBytes: server.inFlight.limit,
-  }), log);
+  });
+  governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   const addresses: string[] = [];
   for (const endpoint of endpoints) {
     try {

@@ -5,10 +5,11 @@
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { MAX_OPTION_LENGTH } from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import { type ExportRegistry, Handshake } from './handshake.ts';
 import { DEFAULT_SERVER_IN_FLIGHT_BYTES, DEFAULT_SESSION_LIMITS, Session, type SessionLimits, SharedBudget } from './session.ts';
-import { ConnectionClosed, SocketReader } from './socket-reader.ts';
+import { ConnectionClosed, READER_HIGH_WATER_MARK, SocketReader } from './socket-reader.ts';
 
 /** How long a client must send nothing before a shutting-down server closes its connection. */
 const QUIET_MS = 200;
@@ -20,6 +21,17 @@ const QUIET_MS = 200;
  */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
+/** Unread input a connection may pile up during the handshake: one option of the largest size. */
+export const HANDSHAKE_HIGH_WATER_MARK = 2 * MAX_OPTION_LENGTH;
+
+/**
+ * Connections open at once; more are closed as they come. Each may hold a few MiB (its
+ * socket reader's high-water mark), so their number is part of the memory bound; real
+ * clients open 1 to 16 (nbdfuse 4, nbd-client -C N, nbdcopy).
+ */
+export const DEFAULT_MAX_CONNECTIONS = 128;
+const REFUSED_WARN_EVERY_MS = 60_000;
+
 export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string };
 
 export interface ServerOptions {
@@ -30,6 +42,8 @@ export interface ServerOptions {
   readonly handshakeTimeoutMs?: number;
   /** Payloads and pending replies of all connections together; default DEFAULT_SERVER_IN_FLIGHT_BYTES. */
   readonly maxInFlightBytes?: number;
+  /** Default DEFAULT_MAX_CONNECTIONS. */
+  readonly maxConnections?: number;
 }
 
 export class NbdServer {
@@ -39,6 +53,8 @@ export class NbdServer {
   private readonly sessions = new Set<Session>();
   private shuttingDown = false;
   private nextConnectionId = 1;
+  private refusedWarnedAt = -Infinity;
+  private refused = 0;
   private readonly options: ServerOptions;
   /** Shared by every session: what one connection may hold is also bounded by what all hold. */
   readonly inFlight: SharedBudget;
@@ -88,12 +104,22 @@ export class NbdServer {
   }
 
   private async handle(socket: net.Socket): Promise<void> {
+    const maxConnections = this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (this.sockets.size >= maxConnections) {
+      socket.destroy();
+      this.refused++;
+      if (Date.now() - this.refusedWarnedAt >= REFUSED_WARN_EVERY_MS) {
+        this.refusedWarnedAt = Date.now();
+        this.options.log.warn({ maxConnections, refused: this.refused }, 'connection refused: too many connections open');
+      }
+      return;
+    }
     const log = this.options.log.child({ conn: this.nextConnectionId++ });
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => this.sockets.delete(socket));
     log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
-    const reader = new SocketReader(socket);
+    const reader = new SocketReader(socket, HANDSHAKE_HIGH_WATER_MARK);
     let session: Session | undefined;
     try {
       if (this.shuttingDown) {
@@ -112,6 +138,7 @@ export class NbdServer {
         return;
       }
       log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies }, 'transmission started');
+      reader.setHighWaterMark(READER_HIGH_WATER_MARK);
       session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.inFlight);
       this.sessions.add(session);
       if (this.shuttingDown) session.beginShutdown();

@@ -32,7 +32,7 @@ export class SocketReader {
   private filling: PendingFill | undefined;
   private closed: Error | undefined;
   private readonly socket: Socket;
-  private readonly highWaterMark: number;
+  private highWaterMark: number;
 
   constructor(socket: Socket, highWaterMark = READER_HIGH_WATER_MARK) {
     this.socket = socket;
@@ -41,6 +41,12 @@ export class SocketReader {
     socket.on('end', () => this.onClose(new ConnectionClosed('client closed the connection')));
     socket.on('close', () => this.onClose(new ConnectionClosed('connection closed')));
     socket.on('error', (err) => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`)));
+  }
+
+  /** Changes the high-water mark: small during the handshake, whose options are small too. */
+  setHighWaterMark(bytes: number): void {
+    this.highWaterMark = bytes;
+    this.resumeIfLow();
   }
 
   /** Fills `target` completely from the stream (copying, as data arrives). */

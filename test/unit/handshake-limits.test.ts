@@ -123,6 +123,27 @@ describe('NBD handshake limits', () => {
     }
   });
 
+  it(`closes connections beyond the limit at once, and takes new ones once others left`, async () => {
+    const limited = new NbdServer({ exports: { find: () => undefined, list: () => [] }, log: pino({ level: 'silent' }), maxConnections: 2 });
+    const limitedPath = join(dir, 'limited.sock');
+    await limited.listen({ path: limitedPath });
+    try {
+      const first = await connect(limitedPath);
+      const second = await connect(limitedPath);
+      const third = net.connect(limitedPath);
+      third.on('error', () => undefined);
+      assert.ok(await closedWithin(third, 2000), 'the third connection was closed');
+      first.socket.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const fourth = await connect(limitedPath);
+      assert.equal(limited.connectionCount, 2);
+      second.socket.destroy();
+      fourth.socket.destroy();
+    } finally {
+      await limited.shutdown(100);
+    }
+  });
+
   it('serves the next client normally', async () => {
     const { socket, reader } = await connect(path);
     socket.write(option(Opt.GO, Buffer.from([0, 0, 0, 0, 0, 0])));
