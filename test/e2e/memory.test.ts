@@ -15,7 +15,10 @@ import { requireTool, runOk } from '../helpers/tools.ts';
 
 describe('gateway memory bound (RSS of a real gateway)', () => {
   const dir = tempDir('memory');
-  before(() => requireTool('fio'));
+  before(() => {
+    requireTool('fio');
+    requireTool('nbdinfo');
+  });
   after(() => dir.remove());
 
   it('stays flat under 60 MB of NBD_OPT_INFO whose replies are never read, and serves after', async () => {
