@@ -10,10 +10,15 @@ export class BufferPool {
   private readonly free = new Map<number, ArrayBuffer[]>();
   private pooledBytes = 0;
 
+  /** The memory acquire(size) takes: pooled buffers are rounded up to a power of two. */
+  static footprint(size: number): number {
+    return size < MIN_POOLED ? size : 2 ** Math.ceil(Math.log2(size));
+  }
+
   /** A buffer of exactly `size` bytes, with unspecified contents. */
   acquire(size: number): Buffer {
     if (size < MIN_POOLED) return Buffer.allocUnsafe(size);
-    const capacity = 2 ** Math.ceil(Math.log2(size));
+    const capacity = BufferPool.footprint(size);
     const recycled = this.free.get(capacity)?.pop();
     if (recycled) {
       this.pooledBytes -= capacity;

@@ -14,7 +14,7 @@ import {
 } from './constants.ts';
 import { CommandError, ProtocolError, nbdErrnoOf } from './errors.ts';
 import type { Negotiated } from './handshake.ts';
-import { payloadPool } from './buffer-pool.ts';
+import { BufferPool, payloadPool } from './buffer-pool.ts';
 import type { SocketReader } from './socket-reader.ts';
 import {
   type Request, blockStatusChunk, decodeRequest, errorChunk, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
@@ -182,7 +182,8 @@ export class Session {
         // We cannot hold the payload, and skipping gigabytes is not worth it: end the session.
         throw new ProtocolError(`write of ${req.length} bytes exceeds the ${MAX_REQUEST_SIZE}-byte maximum`);
       }
-      const cost = req.type === Cmd.WRITE || req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
+      // A write's payload takes its pooled buffer's size (a power of two), not just its length.
+      const cost = req.type === Cmd.WRITE ? BufferPool.footprint(req.length) : req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
       await this.inFlight.acquire(cost);
       let payload: Payload | undefined;
       if (req.type === Cmd.WRITE && req.length > 0) {

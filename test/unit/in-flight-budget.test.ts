@@ -79,4 +79,40 @@ describe('in-flight budget across connections', () => {
     assert.equal(readsStarted, 80);
     assert.equal(server.inFlight.inUse, 0);
   });
+
+  it('counts a write payload at the size of its pooled buffer (a power of two)', async () => {
+    let writesStarted = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => { open = resolve; });
+    const device = storage.device;
+    const blocking = Object.assign(Object.create(device) as typeof device, {
+      write: async (offset: number, data: Buffer, fua: boolean) => {
+        writesStarted++;
+        await gate;
+        return device.write(offset, data, fua);
+      },
+    });
+    const exp: Export = { name: '', description: '', device: blocking };
+    const writing = new NbdServer({ exports: { find: () => exp, list: () => [exp] }, log: pino({ level: 'silent' }), limits: { maxInFlightBytes: 64 * MiB, maxInFlightRequests: 256 } });
+    const writePort = Number((await writing.listen({ host: '127.0.0.1', port: 0 })).split(':').pop());
+    const c = await transmitting(writePort);
+    try {
+      // 16 MiB + 1 byte each: the payload takes a 32 MiB buffer. Old code counted 16 MiB + 1,
+      // so three (96 MiB of buffers) fitted in a 64 MiB budget.
+      const length = 16 * MiB + 1;
+      for (let i = 0; i < 3; i++) {
+        c.socket.write(encodeRequest({ flags: 0, type: Cmd.WRITE, handle: Buffer.alloc(8), offset: 0, length }));
+        c.socket.write(Buffer.alloc(length, i));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.equal(writesStarted, 2);
+      open();
+      for (let i = 0; i < 3; i++) assert.equal((await c.reader.read(16)).readUInt32BE(4), 0);
+      assert.equal(writesStarted, 3);
+    } finally {
+      open();
+      c.socket.destroy();
+      await writing.shutdown(1000);
+    }
+  });
 });
