@@ -596,7 +596,7 @@ export class WriteBackCache implements ExtentStore {
    * written again: sequential writes would otherwise pay a second local write. Skipped if the
    * extent changes meanwhile (invalidate() forgets it), or if no slot can be had without
    * waiting or without taking one from writes that wait for room, or if MAX_FILL_BYTES of
- * extents already wait for their slot.
+   * extents already wait for their slot.
    */
   private evictedFromMemory(index: number, data: Buffer): void {
     if (this.closed || this.entries.has(index) || !this.fetched.has(data)) return;
