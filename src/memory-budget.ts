@@ -33,8 +33,11 @@ export interface MemoryOptions {
   readonly inFlightBytes?: number;
 }
 
-/** Node, V8's heap and code: what a gateway holds besides its Buffers (87 MB at start, ~150 MB under load). */
-export const PROCESS_BASE_BYTES = 192 * 1024 * 1024;
+/**
+ * Node, V8's heap and code: what a gateway holds besides its Buffers. 87 MB at start; under
+ * load V8's heap alone grew to 150 MB (heapTotal), and glibc keeps what it once held.
+ */
+export const PROCESS_BASE_BYTES = 256 * 1024 * 1024;
 /**
  * What one connection may add: its socket reader's high-water mark and one socket read
  * (64 KiB) beyond it, and queued handshake replies. At most DEFAULT_MAX_CONNECTIONS are open.
