@@ -18,8 +18,10 @@ import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import type { Export, ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { writeAtomically } from '../storage/cache-dir.ts';
+import { MemoryObjectStore } from '../storage/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
-import { type Storage, openStorage } from '../storage/stack.ts';
+import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
+import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
@@ -122,6 +124,12 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     device: storage.device,
   };
   served.exp = exp;
+  // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
+  const buffers = bufferBudgetBytes({
+    memoryCacheBytes: opts.memoryCache, extentSize: volume.extentSize, uploadConcurrency: opts.uploadConcurrency,
+    s3Connections: /^s3:\/\//i.test(opts.store) ? s3ConnectionsFor(opts.uploadConcurrency) : 0, inFlightBytes: server.inFlight.limit,
+  }) + (storage.objects instanceof MemoryObjectStore ? volume.size : 0); // the volatile store is Buffers too
+  governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
 
   // What the gateway is doing, for `s3nbd info --cache-dir`.

@@ -4,16 +4,21 @@
 // Small payloads are not worth pooling. The pool keeps at most MAX_POOLED_BYTES in total.
 
 const MIN_POOLED = 64 * 1024;
-const MAX_POOLED_BYTES = 128 * 1024 * 1024;
+export const MAX_POOLED_BYTES = 128 * 1024 * 1024;
 
 export class BufferPool {
   private readonly free = new Map<number, ArrayBuffer[]>();
   private pooledBytes = 0;
 
+  /** The memory acquire(size) takes: pooled buffers are rounded up to a power of two. */
+  static footprint(size: number): number {
+    return size < MIN_POOLED ? size : 2 ** Math.ceil(Math.log2(size));
+  }
+
   /** A buffer of exactly `size` bytes, with unspecified contents. */
   acquire(size: number): Buffer {
     if (size < MIN_POOLED) return Buffer.allocUnsafe(size);
-    const capacity = 2 ** Math.ceil(Math.log2(size));
+    const capacity = BufferPool.footprint(size);
     const recycled = this.free.get(capacity)?.pop();
     if (recycled) {
       this.pooledBytes -= capacity;

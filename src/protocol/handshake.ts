@@ -1,6 +1,13 @@
 // Fixed newstyle negotiation: the server greets, the client sends options until one of them
 // (EXPORT_NAME or GO) moves the connection to the transmission phase. Every option we do not
 // know is answered NBD_REP_ERR_UNSUP rather than by hanging up, as the spec requires.
+//
+// Memory: an option's data is at most MAX_OPTION_LENGTH (a longer one is answered
+// NBD_REP_ERR_TOO_BIG and the connection closed, which the spec allows), and no option is
+// read while more than MAX_QUEUED_REPLY_BYTES of replies wait to leave the process. A client
+// that sends options and never reads the answers used to make us queue them without end (60 MB
+// of NBD_OPT_INFO grew the gateway by 3 GB); now TCP holds it back, as in the transmission
+// phase. How long a handshake may take at all is the server's business (server.ts).
 
 import type { Socket } from 'node:net';
 import type { BlockDevice } from './block-device.ts';
@@ -11,7 +18,7 @@ import {
   Info, MAX_OPTION_LENGTH, MAX_REQUEST_SIZE, MAX_STRING_LENGTH, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, Rep,
 } from './constants.ts';
 import { ProtocolError } from './errors.ts';
-import type { SocketReader } from './socket-reader.ts';
+import { ConnectionClosed, type SocketReader } from './socket-reader.ts';
 
 export interface Export {
   readonly name: string;
@@ -95,6 +102,9 @@ class OptionData {
 
 class InvalidOption extends Error {}
 
+/** Replies queued in our process beyond this stop the reading of options until they drain. */
+export const MAX_QUEUED_REPLY_BYTES = 64 * 1024;
+
 export class Handshake {
   private structuredReplies = false;
   private baseAllocation = false;
@@ -122,11 +132,16 @@ export class Handshake {
     this.noZeroes = (clientFlags & FLAG_C_NO_ZEROES) !== 0;
 
     for (;;) {
+      await this.drained();
       const header = await this.reader.read(16);
       if (header.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
       const option = header.readUInt32BE(8);
       const length = header.readUInt32BE(12);
-      if (length > MAX_OPTION_LENGTH) throw new ProtocolError(`option ${option} data too long (${length} bytes)`);
+      if (length > MAX_OPTION_LENGTH) {
+        // Skipping the data would mean reading up to 4 GiB for nothing: say why, then hang up.
+        this.reply(option, Rep.ERR_TOO_BIG, `option data longer than ${MAX_OPTION_LENGTH} bytes`);
+        throw new ProtocolError(`option ${option} data too long (${length} bytes)`);
+      }
       const data = length > 0 ? await this.reader.read(length) : Buffer.alloc(0);
 
       if (option === Opt.EXPORT_NAME) return this.exportName(data);
@@ -245,6 +260,22 @@ export class Handshake {
     // Contexts chosen for another export do not carry over to this one.
     const sameExport = this.metaContextExport !== undefined && this.exports.find(this.metaContextExport) === exp;
     return { export: exp, structuredReplies: this.structuredReplies, baseAllocation: this.baseAllocation && sameExport };
+  }
+
+  /** Waits while the replies we owe are still queued in our process (the client is not reading). */
+  private async drained(): Promise<void> {
+    while (this.socket.writableLength > MAX_QUEUED_REPLY_BYTES && !this.socket.destroyed) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.socket.off('drain', done);
+          this.socket.off('close', done);
+          resolve();
+        };
+        this.socket.on('drain', done);
+        this.socket.on('close', done);
+      });
+    }
+    if (this.socket.destroyed) throw new ConnectionClosed('connection closed');
   }
 
   private reply(option: number, type: number, payload: Buffer | string = Buffer.alloc(0)): void {

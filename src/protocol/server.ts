@@ -6,15 +6,34 @@ import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { LogThrottle } from '../log-throttle.ts';
+import { MAX_OPTION_LENGTH } from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import { type ExportRegistry, Handshake } from './handshake.ts';
-import { DEFAULT_SESSION_LIMITS, Session, type SessionLimits } from './session.ts';
-import { ConnectionClosed, SocketReader } from './socket-reader.ts';
+import { DEFAULT_SERVER_IN_FLIGHT_BYTES, DEFAULT_SESSION_LIMITS, Session, type SessionLimits, SharedBudget } from './session.ts';
+import { ConnectionClosed, READER_HIGH_WATER_MARK, SocketReader } from './socket-reader.ts';
 
 /** How long a client must send nothing before a shutting-down server closes its connection. */
 const QUIET_MS = 200;
 /** At most one line per this interval for each kind of connection or request failure. */
 const CONNECTION_LOG_MS = 10_000;
+
+/**
+ * How long a connection may take from our greeting to the transmission phase (qemu-nbd's
+ * default handshake limit too). Real clients need milliseconds; a connection that idles or
+ * trickles in the handshake would otherwise hold its socket and buffers for ever.
+ */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** Unread input a connection may pile up during the handshake: one option of the largest size. */
+export const HANDSHAKE_HIGH_WATER_MARK = 2 * MAX_OPTION_LENGTH;
+
+/**
+ * Connections open at once; more are closed as they come. Each may hold a few MiB (its
+ * socket reader's high-water mark), so their number is part of the memory bound; real
+ * clients open 1 to 16 (nbdfuse 4, nbd-client -C N, nbdcopy).
+ */
+export const DEFAULT_MAX_CONNECTIONS = 128;
+const REFUSED_WARN_EVERY_MS = 60_000;
 
 export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string };
 
@@ -28,6 +47,12 @@ export interface ServerOptions {
    * listen fails then touches no storage); false closes them.
    */
   readonly ready?: Promise<boolean>;
+  /** Default HANDSHAKE_TIMEOUT_MS. */
+  readonly handshakeTimeoutMs?: number;
+  /** Payloads and pending replies of all connections together; default DEFAULT_SERVER_IN_FLIGHT_BYTES. */
+  readonly maxInFlightBytes?: number;
+  /** Default DEFAULT_MAX_CONNECTIONS. */
+  readonly maxConnections?: number;
 }
 
 export class NbdServer {
@@ -37,14 +62,19 @@ export class NbdServer {
   private readonly sessions = new Set<Session>();
   private shuttingDown = false;
   private nextConnectionId = 1;
+  private refusedWarnedAt = -Infinity;
+  private refused = 0;
   private readonly options: ServerOptions;
   private readonly badClients: LogThrottle;
   private readonly failedSessions: LogThrottle;
   /** Shared by every session, so that S3 failing every request is one line per interval, not one per connection. */
   private readonly failedRequests: LogThrottle;
+  /** Shared by every session: what one connection may hold is also bounded by what all hold. */
+  readonly inFlight: SharedBudget;
 
   constructor(options: ServerOptions) {
     this.options = options;
+    this.inFlight = new SharedBudget(options.maxInFlightBytes ?? DEFAULT_SERVER_IN_FLIGHT_BYTES);
     this.badClients = new LogThrottle(options.log, 'warn', { intervalMs: CONNECTION_LOG_MS });
     this.failedSessions = new LogThrottle(options.log, 'error', { intervalMs: CONNECTION_LOG_MS });
     this.failedRequests = new LogThrottle(options.log, 'error', { intervalMs: CONNECTION_LOG_MS });
@@ -90,13 +120,23 @@ export class NbdServer {
   }
 
   private async handle(socket: net.Socket): Promise<void> {
+    const maxConnections = this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (this.sockets.size >= maxConnections) {
+      socket.destroy();
+      this.refused++;
+      if (Date.now() - this.refusedWarnedAt >= REFUSED_WARN_EVERY_MS) {
+        this.refusedWarnedAt = Date.now();
+        this.options.log.warn({ maxConnections, refused: this.refused }, 'connection refused: too many connections open');
+      }
+      return;
+    }
     const connectionId = this.nextConnectionId++;
     const log = this.options.log.child({ conn: connectionId });
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => this.sockets.delete(socket));
     log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
-    const reader = new SocketReader(socket);
+    const reader = new SocketReader(socket, HANDSHAKE_HIGH_WATER_MARK);
     let session: Session | undefined;
     try {
       if (this.options.ready && !(await this.options.ready)) {
@@ -107,13 +147,20 @@ export class NbdServer {
         socket.destroy();
         return;
       }
-      const negotiated = await new Handshake(socket, reader, this.options.exports, () => this.shuttingDown).run();
+      const timeoutMs = this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+      const timer = setTimeout(() => {
+        log.debug({ timeoutMs }, 'handshake not finished in time: closing the connection');
+        socket.destroy();
+      }, timeoutMs);
+      const negotiated = await new Handshake(socket, reader, this.options.exports, () => this.shuttingDown).run()
+        .finally(() => clearTimeout(timer));
       if (!negotiated) {
         socket.end();
         return;
       }
       log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies }, 'transmission started');
-      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.failedRequests);
+      reader.setHighWaterMark(READER_HIGH_WATER_MARK);
+      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.inFlight, this.failedRequests);
       this.sessions.add(session);
       if (this.shuttingDown) session.beginShutdown();
       await session.run();

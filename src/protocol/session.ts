@@ -2,7 +2,8 @@
 // waiting for earlier ones, so many are in flight and replies leave in completion order. Each
 // request is validated here, once (range, flags, read-only); the device below only sees valid
 // calls. The bytes in flight (payloads held plus replies not yet handed to the kernel) are
-// bounded, so a fast client is slowed by TCP backpressure instead of growing our memory.
+// bounded per connection and across all of them (SharedBudget), so a fast client, or many, is
+// slowed by TCP backpressure instead of growing our memory.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -14,7 +15,7 @@ import {
 } from './constants.ts';
 import { CommandError, ProtocolError, nbdErrnoOf } from './errors.ts';
 import type { Negotiated } from './handshake.ts';
-import { payloadPool } from './buffer-pool.ts';
+import { BufferPool, payloadPool } from './buffer-pool.ts';
 import type { SocketReader } from './socket-reader.ts';
 import {
   type Request, blockStatusChunk, decodeRequest, errorChunk, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
@@ -31,6 +32,49 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   maxInFlightBytes: 64 * 1024 * 1024,
   maxInFlightRequests: 256,
 };
+
+/** What all connections together may hold of payloads and pending replies (server.ts shares one budget). */
+export const DEFAULT_SERVER_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Bytes in flight across every connection. The per-connection limit alone let N connections
+ * hold N x 64 MiB (8 fio jobs: 512 MiB); this one is shared. Waiters are served in order, and
+ * a request larger than the whole budget still runs once nothing else holds any of it.
+ */
+export class SharedBudget {
+  readonly limit: number;
+  private used = 0;
+  private readonly waiters: Array<{ bytes: number; resolve(): void }> = [];
+
+  constructor(limit: number) {
+    this.limit = limit;
+  }
+
+  get inUse(): number {
+    return this.used;
+  }
+
+  acquire(bytes: number): Promise<void> {
+    if (this.waiters.length === 0 && this.fits(bytes)) {
+      this.used += bytes;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiters.push({ bytes, resolve }));
+  }
+
+  release(bytes: number): void {
+    this.used -= bytes;
+    while (this.waiters.length > 0 && this.fits(this.waiters[0]!.bytes)) {
+      const next = this.waiters.shift()!;
+      this.used += next.bytes;
+      next.resolve();
+    }
+  }
+
+  private fits(bytes: number): boolean {
+    return this.used === 0 || this.used + bytes <= this.limit;
+  }
+}
 
 /**
  * A write's payload, read into a pooled buffer. It goes back to the pool only when the device
@@ -54,9 +98,11 @@ class InFlight {
   private waiter: (() => void) | undefined;
   private idleWaiters: Array<() => void> = [];
   private readonly limits: SessionLimits;
+  private readonly shared: SharedBudget | undefined;
 
-  constructor(limits: SessionLimits) {
+  constructor(limits: SessionLimits, shared: SharedBudget | undefined) {
     this.limits = limits;
+    this.shared = shared;
   }
 
   get count(): number {
@@ -71,9 +117,12 @@ class InFlight {
     }
     this.bytes += bytes;
     this.requests += 1;
+    // Zero-cost requests (flush, trim ...) hold nothing and need no share.
+    if (bytes > 0) await this.shared?.acquire(bytes);
   }
 
   release(bytes: number): void {
+    if (bytes > 0) this.shared?.release(bytes);
     this.bytes -= bytes;
     this.requests -= 1;
     const waiter = this.waiter;
@@ -107,7 +156,7 @@ export class Session {
    * `failedRequests` carries the one line per interval for requests that fail with EIO (every
    * request fails while S3 is down or the disk is bad); the server shares one among sessions.
    */
-  constructor(socket: Socket, reader: SocketReader, negotiated: Negotiated, log: Logger, limits: SessionLimits,
+  constructor(socket: Socket, reader: SocketReader, negotiated: Negotiated, log: Logger, limits: SessionLimits, shared?: SharedBudget,
     failedRequests = new LogThrottle(log, 'error', { intervalMs: 10_000 })) {
     this.socket = socket;
     this.reader = reader;
@@ -115,7 +164,7 @@ export class Session {
     this.log = log;
     this.failedRequests = failedRequests;
     this.device = negotiated.export.device;
-    this.inFlight = new InFlight(limits);
+    this.inFlight = new InFlight(limits, shared);
   }
 
   /** From now on every new request is answered ESHUTDOWN; in-flight ones finish normally. */
@@ -141,7 +190,8 @@ export class Session {
         // We cannot hold the payload, and skipping gigabytes is not worth it: end the session.
         throw new ProtocolError(`write of ${req.length} bytes exceeds the ${MAX_REQUEST_SIZE}-byte maximum`);
       }
-      const cost = req.type === Cmd.WRITE || req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
+      // A write's payload takes its pooled buffer's size (a power of two), not just its length.
+      const cost = req.type === Cmd.WRITE ? BufferPool.footprint(req.length) : req.type === Cmd.READ ? Math.min(req.length, MAX_REQUEST_SIZE) : 0;
       await this.inFlight.acquire(cost);
       let payload: Payload | undefined;
       if (req.type === Cmd.WRITE && req.length > 0) {

@@ -22,6 +22,9 @@ interface PendingFill {
   reject(err: Error): void;
 }
 
+/** Unread bytes beyond which the socket is paused while no read waits. */
+export const READER_HIGH_WATER_MARK = 4 * 1024 * 1024;
+
 export class SocketReader {
   private readonly chunks: Buffer[] = [];
   private buffered = 0;
@@ -29,15 +32,21 @@ export class SocketReader {
   private filling: PendingFill | undefined;
   private closed: Error | undefined;
   private readonly socket: Socket;
-  private readonly highWaterMark: number;
+  private highWaterMark: number;
 
-  constructor(socket: Socket, highWaterMark = 4 * 1024 * 1024) {
+  constructor(socket: Socket, highWaterMark = READER_HIGH_WATER_MARK) {
     this.socket = socket;
     this.highWaterMark = highWaterMark;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onClose(new ConnectionClosed('client closed the connection')));
     socket.on('close', () => this.onClose(new ConnectionClosed('connection closed')));
     socket.on('error', (err) => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`)));
+  }
+
+  /** Changes the high-water mark: small during the handshake, whose options are small too. */
+  setHighWaterMark(bytes: number): void {
+    this.highWaterMark = bytes;
+    this.resumeIfLow();
   }
 
   /** Fills `target` completely from the stream (copying, as data arrives). */

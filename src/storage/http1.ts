@@ -13,7 +13,10 @@
 // content-length among them); responses delimited by Content-Length, chunked encoding or the
 // end of the connection; 1xx responses are skipped. Not: pipelining, Expect: 100-continue,
 // upgrades. Errors carry the codes the store classifies: a connection that ends before its
-// answer is ECONNRESET, a body cut short is ERR_STREAM_PREMATURE_CLOSE (both retried).
+// answer is ECONNRESET, a body cut short is ERR_STREAM_PREMATURE_CLOSE (both retried), a
+// successful body longer than the request's `maxBody` is ERR_BODY_TOO_LARGE, thrown before any
+// of it is allocated or kept (a Content-Length of 4 GB for a 1 MiB extent used to be allocated
+// in full): the connection is closed rather than read to the end.
 
 import net from 'node:net';
 import tls from 'node:tls';
@@ -25,6 +28,8 @@ export interface Http1Request {
   /** Sent exactly as given: the caller includes host, and content-length for a body. */
   readonly headers: Readonly<Record<string, string>>;
   readonly body?: Buffer | undefined;
+  /** The longest body a successful answer may have; default MAX_ERROR_BODY (an S3 PUT's answer has none). */
+  readonly maxBody?: number | undefined;
 }
 
 export interface Http1Response {
@@ -36,7 +41,7 @@ export interface Http1Response {
 }
 
 /** What each connection reads into: large enough that a 1 MiB body takes a few reads. */
-const READ_BUFFER_BYTES = 128 * 1024;
+export const READ_BUFFER_BYTES = 128 * 1024;
 /** A status line and headers longer than this are not HTTP we want to talk to. */
 const MAX_HEAD_BYTES = 64 * 1024;
 /** Error answers are small documents; past this their body is read but not kept. */
@@ -150,7 +155,7 @@ class Connection {
 
   exchange(head: string, request: Http1Request, signal: AbortSignal): Promise<Http1Response> {
     return new Promise((resolve, reject) => {
-      const parser = new ResponseParser(request.method);
+      const parser = new ResponseParser(request.method, request.maxBody);
       let writing = request.body !== undefined;
       let answered: boolean | undefined; // set with the answer: whether the connection can be reused
       const settle = (err: Error | undefined, reusable: boolean): void => {
@@ -253,6 +258,11 @@ function parseError(message: string): Error {
   return Object.assign(new Error(`unreadable HTTP answer: ${message}`), { code: 'ERR_HTTP_PARSE' });
 }
 
+/** A successful body longer than was asked for: a broken or hostile server; retryable, as a cut one is. */
+export function bodyTooLarge(length: number, maxBody: number): Error {
+  return Object.assign(new Error(`the body is longer than the ${maxBody} bytes asked for (${length} bytes or more)`), { code: 'ERR_BODY_TOO_LARGE' });
+}
+
 /** A body that ended before its length: retryable, as a connection reset is. */
 export function prematureEnd(received: number, length: number | undefined): Error {
   const expected = length === undefined ? 'before its last chunk' : `after ${received} of ${length} bytes`;
@@ -267,6 +277,7 @@ type BodyMode = 'none' | 'length' | 'chunk-size' | 'chunk-data' | 'chunk-end' | 
  */
 export class ResponseParser {
   private readonly method: string;
+  private readonly maxBody: number;
   private status = 0;
   private readonly headers = new Map<string, string>();
   /** The head so far, while it spans several pushes. */
@@ -289,8 +300,9 @@ export class ResponseParser {
   started = false;
   private complete = false;
 
-  constructor(method: string) {
+  constructor(method: string, maxBody = MAX_ERROR_BODY) {
     this.method = method;
+    this.maxBody = maxBody;
   }
 
   /** Takes the next bytes; true when the response is complete. */
@@ -358,6 +370,7 @@ export class ResponseParser {
     } else if (length !== undefined) {
       if (!/^\d{1,15}$/.test(length)) throw parseError(`Content-Length is "${length.slice(0, 30)}"`);
       this.expected = Number(length);
+      if (this.status < 300 && this.expected > this.maxBody) throw bodyTooLarge(this.expected, this.maxBody);
       this.mode = 'length';
       this.body = Buffer.allocUnsafe(this.keeps(this.expected));
       if (this.expected === 0) this.complete = true;
@@ -385,6 +398,7 @@ export class ResponseParser {
       case 'until-close':
       case 'chunk-data': {
         const n = this.mode === 'chunk-data' ? Math.min(data.length - at, this.chunkLeft) : data.length - at;
+        if (this.status < 300 && this.received + n > this.maxBody) throw bodyTooLarge(this.received + n, this.maxBody);
         const kept = this.keeps(n);
         if (kept > 0) this.pieces.push(Buffer.from(data.subarray(at, at + kept)));
         this.received += n;

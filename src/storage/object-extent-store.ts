@@ -30,6 +30,13 @@ export interface ObjectExtentStoreOptions {
 const DELETE_BATCH = 1000;
 /** Extents fetched at once by prefetch(). */
 const PREFETCH_PARALLELISM = 8;
+/**
+ * Whole extents being fetched from the store at once, in bytes (at least 8 extents). A read
+ * of one byte fetches a whole extent, so the NBD in-flight budget, which counts the bytes
+ * asked for, did not bound them (256 one-byte reads per connection, 256 extents in memory);
+ * nor did anything bound the write-back cache's read-ahead. More fetches wait their turn.
+ */
+export const MAX_FETCH_BYTES = 64 * 1024 * 1024;
 
 export class ObjectExtentStore implements ExtentStore {
   readonly extentSize: number;
@@ -38,6 +45,10 @@ export class ObjectExtentStore implements ExtentStore {
   private readonly map: AllocationMap;
   private readonly cache: LRUCache<number, Buffer>;
   private readonly locks = new ExtentLocks();
+  /** Fetches running (see MAX_FETCH_BYTES), and those waiting for their turn. */
+  private fetching = 0;
+  private readonly maxFetches: number;
+  private readonly fetchQueue: Array<() => void> = [];
 
   private constructor(objects: ObjectStore, options: ObjectExtentStoreOptions, map: AllocationMap) {
     this.objects = objects;
@@ -45,6 +56,12 @@ export class ObjectExtentStore implements ExtentStore {
     this.extentCount = options.extentCount;
     this.map = map;
     this.cache = extentMemory(options.cacheBytes, options.extentSize);
+    this.maxFetches = Math.max(8, Math.floor(MAX_FETCH_BYTES / options.extentSize));
+  }
+
+  /** True while a fetch would have to wait for its turn (read-ahead then does not ask). */
+  get fetchesFull(): boolean {
+    return this.fetching >= this.maxFetches;
   }
 
   /** Opens the layer, listing the store once to learn which extents exist. */
@@ -78,7 +95,15 @@ export class ObjectExtentStore implements ExtentStore {
   /** The whole stored extent, or undefined for a hole. The caller owns the buffer. */
   async fetch(index: number): Promise<Buffer | undefined> {
     if (!this.map.has(index)) return undefined;
-    const data = await this.guard('read', index, () => this.objects.get(extentKey(index)));
+    while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
+    this.fetching++;
+    let data: Buffer | undefined;
+    try {
+      data = await this.guard('read', index, () => this.objects.get(extentKey(index), this.extentSize));
+    } finally {
+      this.fetching--;
+      this.fetchQueue.shift()?.();
+    }
     if (data === undefined) {
       // Deleted behind our back (another writer, or by hand): it reads as zeros now.
       this.map.clear(index);

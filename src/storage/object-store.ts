@@ -2,6 +2,9 @@
 // that S3 offers. Implementations: a local directory (the embedded default), memory (tests and
 // benchmarks) and, later, S3. Anything above this interface is the same whichever is used.
 
+/** The largest object the gateway stores (an extent of the largest size): a GET's default limit. */
+export const MAX_OBJECT_BYTES = 32 * 1024 * 1024;
+
 export interface TaggedObject {
   readonly data: Buffer;
   readonly tag: string;
@@ -14,8 +17,12 @@ export interface ObjectStore {
   /**
    * The object's bytes, or undefined when there is no such key. The buffer may be the one the
    * store holds (the memory store shares it): treat it like a buffer you have put (below).
+   * From a server (S3), an object longer than `maxBytes` (default MAX_OBJECT_BYTES) is an
+   * error (EIO, after retries), found out before its bytes are read, so that a broken or
+   * hostile server cannot make us allocate what it likes. Local stores may ignore the limit:
+   * their files are ours (the extent layer checks every extent's length anyway).
    */
-  get(key: string): Promise<Buffer | undefined>;
+  get(key: string, maxBytes?: number): Promise<Buffer | undefined>;
 
   /**
    * Creates or replaces the object atomically: readers see the old or the new bytes, never a
@@ -27,7 +34,7 @@ export interface ObjectStore {
   put(key: string, data: Buffer): Promise<void>;
 
   /** Like get(), with the object's version tag, which changes whenever the object is replaced. */
-  getTagged(key: string): Promise<TaggedObject | undefined>;
+  getTagged(key: string, maxBytes?: number): Promise<TaggedObject | undefined>;
 
   /**
    * A compare-and-swap: writes the object only if its current tag is `expectedTag`, or, with

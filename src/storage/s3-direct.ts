@@ -21,7 +21,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { bareHost, Http1Client, type Http1Response } from './http1.ts';
-import type { TaggedObject } from './object-store.ts';
+import { MAX_OBJECT_BYTES, type TaggedObject } from './object-store.ts';
 
 export interface AwsCredentials {
   readonly accessKeyId: string;
@@ -63,9 +63,12 @@ export class DirectS3 {
     this.signsPayloads = config.signPayloads ?? (config.endpoint.protocol === 'http:' && !isLoopback(bareHost(config.endpoint)));
   }
 
-  /** GetObject: the object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200. */
-  async get(key: string, signal: AbortSignal): Promise<TaggedObject> {
-    const res = await this.send('GET', key, undefined, signal);
+  /**
+   * GetObject: the object's bytes and ETag. Throws, in the SDK's shape, on any answer but 200,
+   * and (ERR_BODY_TOO_LARGE, before reading it) on a body longer than `maxBytes`.
+   */
+  async get(key: string, signal: AbortSignal, maxBytes = MAX_OBJECT_BYTES): Promise<TaggedObject> {
+    const res = await this.send('GET', key, undefined, signal, undefined, maxBytes);
     const tag = res.headers.get('etag');
     if (tag === undefined) throw new Error('the response has no ETag');
     return { data: res.body, tag };
@@ -93,9 +96,10 @@ export class DirectS3 {
 
   /**
    * Sends a signed request for the key, with the body if any: with `crc`, its x-amz-checksum-crc32,
-   * the body itself unsigned. An answer other than 200 is thrown as an S3 error.
+   * the body itself unsigned. `maxBody` is the longest body a successful answer may have. An
+   * answer other than 200 is thrown as an S3 error.
    */
-  private async send(method: 'GET' | 'PUT', key: string, body: Buffer | undefined, signal: AbortSignal, crc?: string): Promise<Http1Response> {
+  private async send(method: 'GET' | 'PUT', key: string, body: Buffer | undefined, signal: AbortSignal, crc?: string, maxBody?: number): Promise<Http1Response> {
     const { endpoint, bucket } = this.config;
     const path = `${endpoint.pathname.replace(/\/+$/, '')}/${uriEncode(bucket)}/${key.split('/').map(uriEncode).join('/')}`;
     const credentials = await this.config.credentials();
@@ -118,7 +122,7 @@ export class DirectS3 {
       region: await this.config.region(), service: 's3', credentials, signingKey: (scope, secret) => this.keyFor(scope, secret),
     });
     // The user agent is not signed: it only tells server logs (and our tests) who asked.
-    const res = await this.http.request({ method, path, headers: { ...headers, authorization, 'user-agent': USER_AGENT }, body }, signal);
+    const res = await this.http.request({ method, path, headers: { ...headers, authorization, 'user-agent': USER_AGENT }, body, maxBody }, signal);
     if (res.status === 200) return res;
     const error = s3Error(res.status, res.body.toString('utf8'));
     const serverDate = Date.parse(res.headers.get('date') ?? '');

@@ -32,9 +32,10 @@ import type { Logger } from 'pino';
 import { Errors } from '../errors.ts';
 import { LogThrottle } from '../log-throttle.ts';
 import { StorageError } from './extent-store.ts';
-import type { ObjectStore, TaggedObject } from './object-store.ts';
-import { prematureEnd } from './http1.ts';
+import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from './object-store.ts';
+import { bodyTooLarge, prematureEnd } from './http1.ts';
 import { DirectS3 } from './s3-direct.ts';
+import { limitSdkBodies } from './sdk-body-limit.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -193,6 +194,7 @@ export class S3ObjectStore implements ObjectStore {
         logger: sdkLogger(config.log),
       },
     });
+    limitSdkBodies(this.client);
     if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
       this.direct = new DirectS3({
         endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
@@ -215,8 +217,8 @@ export class S3ObjectStore implements ObjectStore {
     };
     return {
       description: this.description,
-      get: (key) => this.getWith(key, policy).then((object) => object?.data),
-      getTagged: (key) => this.getWith(key, policy),
+      get: (key, maxBytes) => this.getWith(key, policy, maxBytes).then((object) => object?.data),
+      getTagged: (key, maxBytes) => this.getWith(key, policy, maxBytes),
       put: (key, data) => this.putWith(key, data, policy),
       putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
       checkConditionalWrites: (key, data) => this.checkConditionsWith(key, data, policy),
@@ -227,12 +229,12 @@ export class S3ObjectStore implements ObjectStore {
     };
   }
 
-  async get(key: string): Promise<Buffer | undefined> {
-    return (await this.getWith(key, this.readPolicy))?.data;
+  async get(key: string, maxBytes?: number): Promise<Buffer | undefined> {
+    return (await this.getWith(key, this.readPolicy, maxBytes))?.data;
   }
 
-  getTagged(key: string): Promise<TaggedObject | undefined> {
-    return this.getWith(key, this.policy);
+  getTagged(key: string, maxBytes?: number): Promise<TaggedObject | undefined> {
+    return this.getWith(key, this.policy, maxBytes);
   }
 
   put(key: string, data: Buffer): Promise<void> {
@@ -262,11 +264,11 @@ export class S3ObjectStore implements ObjectStore {
     return Promise.resolve();
   }
 
-  private getWith(key: string, policy: Policy): Promise<TaggedObject | undefined> {
+  private getWith(key: string, policy: Policy, maxBytes = MAX_OBJECT_BYTES): Promise<TaggedObject | undefined> {
     const Key = this.keyPrefix + key;
     return this.retry('get', `GET ${this.url(Key)}`, policy, async (signal) => {
       try {
-        return await (this.direct ? this.direct.get(Key, signal) : this.sdkGet(Key, signal));
+        return await (this.direct ? this.direct.get(Key, signal, maxBytes) : this.sdkGet(Key, signal, maxBytes));
       } catch (err) {
         // Only S3's own "no such key" means the object is missing: a 404 page of a server that
         // is not S3 at all (a wrong port, a web server) must not read as "no volume here".
@@ -276,9 +278,9 @@ export class S3ObjectStore implements ObjectStore {
     });
   }
 
-  private async sdkGet(Key: string, signal: AbortSignal): Promise<TaggedObject> {
+  private async sdkGet(Key: string, signal: AbortSignal, maxBytes: number): Promise<TaggedObject> {
     const output = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
-    const data = await readBody(output.Body, output.ContentLength, signal);
+    const data = await readBody(output.Body, output.ContentLength, maxBytes, signal);
     if (output.ETag === undefined) throw new Error('the response has no ETag');
     return { data, tag: output.ETag };
   }
@@ -515,14 +517,26 @@ function reasonOf(signal: AbortSignal): string {
   return signal.reason instanceof Error ? signal.reason.message : 'aborted';
 }
 
-/** The SDK's stream, read whole, checked against Content-Length; a timeout destroys it. */
-async function readBody(body: unknown, length: number | undefined, signal: AbortSignal): Promise<Buffer> {
+/**
+ * The SDK's stream, read whole, checked against Content-Length; a timeout destroys it. A body
+ * longer than `maxBytes` (declared, or as it arrives) is refused, and the stream destroyed,
+ * before more than `maxBytes` of it is held.
+ */
+async function readBody(body: unknown, length: number | undefined, maxBytes: number, signal: AbortSignal): Promise<Buffer> {
   if (!(body instanceof Readable)) throw new Error('the response has no body stream');
+  if (length !== undefined && length > maxBytes) {
+    body.destroy();
+    throw bodyTooLarge(length, maxBytes);
+  }
   const chunks: Buffer[] = [];
   let total = 0;
   for await (const chunk of addAbortSignal(signal, body)) {
-    chunks.push(chunk as Buffer);
     total += (chunk as Buffer).length;
+    if (total > maxBytes) {
+      body.destroy();
+      throw bodyTooLarge(total, maxBytes);
+    }
+    chunks.push(chunk as Buffer);
   }
   if (length !== undefined && total !== length) throw prematureEnd(total, length);
   return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
@@ -559,6 +573,8 @@ const TRANSIENT_CODES = new Set([
 const NETWORK_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
   'ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE',
+  // Longer than asked for: a proxy or server that garbled the answer, as a cut body is.
+  'ERR_BODY_TOO_LARGE',
 ]);
 
 /** How a server said it does not implement what was asked (HTTP 501, or the code NotImplemented), if it did. */

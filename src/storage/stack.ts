@@ -97,9 +97,14 @@ async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
   clearTimeout(timer);
 }
 
+/** Connections to S3: uploads and fetches in flight at once, with room for reads beside uploads. */
+export function s3ConnectionsFor(uploadConcurrency = 16): number {
+  return uploadConcurrency * 2 + 16;
+}
+
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
-  const objects = openObjectStore(config.store, { maxSockets: (config.cache?.uploadConcurrency ?? 16) * 2 + 16, ...config.s3 }, log);
+  const objects = openObjectStore(config.store, { maxSockets: s3ConnectionsFor(config.cache?.uploadConcurrency), ...config.s3 }, log);
   const opened: Array<() => Promise<unknown>> = [() => objects.close()];
   /** Closes in reverse order of opening; each step (the lease release) may take until `deadline`. */
   const closeAll = async (deadline = Infinity): Promise<void> => {

@@ -177,6 +177,17 @@ const READ_AHEAD = 8;
  * fetchClean().
  */
 const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
+/**
+ * Extents the memory cache evicted that wait to be written into the disk cache, in bytes (at
+ * least two extents). Past it, an evicted extent is simply dropped: a slow disk must not make
+ * evicted extents pile up in memory.
+ */
+export const MAX_FILL_BYTES = 16 * 1024 * 1024;
+
+/** The stream window: no bigger than the memory cache, at most 64 MiB, at least 2 x READ_AHEAD extents. */
+export function streamWindowBytes(memoryCacheBytes: number, extentSize: number): number {
+  return Math.max(Math.min(STREAM_WINDOW_BYTES, memoryCacheBytes), 2 * READ_AHEAD * extentSize);
+}
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
@@ -237,8 +248,7 @@ export class WriteBackCache implements ExtentStore {
     this.minPieceBytes = Math.min(MIN_PIECE_BYTES, this.extentSize / 16);
     this.extentCount = lower.extentCount;
     this.memory = extentMemory(options.memoryCacheBytes, this.extentSize, (index, data) => this.evictedFromMemory(index, data));
-    const window = Math.min(STREAM_WINDOW_BYTES, options.memoryCacheBytes);
-    this.streamed = extentMemory(Math.max(window, 2 * READ_AHEAD * this.extentSize), this.extentSize);
+    this.streamed = extentMemory(streamWindowBytes(options.memoryCacheBytes, this.extentSize), this.extentSize);
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
@@ -349,6 +359,8 @@ export class WriteBackCache implements ExtentStore {
     this.lastRead = index;
     if (!sequential) return sameExtent;
     for (let i = index + 1; i <= index + READ_AHEAD && i < this.extentCount; i++) {
+      // No request waits for these: never queue them behind the store's fetch limit.
+      if (this.lower.fetchesFull) break;
       if (!this.entries.has(i) && !this.memory.has(i) && !this.streamed.has(i) && !this.fetches.has(i) && this.lower.isStored(i)) {
         this.fetchClean(i, false).catch((err: unknown) => this.log.debug({ err, index: i }, 'read-ahead failed'));
       }
@@ -632,10 +644,12 @@ export class WriteBackCache implements ExtentStore {
    * larger, second level for reads). Extents that entered memory by being uploaded are not
    * written again: sequential writes would otherwise pay a second local write. Skipped if the
    * extent changes meanwhile (invalidate() forgets it), or if no slot can be had without
-   * waiting or without taking one from writes that wait for room.
+   * waiting or without taking one from writes that wait for room, or if MAX_FILL_BYTES of
+   * extents already wait for their slot.
    */
   private evictedFromMemory(index: number, data: Buffer): void {
     if (this.closed || this.entries.has(index) || !this.fetched.has(data)) return;
+    if (this.fills.size * this.extentSize >= Math.max(MAX_FILL_BYTES, 2 * this.extentSize)) return;
     this.evicted.set(index, data);
     const fill = this.keepOnDisk(index, data)
       .catch((err: unknown) => this.log.warn({ err, index }, 'could not keep an extent in the disk cache'))

@@ -15,9 +15,9 @@ import { after, describe, it } from 'node:test';
 import { Http1Client, MAX_ERROR_BODY, ResponseParser } from '../../src/storage/http1.ts';
 
 /** Feeds `text` to a parser cut at `cut` (and in one piece when cut is 0); returns the parser. */
-function parse(text: string | Buffer, cut: number, method = 'GET'): { parser: ResponseParser; complete: boolean } {
+function parse(text: string | Buffer, cut: number, method = 'GET', maxBody?: number): { parser: ResponseParser; complete: boolean } {
   const bytes = Buffer.isBuffer(text) ? text : Buffer.from(text, 'latin1');
-  const parser = new ResponseParser(method);
+  const parser = new ResponseParser(method, maxBody);
   let complete = false;
   for (const piece of cut === 0 ? [bytes] : [bytes.subarray(0, cut), bytes.subarray(cut)]) {
     // A scratch buffer that is overwritten after each push, as the connection's read buffer is.
@@ -68,7 +68,21 @@ describe('ResponseParser', () => {
     assert.equal(parse(`HTTP/1.1 500 Oops\r\nContent-Length: ${big.length}\r\n\r\n${big}`, 1000).parser.response().body.length, MAX_ERROR_BODY);
     const chunked = `HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`;
     assert.equal(parse(chunked, 1000).parser.response().body.length, MAX_ERROR_BODY);
-    assert.equal(parse(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n${big}`, 1000).parser.response().body.length, big.length);
+    assert.equal(parse(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n${big}`, 1000, 'GET', big.length).parser.response().body.length, big.length);
+  });
+
+  it('refuses a successful body longer than asked for before keeping any of it', () => {
+    // Declared: refused with the head, whatever follows (a 4 GB Content-Length used to be allocated).
+    assert.throws(() => parse('HTTP/1.1 200 OK\r\nContent-Length: 4000000000\r\n\r\n', 0, 'GET', 1 << 20), { code: 'ERR_BODY_TOO_LARGE', message: /1048576 bytes asked for \(4000000000/ });
+    // Chunked or until the end: refused once the body passes the limit.
+    const chunked = 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n';
+    for (let cut = 0; cut < chunked.length; cut++) assert.throws(() => parse(chunked, cut, 'GET', 12), { code: 'ERR_BODY_TOO_LARGE' }, `cut at ${cut}`);
+    assert.equal(parse(chunked, 0, 'GET', 16).parser.response().body.toString(), '1234567812345678');
+    assert.throws(() => parse('HTTP/1.1 200 OK\r\n\r\n123456789', 0, 'GET', 8), { code: 'ERR_BODY_TOO_LARGE' });
+    // Without a limit from the caller, a success may carry at most MAX_ERROR_BODY (an S3 PUT's answer has none).
+    assert.throws(() => parse(`HTTP/1.1 200 OK\r\nContent-Length: ${MAX_ERROR_BODY + 1}\r\n\r\n`, 0), { code: 'ERR_BODY_TOO_LARGE' });
+    // An error's body is not the caller's object: it is cut to MAX_ERROR_BODY, not refused.
+    assert.equal(parse('HTTP/1.1 500 Oops\r\nContent-Length: 20\r\n\r\n01234567890123456789', 0, 'GET', 8).parser.response().body.length, 20);
   });
 
   it('says how much of a body arrived when the connection ends early', () => {
@@ -234,7 +248,7 @@ describe('Http1Client', () => {
     const untrusting = new Http1Client(url, 2);
     cleanups.push(() => trusting.close(), () => untrusting.close());
     for (let i = 0; i < 2; i++) {
-      const res = await trusting.request({ method: 'PUT', path: '/k', headers: { host: 'localhost', 'content-length': '3' }, body: Buffer.from('abc') }, never);
+      const res = await trusting.request({ method: 'PUT', path: '/k', headers: { host: 'localhost', 'content-length': '3' }, body: Buffer.from('abc'), maxBody: 1_000_000 }, never);
       assert.ok(res.body.equals(Buffer.alloc(1_000_000, 7)));
     }
     assert.equal(handshakes, 1, 'one connection, kept alive');

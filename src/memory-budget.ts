@@ -1,0 +1,127 @@
+// The gateway's memory: what its buffers may add up to, from its options, and a governor that
+// keeps garbage from piling up on top of that.
+//
+// Nearly all of a gateway's memory is Buffers (extents, payloads, S3 bodies), and every one a
+// peer can make it allocate is bounded by a term below. But a Buffer nobody uses any more is
+// freed only when V8 collects its JS object, and V8 decides when from its own heap, which stays
+// small (tens of MB). With --external-memory-accounted-in-global-limit (gc-tuning.ts, which
+// saves ~35% of the CPU of cold reads) it lets Buffers grow to a multiple of what is live
+// before a full collection. Measured (8 fio jobs, --max-dirty 64M, default 1 GiB memory cache,
+// a directory store): 1.2 GiB of Buffers live after a full GC, 3.1 GiB held, RSS 3.5 GB; and
+// glibc keeps the freed pages of its heap, so RSS never came down. The governor checks every
+// CHECK_MS and, when Buffers pass the budget, runs a full collection (at most one per
+// MIN_GAP_MS, and taking at most MAX_GC_SHARE of the CPU, unless Buffers pass the budget by
+// half of OVERSHOOT): the garbage is then bounded by the budget.
+
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import type { Logger } from 'pino';
+import { MAX_POOLED_BYTES } from './protocol/buffer-pool.ts';
+import { MAX_QUEUED_REPLY_BYTES } from './protocol/handshake.ts';
+import { DEFAULT_SERVER_IN_FLIGHT_BYTES } from './protocol/session.ts';
+import { READER_HIGH_WATER_MARK } from './protocol/socket-reader.ts';
+import { READ_BUFFER_BYTES } from './storage/http1.ts';
+import { MAX_FETCH_BYTES } from './storage/object-extent-store.ts';
+import { MAX_FILL_BYTES, streamWindowBytes } from './storage/write-back-cache.ts';
+
+export interface MemoryOptions {
+  readonly memoryCacheBytes: number;
+  readonly extentSize: number;
+  readonly uploadConcurrency: number;
+  /** Connections to S3 (0 for a directory store). */
+  readonly s3Connections: number;
+  /** The server's shared in-flight budget; default DEFAULT_SERVER_IN_FLIGHT_BYTES. */
+  readonly inFlightBytes?: number;
+}
+
+/**
+ * Node, V8's heap and code: what a gateway holds besides its Buffers. 87 MB at start; under
+ * load V8's heap alone grew to 150 MB (heapTotal), and glibc keeps what it once held.
+ */
+export const PROCESS_BASE_BYTES = 256 * 1024 * 1024;
+/**
+ * What one connection may add: its socket reader's high-water mark and one socket read
+ * (64 KiB) beyond it, and queued handshake replies. At most DEFAULT_MAX_CONNECTIONS are open.
+ */
+export const PER_CONNECTION_BYTES = READER_HIGH_WATER_MARK + 64 * 1024 + MAX_QUEUED_REPLY_BYTES;
+
+/** The terms of the buffer budget, in bytes (docs/architecture.md, "Memory"). */
+export function bufferBudget(o: MemoryOptions): Record<string, number> {
+  const memoryCache = Math.max(o.memoryCacheBytes, o.extentSize);
+  const inFlight = Math.max(o.inFlightBytes ?? DEFAULT_SERVER_IN_FLIGHT_BYTES, 32 * 1024 * 1024);
+  return {
+    memoryCache,
+    streamWindow: streamWindowBytes(o.memoryCacheBytes, o.extentSize),
+    inFlight,
+    // Free payload buffers kept for reuse: never more than were in flight.
+    payloadPool: Math.min(MAX_POOLED_BYTES, inFlight),
+    fetches: Math.max(MAX_FETCH_BYTES, 8 * o.extentSize),
+    uploads: o.uploadConcurrency * o.extentSize,
+    diskCacheFills: Math.max(MAX_FILL_BYTES, 2 * o.extentSize),
+    s3ReadBuffers: o.s3Connections * READ_BUFFER_BYTES,
+  };
+}
+
+export function bufferBudgetBytes(o: MemoryOptions): number {
+  return Object.values(bufferBudget(o)).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * Buffers allocated between two checks of the governor, and glibc's fragmentation, on top of
+ * the budget: a tenth of it.
+ */
+export const OVERSHOOT = 0.1;
+
+/** The bound on the gateway's RSS with `connections` clients connected. */
+export function peakMemoryBytes(o: MemoryOptions, connections: number): number {
+  return PROCESS_BASE_BYTES + (1 + OVERSHOOT) * bufferBudgetBytes(o) + connections * PER_CONNECTION_BYTES;
+}
+
+const CHECK_MS = 20;
+const MIN_GAP_MS = 100;
+/** A forced collection may take this share of the CPU at most (a 10 ms GC: one per 100 ms). */
+const MAX_GC_SHARE = 0.1;
+const WARN_EVERY_MS = 60_000;
+
+/**
+ * Starts the governor; returns a function that stops it. `budget()` is asked at every check:
+ * the buffers of the connections open change it.
+ */
+export function governMemory(budget: () => number, log: Logger): () => void {
+  // Exposes gc() to contexts made from now on; the flag is harmless otherwise.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  let nextAllowed = 0;
+  let lastWarned = -Infinity;
+  let checkAfterGc = false;
+  /** The last collection left the buffers over the budget: they are live, collecting sooner is no use. */
+  let liveOver = false;
+  const timer = setInterval(() => {
+    const buffers = process.memoryUsage().arrayBuffers;
+    const budgetBytes = budget();
+    const now = performance.now();
+    if (checkAfterGc) {
+      checkAfterGc = false;
+      // Still over after a full collection: the buffers are live, not garbage.
+      liveOver = buffers > budgetBytes;
+      if (liveOver && Date.now() - lastWarned >= WARN_EVERY_MS) {
+        lastWarned = Date.now();
+        log.warn({ buffers, budget: budgetBytes }, 'live buffers exceed the memory budget');
+      }
+    }
+    // Past half the overshoot the bound itself is at stake: collect now, whatever it costs,
+    // unless the last collection showed the buffers to be live.
+    const urgent = !liveOver && buffers > budgetBytes * (1 + OVERSHOOT / 2);
+    if (buffers <= budgetBytes || (now < nextAllowed && !urgent)) return;
+    // CPU time, not wall time: on a busy machine waiting for a CPU is not the collection's cost.
+    const cpu = process.cpuUsage();
+    gc();
+    const used = process.cpuUsage(cpu);
+    const took = (used.user + used.system) / 1000;
+    nextAllowed = now + Math.max(MIN_GAP_MS, took / MAX_GC_SHARE);
+    checkAfterGc = true;
+    log.trace({ buffers, budget: budgetBytes, ms: Math.round(took) }, 'buffers over the budget: collected garbage');
+  }, CHECK_MS);
+  timer.unref();
+  return () => clearInterval(timer);
+}

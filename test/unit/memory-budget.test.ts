@@ -1,0 +1,71 @@
+// The memory governor in this process: garbage Buffers, made while V8 counts Buffers in its
+// global limit (as the gateway has it, gc-tuning.ts), must not pile up past the budget; and
+// the formula adds up the terms the docs list.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { setFlagsFromString } from 'node:v8';
+import { pino } from 'pino';
+import { bufferBudget, bufferBudgetBytes, governMemory, peakMemoryBytes } from '../../src/memory-budget.ts';
+
+const MiB = 1024 * 1024;
+
+describe('memory budget', () => {
+  it('adds up the terms of the formula', () => {
+    const o = { memoryCacheBytes: 1024 * MiB, extentSize: MiB, uploadConcurrency: 16, s3Connections: 48 };
+    assert.deepEqual(bufferBudget(o), {
+      memoryCache: 1024 * MiB, streamWindow: 64 * MiB, inFlight: 256 * MiB, payloadPool: 128 * MiB,
+      fetches: 64 * MiB, uploads: 16 * MiB, diskCacheFills: 16 * MiB, s3ReadBuffers: 6 * MiB,
+    });
+    assert.equal(bufferBudgetBytes(o), 1574 * MiB);
+    // 256 MiB + 1.1 x 1574 MiB + 8 connections of 4.19 MiB: about 2.0 GiB.
+    assert.ok(Math.abs(peakMemoryBytes(o, 8) / MiB - (256 + 1.1 * 1574 + 8 * 4.1875)) < 1);
+  });
+
+  /** Runs the governor for `ms` with a budget of `budget()`; returns how often it collected and what it warned. */
+  async function govern(budget: () => number, ms: number): Promise<{ collections: number; warnings: string[] }> {
+    const lines: string[] = [];
+    const log = pino({ level: 'trace' }, { write: (line: string) => { lines.push(line); } });
+    const stop = governMemory(budget, log);
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    stop();
+    const messages = lines.map((l) => (JSON.parse(l) as { msg: string }).msg);
+    return { collections: messages.filter((m) => /collected garbage/.test(m)).length, warnings: messages.filter((m) => /exceed/.test(m)) };
+  }
+
+  it('collects nothing while Buffers are within the budget', async () => {
+    const { collections, warnings } = await govern(() => process.memoryUsage().arrayBuffers + 512 * MiB, 300);
+    assert.equal(collections, 0);
+    assert.deepEqual(warnings, []);
+  });
+
+  it('collects once Buffers pass the budget, at most once per 100 ms, and says so once when they are live', async () => {
+    const live = Array.from({ length: 64 }, (_, i) => Buffer.alloc(MiB, i));
+    const { collections, warnings } = await govern(() => 32 * MiB, 1000);
+    assert.equal(live.length, 64);
+    assert.ok(collections >= 2 && collections <= 11, `${collections} collections in 1 s`);
+    assert.deepEqual(warnings, ['live buffers exceed the memory budget']);
+  });
+
+  it('collects garbage Buffers that V8 lets pile up (Buffers counted in its global limit)', async () => {
+    setFlagsFromString('--external-memory-accounted-in-global-limit');
+    const budget = process.memoryUsage().arrayBuffers + 128 * MiB;
+    const stop = governMemory(() => budget, pino({ level: 'silent' }));
+    let peak = 0;
+    try {
+      let keep: Buffer[] = [];
+      for (let i = 0; i < 1536; i++) { // 1.5 GiB made, never more than 8 MiB of it in use
+        keep.push(Buffer.alloc(MiB, i));
+        if (keep.length === 8) {
+          keep = [];
+          await yieldToLoop();
+          peak = Math.max(peak, process.memoryUsage().arrayBuffers);
+        }
+      }
+    } finally {
+      stop();
+    }
+    assert.ok(peak <= budget * 1.1, `Buffers reached ${Math.round(peak / MiB)} MiB with a budget of ${Math.round(budget / MiB)} MiB`);
+  });
+});
