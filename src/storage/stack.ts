@@ -134,9 +134,10 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // The directory is usable (made, writable) and which volume it belongs to, if any.
     const c = config.cache;
     const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
-    const bounded = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
+    // The first contact goes through a view of the store with a short retry budget (FIRST_CONTACT_MS).
+    const firstReads = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
     const request = { writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' };
-    const { volume, created } = await openVolume(bounded, request, () => {
+    const { volume, created } = await openVolume(firstReads, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.
       if (previous && c) throw Errors.cacheDirNotNew(c.dir, previous.volume, objects.description);
       return Promise.resolve();
