@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
+import { cli, type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
 
 describe('nbdinfo', () => {
@@ -52,7 +52,10 @@ describe('nbdinfo on a read-only export', () => {
   const dir = tempDir('nbdinfo-ro');
   let gw: Gateway;
   before(async () => {
-    gw = await startGateway(['--store', join(dir.path, 'store'), '--size', '64M', '--read-only'], { socket: join(dir.path, 'sock') });
+    // --read-only never creates a volume: make one first.
+    const created = await cli(['create', '--store', join(dir.path, 'store'), '--size', '64M']);
+    assert.equal(created.code, 0, created.stderr);
+    gw = await startGateway(['--store', join(dir.path, 'store'), '--read-only'], { socket: join(dir.path, 'sock') });
   });
   after(async () => {
     await gw.stop();
