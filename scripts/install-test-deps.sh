@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # ceph-mon, ceph-osd (with ceph-base and ceph-common): Ceph RGW, the integration tests'
 # second S3 server (scripts/install-ceph.sh).
 APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl
-  qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev
+  qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev git
   radosgw ceph-mon ceph-osd ceph-base ceph-common)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -35,6 +35,8 @@ export const TOOL_PACKAGES = {
   python3: 'python3',
   losetup: 'mount',
   unshare: 'util-linux',
+  setpriv: 'util-linux',
+  git: 'git',
   mount: 'mount',
   umount: 'mount',
   timeout: 'coreutils',
