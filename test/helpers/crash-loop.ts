@@ -285,7 +285,9 @@ function spawnWriter(args: string[]): { dumped: Promise<void>; exited: Promise<s
     if (out.startsWith('D\n')) dumpedResolve();
   });
   child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-  const exited = new Promise<string>((resolve, reject) => child.once('exit', (code, signal) => {
+  // 'close', not 'exit': the last lines on stdout may arrive after the exit, and they are the
+  // requests in flight at the kill. Missing them made the soak report lost writes that were not.
+  const exited = new Promise<string>((resolve, reject) => child.once('close', (code, signal) => {
     dumpedResolve();
     // Killed, it lost the events it had buffered: the model would be incomplete.
     if (code !== 0) reject(new Error(`the NBD writer failed (exit ${code ?? signal}):\n${err.slice(-4000)}`));

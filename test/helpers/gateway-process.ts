@@ -35,7 +35,7 @@ export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: st
   let logs = '';
   let ready = false;
   let killed = false;
-  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  const exited = new Promise<number | null>((res) => child.once('close', (code) => res(code)));
   const onExit = (): void => { child.kill('SIGKILL'); };
   process.on('exit', onExit);
   void exited.then(() => process.off('exit', onExit));

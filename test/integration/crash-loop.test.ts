@@ -23,9 +23,10 @@ function report(store: string, runSeed: number, r: CrashLoopResult): void {
 function assertClean(r: CrashLoopResult, kills: number): void {
   assert.deepEqual(r.violations, [], `seed ${seed}: violations`);
   assert.equal(r.kills, kills);
-  // Most kills land under writes, not during a start: the loop must really have been writing.
-  assert.ok(r.kills - r.killsDuringStart >= kills / 2, `only ${r.kills - r.killsDuringStart} kills under writes`);
-  assert.ok(r.writesAcked > 100 * (r.kills - r.killsDuringStart) / 2, `only ${r.writesAcked} requests acknowledged`);
+  // About 15% of kills land during a start; the rest under writes, and the loop must really
+  // have been writing (a run lasts 50-1500 ms, hundreds of requests on an idle machine).
+  assert.ok(r.kills - r.killsDuringStart >= kills / 3, `only ${r.kills - r.killsDuringStart} kills under writes`);
+  assert.ok(r.writesAcked > 20 * (r.kills - r.killsDuringStart), `only ${r.writesAcked} requests acknowledged`);
   assert.ok(r.readBacks > 0, 'no read-back ran');
   // Every round, and the final check, read the whole 8 MiB device.
   assert.equal(r.sectorsChecked, (r.kills - r.killsDuringStart + 1) * 8 * MiB / 512);
