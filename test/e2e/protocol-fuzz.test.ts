@@ -63,8 +63,13 @@ describe(`protocol fuzzer (seed ${seed})`, () => {
     assert.deepEqual(errors.slice(0, 5), [], `${errors.length} error lines in the gateway log`);
   });
 
+  it('a read-only export: 2,000 cases, every write refused with EPERM', { timeout: 60_000 }, async () => {
+    // In process: the CLI serves read-only only a volume that exists, and memory: starts empty.
+    assert.deepEqual(await fuzzMutant('read-only', () => ({ readOnly: true }), 2000), []);
+  });
+
   // The fuzzer itself must be able to fail: against servers with a planted bug it must say so.
-  async function fuzzMutant(name: string, mutate: (dev: BlockDevice) => Partial<BlockDevice>): Promise<string[]> {
+  async function fuzzMutant(name: string, mutate: (dev: BlockDevice) => Partial<BlockDevice>, cases = 2000): Promise<string[]> {
     const storage = await openStorage({ log: pino({ level: 'silent' }), store: 'memory:', volume: { mode: 'open-or-create', size: DEVICE, extentSize: 1 << 16 }, readOnly: false, memoryCacheBytes: MiB });
     const device = Object.assign(Object.create(storage.device) as BlockDevice, mutate(storage.device));
     const exp: Export = { name: '', description: 'mutant', device };
@@ -72,7 +77,8 @@ describe(`protocol fuzzer (seed ${seed})`, () => {
     const socket = join(work, `${name}.sock`);
     await server.listen({ path: socket });
     try {
-      return (await runFuzz({ socket, pid: process.pid, deviceSize: DEVICE, seed, cases: 2000, workers: 2 })).failures;
+      const readOnly = device.readOnly;
+      return (await runFuzz({ socket, pid: process.pid, deviceSize: DEVICE, seed, cases, workers: 4, readOnly })).failures;
     } finally {
       await server.shutdown(100);
       await storage.close();

@@ -41,6 +41,7 @@ export interface HandshakeState {
   /** base:allocation was selected for the default export by the last SET_META_CONTEXT. */
   baseAllocation: boolean;
   readonly deviceSize: number;
+  readonly readOnly: boolean;
 }
 
 /** Reads and checks the greeting, sends the client flags; false if the case ends here. */
@@ -69,8 +70,10 @@ export async function greet(conn: RawConn, r: Random, log: string[]): Promise<{ 
 
 /** One valid option of a random kind (never GO, EXPORT_NAME or ABORT), and what it must get. */
 function validOption(r: Random, s: HandshakeState): { type: number; data: Buffer; expect: Expectation; apply?: () => void } {
-  const name = r() < 0.85 ? '' : pick(r, ['nosuch', 'x'.repeat(int(r, 1, 300)), '\u00e9t\u00e9']);
+  const name = r() < 0.85 ? '' : pick(r, ['nosuch', 'x'.repeat(int(r, 1, 300)), '\u00e9t\u00e9', 'y'.repeat(int(r, 4097, 6000))]);
   const known = name === '';
+  // Names are at most 4096 bytes (the spec); a longer one is invalid, or at least unknown.
+  const unknown = name.length > 4096 ? [Rep.ERR_INVALID, Rep.ERR_TOO_BIG, Rep.ERR_UNKNOWN] : [Rep.ERR_UNKNOWN];
   switch (int(r, 0, 7)) {
     case 0:
       return { type: Opt.LIST, data: Buffer.alloc(0), expect: { finals: [Rep.ACK], intermediate: [Rep.SERVER], mayClose: false } };
@@ -82,12 +85,12 @@ function validOption(r: Random, s: HandshakeState): { type: number; data: Buffer
       };
     case 2: case 3: {
       const infos = Array.from({ length: int(r, 0, 4) }, () => (r() < 0.8 ? int(r, 0, 3) : int(r, 0, 0xffff)));
-      return { type: Opt.INFO, data: infoData(name, infos), expect: { finals: [known ? Rep.ACK : Rep.ERR_UNKNOWN], intermediate: [Rep.INFO], mayClose: false } };
+      return { type: Opt.INFO, data: infoData(name, infos), expect: { finals: known ? [Rep.ACK] : unknown, intermediate: [Rep.INFO], mayClose: false } };
     }
     case 4: case 5: {
       const set = r() < 0.6;
       const queries = r() < 0.3 ? [] : Array.from({ length: int(r, 1, 3) }, () => pick(r, ['base:allocation', 'base:', 'qemu:dirty-bitmap:x', '', 'base:allocationX']));
-      const finals = !s.structured ? [Rep.ERR_INVALID] : known ? [Rep.ACK] : [Rep.ERR_UNKNOWN];
+      const finals = !s.structured ? [Rep.ERR_INVALID] : known ? [Rep.ACK] : unknown;
       const selects = queries.includes('base:allocation');
       return {
         type: set ? Opt.SET_META : Opt.LIST_META, data: metaData(name, queries),
@@ -108,6 +111,7 @@ function validOption(r: Random, s: HandshakeState): { type: number; data: Buffer
 /** Reads the replies to one option up to its final one and checks them. */
 async function replies(conn: RawConn, type: number, exp: Expectation, s: HandshakeState): Promise<OptionReply | 'closed'> {
   let selected = false;
+  let exportInfo = false;
   for (;;) {
     let rep: OptionReply;
     try {
@@ -119,6 +123,14 @@ async function replies(conn: RawConn, type: number, exp: Expectation, s: Handsha
     expect(rep.option === type, `reply names option ${rep.option}, sent ${type}`);
     if (rep.type === Rep.INFO && rep.data.length >= 2 && rep.data.readUInt16BE(0) === 0) {
       expect(rep.data.length === 12 && Number(rep.data.readBigUInt64BE(2)) === s.deviceSize, `NBD_INFO_EXPORT ${rep.data.toString('hex')}`);
+      exportInfo = true;
+      const flags = rep.data.readUInt16BE(10);
+      // HAS_FLAGS always; READ_ONLY exactly when it is; DF only with structured replies.
+      expect((flags & 1) === 1 && ((flags & 2) !== 0) === s.readOnly && ((flags & 0x80) === 0 || s.structured),
+        `NBD_INFO_EXPORT flags 0x${flags.toString(16)} (read-only ${s.readOnly}, structured ${s.structured})`);
+    }
+    if (rep.type === Rep.SERVER) {
+      expect(rep.data.length >= 4 && rep.data.readUInt32BE(0) <= rep.data.length - 4, `NBD_REP_SERVER ${rep.data.toString('hex').slice(0, 64)}`);
     }
     if (rep.type === Rep.INFO && rep.data.length >= 2 && rep.data.readUInt16BE(0) === 3) {
       expect(rep.data.length === 14 && rep.data.readUInt32BE(2) >= 1 && rep.data.readUInt32BE(10) <= MAX_REQUEST_SIZE, `NBD_INFO_BLOCK_SIZE ${rep.data.toString('hex')}`);
@@ -131,6 +143,8 @@ async function replies(conn: RawConn, type: number, exp: Expectation, s: Handsha
     expect(exp.finals.includes(rep.type), `option ${type} got reply type 0x${rep.type.toString(16)}, expected one of ${exp.finals.map((t) => `0x${t.toString(16)}`).join(',')}`);
     // What SET_META_CONTEXT selected is what its replies named (the spec: one per context).
     if (type === Opt.SET_META && rep.type === Rep.ACK) s.baseAllocation = selected;
+    // INFO and GO must describe the export (NBD_INFO_EXPORT) before they succeed.
+    expect(!((type === Opt.INFO || type === Opt.GO) && rep.type === Rep.ACK) || exportInfo, `option ${type} acknowledged without NBD_INFO_EXPORT`);
     return rep;
   }
 }
@@ -223,7 +237,7 @@ async function finish(conn: RawConn, r: Random, s: HandshakeState, noZeroes: boo
     conn.write(option(Opt.EXPORT_NAME, Buffer.alloc(0)));
     const info = await conn.read(noZeroes ? 10 : 134, REPLY_TIMEOUT_MS);
     expect(Number(info.readBigUInt64BE(0)) === s.deviceSize, `EXPORT_NAME size ${info.readBigUInt64BE(0)}`);
-    expect((info.readUInt16BE(8) & 1) === 1, 'EXPORT_NAME flags lack HAS_FLAGS');
+    expect((info.readUInt16BE(8) & 1) === 1 && ((info.readUInt16BE(8) & 2) !== 0) === s.readOnly, `EXPORT_NAME flags 0x${info.readUInt16BE(8).toString(16)}`);
     if (!noZeroes) expect(info.subarray(10).every((b) => b === 0), 'EXPORT_NAME padding is not zeros');
     return { structured: s.structured, baseAllocation: s.baseAllocation };
   }

@@ -8,7 +8,7 @@ import { Closed, type RawConn, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, reque
 
 export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 const FUA = 1; const NO_HOLE = 2; const DF = 4; const REQ_ONE = 8; const FAST_ZERO = 16;
-const EINVAL = 22; const ENOSPC = 28;
+const EPERM = 1; const EINVAL = 22; const ENOSPC = 28;
 const MAX_REQUEST_SIZE = 32 * 1024 * 1024;
 const DONE = 1;
 const T_NONE = 0; const T_DATA = 1; const T_HOLE = 2; const T_STATUS = 5; const T_ERROR = 0x8001;
@@ -20,13 +20,21 @@ export interface Lane {
   /** Where writes of batches that end abruptly go: never read back, so a late write harms nothing. */
   readonly scratch: { start: number; length: number };
   readonly deviceSize: number;
+  /** A read-only export: every write is EPERM, FUA is not offered, the device stays zeros. */
+  readonly readOnly: boolean;
 }
 
 interface Cmd0 { type: number; flags: number; offset: bigint; length: number; handle: Buffer; data?: Buffer; expected: number }
 
-/** The errno a correct server answers (0 for success), from the spec's rules. */
-export function expectedErrno(c: { type: number; flags: number; offset: bigint; length: number }, structured: boolean, baseAllocation: boolean, size: number): number {
+/**
+ * The errno a correct server answers (0 for success): the spec's rules as
+ * docs/architecture.md states them; where the spec leaves the order open (EPERM or EINVAL for
+ * a write with bad flags to a read-only export), s3nbd's choice: EPERM first.
+ */
+export function expectedErrno(c: { type: number; flags: number; offset: bigint; length: number }, structured: boolean, baseAllocation: boolean, size: number, readOnly: boolean): number {
   const end = c.offset + BigInt(c.length);
+  // FUA is only offered (SEND_FUA) on a writable export.
+  const fua = readOnly ? 0 : FUA;
   const ranged = (allowed: number, outOfRange: number): number => {
     if ((c.flags & ~allowed) !== 0) return EINVAL;
     if (c.length === 0) return EINVAL;
@@ -35,14 +43,14 @@ export function expectedErrno(c: { type: number; flags: number; offset: bigint; 
   };
   switch (c.type) {
     case Cmd.READ: {
-      const e = ranged(FUA | (structured ? DF : 0), EINVAL);
+      const e = ranged(fua | (structured ? DF : 0), EINVAL);
       return e !== 0 ? e : c.length > MAX_REQUEST_SIZE ? EINVAL : 0;
     }
-    case Cmd.WRITE: case Cmd.TRIM: return ranged(FUA, ENOSPC);
-    case Cmd.WRITE_ZEROES: return ranged(FUA | NO_HOLE | FAST_ZERO, ENOSPC);
-    case Cmd.CACHE: return ranged(FUA, EINVAL);
-    case Cmd.BLOCK_STATUS: return baseAllocation ? ranged(FUA | REQ_ONE, EINVAL) : EINVAL;
-    case Cmd.FLUSH: return (c.flags & ~FUA) !== 0 || c.offset !== 0n || c.length !== 0 ? EINVAL : 0;
+    case Cmd.WRITE: case Cmd.TRIM: return readOnly ? EPERM : ranged(FUA, ENOSPC);
+    case Cmd.WRITE_ZEROES: return readOnly ? EPERM : ranged(FUA | NO_HOLE | FAST_ZERO, ENOSPC);
+    case Cmd.CACHE: return ranged(fua, EINVAL);
+    case Cmd.BLOCK_STATUS: return baseAllocation ? ranged(fua | REQ_ONE, EINVAL) : EINVAL;
+    case Cmd.FLUSH: return (c.flags & ~fua) !== 0 || c.offset !== 0n || c.length !== 0 ? EINVAL : 0;
     default: return EINVAL;
   }
 }
@@ -93,7 +101,7 @@ function randomCommand(r: Random, lane: Lane, structured: boolean, baseAllocatio
   // randomRange keeps write lengths small: their payloads are sent.
   const { offset, length, inLane } = type === Cmd.FLUSH && r() < 0.9 ? { offset: 0n, length: 0, inLane: false } : randomRange(r, lane, type, fatal);
   const c: Cmd0 = { type, flags, offset, length, handle: bytes(r, 8), expected: 0 };
-  c.expected = expectedErrno(c, structured, baseAllocation, lane.deviceSize);
+  c.expected = expectedErrno(c, structured, baseAllocation, lane.deviceSize, lane.readOnly);
   if (type === Cmd.WRITE) c.data = bytes(r, length);
   return { ...c, inLane: inLane && c.expected === 0 };
 }
@@ -120,7 +128,7 @@ async function runBatch(conn: RawConn, cmds: Array<Cmd0 & { inLane: boolean }>, 
   }
   const pending = new Map(cmds.map((c) => [c.handle.toString('hex'), c]));
   expect(pending.size === cmds.length, 'duplicate handle (test bug)');
-  const reads = new Map<string, { data: Buffer; covered: number; hole: Uint8Array }>();
+  const reads = new Map<string, { data: Buffer; covered: number; hole: Uint8Array; seen: Uint8Array }>();
   while (pending.size > 0) {
     const magic = (await conn.read(4, REPLY_TIMEOUT_MS)).readUInt32BE(0);
     if (magic === SIMPLE_REPLY_MAGIC) {
@@ -149,7 +157,7 @@ async function runBatch(conn: RawConn, cmds: Array<Cmd0 & { inLane: boolean }>, 
     const body = await conn.read(length, REPLY_TIMEOUT_MS);
     let acc = reads.get(key);
     if (c.type === Cmd.READ && !acc && c.expected === 0) {
-      acc = { data: Buffer.alloc(c.length), covered: 0, hole: new Uint8Array(c.length) };
+      acc = { data: Buffer.alloc(c.length), covered: 0, hole: new Uint8Array(c.length), seen: new Uint8Array(c.length) };
       reads.set(key, acc);
     }
     if (type === T_ERROR) {
@@ -166,6 +174,9 @@ async function runBatch(conn: RawConn, cmds: Array<Cmd0 & { inLane: boolean }>, 
       const n = type === T_DATA ? length - 8 : body.readUInt32BE(8);
       expect(at >= 0 && n > 0 && at + n <= c.length && (type === T_DATA || length === 12), `${describe(c)}: chunk [${at}, +${n}) outside the request`);
       expect((c.flags & DF) === 0 || (type === T_DATA && n === c.length), `${describe(c)}: DF read in pieces`);
+      // Chunks may come in any order but never overlap (the spec: each byte at most once).
+      expect(acc.seen.subarray(at, at + n).every((b) => b === 0), `${describe(c)}: chunk [${at}, +${n}) overlaps an earlier one`);
+      acc.seen.fill(1, at, at + n);
       if (type === T_DATA) body.copy(acc.data, at, 8);
       else acc.hole.fill(1, at, at + n);
       acc.covered += n;

@@ -26,6 +26,8 @@ export interface FuzzOptions {
   readonly workers?: number;
   /** Also run HOSTILE_MEMORY_CASES (off until the handshake's memory bound is merged). */
   readonly hostile?: boolean;
+  /** The export is read-only (and all zeros): writes must get EPERM. */
+  readonly readOnly?: boolean;
   readonly log?: (line: string) => void;
 }
 
@@ -46,11 +48,11 @@ const CASE_TIMEOUT_MS = 15_000;
 const PROBE_INTERVAL_MS = 250;
 
 /** Lanes: one per worker, one for the probe, one scratch area; all equal. */
-function lanes(deviceSize: number, workers: number): { lanes: Lane[]; probe: { start: number; length: number } } {
+function lanes(deviceSize: number, workers: number, readOnly: boolean): { lanes: Lane[]; probe: { start: number; length: number } } {
   const part = Math.floor(deviceSize / (workers + 2) / 4096) * 4096;
   const scratch = { start: (workers + 1) * part, length: part };
   return {
-    lanes: Array.from({ length: workers }, (_, i) => ({ start: i * part, model: Buffer.alloc(part), scratch, deviceSize })),
+    lanes: Array.from({ length: workers }, (_, i) => ({ start: i * part, model: Buffer.alloc(part), scratch, deviceSize, readOnly })),
     probe: { start: workers * part, length: part },
   };
 }
@@ -67,7 +69,7 @@ export async function runCase(socket: string, caseSeed: number, lane: Lane, host
       await c.run(conn, r);
       return { requests: 0, transmission: false };
     }
-    const state: HandshakeState = { structured: false, baseAllocation: false, deviceSize: lane.deviceSize };
+    const state: HandshakeState = { structured: false, baseAllocation: false, deviceSize: lane.deviceSize, readOnly: lane.readOnly };
     const negotiated = await negotiate(conn, r, state, log, r() < 0.6);
     if (!negotiated) return { requests: 0, transmission: false };
     return { requests: await transmission(conn, r, lane, negotiated.structured, negotiated.baseAllocation, log), transmission: true };
@@ -108,18 +110,20 @@ async function zeroDevice(socket: string, size: number): Promise<void> {
   }
 }
 
-/** A well-behaved client: GO with structured replies, a write and a read-back of its lane. */
-async function probe(socket: string, area: { start: number; length: number }, n: number): Promise<void> {
+/** A well-behaved client: GO with structured replies, a write (unless read-only) and a read-back of its lane. */
+async function probe(socket: string, area: { start: number; length: number }, n: number, readOnly: boolean): Promise<void> {
   const conn = await goStructured(socket);
   try {
-    const data = Buffer.alloc(4096, n & 0xff);
-    data.writeUInt32BE(n);
+    const data = Buffer.alloc(4096, readOnly ? 0 : n & 0xff);
+    if (!readOnly) data.writeUInt32BE(n);
     const offset = area.start + (n % (area.length / 4096)) * 4096;
     const handle = Buffer.alloc(8, 1);
-    conn.write(Buffer.concat([request(0, 1, handle, BigInt(offset), 4096), data]));
-    const w = await conn.read(20, REPLY_TIMEOUT_MS);
-    if (w.readUInt16BE(6) !== 0) throw new Error(`probe: write failed (chunk type ${w.readUInt16BE(6)})`);
-    await conn.read(w.readUInt32BE(16), REPLY_TIMEOUT_MS);
+    if (!readOnly) {
+      conn.write(Buffer.concat([request(0, 1, handle, BigInt(offset), 4096), data]));
+      const w = await conn.read(20, REPLY_TIMEOUT_MS);
+      if (w.readUInt16BE(6) !== 0) throw new Error(`probe: write failed (chunk type ${w.readUInt16BE(6)})`);
+      await conn.read(w.readUInt32BE(16), REPLY_TIMEOUT_MS);
+    }
     conn.write(request(4, 0, handle, BigInt(offset), 4096)); // DF: one data chunk
     const h = await conn.read(20, REPLY_TIMEOUT_MS);
     const body = await conn.read(h.readUInt32BE(16), REPLY_TIMEOUT_MS);
@@ -135,12 +139,12 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzResult> {
   const started = Date.now();
   const workers = options.workers ?? 4;
   const log = options.log ?? ((): void => undefined);
-  const { lanes: workerLanes, probe: probeArea } = lanes(options.deviceSize, workers);
+  const { lanes: workerLanes, probe: probeArea } = lanes(options.deviceSize, workers, options.readOnly ?? false);
   const result: FuzzResult = {
     cases: 0, transmissionCases: 0, requests: 0, probes: 0, failures: [], slowestCaseMs: 0,
     peakRssBytes: 0, baselineRssBytes: rssOf(options.pid), elapsedMs: 0,
   };
-  await zeroDevice(options.socket, options.deviceSize);
+  if (!options.readOnly) await zeroDevice(options.socket, options.deviceSize);
   const sample = (): void => { result.peakRssBytes = Math.max(result.peakRssBytes, rssOf(options.pid)); };
   const sampler = setInterval(sample, 50);
   let next = 0;
@@ -153,7 +157,7 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzResult> {
   const probing = (async () => {
     for (let n = 0; !stop; n++) {
       try {
-        await probe(options.socket, probeArea, n);
+        await probe(options.socket, probeArea, n, options.readOnly ?? false);
         result.probes++;
       } catch (err) {
         fail(`probe ${n}: ${(err as Error).message}`);
@@ -184,7 +188,7 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzResult> {
   await probing;
   // One last probe: alive after everything.
   try {
-    await probe(options.socket, probeArea, 1 << 20);
+    await probe(options.socket, probeArea, 1 << 20, options.readOnly ?? false);
     result.probes++;
   } catch (err) {
     fail(`final probe: ${(err as Error).message}`);
