@@ -69,6 +69,9 @@ export async function runCase(socket: string, caseSeed: number, lane: Lane, host
       await c.run(conn, r);
       return { requests: 0, transmission: false };
     }
+    // Now and then every byte trickles in: payloads are small in such cases, so it stays quick.
+    conn.trickle = r() < 0.03;
+    if (conn.trickle) log.push('trickle');
     const state: HandshakeState = { structured: false, baseAllocation: false, deviceSize: lane.deviceSize, readOnly: lane.readOnly };
     const negotiated = await negotiate(conn, r, state, log, r() < 0.6);
     if (!negotiated) return { requests: 0, transmission: false };

@@ -51,8 +51,38 @@ export class RawConn {
     return this.closed;
   }
 
+  /**
+   * Trickle mode: messages leave in pieces (1-7 bytes, or up to 28 KiB of a long payload), one
+   * per event-loop turn, so the server's reads see headers and payloads cut anywhere.
+   */
+  trickle = false;
+  private queue: Buffer[] = [];
+  private pumping = false;
+
   write(data: Buffer): void {
-    if (!this.closed && !this.socket.destroyed) this.socket.write(data);
+    if (this.closed || this.socket.destroyed) return;
+    if (!this.trickle) {
+      this.socket.write(data);
+      return;
+    }
+    this.queue.push(data);
+    if (!this.pumping) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    let step = 1;
+    while (this.queue.length > 0 && !this.closed && !this.socket.destroyed) {
+      const head = this.queue[0]!;
+      step = (step * 5 + 3) % 7 + 1;
+      // Bytes for headers; a long payload goes in pieces of up to 28 KiB, or it would take ages.
+      const piece = head.length > 64 ? step * 4093 : step;
+      this.socket.write(head.subarray(0, piece));
+      if (piece >= head.length) this.queue.shift();
+      else this.queue[0] = head.subarray(piece);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    this.pumping = false;
   }
 
   /** Exactly `n` bytes; Closed if the peer hung up first, TimedOut after `timeoutMs`. */
@@ -92,6 +122,8 @@ export class RawConn {
 
   /** Half-close (the server may still answer), or close at once (a Unix socket has no RST). */
   end(abrupt: boolean): void {
+    // A trickling message still queued is cut off here: that is one more truncation.
+    this.queue = [];
     if (abrupt) this.socket.destroy();
     else this.socket.end();
   }
