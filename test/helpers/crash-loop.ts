@@ -12,7 +12,9 @@
 // checksum (torn), zeros where a write was acknowledged. What a restart shows becomes the
 // acknowledged state for the next round: data once read back must never go back in time.
 // FLUSH and FUA are mixed in; a kill -9 keeps the page cache, so they change nothing in the
-// model, but they run the upload paths while the kill lands.
+// model, but they run the upload paths while the kill lands. At the end, after a clean stop
+// (SIGTERM, everything uploaded), a gateway with an empty cache directory must read the same
+// device from the store alone.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -256,8 +258,22 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
         log(`round ${round}: ${last ? 'final check' : 'kill -9'}: ${counts.issued} requests issued, ${counts.acked} acknowledged, `
           + `${counts.readBacks} read-backs, ${sectors} sectors checked, violations so far ${result.violations.length}`);
         if (last) {
+          // A clean stop uploads everything; then a gateway with an empty cache directory
+          // must read the same device from the store alone.
           const code = await gw.stop();
-          if (code !== 0) result.violations.push(`clean stop exited ${code}`);
+          if (code !== 0) result.violations.push(`clean stop exited ${code}: ${gw.tail()}`);
+          const fresh = spawnGateway([...store, '--socket', socket, '--cache-dir', `${cacheDir}-empty`, '--log-level', 'info'],
+            env, join(work, 'gateway-empty-cache.log'));
+          try {
+            await fresh.ready;
+            await spawnWriter(['--socket', socket, '--size', String(deviceBytes), '--dump', dump, '--seed', '0',
+              '--seq-start', String(seq), '--writer-base', '0', '--duration', '0']).exited;
+            checkDump(model, readFileSync(dump), round + 1, result.violations);
+            result.sectorsChecked += sectors;
+            log(`after a clean stop, from the store with an empty cache: ${sectors} sectors checked, violations ${result.violations.length}`);
+          } finally {
+            await fresh.kill();
+          }
           break;
         }
         if (gw.exitedOnItsOwn()) result.violations.push(`round ${round}: the gateway exited on its own: ${gw.tail()}`);
