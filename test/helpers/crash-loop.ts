@@ -12,7 +12,8 @@
 // checksum (torn), zeros where a write was acknowledged. What a restart shows becomes the
 // acknowledged state for the next round: data once read back must never go back in time.
 // FLUSH and FUA are mixed in; a kill -9 keeps the page cache, so they change nothing in the
-// model, but they run the upload paths while the kill lands. At the end, after a clean stop
+// model, but they run the upload paths while the kill lands. Some kills land during the
+// restart (journal replay, lease), some during a drain after SIGTERM. At the end, after a clean stop
 // (SIGTERM, everything uploaded), a gateway with an empty cache directory must read the same
 // device from the store alone.
 
@@ -52,6 +53,8 @@ export interface CrashLoopResult {
   kills: number;
   /** Kills that landed while the gateway was still starting (journal replay, lease). */
   killsDuringStart: number;
+  /** Kills that landed while the gateway was draining after a SIGTERM (a `docker stop` timing out). */
+  killsDuringDrain: number;
   sectorsChecked: number;
   writesIssued: number;
   writesAcked: number;
@@ -209,7 +212,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
   }
   const model = new SectorModel(sectors);
   const result: CrashLoopResult = {
-    kills: 0, killsDuringStart: 0, sectorsChecked: 0, writesIssued: 0, writesAcked: 0, readBacks: 0, flushes: 0,
+    kills: 0, killsDuringStart: 0, killsDuringDrain: 0, sectorsChecked: 0, writesIssued: 0, writesAcked: 0, readBacks: 0, flushes: 0,
     violations: [], peakRssBytes: 0, elapsedMs: 0,
   };
   let seq = 0;
@@ -239,10 +242,21 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
           '--seed', String(Math.floor(random() * 2 ** 31)), '--seq-start', String(seq), '--writer-base', String(round * 16),
           '--conns', String(options.connections ?? 4), '--depth', String(options.depth ?? 16), '--duration', last ? '0' : '3600']);
         await writer.dumped;
+        let how = 'kill -9';
         if (!last) {
           await sleep(50 + random() * ((options.maxRunMs ?? 1500) - 50));
-          await gw.kill();
-          result.kills++;
+          // Now and then SIGTERM first, and the kill lands while it drains (new requests get
+          // ESHUTDOWN, uploads run), as when `docker stop` runs out of time.
+          const drain = random() < 0.1;
+          if (drain) {
+            gw.child.kill('SIGTERM');
+            await sleep(random() * 300);
+          }
+          if (await gw.kill()) {
+            result.kills++;
+            if (drain) result.killsDuringDrain++;
+            how = drain ? 'kill -9 during the drain' : how;
+          } else how = 'SIGTERM (drained before the kill)';
         }
         // Its connections are gone with the gateway: it must notice and exit at once.
         const hung = setTimeout(() => writer.child.kill('SIGKILL'), WRITER_EXIT_TIMEOUT_MS);
@@ -255,7 +269,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
         result.writesAcked += counts.acked;
         result.readBacks += counts.readBacks;
         result.flushes += counts.flushes;
-        log(`round ${round}: ${last ? 'final check' : 'kill -9'}: ${counts.issued} requests issued, ${counts.acked} acknowledged, `
+        log(`round ${round}: ${last ? 'final check' : how}: ${counts.issued} requests issued, ${counts.acked} acknowledged, `
           + `${counts.readBacks} read-backs, ${sectors} sectors checked, violations so far ${result.violations.length}`);
         if (last) {
           // A clean stop uploads everything; then a gateway with an empty cache directory
@@ -276,6 +290,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
           }
           break;
         }
+        if (how.startsWith('SIGTERM') && gw.child.exitCode !== 0) result.violations.push(`round ${round}: drain exited ${gw.child.exitCode}: ${gw.tail()}`);
         if (gw.exitedOnItsOwn()) result.violations.push(`round ${round}: the gateway exited on its own: ${gw.tail()}`);
       } finally {
         clearInterval(sampler);

@@ -25,7 +25,8 @@ export interface GatewayProcess {
   isReady(): boolean;
   exitedOnItsOwn(): boolean;
   tail(): string;
-  kill(): Promise<void>;
+  /** SIGKILL; resolves true if the process was still running when the signal went. */
+  kill(): Promise<boolean>;
   stop(): Promise<number | null>;
 }
 
@@ -66,8 +67,10 @@ export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: st
     tail: () => logs.slice(-4000),
     async kill() {
       killed = true;
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      const running = child.exitCode === null && child.signalCode === null;
+      if (running) child.kill('SIGKILL');
       await done();
+      return running;
     },
     async stop() {
       killed = true;

@@ -1,9 +1,11 @@
 // The crash loop (test/helpers/crash-loop.ts) at a size CI can afford: a real gateway process,
 // a real NBD client (libnbd's aio API: 4 connections, 16 requests in flight each) writing
 // self-describing sectors with FLUSH, FUA, WRITE_ZEROES and TRIM mixed in, `kill -9` at seeded
-// random moments (some during the restart itself), a restart on the same cache directory, and
-// every sector checked against what was acknowledged. The seed is printed; set
-// S3NBD_CRASH_SEED to replay a run. bench/soak/crash-loop.ts runs the same loop for hours.
+// random moments (some during the restart itself, some while it drains after a SIGTERM), a
+// restart on the same cache directory, and every sector checked against what was
+// acknowledged; at the end, after a clean stop, again from the store with an empty cache.
+// The seed is printed; set S3NBD_CRASH_SEED to replay a run. bench/soak/crash-loop.ts runs
+// the same loop for hours.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -15,7 +17,7 @@ const seed = process.env.S3NBD_CRASH_SEED ? Number(process.env.S3NBD_CRASH_SEED)
 const MiB = 2 ** 20;
 
 function report(store: string, runSeed: number, r: CrashLoopResult): void {
-  console.log(`crash loop (${store}, seed ${runSeed}): ${r.kills} kills (${r.killsDuringStart} during start), ${r.sectorsChecked} sectors checked, `
+  console.log(`crash loop (${store}, seed ${runSeed}): ${r.kills} kills (${r.killsDuringStart} during start, ${r.killsDuringDrain} during a drain), ${r.sectorsChecked} sectors checked, `
     + `${r.writesAcked} of ${r.writesIssued} requests acknowledged, ${r.readBacks} read-backs, ${r.flushes} flushes, `
     + `${r.violations.length} violations, gateway peak RSS ${(r.peakRssBytes / MiB).toFixed(0)} MiB, ${(r.elapsedMs / 1000).toFixed(1)} s`);
 }
