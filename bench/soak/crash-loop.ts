@@ -27,7 +27,7 @@ const started = Date.now();
 const stamp = (): string => `[${new Date().toISOString()} +${Math.round((Date.now() - started) / 1000)}s]`;
 console.log(`${stamp()} crash-loop soak: seed ${seed}, ${values.duration} s, stores ${stores.join(',')}, ${values.chunk} kills per chunk`);
 
-const totals = { kills: 0, killsDuringStart: 0, killsDuringDrain: 0, sectorsChecked: 0, writesAcked: 0, readBacks: 0, violations: 0, peakRssBytes: 0, chunks: 0 };
+const totals = { kills: 0, killsDuringStart: 0, killsDuringDrain: 0, sectorsChecked: 0, writesAcked: 0, readBacks: 0, flushChecks: 0, violations: 0, peakRssBytes: 0, chunks: 0 };
 let s3: S3TestServer | undefined;
 let failed = false;
 try {
@@ -48,11 +48,12 @@ try {
     totals.sectorsChecked += r.sectorsChecked;
     totals.writesAcked += r.writesAcked;
     totals.readBacks += r.readBacks;
+    totals.flushChecks += r.flushChecks;
     totals.violations += r.violations.length;
     totals.peakRssBytes = Math.max(totals.peakRssBytes, r.peakRssBytes);
     console.log(`${stamp()} chunk ${chunk} (${store}, seed ${chunkSeed}): ${r.kills} kills (${r.killsDuringStart} during start, ${r.killsDuringDrain} during a drain), `
       + `${r.sectorsChecked} sectors checked, ${r.writesAcked} writes acknowledged, ${r.readBacks} read-backs, `
-      + `${r.violations.length} violations, gateway peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`);
+      + `${r.flushChecks} store checks against a FLUSH, ${r.violations.length} violations, gateway peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`);
     for (const v of r.violations) console.log(`  VIOLATION ${v}`);
     if (r.violations.length > 0) failed = true;
   }
@@ -64,6 +65,6 @@ try {
 }
 console.log(`${stamp()} TOTAL crash loop: ${totals.kills} kills (${totals.killsDuringStart} during start, ${totals.killsDuringDrain} during a drain) in ${totals.chunks} chunks, `
   + `${totals.sectorsChecked} sectors checked, ${totals.writesAcked} writes acknowledged, ${totals.readBacks} read-backs, `
-  + `${totals.violations} violations, gateway peak RSS ${(totals.peakRssBytes / 2 ** 20).toFixed(0)} MiB, `
+  + `${totals.flushChecks} store checks against a FLUSH, ${totals.violations} violations, gateway peak RSS ${(totals.peakRssBytes / 2 ** 20).toFixed(0)} MiB, `
   + `${Math.round((Date.now() - started) / 1000)} s`);
 process.exitCode = failed ? 1 : 0;

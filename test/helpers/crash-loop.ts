@@ -12,7 +12,9 @@
 // checksum (torn), zeros where a write was acknowledged. What a restart shows becomes the
 // acknowledged state for the next round: data once read back must never go back in time.
 // FLUSH and FUA are mixed in; a kill -9 keeps the page cache, so they change nothing in the
-// model, but they run the upload paths while the kill lands. Some kills land during the
+// model, but they run the upload paths while the kill lands; after a kill, a read-only gateway
+// reads the store alone, which must hold at least what the last acknowledged FLUSH covered
+// (checkFlushed). Some kills land during the
 // restart (journal replay, lease), some during a drain after SIGTERM. At the end, after a clean stop
 // (SIGTERM, everything uploaded), a gateway with an empty cache directory must read the same
 // device from the store alone.
@@ -44,6 +46,8 @@ export interface CrashLoopOptions {
   readonly depth?: number;
   /** Longest run of writes before a kill. */
   readonly maxRunMs?: number;
+  /** More arguments for every `serve` of the loop (later ones win). */
+  readonly gatewayArgs?: readonly string[];
   /** A pause between rounds, to leave CPU to others on a long soak. */
   readonly pauseMs?: number;
   readonly log?: (line: string) => void;
@@ -60,6 +64,8 @@ export interface CrashLoopResult {
   writesAcked: number;
   readBacks: number;
   flushes: number;
+  /** Rounds in which the store alone (read-only, after the kill) was checked against the last acknowledged FLUSH. */
+  flushChecks: number;
   violations: string[];
   peakRssBytes: number;
   elapsedMs: number;
@@ -150,17 +156,31 @@ export function checkDump(model: SectorModel, dump: Buffer, round: number, viola
   }
 }
 
-/** Reads the writer's event lines into the model; returns counts. */
-function applyEvents(model: SectorModel, text: string, round: number, violations: string[]): { issued: number; acked: number; readBacks: number; flushes: number } {
-  const ops = new Map<number, Op & { start: number; count: number }>();
-  let issued = 0; let acked = 0; let readBacks = 0; let flushes = 0;
-  for (const line of text.split('\n')) {
+/** A request of one round, with the event index of its acknowledgement (Infinity: none). */
+interface RoundOp extends Op { start: number; count: number; ackAt: number }
+
+interface RoundEvents {
+  issued: number; acked: number; readBacks: number; flushes: number;
+  ops: RoundOp[];
+  /** Event index at which the last acknowledged FLUSH was issued, if one was. */
+  flushIssuedAt: number | undefined;
+}
+
+/** Reads the writer's event lines into the model; returns counts and the round's requests. */
+function applyEvents(model: SectorModel, text: string, round: number, violations: string[]): RoundEvents {
+  const ops = new Map<number, RoundOp>();
+  const flushIssue = new Map<string, number>();
+  const ev: RoundEvents = { issued: 0, acked: 0, readBacks: 0, flushes: 0, ops: [], flushIssuedAt: undefined };
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
     const f = line.split(' ');
     switch (f[0]) {
       case 'I': {
-        const op = { seq: Number(f[1]), writer: Number(f[2]), kind: f[3] as Op['kind'], start: Number(f[4]), count: Number(f[5]) };
+        const op = { seq: Number(f[1]), writer: Number(f[2]), kind: f[3] as Op['kind'], start: Number(f[4]), count: Number(f[5]), ackAt: Infinity };
         ops.set(op.seq, op);
-        issued++;
+        ev.ops.push(op);
+        ev.issued++;
         for (let s = op.start; s < op.start + op.count; s++) {
           if (model.inFlight[s]) violations.push(`round ${round}: writer overlapped requests on sector ${s} (test bug)`);
           model.inFlight[s] = op;
@@ -170,7 +190,8 @@ function applyEvents(model: SectorModel, text: string, round: number, violations
       case 'A': {
         const op = ops.get(Number(f[1]));
         if (!op) { violations.push(`round ${round}: ack of unknown request ${f[1]}`); break; }
-        acked++;
+        ev.acked++;
+        op.ackAt = i;
         for (let s = op.start; s < op.start + op.count; s++) {
           model.inFlight[s] = undefined;
           model.ackedSeq[s] = op.kind === 'W' ? op.seq : 0;
@@ -178,13 +199,62 @@ function applyEvents(model: SectorModel, text: string, round: number, violations
         }
         break;
       }
-      case 'R': readBacks++; break;
-      case 'F': flushes++; break;
+      case 'FI': flushIssue.set(f[1]!, i); break;
+      case 'F': {
+        ev.flushes++;
+        const at = flushIssue.get(f[1]!);
+        if (at !== undefined) ev.flushIssuedAt = Math.max(ev.flushIssuedAt ?? 0, at);
+        break;
+      }
+      case 'R': ev.readBacks++; break;
       case 'V': violations.push(`round ${round}: ${line.slice(2)}`); break;
       default: break; // E (failed: stays in flight), D (dump done), blank
     }
   }
-  return { issued, acked, readBacks, flushes };
+  return ev;
+}
+
+/**
+ * What a FLUSH promises, checked on the store itself (a read-only gateway, which reads no
+ * cache or journal) after a kill: every sector holds at least what was acknowledged when the
+ * last acknowledged FLUSH was issued (the round's starting state, or a request acknowledged
+ * before it), or a request acknowledged after that or never (uploads go on in the
+ * background, so any of them may have reached the store).
+ */
+export function checkFlushed(start: { seq: Float64Array; writer: Uint32Array }, ops: readonly RoundOp[], flushIssuedAt: number,
+  dump: Buffer, round: number, violations: string[]): void {
+  const baseSeq = Float64Array.from(start.seq);
+  const baseWriter = Uint32Array.from(start.writer);
+  const later = new Map<number, RoundOp[]>();
+  // In issue order; on one sector each request was acknowledged before the next was issued.
+  for (const op of ops) {
+    for (let s = op.start; s < op.start + op.count; s++) {
+      if (op.ackAt < flushIssuedAt) {
+        baseSeq[s] = op.kind === 'W' ? op.seq : 0;
+        baseWriter[s] = op.kind === 'W' ? op.writer : 0;
+      } else {
+        let list = later.get(s);
+        if (!list) later.set(s, (list = []));
+        list.push(op);
+      }
+    }
+  }
+  for (let s = 0; s < baseSeq.length; s++) {
+    const got = parseSector(dump.subarray(s * SECTOR, (s + 1) * SECTOR));
+    const after = later.get(s) ?? [];
+    let ok: boolean;
+    if (got === 'torn') ok = false;
+    else if (got === 'zero') ok = baseSeq[s] === 0 || after.some((op) => op.kind !== 'W');
+    else {
+      ok = got.sector === s && ((got.seq === baseSeq[s] && got.writer === baseWriter[s])
+        || after.some((op) => op.kind === 'W' && op.seq === got.seq && op.writer === got.writer));
+    }
+    if (!ok && violations.length <= 50) {
+      violations.push(violations.length === 50 ? '(more violations not listed)'
+        : `round ${round}, sector ${s}, in the store after an acknowledged FLUSH: ${typeof got === 'string' ? got : `write ${got.seq} of sector ${got.sector}`}, `
+          + `but the FLUSH covered ${baseSeq[s] === 0 ? 'zeros' : `write ${baseSeq[s]}`}${after.length ? ` (later: ${after.map((op) => `${op.kind} ${op.seq}`).join(', ')})` : ''}`);
+    }
+  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -212,7 +282,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
   }
   const model = new SectorModel(sectors);
   const result: CrashLoopResult = {
-    kills: 0, killsDuringStart: 0, killsDuringDrain: 0, sectorsChecked: 0, writesIssued: 0, writesAcked: 0, readBacks: 0, flushes: 0,
+    kills: 0, killsDuringStart: 0, killsDuringDrain: 0, sectorsChecked: 0, writesIssued: 0, writesAcked: 0, readBacks: 0, flushes: 0, flushChecks: 0,
     violations: [], peakRssBytes: 0, elapsedMs: 0,
   };
   let seq = 0;
@@ -225,7 +295,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
       const last = result.kills >= options.kills || timeUp();
       const gw = spawnGateway([...store, '--socket', socket, '--cache-dir', cacheDir, '--size', String(deviceBytes),
         '--extent-size', '64K', '--cache-size', '4M', '--max-dirty', '2M', '--memory-cache', '1M',
-        '--upload-delay', String(random() < 0.5 ? 0 : 100), '--log-level', 'info'], env, join(work, `gateway-${round}.log`));
+        '--upload-delay', String(random() < 0.5 ? 0 : 100), '--log-level', 'info', ...(options.gatewayArgs ?? [])], env, join(work, `gateway-${round}.log`));
       const sampler = setInterval(() => { result.peakRssBytes = Math.max(result.peakRssBytes, rssOf(gw.child.pid)); }, 100);
       try {
         // Now and then the kill lands while the gateway replays its journal and takes its lease.
@@ -263,7 +333,22 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
         const out = await writer.exited.finally(() => clearTimeout(hung));
         checkDump(model, readFileSync(dump), round, result.violations);
         result.sectorsChecked += sectors;
+        const start = { seq: Float64Array.from(model.ackedSeq), writer: Uint32Array.from(model.ackedWriter) };
         const counts = applyEvents(model, out, round, result.violations);
+        if (counts.flushIssuedAt !== undefined) {
+          // The gateway is dead: what a read-only gateway reads now is the store alone.
+          const ro = spawnGateway([...store, '--socket', `${socket}.ro`, '--read-only', '--log-level', 'info'], env, join(work, `gateway-${round}-read-only.log`));
+          try {
+            await ro.ready;
+            await spawnWriter(['--socket', `${socket}.ro`, '--size', String(deviceBytes), '--dump', dump, '--seed', '0',
+              '--seq-start', '0', '--writer-base', '0', '--duration', '0']).exited;
+          } finally {
+            await ro.kill();
+          }
+          checkFlushed(start, counts.ops, counts.flushIssuedAt, readFileSync(dump), round, result.violations);
+          result.sectorsChecked += sectors;
+          result.flushChecks++;
+        }
         for (const m of out.matchAll(/^I (\d+)/gm)) seq = Math.max(seq, Number(m[1]));
         result.writesIssued += counts.issued;
         result.writesAcked += counts.acked;

@@ -18,7 +18,8 @@ reply arrived, so the loop can rebuild exactly what was in flight at the kill:
   I SEQ WRITER KIND SECTOR COUNT   issued (KIND W write, Z write-zeroes, T trim)
   A SEQ                            acknowledged
   E SEQ ERRNO                      failed (the loop treats it as still in flight)
-  F                                a flush acknowledged
+  FI N                             flush N about to be issued
+  F N                              flush N acknowledged
   R COUNT                          a read-back of COUNT sectors matched this run's model
   V TEXT                           a read-back did not match (a violation)
 
@@ -66,6 +67,7 @@ class Writer:
         self.busy = set()  # sectors with a request in flight
         self.model = {}  # sector -> seq acknowledged in this run (0 = zeros)
         self.seq = args.seq_start
+        self.flushes = 0
         self.out = []
         self.deadline = time.monotonic() + args.duration
         self.sectors = args.size // SECTOR
@@ -175,11 +177,17 @@ class Writer:
         return done
 
     def flush(self, h, inflight):
+        with self.lock:
+            self.flushes += 1
+            n = self.flushes
+            # Issued after this line: every write acknowledged before it must reach the store.
+            self.emit(f"FI {n}")
+
         def done(error):
             inflight[0] -= 1
             if error.value == 0:
                 with self.lock:
-                    self.emit("F")
+                    self.emit(f"F {n}")
             return 1
         inflight[0] += 1
         try:

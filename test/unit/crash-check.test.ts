@@ -1,10 +1,11 @@
-// The crash loop's checker (test/helpers/crash-loop.ts) must catch every kind of damage it
-// claims to: a lost acknowledged write, torn bytes, another sector's bytes, zeros where a write
-// was acknowledged; and accept exactly the acknowledged state or what was in flight.
+// The crash loop's checkers (test/helpers/crash-loop.ts) must catch every kind of damage they
+// claim to: a lost acknowledged write, torn bytes, another sector's bytes, zeros where a write
+// was acknowledged, a store older than a FLUSH promised; and accept exactly the acknowledged
+// state or what was in flight.
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { SECTOR, SectorModel, checkDump, parseSector, sectorBytes } from '../helpers/crash-loop.ts';
+import { SECTOR, SectorModel, checkDump, checkFlushed, parseSector, sectorBytes } from '../helpers/crash-loop.ts';
 
 function dumpOf(sectors: Buffer[]): Buffer {
   return Buffer.concat(sectors);
@@ -62,6 +63,27 @@ describe('crash loop checker', () => {
     // Going back to write 6 after write 9 was seen is a violation now.
     checkDump(m, dumpOf(good), 2, v);
     assert.equal(v.length, 2);
+  });
+
+  it('checks the store against the last acknowledged FLUSH: never older than what it covered', () => {
+    // Two sectors starting at write 1; write 2 on sector 0 acknowledged (event 3) before the
+    // FLUSH was issued (event 5), write 3 on sector 1 acknowledged after it (event 8).
+    const start = { seq: Float64Array.from([1, 1]), writer: Uint32Array.from([1, 1]) };
+    const ops = [
+      { seq: 2, writer: 1, kind: 'W' as const, start: 0, count: 1, ackAt: 3 },
+      { seq: 3, writer: 1, kind: 'W' as const, start: 1, count: 1, ackAt: 8 },
+    ];
+    const run = (s0: Buffer, s1: Buffer): string[] => {
+      const v: string[] = [];
+      checkFlushed(start, ops, 5, Buffer.concat([s0, s1]), 1, v);
+      return v;
+    };
+    assert.deepEqual(run(sectorBytes(0, 2, 1), sectorBytes(1, 1, 1)), []);
+    assert.deepEqual(run(sectorBytes(0, 2, 1), sectorBytes(1, 3, 1)), []);
+    const lost = run(sectorBytes(0, 1, 1), sectorBytes(1, 1, 1));
+    assert.equal(lost.length, 1);
+    assert.match(lost[0]!, /sector 0, in the store after an acknowledged FLUSH: write 1 .*covered write 2/);
+    assert.match(run(sectorBytes(0, 2, 1), Buffer.alloc(SECTOR))[0]!, /sector 1, .*zero.*covered write 1/);
   });
 
   it('decodes the sector format crash-writer.py writes', () => {
