@@ -307,7 +307,14 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
           log(`round ${round}: kill -9 during start (${gw.isReady() ? 'after' : 'before'} it listened)`);
           continue;
         }
-        await gw.ready;
+        try {
+          await gw.ready;
+        } catch (err) {
+          // A gateway that cannot start again after a kill breaks the promise too; the volume
+          // cannot go on, so this run ends here (a soak carries on with a fresh one).
+          result.violations.push(`round ${round}: the gateway did not start after a kill: ${(err as Error).message.slice(0, 2000)}`);
+          break;
+        }
         const writer = spawnWriter(['--socket', socket, '--size', String(deviceBytes), '--dump', dump,
           '--seed', String(Math.floor(random() * 2 ** 31)), '--seq-start', String(seq), '--writer-base', String(round * 16),
           '--conns', String(options.connections ?? 4), '--depth', String(options.depth ?? 16), '--duration', last ? '0' : '3600']);
