@@ -29,9 +29,11 @@ const hostile = process.env.S3NBD_FUZZ_HOSTILE === '1';
 const MiB = 2 ** 20;
 const DEVICE = 4 * MiB;
 /**
- * The gateway idles at about 120 MiB. Four fuzzing connections with at most 8 requests of up
- * to 1 MiB each in flight, plus the probe, add tens of MiB; a leak of even 1 KiB per case
- * over 20,000 cases would add 20 MiB more. 384 MiB leaves room for a slow GC, not for a leak.
+ * The gateway idles at about 115 MiB. The write payload pool keeps up to 128 MiB of recycled
+ * buffers (src/protocol/buffer-pool.ts), which the fuzzer's random write sizes fill over
+ * 20,000 cases; four fuzzing connections with up to 8 requests of at most 256 KiB each, and
+ * the probe, add a few MiB. Measured peaks: 222-298 MiB. 384 MiB leaves room for a lazy GC;
+ * a leak of 5 KiB per case (100 MiB over the run) would not fit.
  */
 const MAX_RSS = 384 * MiB;
 
