@@ -48,6 +48,8 @@ export interface CrashLoopOptions {
   readonly maxRunMs?: number;
   /** More arguments for every `serve` of the loop (later ones win). */
   readonly gatewayArgs?: readonly string[];
+  /** Keep the volume, cache and logs when a violation was found (default true; false for a planted one). */
+  readonly keepOnViolation?: boolean;
   /** A pause between rounds, to leave CPU to others on a long soak. */
   readonly pauseMs?: number;
   readonly log?: (line: string) => void;
@@ -391,7 +393,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
     }
   } finally {
     result.elapsedMs = Date.now() - started;
-    if (result.violations.length === 0) rmSync(work, { recursive: true, force: true });
+    if (result.violations.length === 0 || options.keepOnViolation === false) rmSync(work, { recursive: true, force: true });
     else log(`violations: logs kept in ${work}`);
   }
   return result;

@@ -53,7 +53,7 @@ describe(`crash loop: kill -9 under concurrent writes (seed ${seed})`, () => {
   });
 
   it('the store check has teeth: with --flush-mode local (FLUSH only fsyncs the journal) it reports what FLUSH did not upload', { timeout: 90_000 }, async () => {
-    const r = await runCrashLoop({ seed: seed + 2, kills: 3, gatewayArgs: ['--flush-mode', 'local', '--upload-delay', '60000'] });
+    const r = await runCrashLoop({ seed: seed + 2, kills: 3, gatewayArgs: ['--flush-mode', 'local', '--upload-delay', '60000'], keepOnViolation: false });
     assert.ok(r.flushChecks > 0, 'no acknowledged FLUSH');
     assert.ok(r.violations.some((v) => /in the store after an acknowledged FLUSH/.test(v)), r.violations.join('\n'));
   });
