@@ -5,7 +5,7 @@
 // last flush.
 
 import { randomBytes } from 'node:crypto';
-import { type BigIntStats, constants } from 'node:fs';
+import { type BigIntStats, constants, readlinkSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
 import { fsyncPath } from './fsync.ts';
@@ -13,8 +13,16 @@ import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 /** Temporary and lock files start with this; list() skips them. */
 const TEMP_PREFIX = '.tmp-';
-const LOCK_WAIT_MS = 10_000;
+/** A lock older than this is a dead holder's (a live one holds it for a check and a rename). */
 const LOCK_STALE_MS = 30_000;
+/** Longer than LOCK_STALE_MS: a lock whose holder cannot be checked is waited out, not failed on. */
+const LOCK_WAIT_MS = LOCK_STALE_MS + 10_000;
+/**
+ * Written into a lock file: our pid and PID namespace. A waiter in the same namespace whose
+ * holder is gone (kill -9 in the middle of a putIf) takes the lock at once; a restarted
+ * gateway must not wait, let alone fail, on its own predecessor's lock.
+ */
+const LOCK_OWNER = `${process.pid} ${pidNamespace()}`;
 const VALID_KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
 
 export class FileObjectStore implements ObjectStore {
@@ -98,13 +106,19 @@ export class FileObjectStore implements ObjectStore {
     const deadline = Date.now() + LOCK_WAIT_MS;
     for (;;) {
       try {
-        await (await open(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL)).close();
+        const handle = await open(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL);
+        try {
+          await handle.writeFile(LOCK_OWNER);
+        } finally {
+          await handle.close();
+        }
         break;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        // A lock left by a killed process is stale after a while.
+        // A lock left by a killed process is stale at once if we can tell it is gone, else
+        // after a while.
         const age = await stat(lock).then((st) => Date.now() - st.mtimeMs, () => 0);
-        if (age > LOCK_STALE_MS) await rm(lock, { force: true });
+        if (age > LOCK_STALE_MS || await holderIsGone(lock)) await rm(lock, { force: true });
         else if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lock}`, { cause: err });
         else await new Promise((resolve) => setTimeout(resolve, 10));
       }
@@ -222,4 +236,29 @@ async function currentTag(path: string): Promise<string | undefined> {
 
 function isNotFound(err: unknown): boolean {
   return (err as NodeJS.ErrnoException).code === 'ENOENT';
+}
+
+/** Our PID namespace ("pid:[4026531836]"), or "" where /proc cannot tell. */
+function pidNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * True only when the lock names a process of our PID namespace that no longer exists. Anything
+ * else (another namespace: a container sharing the directory; an empty file being written;
+ * a live or reused pid) is left to the age rule.
+ */
+async function holderIsGone(lock: string): Promise<boolean> {
+  const [pid, namespace] = (await readFile(lock, 'utf8').catch(() => '')).split(' ');
+  if (!pid || !/^\d+$/.test(pid) || !namespace || namespace !== pidNamespace()) return false;
+  try {
+    process.kill(Number(pid), 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
 }

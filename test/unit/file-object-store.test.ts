@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FileObjectStore } from '../../src/storage/file-object-store.ts';
@@ -59,4 +60,42 @@ describe('FileObjectStore', () => {
       await assert.rejects(store.put(bad, Buffer.from('no')), /invalid object key/);
     }
   });
+
+  // A gateway killed (-9) inside putIf leaves its lock file. The crash-loop soak met one on
+  // the lease object: the restarted gateway waited 10 s, then exited 1 with "timed out
+  // waiting for lock" (the lock was only taken as stale after 30 s).
+  it('putIf takes over at once the lock of a process of this host that is gone', async () => {
+    const store = new FileObjectStore(join(dir.path, 'd'));
+    mkdirSync(join(dir.path, 'd'), { recursive: true });
+    const dead = spawnSync('true').pid;
+    writeFileSync(join(dir.path, 'd/.tmp-lock-lease.json'), lockOwnerFor(dead));
+    const started = Date.now();
+    assert.ok(await store.putIf('lease.json', Buffer.from('mine'), undefined));
+    assert.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`);
+  });
+
+  it('putIf waits out a lock of unknown owner until it is stale, rather than failing', { timeout: 30_000 }, async () => {
+    const store = new FileObjectStore(join(dir.path, 'e'));
+    mkdirSync(join(dir.path, 'e'), { recursive: true });
+    const lock = join(dir.path, 'e/.tmp-lock-lease.json');
+    // From another host or container (nothing to check), taken 18 s ago: stale in 12 s, after
+    // the old 10 s wait gave up.
+    writeFileSync(lock, '');
+    const then = (Date.now() - 18_000) / 1000;
+    utimesSync(lock, then, then);
+    assert.ok(await store.putIf('lease.json', Buffer.from('mine'), undefined));
+  });
 });
+
+/** What a lock file holds when `pid`, in our PID namespace, took it. */
+function lockOwnerFor(pid: number): string {
+  return `${pid} ${readlinkOrEmpty('/proc/self/ns/pid')}`;
+}
+
+function readlinkOrEmpty(path: string): string {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return '';
+  }
+}
