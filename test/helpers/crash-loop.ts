@@ -400,7 +400,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
 }
 
 function spawnWriter(args: string[]): { dumped: Promise<void>; exited: Promise<string>; child: ChildProcess } {
-  const child = spawn('/usr/bin/python3', [WRITER, ...args], { env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('python3', [WRITER, ...args], { env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   let dumpedResolve: () => void = () => undefined;

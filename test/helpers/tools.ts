@@ -41,6 +41,7 @@ export const TOOL_PACKAGES = {
   umount: 'mount',
   timeout: 'coreutils',
   sync: 'coreutils',
+  true: 'coreutils',
   dd: 'coreutils',
   df: 'coreutils',
   cp: 'coreutils',

@@ -38,7 +38,7 @@ function assertClean(r: CrashLoopResult, kills: number): void {
 describe(`crash loop: kill -9 under concurrent writes (seed ${seed})`, () => {
   let s3: S3TestServer;
   before(async () => {
-    requireTool('/usr/bin/python3');
+    requireTool('python3');
     s3 = await startMinio();
   });
   after(async () => { await s3?.stop(); });
