@@ -23,7 +23,7 @@ bash scripts/install-minio.sh >/dev/null
 nice -n "${SOAK_NICE:-10}" node bench/soak/crash-loop.ts --duration "$duration" ${SOAK_CRASH_ARGS:-} >"$crash_log" 2>&1 &
 crash=$!
 # shellcheck disable=SC2086
-nice -n "${SOAK_NICE:-10}" node bench/soak/fuzz.ts --duration "$duration" ${SOAK_FUZZ_ARGS:---workers 3 --pause 2000} >"$fuzz_log" 2>&1 &
+nice -n "${SOAK_NICE:-10}" node bench/soak/fuzz.ts --duration "$duration" ${SOAK_FUZZ_ARGS:---workers 3 --pause 2000 --hostile} >"$fuzz_log" 2>&1 &
 fuzz=$!
 trap 'kill "$crash" "$fuzz" 2>/dev/null || true' INT TERM
 echo "soak: $duration s; logs $crash_log (pid $crash), $fuzz_log (pid $fuzz)"
