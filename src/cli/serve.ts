@@ -140,12 +140,6 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   }, STATUS_INTERVAL_MS);
   statusTimer?.unref();
 
-  // Logged once listening worked, so a failure to listen prints nothing but its one-line error.
-  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
-    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
-    writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
-  storage.created ? 'volume created' : 'volume opened');
-
   stop = (reason: string, exitCode: number): void => {
     if (stopping) {
       log.warn({ reason }, 'second signal: exiting without waiting (dirty data stays in the journal)');
@@ -180,6 +174,14 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   };
   process.on('SIGINT', () => stop('SIGINT', 0));
   process.on('SIGTERM', () => stop('SIGTERM', 0));
+
+  // Logged once listening worked, so a failure to listen prints nothing but its one-line error;
+  // and once the signal handlers are in place: the line can reach a watcher (pino writes it from
+  // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
+  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
+    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
+    writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
+  storage.created ? 'volume created' : 'volume opened');
 }
 
 /** A listen() failure as the user should read it: what is wrong with the address or socket, and the fix. */
