@@ -1,9 +1,9 @@
 // s3-raw.ts - the "raw S3" limit of bench/s3.sh and bench/compare: PutObject / GetObject of N
 // objects with a fixed number of requests in flight and the same key layout as s3nbd's
 // extents, through one of two clients:
-//   --client direct (default): s3nbd's own signed requests (src/storage/s3-direct.ts), the
+//   --client direct (default): s3nbd's own signed requests (src/storage/objects/s3/s3-direct.ts), the
 //                    leanest client we have, so the limit is what the gateway adds to it;
-//   --client sdk:    @aws-sdk/client-s3 with the settings of src/storage/s3-object-store.ts.
+//   --client sdk:    @aws-sdk/client-s3 with the settings of src/storage/objects/s3/s3-object-store.ts.
 // Also creates the bucket and reads MinIO's request counters. Run with Node's type stripping:
 //
 //   node bench/s3-raw.ts mkbucket --endpoint URL --bucket B
@@ -27,8 +27,8 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { extentKey } from '../src/storage/extent-keys.ts';
-import { DirectS3 } from '../src/storage/s3-direct.ts';
+import { extentKey } from '../src/storage/extents/extent-keys.ts';
+import { DirectS3 } from '../src/storage/objects/s3/s3-direct.ts';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,

@@ -15,7 +15,7 @@
 #
 # The raw side uses @aws-sdk/client-s3 with the settings s3nbd gives it (path style, checksums
 # only when required, no 100-continue, keep-alive agent); s3nbd sends its GETs and PUTs to an
-# explicit endpoint without the SDK's pipeline (src/storage/s3-direct.ts). Contenders alternate (the starting one flips
+# explicit endpoint without the SDK's pipeline (src/storage/objects/s3/s3-direct.ts). Contenders alternate (the starting one flips
 # each repeat); each is measured BENCH_REPEAT times and the median is reported. MinIO's own
 # request counters (Prometheus, refreshed every 10 s, so each reading waits 11 s after the
 # phase it closes) give the S3 requests per phase.

@@ -88,7 +88,7 @@ ${s.repeat} runs; contenders alternate order between runs. ↑: higher is better
 better. "s3nbd vs best peer" above 1× means s3nbd leads. The limits are \`nbdkit memory\`
 (the local NBD path, no storage) and raw PutObject / GetObject of the same 1 MiB objects
 with 16 in flight (the S3 path; \`bench/s3-raw.ts\`), sent by the leanest client we have:
-the requests s3nbd itself sends (\`src/storage/s3-direct.ts\` over \`src/storage/http1.ts\`,
+the requests s3nbd itself sends (\`src/storage/objects/s3/s3-direct.ts\` over \`src/storage/objects/s3/http1.ts\`,
 without the AWS SDK or node:http; to 127.0.0.1 a PUT carries a CRC-32 instead of a signed
 payload, for the raw client and the gateway alike), so the ratio is what the gateway adds to
 the requests themselves. Peers send theirs through their own clients (boto3, libcurl, Rust).
@@ -134,7 +134,7 @@ ${requests.join('\n')}
 ## Contenders and settings
 
 ${run.contenders.map((c) => `- **${c.name}**: ${c.settings}`).join('\n')}
-- **limits**: \`nbdkit memory\`; raw S3 = \`bench/s3-raw.ts --client direct\` (\`src/storage/s3-direct.ts\` over \`src/storage/http1.ts\`, the client s3nbd uses for GETs and PUTs against an explicit endpoint; \`--client sdk\` measures @aws-sdk/client-s3 instead, as \`bench/s3.sh\` does).
+- **limits**: \`nbdkit memory\`; raw S3 = \`bench/s3-raw.ts --client direct\` (\`src/storage/objects/s3/s3-direct.ts\` over \`src/storage/objects/s3/http1.ts\`, the client s3nbd uses for GETs and PUTs against an explicit endpoint; \`--client sdk\` measures @aws-sdk/client-s3 instead, as \`bench/s3.sh\` does).
 
 ## Machine and versions
 

@@ -6,7 +6,7 @@ import './gc-tuning.ts';
 import { Command, Option } from 'commander';
 import { Errors, UserError } from '../errors.ts';
 import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
-import { DEFAULT_STORE } from '../storage/store-url.ts';
+import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';

@@ -1,6 +1,6 @@
 // The store options every command shares, turned into the storage layer's S3Options.
 
-import type { S3Options } from '../storage/store-url.ts';
+import type { S3Options } from '../storage/objects/store-url.ts';
 import { parseFlag } from './parse.ts';
 
 export interface StoreOptions {

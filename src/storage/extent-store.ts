@@ -56,13 +56,3 @@ export interface ExtentStore {
   /** Flushes and releases resources. */
   close(): Promise<void>;
 }
-
-/** The error layers throw: carries the POSIX errno name the client will see. */
-export class StorageError extends Error {
-  override readonly name = 'StorageError';
-  readonly errno: string;
-  constructor(errno: string, message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.errno = errno;
-  }
-}

@@ -12,20 +12,20 @@
 import type { Logger } from 'pino';
 import { Errors, UserError } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
-import { type CacheIdentity, claimCacheDir, prepareCacheDir } from './cache-dir.ts';
-import { lockCacheDir } from './cache-lock.ts';
+import { type CacheIdentity, claimCacheDir, prepareCacheDir } from './volume/cache-dir.ts';
+import { lockCacheDir } from './volume/cache-lock.ts';
 import { ExtentDevice } from './extent-device.ts';
-import { FileObjectStore } from './file-object-store.ts';
+import { FileObjectStore } from './objects/file-object-store.ts';
 import { explainLocalError, explainS3Error } from './first-run-errors.ts';
 import type { ExtentStore } from './extent-store.ts';
-import { Lease } from './lease.ts';
-import { MemoryObjectStore } from './memory-object-store.ts';
-import { ObjectExtentStore } from './object-extent-store.ts';
-import type { ObjectStore } from './object-store.ts';
-import { S3ObjectStore, parseS3Url } from './s3-object-store.ts';
-import { type S3Options, openObjectStore } from './store-url.ts';
-import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume.ts';
-import { WriteBackCache } from './write-back-cache.ts';
+import { Lease } from './volume/lease.ts';
+import { MemoryObjectStore } from './objects/memory-object-store.ts';
+import { ObjectExtentStore } from './extents/object-extent-store.ts';
+import type { ObjectStore } from './objects/object-store.ts';
+import { S3ObjectStore, parseS3Url } from './objects/s3/s3-object-store.ts';
+import { type S3Options, openObjectStore } from './objects/store-url.ts';
+import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
+import { WriteBackCache } from './cache/write-back-cache.ts';
 
 export interface CacheConfig {
   readonly dir: string;

@@ -4,7 +4,7 @@
 // and the next N calls that take effect but report an error (applyThenFail: the request
 // reached S3, its answer was lost), which is what makes retries need to be idempotent.
 
-import type { ObjectStore, TaggedObject } from '../../src/storage/object-store.ts';
+import type { ObjectStore, TaggedObject } from '../../src/storage/objects/object-store.ts';
 
 export type Operation = 'get' | 'put' | 'putIf' | 'deleteMany' | 'list' | 'flush';
 

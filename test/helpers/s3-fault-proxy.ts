@@ -10,7 +10,7 @@
 
 import { Agent, createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { sigV4Authorization } from '../../src/storage/s3-direct.ts';
+import { sigV4Authorization } from '../../src/storage/objects/s3/s3-direct.ts';
 
 export type RequestKind = 'GET object' | 'HEAD object' | 'PUT object' | 'DELETE object' | 'DELETE objects' | 'LIST' | 'other';
 

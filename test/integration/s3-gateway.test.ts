@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { extentKey } from '../../src/storage/extent-keys.ts';
+import { extentKey } from '../../src/storage/extents/extent-keys.ts';
 import { attachKernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
 import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
 import type { S3TestServer } from '../helpers/minio.ts';

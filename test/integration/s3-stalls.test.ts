@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { extentKey } from '../../src/storage/extent-keys.ts';
+import { extentKey } from '../../src/storage/extents/extent-keys.ts';
 import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { startMinio, type S3TestServer } from '../helpers/minio.ts';
 import { ERRNO, type NbdOp, nbdOps } from '../helpers/nbd-ops.ts';

@@ -14,7 +14,7 @@ import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { extentKey } from '../../src/storage/extent-keys.ts';
+import { extentKey } from '../../src/storage/extents/extent-keys.ts';
 import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import type { S3TestServer } from '../helpers/minio.ts';
 import { kindIs, type Match, type ProxiedRequest, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AllocationMap } from '../../src/storage/allocation-map.ts';
+import { AllocationMap } from '../../src/storage/extents/allocation-map.ts';
 
 describe('AllocationMap', () => {
   it('tracks bits, counts and runs, including across whole bytes', () => {

@@ -9,7 +9,7 @@ import { REPLY_FLAG_DONE, ReplyType, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC 
 import {
   blockStatusChunk, CHUNK_HEADER_SIZE, decodeRequest, encodeRequest, errorChunk, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
 } from '../../src/protocol/wire.ts';
-import { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord, RecordType } from '../../src/storage/journal.ts';
+import { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord, RecordType } from '../../src/storage/cache/journal.ts';
 
 const u16 = fc.integer({ min: 0, max: 0xffff });
 const u32 = fc.integer({ min: 0, max: 0xffffffff });

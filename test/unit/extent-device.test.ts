@@ -4,10 +4,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
-import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
-import { EXTENT_PREFIX } from '../../src/storage/extent-keys.ts';
-import type { ObjectStore } from '../../src/storage/object-store.ts';
+import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { EXTENT_PREFIX } from '../../src/storage/extents/extent-keys.ts';
+import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { readAll, runRandomWorkload } from '../helpers/model.ts';

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { FileObjectStore } from '../../src/storage/file-object-store.ts';
+import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 async function keys(store: FileObjectStore, prefix = ''): Promise<string[]> {

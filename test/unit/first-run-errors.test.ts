@@ -7,7 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { UserError } from '../../src/errors.ts';
-import { StorageError } from '../../src/storage/extent-store.ts';
+import { StorageError } from '../../src/storage/storage-error.ts';
 import { explainLocalError, explainS3Error } from '../../src/storage/first-run-errors.ts';
 import { tempDir } from '../helpers/gateway.ts';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { after, describe, it } from 'node:test';
-import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/journal.ts';
+import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/cache/journal.ts';
 import { pattern } from '../helpers/model.ts';
 import { tempDir } from '../helpers/gateway.ts';
 

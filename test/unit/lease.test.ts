@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { FileObjectStore } from '../../src/storage/file-object-store.ts';
-import { LEASE_KEY, Lease, type LeaseOptions } from '../../src/storage/lease.ts';
-import type { ObjectStore } from '../../src/storage/object-store.ts';
+import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
+import { LEASE_KEY, Lease, type LeaseOptions } from '../../src/storage/volume/lease.ts';
+import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 const TTL = 600;

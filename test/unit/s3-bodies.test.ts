@@ -9,9 +9,9 @@ import net from 'node:net';
 import { after, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { StorageError } from '../../src/storage/extent-store.ts';
-import { Http1Client } from '../../src/storage/http1.ts';
-import { S3ObjectStore } from '../../src/storage/s3-object-store.ts';
+import { StorageError } from '../../src/storage/storage-error.ts';
+import { Http1Client } from '../../src/storage/objects/s3/http1.ts';
+import { S3ObjectStore } from '../../src/storage/objects/s3/s3-object-store.ts';
 
 const MiB = 1 << 20;
 

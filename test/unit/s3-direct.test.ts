@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { sigV4Authorization } from '../../src/storage/s3-direct.ts';
+import { sigV4Authorization } from '../../src/storage/objects/s3/s3-direct.ts';
 
 describe('sigV4Authorization', () => {
   it('signs as the AWS SigV4 test suite expects', () => {

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Errors, UserError } from '../../src/errors.ts';
-import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
-import { VOLUME_KEY, openVolume } from '../../src/storage/volume.ts';
+import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { VOLUME_KEY, openVolume } from '../../src/storage/volume/volume.ts';
 
 const code = (c: string) => (err: unknown) => err instanceof UserError && err.code === c;
 

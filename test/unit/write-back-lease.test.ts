@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
-import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
-import { WriteBackCache } from '../../src/storage/write-back-cache.ts';
+import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 

@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { extentKey } from '../../src/storage/extent-keys.ts';
-import { MemoryObjectStore } from '../../src/storage/memory-object-store.ts';
-import { MAX_FETCH_BYTES, ObjectExtentStore } from '../../src/storage/object-extent-store.ts';
-import { WriteBackCache } from '../../src/storage/write-back-cache.ts';
+import { extentKey } from '../../src/storage/extents/extent-keys.ts';
+import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { MAX_FETCH_BYTES, ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 const E = 4 * 1024 * 1024;

@@ -7,11 +7,11 @@
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import { Errors } from '../errors.ts';
+import { Errors } from '../../errors.ts';
 import { FileObjectStore } from './file-object-store.ts';
 import { MemoryObjectStore } from './memory-object-store.ts';
 import type { ObjectStore } from './object-store.ts';
-import { S3ObjectStore, parseS3Url } from './s3-object-store.ts';
+import { S3ObjectStore, parseS3Url } from './s3/s3-object-store.ts';
 
 export const DEFAULT_STORE = './s3nbd-data';
 

@@ -18,7 +18,7 @@ import { mkdir, open, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { tryLock } from 'fs-native-extensions';
-import { Errors } from '../errors.ts';
+import { Errors } from '../../errors.ts';
 
 export const LOCK_FILE = 'lock';
 

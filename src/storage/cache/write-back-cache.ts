@@ -51,16 +51,17 @@ import { statfsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { Errors } from '../errors.ts';
-import { LogThrottle } from '../log-throttle.ts';
-import { ExtentLocks } from './extent-locks.ts';
-import { extentMemory } from './extent-memory.ts';
-import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
+import { Errors } from '../../errors.ts';
+import { LogThrottle } from '../../log-throttle.ts';
+import { ExtentLocks } from '../extents/extent-locks.ts';
+import { extentMemory } from '../extents/extent-memory.ts';
+import type { ExtentRun, ExtentStore } from '../extent-store.ts';
+import { StorageError } from '../storage-error.ts';
 import { Journal, type JournalLocation, type JournalRecord, RecordType, SEGMENT_BYTES, uploadedGeneration, uploadedRecord } from './journal.ts';
-import type { ObjectExtentStore } from './object-extent-store.ts';
+import type { ObjectExtentStore } from '../extents/object-extent-store.ts';
 import { Ranges } from './ranges.ts';
 import { SlotFile } from './slot-file.ts';
-import { isAllZero } from './zeros.ts';
+import { isAllZero } from '../extents/zeros.ts';
 
 /**
  * Writes of at least 64 KiB (or 1/16 of a smaller extent) become journal pieces, not slot

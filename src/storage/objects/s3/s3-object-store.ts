@@ -29,10 +29,10 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
-import { Errors } from '../errors.ts';
-import { LogThrottle } from '../log-throttle.ts';
-import { StorageError } from './extent-store.ts';
-import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from './object-store.ts';
+import { Errors } from '../../../errors.ts';
+import { LogThrottle } from '../../../log-throttle.ts';
+import { StorageError } from '../../storage-error.ts';
+import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
 import { bodyTooLarge, prematureEnd } from './http1.ts';
 import { DirectS3 } from './s3-direct.ts';
 import { classify, codeOf, type Failure, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';

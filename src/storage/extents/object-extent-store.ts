@@ -15,8 +15,9 @@ import { AllocationMap } from './allocation-map.ts';
 import { ExtentLocks } from './extent-locks.ts';
 import { extentMemory } from './extent-memory.ts';
 import { EXTENT_PREFIX, extentIndexOf, extentKey } from './extent-keys.ts';
-import { type ExtentRun, type ExtentStore, StorageError } from './extent-store.ts';
-import type { ObjectStore } from './object-store.ts';
+import type { ExtentRun, ExtentStore } from '../extent-store.ts';
+import { StorageError } from '../storage-error.ts';
+import type { ObjectStore } from '../objects/object-store.ts';
 import { isAllZero } from './zeros.ts';
 
 export interface ObjectExtentStoreOptions {

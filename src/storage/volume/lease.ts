@@ -39,8 +39,8 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { Errors } from '../errors.ts';
-import type { ObjectStore } from './object-store.ts';
+import { Errors } from '../../errors.ts';
+import type { ObjectStore } from '../objects/object-store.ts';
 
 export const LEASE_KEY = 's3nbd-lease.json';
 

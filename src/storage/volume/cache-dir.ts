@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Errors } from '../errors.ts';
+import { Errors } from '../../errors.ts';
 import type { Volume } from './volume.ts';
 
 export interface CacheIdentity {

@@ -1,7 +1,7 @@
 // One bit per extent: set when the extent's object exists. Kept in memory so reads of holes,
 // BLOCK_STATUS and whole-device discards never ask the object store about empty extents.
 
-import type { ExtentRun } from './extent-store.ts';
+import type { ExtentRun } from '../extent-store.ts';
 
 export class AllocationMap {
   private readonly bits: Uint8Array;

@@ -55,8 +55,8 @@
 
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { StorageError } from './extent-store.ts';
-import { fsyncPath } from './fsync.ts';
+import { StorageError } from '../storage-error.ts';
+import { fsyncPath } from '../../fsync.ts';
 import { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord } from './journal-records.ts';
 
 export { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord, RecordType, type RecordTypeValue, uploadedGeneration, uploadedRecord } from './journal-records.ts';

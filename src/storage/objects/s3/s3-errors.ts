@@ -3,7 +3,7 @@
 // missing credentials are EPERM; anything else is EIO at once. The S3 store (s3-object-store.ts)
 // runs the retry loop around this.
 
-import { StorageError } from './extent-store.ts';
+import { StorageError } from '../../storage-error.ts';
 export interface Failure {
   readonly retryable: boolean;
   readonly throttled: boolean;

@@ -10,8 +10,8 @@
 // let two gateways write at once.
 
 import { randomUUID } from 'node:crypto';
-import { Errors, UserError } from '../errors.ts';
-import type { ObjectStore } from './object-store.ts';
+import { Errors, UserError } from '../../errors.ts';
+import type { ObjectStore } from '../objects/object-store.ts';
 
 export const VOLUME_KEY = 's3nbd-volume.json';
 export const VOLUME_FORMAT = 's3nbd-volume';

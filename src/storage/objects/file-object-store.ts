@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { type BigIntStats, constants, readlinkSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
-import { fsyncPath } from './fsync.ts';
+import { fsyncPath } from '../../fsync.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 /** Temporary and lock files start with this; list() skips them. */

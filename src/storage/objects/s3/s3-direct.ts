@@ -21,7 +21,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { bareHost, Http1Client, type Http1Response } from './http1.ts';
-import { MAX_OBJECT_BYTES, type TaggedObject } from './object-store.ts';
+import { MAX_OBJECT_BYTES, type TaggedObject } from '../object-store.ts';
 
 export interface AwsCredentials {
   readonly accessKeyId: string;
