@@ -21,7 +21,7 @@ import { MAX_QUEUED_REPLY_BYTES } from './protocol/handshake.ts';
 import { DEFAULT_SERVER_IN_FLIGHT_BYTES } from './protocol/session.ts';
 import { READER_HIGH_WATER_MARK } from './protocol/socket-reader.ts';
 import { READ_BUFFER_BYTES } from './storage/objects/s3/http1.ts';
-import { MAX_FETCH_BYTES } from './storage/extents/object-extent-store.ts';
+import { MAX_FETCH_BYTES } from './storage/extents/extent-objects.ts';
 import { MAX_FILL_BYTES, streamWindowBytes } from './storage/cache/write-back-cache.ts';
 
 export interface MemoryOptions {

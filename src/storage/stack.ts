@@ -1,9 +1,13 @@
 // The storage stack, assembled in one place, bottom to top:
 //
-//   ObjectStore         where bytes live: S3, a local directory, or memory
-//   ObjectExtentStore   one object per extent; zero extents not stored; allocation bitmap
-//   WriteBackCache      journal + disk cache: writes acknowledged locally, uploaded later
+//   ObjectStore         objects/    where bytes live: S3, a local directory, or memory
+//   ObjectExtents       extents/    one object per extent; zero extents not stored; allocation bitmap
+//   WriteBackCache      cache/      journal + disk cache: writes acknowledged locally, uploaded later
+//     or DirectExtentStore extents/ read-modify-write of whole extents, every change put at once
 //   ExtentDevice        the byte-addressed BlockDevice the NBD server serves
+//
+// volume/ holds what decides who may write the volume: its metadata, the writer lease, and
+// the cache directory's identity and lock.
 //
 // The write-back cache (and the cache directory's lock and the writer lease that protect it)
 // is left out where it has no job: for the volatile memory store, for read-only serving, and
@@ -20,7 +24,8 @@ import { explainLocalError, explainS3Error } from './first-run-errors.ts';
 import type { ExtentStore } from './extent-store.ts';
 import { Lease } from './volume/lease.ts';
 import { MemoryObjectStore } from './objects/memory-object-store.ts';
-import { ObjectExtentStore } from './extents/object-extent-store.ts';
+import { DirectExtentStore } from './extents/direct-extent-store.ts';
+import { ObjectExtents } from './extents/extent-objects.ts';
 import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore, parseS3Url } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore } from './objects/store-url.ts';
@@ -60,7 +65,7 @@ export interface Storage {
   readonly objects: ObjectStore;
   readonly volume: Volume;
   readonly created: boolean;
-  readonly extents: ObjectExtentStore;
+  readonly extents: ObjectExtents;
   /** Present when writes go through the write-back cache. */
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
@@ -144,13 +149,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
-    const extents = await ObjectExtentStore.open(objects, {
-      extentSize: volume.extentSize,
-      extentCount: extentCountOf(volume),
-      // Under the write-back cache, the cache keeps extents in memory itself.
-      cacheBytes: writeBack ? 0 : config.memoryCacheBytes,
-    });
-    let top: ExtentStore = extents;
+    const extents = await ObjectExtents.open(objects, { extentSize: volume.extentSize, extentCount: extentCountOf(volume) });
     let cache: WriteBackCache | undefined;
     let identity: CacheIdentity | undefined;
     if (writeBack && c) {
@@ -170,9 +169,9 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
         uploadDelayMs: c.uploadDelayMs, log, mayUpload: () => lease.isValid(),
         ...config.onJournalFailed ? { onFailed: config.onJournalFailed } : {},
       });
-      top = cache;
     }
-    const device = new ExtentDevice(top, volume.size, config.readOnly);
+    const stackTop: ExtentStore = cache ?? new DirectExtentStore(extents, config.memoryCacheBytes);
+    const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
       objects, volume, created, extents, cache, identity, device,
@@ -192,8 +191,10 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
             await objects.close();
           }
           await closing;
+          await extents.flush();
+        } else {
+          await stackTop.close();
         }
-        await extents.close();
         await closeAll(deadline);
         return drained;
       },

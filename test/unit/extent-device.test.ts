@@ -1,11 +1,12 @@
-// The byte-to-extent adapter and the object extent layer, checked against a plain Buffer
+// The byte-to-extent adapter and the extent layers without the cache, checked against a plain Buffer
 // model of the device under random reads, writes, zeroes and trims of any alignment.
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
+import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
 import { EXTENT_PREFIX } from '../../src/storage/extents/extent-keys.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
@@ -14,8 +15,8 @@ import { readAll, runRandomWorkload } from '../helpers/model.ts';
 
 const EXTENT = 4096;
 
-async function device(objects: ObjectStore, size: number, cacheBytes = 8 * EXTENT): Promise<{ dev: ExtentDevice; extents: ObjectExtentStore }> {
-  const extents = await ObjectExtentStore.open(objects, { extentSize: EXTENT, extentCount: Math.ceil(size / EXTENT), cacheBytes });
+async function device(objects: ObjectStore, size: number, cacheBytes = 8 * EXTENT): Promise<{ dev: ExtentDevice; extents: DirectExtentStore }> {
+  const extents = new DirectExtentStore(await ObjectExtents.open(objects, { extentSize: EXTENT, extentCount: Math.ceil(size / EXTENT) }), cacheBytes);
   return { dev: new ExtentDevice(extents, size, false), extents };
 }
 
@@ -25,7 +26,7 @@ async function countKeys(objects: ObjectStore): Promise<number> {
   return n;
 }
 
-describe('ExtentDevice over ObjectExtentStore', () => {
+describe('ExtentDevice over DirectExtentStore and ObjectExtents', () => {
   it('matches a byte model under random concurrent operations of any alignment', async () => {
     const size = 37 * EXTENT + 1536; // a partial last extent too
     for (const seed of [1, 2, 3, 4]) {
@@ -65,7 +66,7 @@ describe('ExtentDevice over ObjectExtentStore', () => {
   it('discards a huge range with one batched delete per 1000 stored extents, not per possible extent', async () => {
     const objects = new FaultyStore(new MemoryObjectStore());
     const size = 2 ** 40; // 1 TiB of 4 KiB extents: 268 million possible extents
-    const extents = await ObjectExtentStore.open(objects, { extentSize: EXTENT, extentCount: size / EXTENT, cacheBytes: EXTENT });
+    const extents = new DirectExtentStore(await ObjectExtents.open(objects, { extentSize: EXTENT, extentCount: size / EXTENT }), EXTENT);
     const dev = new ExtentDevice(extents, size, false);
     for (const at of [0, 12345 * EXTENT, size - EXTENT]) await dev.write(at, Buffer.alloc(EXTENT, 1), false);
     for (let offset = 0; offset < size; offset += 2 ** 32 - EXTENT) {

@@ -8,7 +8,8 @@ import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
+import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
@@ -21,7 +22,7 @@ const SIZE = 24 * E;
 const log = pino({ level: 'silent' });
 
 async function openCache(objects: ObjectStore, cacheDir: string, uploadDelayMs = 5) {
-  const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: SIZE / E, cacheBytes: 0 });
+  const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: SIZE / E });
   const cache = await WriteBackCache.open(lower, {
     cacheDir, cacheBytes: 64 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 32 * E, uploadConcurrency: 4,
     flushMode: 's3', uploadDelayMs, log,
@@ -31,7 +32,7 @@ async function openCache(objects: ObjectStore, cacheDir: string, uploadDelayMs =
 
 /** What the store alone holds, through a stack without a write-back cache. */
 async function stored(objects: ObjectStore): Promise<Buffer> {
-  const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: SIZE / E, cacheBytes: 0 });
+  const lower = new DirectExtentStore(await ObjectExtents.open(objects, { extentSize: E, extentCount: SIZE / E }), 0);
   return readAll(new ExtentDevice(lower, SIZE, false), 0, SIZE);
 }
 

@@ -8,7 +8,8 @@ import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { Journal, SEGMENT_BYTES } from '../../src/storage/cache/journal.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
+import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { SlotFile } from '../../src/storage/cache/slot-file.ts';
 import { WriteBackCache, type WriteBackOptions } from '../../src/storage/cache/write-back-cache.ts';
@@ -30,7 +31,7 @@ async function readScattered(dev: ExtentDevice, size: number): Promise<Buffer> {
 }
 
 async function open(objects: ObjectStore, size: number, cacheDir: string, overrides: Partial<WriteBackOptions> = {}) {
-  const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: Math.ceil(size / E), cacheBytes: 0 });
+  const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: Math.ceil(size / E) });
   const cache = await WriteBackCache.open(lower, {
     cacheDir, cacheBytes: 16 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 8 * E, uploadConcurrency: 4,
     flushMode: 's3', uploadDelayMs: 5, log, ...overrides,
@@ -40,7 +41,7 @@ async function open(objects: ObjectStore, size: number, cacheDir: string, overri
 
 /** What the object store alone holds, read through a fresh stack with no cache. */
 async function storeContents(objects: ObjectStore, size: number): Promise<Buffer> {
-  const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: Math.ceil(size / E), cacheBytes: E });
+  const lower = new DirectExtentStore(await ObjectExtents.open(objects, { extentSize: E, extentCount: Math.ceil(size / E) }), E);
   return readAll(new ExtentDevice(lower, size, false), 0, size);
 }
 
@@ -263,7 +264,7 @@ describe('WriteBackCache', () => {
       if (gate && data.subarray(0, 64).equals(first.subarray(0, 64))) await gate;
       return objects.put(key, Buffer.from(data));
     };
-    const lower = await ObjectExtentStore.open(gated, { extentSize: M, extentCount: 32, cacheBytes: 0 });
+    const lower = await ObjectExtents.open(gated, { extentSize: M, extentCount: 32 });
     const cache = await WriteBackCache.open(lower, {
       cacheDir: `${dir.path}/piece-trim`, cacheBytes: 32 * M, memoryCacheBytes: M, maxDirtyBytes: 32 * M, uploadConcurrency: 4,
       flushMode: 's3', uploadDelayMs: 3_600_000, log,
@@ -288,7 +289,7 @@ describe('WriteBackCache', () => {
       await new Promise((r) => setTimeout(r, 50)); // a trim of the first segment would be done by now
       assertSameBytes(await readAll(dev, 0, M), model, 'the first piece is still read from the journal');
       await dev.flush();
-      const stored = await (await ObjectExtentStore.open(objects, { extentSize: M, extentCount: 32, cacheBytes: 0 })).fetch(0);
+      const stored = await (await ObjectExtents.open(objects, { extentSize: M, extentCount: 32 })).fetch(0);
       assertSameBytes(stored ?? Buffer.alloc(0), model, 'uploaded');
     } finally {
       release();
@@ -520,7 +521,7 @@ describe('WriteBackCache', () => {
       return objects.put(key, Buffer.from(data));
     };
     const openBig = async (store: ObjectStore, uploadDelayMs: number) => {
-      const lower = await ObjectExtentStore.open(store, { extentSize: M, extentCount: 128, cacheBytes: 0 });
+      const lower = await ObjectExtents.open(store, { extentSize: M, extentCount: 128 });
       const cache = await WriteBackCache.open(lower, {
         cacheDir, cacheBytes: 96 * M, memoryCacheBytes: M, maxDirtyBytes: 256 * M, uploadConcurrency: 4, flushMode: 's3', uploadDelayMs, log,
       });

@@ -8,7 +8,7 @@ import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
@@ -22,7 +22,7 @@ describe('WriteBackCache under the writer lease', () => {
 
   it('retries no failed upload while the lease is not valid, and uploads once it is again', async () => {
     const objects = new FaultyStore(new MemoryObjectStore());
-    const lower = await ObjectExtentStore.open(objects, { extentSize: E, extentCount: 8, cacheBytes: 0 });
+    const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: 8 });
     let leaseValid = true;
     const cache = await WriteBackCache.open(lower, {
       cacheDir: `${dir.path}/c`, cacheBytes: 16 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 8 * E, uploadConcurrency: 4,

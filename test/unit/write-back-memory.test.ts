@@ -8,7 +8,8 @@ import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { extentKey } from '../../src/storage/extents/extent-keys.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { MAX_FETCH_BYTES, ObjectExtentStore } from '../../src/storage/extents/object-extent-store.ts';
+import { MAX_FETCH_BYTES, ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
+import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
 import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
@@ -43,7 +44,7 @@ describe('WriteBackCache fetch memory', () => {
     const store = new GatedStore();
     const extent = Buffer.alloc(E, 7); // one buffer under every key: the memory store shares it
     for (let i = 0; i < EXTENTS; i++) await store.put(extentKey(i), extent);
-    const lower = await ObjectExtentStore.open(store, { extentSize: E, extentCount: EXTENTS, cacheBytes: 0 });
+    const lower = await ObjectExtents.open(store, { extentSize: E, extentCount: EXTENTS });
     const cache = await WriteBackCache.open(lower, {
       cacheDir: `${dir.path}/${name}`, cacheBytes: 4 * E, memoryCacheBytes: 2 * E, maxDirtyBytes: 2 * E, uploadConcurrency: 2,
       flushMode: 's3', uploadDelayMs: 5, log: pino({ level: 'silent' }),
@@ -73,7 +74,7 @@ describe('WriteBackCache fetch memory', () => {
   it('keeps the limit without the write-back cache too (read-only serving)', async () => {
     const { store, cache } = await open('read-only');
     await cache.close();
-    const lower = await ObjectExtentStore.open(store, { extentSize: E, extentCount: EXTENTS, cacheBytes: 2 * E });
+    const lower = new DirectExtentStore(await ObjectExtents.open(store, { extentSize: E, extentCount: EXTENTS }), 2 * E);
     try {
       await scatteredReads(store, (index) => lower.read(index, 0, 1));
     } finally {

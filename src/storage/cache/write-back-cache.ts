@@ -58,7 +58,7 @@ import { extentMemory } from '../extents/extent-memory.ts';
 import type { ExtentRun, ExtentStore } from '../extent-store.ts';
 import { StorageError } from '../storage-error.ts';
 import { Journal, type JournalLocation, type JournalRecord, RecordType, SEGMENT_BYTES, uploadedGeneration, uploadedRecord } from './journal.ts';
-import type { ObjectExtentStore } from '../extents/object-extent-store.ts';
+import type { ExtentObjects } from '../extents/extent-objects.ts';
 import { Ranges } from './ranges.ts';
 import { SlotFile } from './slot-file.ts';
 import { isAllZero } from '../extents/zeros.ts';
@@ -195,7 +195,7 @@ export class WriteBackCache implements ExtentStore {
   /** Writes at least this large become journal pieces (see MIN_PIECE_BYTES). */
   private readonly minPieceBytes: number;
   readonly extentCount: number;
-  private readonly lower: ObjectExtentStore;
+  private readonly lower: ExtentObjects;
   private readonly options: WriteBackOptions;
   private readonly log: Logger;
   private readonly entries = new Map<number, Entry>();
@@ -238,7 +238,7 @@ export class WriteBackCache implements ExtentStore {
   private readonly diskFullLog: LogThrottle;
   private readonly retryLog: LogThrottle;
 
-  private constructor(lower: ObjectExtentStore, options: WriteBackOptions) {
+  private constructor(lower: ExtentObjects, options: WriteBackOptions) {
     this.lower = lower;
     this.options = options;
     this.log = options.log;
@@ -253,7 +253,7 @@ export class WriteBackCache implements ExtentStore {
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */
-  static async open(lower: ObjectExtentStore, options: WriteBackOptions): Promise<WriteBackCache> {
+  static async open(lower: ExtentObjects, options: WriteBackOptions): Promise<WriteBackCache> {
     const cache = new WriteBackCache(lower, options);
     await mkdir(options.cacheDir, { recursive: true });
     const slotCount = Math.floor(options.cacheBytes / lower.extentSize);
@@ -836,9 +836,11 @@ export class WriteBackCache implements ExtentStore {
       if (step === 'needs-base') await this.retrying(`read base of extent ${index}`, () => this.completeFromStore(index));
     }
     const { gen, data } = snapshot;
-    await this.retrying(`upload extent ${index}`, () => this.lower.replace(index, data));
+    // One scan for zeros: an all-zero extent is deleted, never stored.
+    const zero = isAllZero(data);
+    await this.retrying(`upload extent ${index}`, () => zero ? this.lower.deleteExtents([index]) : this.lower.put(index, data));
     await this.locks.with(index, () => {
-      this.finishUpload(index, gen, isAllZero(data) ? undefined : data);
+      this.finishUpload(index, gen, zero ? undefined : data);
       return Promise.resolve();
     });
   }

@@ -28,7 +28,7 @@ export interface ObjectStore {
    * Creates or replaces the object atomically: readers see the old or the new bytes, never a
    * mix. The store may keep `data` by reference (the memory store does). A caller that
    * modifies such a buffer afterwards must put() it under the same key before it lets anyone
-   * else read the key, so the change looks like a put in flight; ObjectExtentStore does
+   * else read the key, so the change looks like a put in flight; DirectExtentStore does
    * exactly this, under the extent's lock.
    */
   put(key: string, data: Buffer): Promise<void>;
