@@ -13,6 +13,8 @@ export class FaultyStore implements ObjectStore {
   readonly calls: Record<Operation, number> = { get: 0, put: 0, putIf: 0, deleteMany: 0, list: 0, flush: 0 };
   /** Keys passed to deleteMany, in order. */
   readonly deleted: string[] = [];
+  /** What an injected failure throws; by default a plain EIO error, as a network failure gives. */
+  faultError: (op: Operation) => Error = injected;
   private readonly failing = new Set<Operation>();
   private readonly failNextCount = new Map<Operation, number>();
   private readonly applyThenFailCount = new Map<Operation, number>();
@@ -46,14 +48,14 @@ export class FaultyStore implements ObjectStore {
 
   private check(op: Operation): void {
     this.calls[op]++;
-    if (this.failing.has(op) || take(this.failNextCount, op)) throw injected(op);
+    if (this.failing.has(op) || take(this.failNextCount, op)) throw this.faultError(op);
   }
 
   /** Runs a call that changes the store; with applyThenFail pending, reports failure after it took effect. */
   private async apply<T>(op: Operation, call: () => Promise<T>): Promise<T> {
     this.check(op);
     const result = await call();
-    if (take(this.applyThenFailCount, op)) throw injected(op);
+    if (take(this.applyThenFailCount, op)) throw this.faultError(op);
     return result;
   }
 

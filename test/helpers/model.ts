@@ -32,6 +32,8 @@ export async function readAll(dev: BlockDevice, offset: number, length: number):
  */
 export async function runRandomWorkload(dev: BlockDevice, options: {
   seed: number; rounds: number; maxLength: number; flushes: boolean;
+  /** Called as each operation completes (others of its batch may still run) and after each batch: an invariant check. */
+  afterStep?: () => void;
 }): Promise<Buffer> {
   const model = Buffer.alloc(dev.size);
   const random = rng(options.seed);
@@ -60,7 +62,8 @@ export async function runRandomWorkload(dev: BlockDevice, options: {
         ops.push(dev.flush());
       }
     }
-    await Promise.all(ops);
+    await Promise.all(options.afterStep ? ops.map((op) => op.then(options.afterStep)) : ops);
+    options.afterStep?.();
     if (round % 10 === 9) assertSameBytes(await readAll(dev, 0, dev.size), model, `seed ${options.seed} round ${round}`);
   }
   return model;

@@ -63,7 +63,7 @@ describe('flusher retries', () => {
         objects.applyThenFail('put', 4);
         objects.failNext('deleteMany', 1);
         objects.applyThenFail('deleteMany', 2);
-        const model = await runRandomWorkload(dev, { seed, rounds: 30, maxLength: 3 * E, flushes: true });
+        const model = await runRandomWorkload(dev, { seed, rounds: 30, maxLength: 3 * E, flushes: true, afterStep: () => cache.checkInvariants() });
         await dev.flush();
         assert.equal(cache.status().dirtyExtents, 0);
         assertSameBytes(await stored(objects), model, `seed ${seed}`);

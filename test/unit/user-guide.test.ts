@@ -52,9 +52,9 @@ describe('the user guide (docs/kernel-client.md)', () => {
   it('quotes the messages that nbd-client and the gateway print', () => {
     const flat = guide.replace(/\s+/g, ' ');
     assert.ok(flat.includes(NETLINK_ERROR), 'the netlink error, as the VM test sees it');
-    assert.ok(source('storage/cache/write-back-cache.ts').includes("'dirty limit reached: writes wait for uploads'"));
+    assert.ok(source('storage/cache/entries.ts').includes("'dirty limit reached: writes wait for uploads'"));
     assert.ok(flat.includes('`dirty limit reached: writes wait for uploads`'));
-    assert.ok(source('storage/cache/write-back-cache.ts').includes('`upload extent ${index}`') && source('storage/cache/write-back-cache.ts').includes('failed; retrying'));
+    assert.ok(source('storage/cache/flusher.ts').includes('`upload extent ${index}`') && source('storage/cache/flusher.ts').includes('failed; retrying'));
     assert.ok(flat.includes('`upload extent N failed; retrying`'));
     assert.ok(source('storage/volume/lease.ts').includes("'lease renewal failed; retrying'"));
     assert.ok(flat.includes('`lease renewal failed; retrying`'));

@@ -54,7 +54,7 @@ describe('WriteBackCache', () => {
     for (const seed of [11, 12, 13]) {
       const objects = new MemoryObjectStore();
       const { dev, cache } = await open(objects, size, `${dir.path}/model-${seed}`);
-      const model = await runRandomWorkload(dev, { seed, rounds: 50, maxLength: 3 * E, flushes: true });
+      const model = await runRandomWorkload(dev, { seed, rounds: 50, maxLength: 3 * E, flushes: true, afterStep: () => cache.checkInvariants() });
       await dev.flush();
       assert.equal(cache.status().dirtyExtents, 0);
       assertSameBytes(await storeContents(objects, size), model, `seed ${seed}: the store holds everything after FLUSH`);
