@@ -40,6 +40,17 @@ write_report() {
   echo "[bench] wrote $file" >&2
 }
 
+# md_row CELL...: a markdown table row. md_head ALIGN CELL...: a header row and its separator
+# line, ALIGN a letter a column, l (left) or r (right), e.g. lrrr.
+md_row() { local c out="|"; for c in "$@"; do out+=" $c |"; done; echo "$out"; }
+md_head() {
+  local align="$1" sep="|" i
+  shift
+  md_row "$@"
+  for ((i = 0; i < ${#align}; i++)); do if [[ "${align:i:1}" == r ]]; then sep+="---:|"; else sep+="---|"; fi; done
+  echo "$sep"
+}
+
 # stop_pid PID NAME [SECONDS]: SIGTERM, waits up to SECONDS (default 10), then SIGKILL; returns
 # the process's exit status (it must be a child of this shell). Uses the caller's log().
 stop_pid() {

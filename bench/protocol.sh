@@ -238,17 +238,16 @@ fmt() { "$PY" -c 'import sys; u = sys.argv[2]; v = float(sys.argv[1]); print(f"{
 # Columns: each contender's median, then s3nbd/nbdkit, then (with BENCH_BASE) s3nbd/base.
 RATIOS=(nbdkit)
 [[ -n "$BASE_MAIN" ]] && RATIOS+=(base)
-TABLE="| workload |"; SEP="|---|"
-for c in "${CONTENDERS[@]}"; do TABLE+=" ${NAME[$c]} |"; SEP+="---:|"; done
-for c in "${RATIOS[@]}"; do TABLE+=" ratio (s3nbd/${NAME[$c]%% *}) |"; SEP+="---:|"; done
-TABLE+="
-$SEP"
+cols=(workload) align=l
+for c in "${CONTENDERS[@]}"; do cols+=("${NAME[$c]}"); align+=r; done
+for c in "${RATIOS[@]}"; do cols+=("ratio (s3nbd/${NAME[$c]%% *})"); align+=r; done
+TABLE="$(md_head "$align" "${cols[@]}")"
 for w in "${WORKLOADS[@]}"; do
   IFS='|' read -r name rw bs label unit <<<"$w"
-  TABLE+="
-| $label |"
-  for c in "${CONTENDERS[@]}"; do TABLE+=" $(fmt "${MED[$name,$c]}" "$unit") |"; done
-  for c in "${RATIOS[@]}"; do TABLE+=" $(ratio "${MED[$name,s3nbd]}" "${MED[$name,$c]}") |"; done
+  row=("$label")
+  for c in "${CONTENDERS[@]}"; do row+=("$(fmt "${MED[$name,$c]}" "$unit")"); done
+  for c in "${RATIOS[@]}"; do row+=("$(ratio "${MED[$name,s3nbd]}" "${MED[$name,$c]}")"); done
+  TABLE+=$'\n'"$(md_row "${row[@]}")"
 done
 
 SAMPLES_TEXT=""
