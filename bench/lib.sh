@@ -40,6 +40,17 @@ write_report() {
   echo "[bench] wrote $file" >&2
 }
 
+# md_row CELL...: a markdown table row. md_head ALIGN CELL...: a header row and its separator
+# line, ALIGN a letter a column, l (left) or r (right), e.g. lrrr.
+md_row() { local c out="|"; for c in "$@"; do out+=" $c |"; done; echo "$out"; }
+md_head() {
+  local align="$1" sep="|" i
+  shift
+  md_row "$@"
+  for ((i = 0; i < ${#align}; i++)); do if [[ "${align:i:1}" == r ]]; then sep+="---:|"; else sep+="---|"; fi; done
+  echo "$sep"
+}
+
 # stop_pid PID NAME [SECONDS]: SIGTERM, waits up to SECONDS (default 10), then SIGKILL; returns
 # the process's exit status (it must be a child of this shell). Uses the caller's log().
 stop_pid() {
@@ -58,4 +69,48 @@ stop_pid() {
   fi
   wait "$pid" 2>/dev/null || rc=$?
   return "$rc"
+}
+
+# BENCH_BASE: a second build of s3nbd, from a git revision, measured beside the current
+# checkout in the same run (a before/after comparison). base_setup ROOT: when BENCH_BASE is
+# set, builds that revision once into ${S3NBD_CACHE_DIR:-~/.cache/s3nbd}/bench-builds/<commit>
+# (git archive of the commit, node_modules a link to ROOT's, tsc -p tsconfig.build.json and
+# scripts/build-info.mjs) and sets BASE_MAIN (its dist/cli/main.js), BASE_COMMIT (full),
+# BASE_NAME (s3nbd@<short commit>) and BASE_DIR; when unset, leaves BASE_MAIN empty.
+# Uses the caller's log() and node on PATH.
+BASE_MAIN="" BASE_COMMIT="" BASE_NAME="" BASE_DIR=""
+base_setup() {
+  local root="$1" rev="${BENCH_BASE:-}" tmp
+  [[ -n "$rev" ]] || return 0
+  BASE_COMMIT="$(cd "$root" && git rev-parse --verify --quiet "$rev^{commit}")" \
+    || { echo "bench: BENCH_BASE=$rev is not a commit of $root" >&2; return 1; }
+  BASE_NAME="s3nbd@$(cd "$root" && git rev-parse --short "$BASE_COMMIT")"
+  BASE_DIR="${S3NBD_CACHE_DIR:-$HOME/.cache/s3nbd}/bench-builds/$BASE_COMMIT"
+  BASE_MAIN="$BASE_DIR/dist/cli/main.js"
+  if [[ ! -f "$BASE_DIR/.built" ]]; then
+    log "building $BASE_NAME into $BASE_DIR (once; cached)"
+    mkdir -p "$(dirname "$BASE_DIR")"
+    tmp="$(mktemp -d "$BASE_DIR.tmp.XXXXXX")"
+    chmod 755 "$tmp"
+    if ! { (cd "$root" && git archive "$BASE_COMMIT") | tar -x -C "$tmp" \
+      && ln -s "$(realpath "$root/node_modules")" "$tmp/node_modules" \
+      && (cd "$tmp" && node node_modules/typescript/bin/tsc -p tsconfig.build.json \
+        && if [[ -f scripts/build-info.mjs ]]; then
+          S3NBD_COMMIT="${BASE_COMMIT:0:12}" node scripts/build-info.mjs; fi) >&2 \
+      && [[ -f "$tmp/dist/cli/main.js" ]]; }; then
+      rm -rf "$tmp"
+      echo "bench: building $BASE_NAME failed (see above)" >&2
+      return 1
+    fi
+    touch "$tmp/.built"
+    # Another run may have built it meanwhile: keep the first, it is the same commit.
+    mv -T "$tmp" "$BASE_DIR" 2>/dev/null || rm -rf "$tmp"
+    [[ -f "$BASE_DIR/.built" ]] || { echo "bench: $BASE_DIR exists but is not a finished build; remove it" >&2; return 1; }
+  fi
+  # The base runs with the current checkout's dependencies, whatever they are today.
+  ln -sfn "$(realpath "$root/node_modules")" "$BASE_DIR/node_modules"
+  if ! (cd "$root" && git diff --quiet "$BASE_COMMIT" -- package-lock.json); then
+    log "warning: package-lock.json differs between $BASE_NAME and the checkout; $BASE_NAME runs with the checkout's node_modules"
+  fi
+  log "base: $BASE_NAME ($BASE_MAIN)"
 }

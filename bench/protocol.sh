@@ -14,10 +14,14 @@
 #   BENCH_RAMP     fio ramp_time seconds, not counted (default 2)
 #   BENCH_REPEAT   measurements per contender and workload (default 3)
 #   BENCH_SIZE     region size (default 1G); devices are 4G
+#   BENCH_BASE     a git revision: also measure that build of s3nbd, as contender
+#                  s3nbd@<short rev> (built once into ~/.cache/s3nbd/bench-builds/<commit>),
+#                  and report the ratios s3nbd/s3nbd@<rev> (a before/after comparison)
+#   BENCH_OUT      report file (default bench/results/protocol-latest.md)
 #   S3NBD_NODE     node binary to run s3nbd with (default: cached Node 24, else node on PATH)
 #
-# Output: a markdown table on stdout, also written with machine info to
-# bench/results/protocol-latest.md. Exits non-zero if any fio run fails.
+# Output: a markdown table on stdout, also written with machine info to BENCH_OUT.
+# Exits non-zero if any fio run fails.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -39,7 +43,7 @@ done
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
-RESULTS_DIR="$SCRIPT_DIR/results"
+OUT="${BENCH_OUT:-$SCRIPT_DIR/results/protocol-latest.md}"
 
 # --- prerequisites ---------------------------------------------------------
 command -v nbdkit >/dev/null 2>&1 || die "nbdkit not found; install it: apt-get install -y nbdkit"
@@ -70,19 +74,23 @@ log "node: $NODE ($NODE_VERSION, from $node_from)"
 
 # --- build -----------------------------------------------------------------
 MAIN_JS="$(ensure_built "$ROOT")"
+base_setup "$ROOT" || die "BENCH_BASE=${BENCH_BASE:-}: no build to compare with (see above)"
+
+# Contenders by key: s3nbd (this checkout), base (BENCH_BASE's build), nbdkit.
+CONTENDERS=(s3nbd)
+declare -A NAME=([s3nbd]=s3nbd [nbdkit]="nbdkit memory") MAIN=([s3nbd]="$MAIN_JS")
+if [[ -n "$BASE_MAIN" ]]; then CONTENDERS+=(base); NAME[base]="$BASE_NAME"; MAIN[base]="$BASE_MAIN"; fi
+CONTENDERS+=(nbdkit)
 
 # --- servers ---------------------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-bench.XXXXXX")"
-S3NBD_SOCK="$TMP/s3nbd.sock"
-NBDKIT_SOCK="$TMP/nbdkit.sock"
-S3NBD_PID=""
-NBDKIT_PID=""
+declare -A PID
+sock_of() { echo "$TMP/$1.sock"; }
 
 cleanup() {
-  local rc=$?
+  local rc=$? c
   trap - EXIT INT TERM
-  stop_pid "$S3NBD_PID" s3nbd || true
-  stop_pid "$NBDKIT_PID" nbdkit || true
+  for c in "${!PID[@]}"; do stop_pid "${PID[$c]}" "${NAME[$c]}" || true; done
   rm -rf "$TMP"
   exit "$rc"
 }
@@ -104,28 +112,32 @@ wait_socket() {  # sock pid name logfile
   die "$3 did not create $1 within 30s"
 }
 
-log "starting s3nbd (memory:, $DEVICE_SIZE) and nbdkit memory ($DEVICE_SIZE) in $TMP"
-"$NODE" "$MAIN_JS" serve --store memory: --size "$DEVICE_SIZE" --socket "$S3NBD_SOCK" --log-level warn \
-  >"$TMP/s3nbd.log" 2>&1 &
-S3NBD_PID=$!
-nbdkit --exit-with-parent -U "$NBDKIT_SOCK" -P "$TMP/nbdkit.pid" -f memory "$DEVICE_SIZE" \
-  >"$TMP/nbdkit.log" 2>&1 &
-NBDKIT_PID=$!
-wait_socket "$S3NBD_SOCK" "$S3NBD_PID" s3nbd "$TMP/s3nbd.log"
-wait_socket "$NBDKIT_SOCK" "$NBDKIT_PID" nbdkit "$TMP/nbdkit.log"
+log "starting $(for c in "${CONTENDERS[@]}"; do printf '%s, ' "${NAME[$c]}"; done)$DEVICE_SIZE each (s3nbd with --store memory:) in $TMP"
+for c in "${CONTENDERS[@]}"; do
+  if [[ "$c" == nbdkit ]]; then
+    nbdkit --exit-with-parent -U "$(sock_of "$c")" -P "$TMP/nbdkit.pid" -f memory "$DEVICE_SIZE" \
+      >"$TMP/$c.log" 2>&1 &
+  else
+    "$NODE" "${MAIN[$c]}" serve --store memory: --size "$DEVICE_SIZE" --socket "$(sock_of "$c")" \
+      --log-level warn >"$TMP/$c.log" 2>&1 &
+  fi
+  PID[$c]=$!
+done
+for c in "${CONTENDERS[@]}"; do wait_socket "$(sock_of "$c")" "${PID[$c]}" "${NAME[$c]}" "$TMP/$c.log"; done
 
 if command -v nbdinfo >/dev/null 2>&1; then
-  for c in s3nbd nbdkit; do
-    sock_var="${c^^}_SOCK"
-    size="$(nbdinfo --size "nbd+unix:///?socket=${!sock_var}")" || die "nbdinfo could not query $c"
-    log "$c export size: $size bytes"
+  for c in "${CONTENDERS[@]}"; do
+    size="$(nbdinfo --size "nbd+unix:///?socket=$(sock_of "$c")")" || die "nbdinfo could not query ${NAME[$c]}"
+    log "${NAME[$c]} export size: $size bytes"
   done
 fi
 
 # --- fio -------------------------------------------------------------------
 check_alive() {
-  kill -0 "$S3NBD_PID" 2>/dev/null || { tail -n 20 "$TMP/s3nbd.log" >&2 || true; die "s3nbd died"; }
-  kill -0 "$NBDKIT_PID" 2>/dev/null || { tail -n 20 "$TMP/nbdkit.log" >&2 || true; die "nbdkit died"; }
+  local c
+  for c in "${CONTENDERS[@]}"; do
+    kill -0 "${PID[$c]}" 2>/dev/null || { tail -n 20 "$TMP/$c.log" >&2 || true; die "${NAME[$c]} died"; }
+  done
 }
 
 # run_fio contender sock name rw bs timed(0|1) -> prints the JSON file path
@@ -144,10 +156,10 @@ run_fio() {
   if ! timeout "$limit" fio "${args[@]}" >"$out.stderr" 2>&1; then
     cat "$out.stderr" "$out" >&2 2>/dev/null || true
     check_alive
-    die "fio $name against $contender failed (see above)"
+    die "fio $name against ${NAME[$contender]} failed (see above)"
   fi
   # fio's exit status can be 0 with a job error; check the JSON too.
-  "$PY" - "$out" <<'PY' || { cat "$out.stderr" >&2 || true; die "fio $name against $contender reported an error"; }
+  "$PY" - "$out" <<'PY' || { cat "$out.stderr" >&2 || true; die "fio $name against ${NAME[$contender]} reported an error"; }
 import json, sys
 text = open(sys.argv[1]).read()
 doc = json.loads(text[text.index('{'):])
@@ -177,13 +189,10 @@ PY
 
 median() { printf '%s\n' "$@" | "$PY" -c 'import sys, statistics; print(statistics.median(float(x) for x in sys.stdin.read().split()))'; }
 
-CONTENDERS=(s3nbd nbdkit)
-sock_of() { if [[ "$1" == s3nbd ]]; then echo "$S3NBD_SOCK"; else echo "$NBDKIT_SOCK"; fi; }
-
 # Initial fill: one untimed sequential pass per server (informational).
 declare -A FILL
 for c in "${CONTENDERS[@]}"; do
-  log "filling $REGION on $c"
+  log "filling $REGION on ${NAME[$c]}"
   f="$(run_fio "$c" "$(sock_of "$c")" fill write 1M 0)"
   FILL[$c]="$(metric "$f" write)"
 done
@@ -200,12 +209,14 @@ declare -A SAMPLES MED
 for w in "${WORKLOADS[@]}"; do
   IFS='|' read -r name rw bs label unit <<<"$w"
   for ((r = 1; r <= REPEAT; r++)); do
-    if (( r % 2 == 1 )); then order=(s3nbd nbdkit); else order=(nbdkit s3nbd); fi
+    # The order flips each repeat: odd ones s3nbd first, even ones s3nbd last.
+    order=("${CONTENDERS[@]}")
+    if (( r % 2 == 0 )); then for ((i = 0; i < ${#CONTENDERS[@]}; i++)); do order[i]="${CONTENDERS[-1 - i]}"; done; fi
     for c in "${order[@]}"; do
       f="$(run_fio "$c" "$(sock_of "$c")" "$name" "$rw" "$bs" 1)"
       v="$(metric "$f" "$rw")"
       SAMPLES[$name,$c]+="$v "
-      log "$label  $c  run $r/$REPEAT: $v $unit"
+      log "$label  ${NAME[$c]}  run $r/$REPEAT: $v $unit"
     done
   done
   for c in "${CONTENDERS[@]}"; do
@@ -215,39 +226,52 @@ for w in "${WORKLOADS[@]}"; do
 done
 
 # s3nbd runs at --log-level warn: anything it logged is worth a look.
-if [[ -s "$TMP/s3nbd.log" ]]; then
-  log "s3nbd logged $(wc -l <"$TMP/s3nbd.log") line(s) during the run; last 10:"
-  tail -n 10 "$TMP/s3nbd.log" >&2
-fi
+for c in "${CONTENDERS[@]}"; do
+  [[ "$c" != nbdkit && -s "$TMP/$c.log" ]] || continue
+  log "${NAME[$c]} logged $(wc -l <"$TMP/$c.log") line(s) during the run; last 10:"
+  tail -n 10 "$TMP/$c.log" >&2
+done
 
 ratio() { "$PY" -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f"{a / b:.2f}" if b else "n/a")' "$1" "$2"; }
 fmt() { "$PY" -c 'import sys; u = sys.argv[2]; v = float(sys.argv[1]); print(f"{v:,.1f} {u}" if u == "MiB/s" else f"{v:,.0f} {u}")' "$1" "$2"; }
 
-TABLE="| workload | s3nbd | nbdkit memory | ratio (s3nbd/nbdkit) |
-|---|---:|---:|---:|"
+# Columns: each contender's median, then s3nbd/nbdkit, then (with BENCH_BASE) s3nbd/base.
+RATIOS=(nbdkit)
+[[ -n "$BASE_MAIN" ]] && RATIOS+=(base)
+cols=(workload) align=l
+for c in "${CONTENDERS[@]}"; do cols+=("${NAME[$c]}"); align+=r; done
+for c in "${RATIOS[@]}"; do cols+=("ratio (s3nbd/${NAME[$c]%% *})"); align+=r; done
+TABLE="$(md_head "$align" "${cols[@]}")"
 for w in "${WORKLOADS[@]}"; do
   IFS='|' read -r name rw bs label unit <<<"$w"
-  TABLE+="
-| $label | $(fmt "${MED[$name,s3nbd]}" "$unit") | $(fmt "${MED[$name,nbdkit]}" "$unit") | $(ratio "${MED[$name,s3nbd]}" "${MED[$name,nbdkit]}") |"
+  row=("$label")
+  for c in "${CONTENDERS[@]}"; do row+=("$(fmt "${MED[$name,$c]}" "$unit")"); done
+  for c in "${RATIOS[@]}"; do row+=("$(ratio "${MED[$name,s3nbd]}" "${MED[$name,$c]}")"); done
+  TABLE+=$'\n'"$(md_row "${row[@]}")"
 done
 
 SAMPLES_TEXT=""
 for w in "${WORKLOADS[@]}"; do
   IFS='|' read -r name rw bs label unit <<<"$w"
-  SAMPLES_TEXT+="- $label ($unit): s3nbd [${SAMPLES[$name,s3nbd]% }], nbdkit [${SAMPLES[$name,nbdkit]% }]
+  line=""
+  for c in "${CONTENDERS[@]}"; do line+="${line:+, }${NAME[$c]%% *} [${SAMPLES[$name,$c]% }]"; done
+  SAMPLES_TEXT+="- $label ($unit): $line
 "
 done
-SAMPLES_TEXT+="- initial fill, single untimed 1M QD$IODEPTH pass over $REGION (MiB/s): s3nbd ${FILL[s3nbd]}, nbdkit ${FILL[nbdkit]}
+line=""
+for c in "${CONTENDERS[@]}"; do line+="${line:+, }${NAME[$c]%% *} ${FILL[$c]}"; done
+SAMPLES_TEXT+="- initial fill, single untimed 1M QD$IODEPTH pass over $REGION (MiB/s): $line
 "
 
 NOTES="Median of $REPEAT runs per contender; each run ${RUNTIME}s after ${RAMP}s ramp, fio nbd ioengine, numjobs=1, iodepth=$IODEPTH, $REGION region of a $DEVICE_SIZE device (pre-filled), Unix sockets."
 
-write_report "$RESULTS_DIR/protocol-latest.md" "s3nbd protocol benchmark" "$TABLE
+write_report "$OUT" "s3nbd protocol benchmark" "$TABLE
 
 $NOTES" "$SAMPLES_TEXT" <<EOF
 - node: $NODE_VERSION ($NODE)
 - nbdkit: $(nbdkit --version | head -n1)
 - fio: $(fio --version)
-- s3nbd: $(s3nbd_revision "$ROOT")
-- settings: BENCH_RUNTIME=$RUNTIME BENCH_RAMP=$RAMP BENCH_REPEAT=$REPEAT BENCH_SIZE=$REGION
+- s3nbd: $(s3nbd_revision "$ROOT")${BASE_MAIN:+
+- $BASE_NAME: $BASE_COMMIT, built in $BASE_DIR}
+- settings: BENCH_RUNTIME=$RUNTIME BENCH_RAMP=$RAMP BENCH_REPEAT=$REPEAT BENCH_SIZE=$REGION${BENCH_BASE:+ BENCH_BASE=$BENCH_BASE}
 EOF

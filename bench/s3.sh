@@ -26,10 +26,14 @@
 #   BENCH_VERIFY    after the first cold read, compare the volume with the source file, 1 or 0 (default 1)
 #   BENCH_S3NBD_ARGS  extra `s3nbd serve` options, split on spaces (default none), e.g.
 #                   "--upload-delay 60000" to hold uploads back until the FLUSH
+#   BENCH_BASE      a git revision: also measure that build of s3nbd (write + FLUSH and cold
+#                   read, on its own key prefix), as contender s3nbd@<short rev> (built once
+#                   into ~/.cache/s3nbd/bench-builds/<commit>), and report s3nbd/s3nbd@<rev>
+#   BENCH_OUT       report file (default bench/results/s3-latest.md)
 #   S3NBD_NODE      node binary (default: cached Node 24, else node on PATH)
 #
-# Output: a markdown table on stdout, also written with machine info to
-# bench/results/s3-latest.md. Exits non-zero, with a one-line message, on any failure.
+# Output: a markdown table on stdout, also written with machine info to BENCH_OUT.
+# Exits non-zero, with a one-line message, on any failure.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -53,7 +57,7 @@ die() { printf 's3.sh: error: %s\n' "$*" >&2; exit 1; }
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
-RESULTS_DIR="$SCRIPT_DIR/results"
+OUT="${BENCH_OUT:-$SCRIPT_DIR/results/s3-latest.md}"
 RAW_TS="$SCRIPT_DIR/s3-raw.ts"
 
 # --- prerequisites ---------------------------------------------------------
@@ -88,6 +92,12 @@ MINIO_VERSION="$("$MINIO" --version | head -n1)"
 
 # --- build -----------------------------------------------------------------
 MAIN_JS="$(ensure_built "$ROOT")"
+base_setup "$ROOT" || die "BENCH_BASE=${BENCH_BASE:-}: no build to compare with (see above)"
+
+# The gateways measured, by key: s3nbd (this checkout) and base (BENCH_BASE's build).
+GWS=(s3nbd)
+declare -A GW_NAME=([s3nbd]=s3nbd) GW_MAIN=([s3nbd]="$MAIN_JS")
+if [[ -n "$BASE_MAIN" ]]; then GWS+=(base); GW_NAME[base]="$BASE_NAME"; GW_MAIN[base]="$BASE_MAIN"; fi
 
 # --- processes and cleanup -------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-s3bench.XXXXXX")"
@@ -175,78 +185,81 @@ print(", ".join(f"{k} {v:.0f}" for k, v in d.items() if v) or "none")
 PY
 }
 
-GW_LOG="$TMP/s3nbd.log"
-start_gateway() {  # prefix cachedir
+GW="" GW_LOG=""
+start_gateway() {  # key prefix cachedir
   local sock="$TMP/s3nbd.sock" i
+  GW="${GW_NAME[$1]}" GW_LOG="$TMP/$1.log"
   rm -f "$sock"
-  "$NODE" "$MAIN_JS" serve --store "s3://$BUCKET/$1" --s3-endpoint "$ENDPOINT" --size "$DEVICE_SIZE" \
-    --socket "$sock" --cache-dir "$2" --upload-concurrency "$QD" --max-dirty 2G --cache-size 3G \
+  "$NODE" "${GW_MAIN[$1]}" serve --store "s3://$BUCKET/$2" --s3-endpoint "$ENDPOINT" --size "$DEVICE_SIZE" \
+    --socket "$sock" --cache-dir "$3" --upload-concurrency "$QD" --max-dirty 2G --cache-size 3G \
     --log-level warn ${GW_EXTRA_ARGS[@]+"${GW_EXTRA_ARGS[@]}"} >>"$GW_LOG" 2>&1 &
   GW_PID=$!
   for ((i = 0; i < 300; i++)); do
     [[ -S "$sock" ]] && { URI="nbd+unix:///?socket=$sock"; return 0; }
-    kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "s3nbd exited before creating its socket (see above)"; }
+    kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "$GW exited before creating its socket (see above)"; }
     sleep 0.1
   done
-  die "s3nbd did not create $sock within 30s"
+  die "$GW did not create $sock within 30s"
 }
 stop_gateway() {  # -> seconds SIGTERM took, in STOP_SECS
   local t0 rc=0
   t0="$(now)"
-  stop_pid "$GW_PID" s3nbd 600 || rc=$?
+  stop_pid "$GW_PID" "$GW" 600 || rc=$?
   STOP_SECS="$(secs "$t0" "$(now)")"
   GW_PID=""
-  (( rc == 0 )) || { tail -n 5 "$GW_LOG" >&2; die "s3nbd exited with status $rc on SIGTERM (see above)"; }
+  (( rc == 0 )) || { tail -n 5 "$GW_LOG" >&2; die "$GW exited with status $rc on SIGTERM (see above)"; }
 }
 gw_alive() {
-  kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "s3nbd died during $1 (see above)"; }
+  kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "$GW died during $1 (see above)"; }
 }
 
 declare -A S REQ
 add() { S[$1]+="$2 "; }
 
-run_s3nbd() {  # repeat
-  local r="$1" prefix="s3nbd-$1" t0 t1 t2 out
+# run_s3nbd KEY REPEAT: one run of gateway KEY (s3nbd or base), recorded as KEY_write,
+# KEY_read, cpu_KEY_write, cpu_minio_KEY_write, ...
+run_s3nbd() {
+  local k="$1" r="$2" prefix="$1-$2" t0 t1 t2 out
   # Write + flush.
   snapshot
-  start_gateway "$prefix" "$TMP/cache-write-$r"
+  start_gateway "$k" "$prefix" "$TMP/cache-write-$k-$r"
   ACTIVE=1
   local gw0 mi0
   gw0="$(cpu_of "$GW_PID")"; mi0="$(cpu_of "$MINIO_PID")"
   t0="$(now)"
   timeout 900 nbdcopy --connections=1 --requests="$QD" --request-size=1048576 "$SRC" "$URI" 2>"$TMP/nbdcopy.err" \
-    || { cat "$TMP/nbdcopy.err" >&2; gw_alive "nbdcopy"; die "nbdcopy to s3nbd failed (see above)"; }
+    || { cat "$TMP/nbdcopy.err" >&2; gw_alive "nbdcopy"; die "nbdcopy to $GW failed (see above)"; }
   t1="$(now)"
   timeout 900 "$PY" -c 'import nbd, sys; h = nbd.NBD(); h.connect_uri(sys.argv[1]); h.flush(); h.shutdown()' "$URI" 2>"$TMP/nbdsh.err" \
-    || { cat "$TMP/nbdsh.err" >&2; gw_alive "FLUSH"; die "FLUSH to s3nbd failed (see above)"; }
+    || { cat "$TMP/nbdsh.err" >&2; gw_alive "FLUSH"; die "FLUSH to $GW failed (see above)"; }
   t2="$(now)"
   local gwcpu; gwcpu="$(cpu_diff "$gw0" "$(cpu_of "$GW_PID")")"
-  add cpu_gw_write "$gwcpu"
-  add cpu_minio_s3nbd_write "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  add "cpu_${k}_write" "$gwcpu"
+  add "cpu_minio_${k}_write" "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
   stop_gateway
-  rm -rf "$TMP/cache-write-$r"
-  add s3nbd_write "$(mibps "$(secs "$t0" "$t2")")"
-  add s3nbd_write_s "$(secs "$t0" "$t2")"
-  add s3nbd_ack_s "$(secs "$t0" "$t1")"
-  add s3nbd_flush_s "$(secs "$t1" "$t2")"
-  add s3nbd_stop_w_s "$STOP_SECS"
-  log "run $r s3nbd write+flush: $(secs "$t0" "$t2")s ($(mibps "$(secs "$t0" "$t2")") MiB/s; writes acked $(secs "$t0" "$t1")s, FLUSH $(secs "$t1" "$t2")s; gateway CPU ${gwcpu}s; SIGTERM ${STOP_SECS}s)"
-  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[s3nbd_write,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[s3nbd_write,$r]}"; fi
+  rm -rf "$TMP/cache-write-$k-$r"
+  add "${k}_write" "$(mibps "$(secs "$t0" "$t2")")"
+  add "${k}_write_s" "$(secs "$t0" "$t2")"
+  add "${k}_ack_s" "$(secs "$t0" "$t1")"
+  add "${k}_flush_s" "$(secs "$t1" "$t2")"
+  add "${k}_stop_w_s" "$STOP_SECS"
+  log "run $r ${GW_NAME[$k]} write+flush: $(secs "$t0" "$t2")s ($(mibps "$(secs "$t0" "$t2")") MiB/s; writes acked $(secs "$t0" "$t1")s, FLUSH $(secs "$t1" "$t2")s; gateway CPU ${gwcpu}s; SIGTERM ${STOP_SECS}s)"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_write,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_write,$r]}"; fi
 
   # Cold read through a new gateway with an empty cache.
-  start_gateway "$prefix" "$TMP/cache-read-$r"
+  start_gateway "$k" "$prefix" "$TMP/cache-read-$k-$r"
   ACTIVE=1
-  out="$TMP/fio-read-$r.json"
+  out="$TMP/fio-read-$k-$r.json"
   gw0="$(cpu_of "$GW_PID")"; mi0="$(cpu_of "$MINIO_PID")"
   t0="$(now)"
   timeout 900 fio --name=coldread --ioengine=nbd --uri="$URI" --rw=read --bs=1M --iodepth="$QD" \
     --numjobs=1 --size="${DATA_MIB}M" --output-format=json --output="$out" >"$TMP/fio.err" 2>&1 \
-    || { cat "$TMP/fio.err" "$out" >&2 2>/dev/null; gw_alive "fio"; die "fio read from s3nbd failed (see above)"; }
+    || { cat "$TMP/fio.err" "$out" >&2 2>/dev/null; gw_alive "fio"; die "fio read from $GW failed (see above)"; }
   t1="$(now)"
   local gwcpu; gwcpu="$(cpu_diff "$gw0" "$(cpu_of "$GW_PID")")"
-  add cpu_gw_read "$gwcpu"
-  add cpu_minio_s3nbd_read "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
-  "$PY" - "$out" <<'PY' || { gw_alive "fio"; die "fio read from s3nbd reported an error"; }
+  add "cpu_${k}_read" "$gwcpu"
+  add "cpu_minio_${k}_read" "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  "$PY" - "$out" <<'PY' || { gw_alive "fio"; die "fio read from $GW reported an error"; }
 import json, sys
 text = open(sys.argv[1]).read()
 job = json.loads(text[text.index('{'):])['jobs'][0]
@@ -254,23 +267,23 @@ if job.get('error', 0) or job['read']['io_bytes'] != 1024 * 1048576:
     print(f"fio: error {job.get('error')}, read {job['read']['io_bytes']} bytes", file=sys.stderr)
     sys.exit(1)
 PY
-  add s3nbd_read "$(mibps "$(secs "$t0" "$t1")")"
-  add s3nbd_read_s "$(secs "$t0" "$t1")"
-  log "run $r s3nbd cold read: $(secs "$t0" "$t1")s ($(mibps "$(secs "$t0" "$t1")") MiB/s; gateway CPU ${gwcpu}s)"
+  add "${k}_read" "$(mibps "$(secs "$t0" "$t1")")"
+  add "${k}_read_s" "$(secs "$t0" "$t1")"
+  log "run $r ${GW_NAME[$k]} cold read: $(secs "$t0" "$t1")s ($(mibps "$(secs "$t0" "$t1")") MiB/s; gateway CPU ${gwcpu}s)"
   stop_gateway
-  rm -rf "$TMP/cache-read-$r"
-  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[s3nbd_read,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[s3nbd_read,$r]}"; fi
+  rm -rf "$TMP/cache-read-$k-$r"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_read,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_read,$r]}"; fi
 
   if (( VERIFY )) && (( r == 1 )); then
     # Untimed and uncounted, through one more cold gateway: the volume's first GiB must be
     # the source file.
-    start_gateway "$prefix" "$TMP/cache-verify"
+    start_gateway "$k" "$prefix" "$TMP/cache-verify"
     ACTIVE=1
     cmp -n "$((DATA_MIB * 1048576))" "$SRC" <(nbdcopy "$URI" - 2>/dev/null) >/dev/null \
-      || die "s3nbd read back different data than was written"
+      || die "$GW read back different data than was written"
     stop_gateway
     rm -rf "$TMP/cache-verify"
-    log "  verified: s3nbd returned the bytes written"
+    log "  verified: $GW returned the bytes written"
   fi
 }
 
@@ -299,55 +312,94 @@ run_raw() {  # repeat
 
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= REPEAT; r++)); do
-  if (( r % 2 == 1 )); then run_s3nbd "$r"; run_raw "$r"
-  else run_raw "$r"; run_s3nbd "$r"; fi
+  # The order flips each repeat: odd ones s3nbd first (then the base, then raw), even ones raw
+  # first and s3nbd last.
+  if (( r % 2 == 1 )); then
+    for k in "${GWS[@]}"; do run_s3nbd "$k" "$r"; done
+    run_raw "$r"
+  else
+    run_raw "$r"
+    for ((i = ${#GWS[@]} - 1; i >= 0; i--)); do run_s3nbd "${GWS[i]}" "$r"; done
+  fi
 done
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- report ----------------------------------------------------------------
-# shellcheck disable=SC2086
-{
-  M_SW="$(median ${S[s3nbd_write]})"; M_RW="$(median ${S[raw_write]})"
-  M_SR="$(median ${S[s3nbd_read]})"; M_RR="$(median ${S[raw_read]})"
-  M_ACK="$(median3 ${S[s3nbd_ack_s]})"; M_FL="$(median3 ${S[s3nbd_flush_s]})"; M_WS="$(median3 ${S[s3nbd_write_s]})"
-}
-reqcell() { if (( COUNT )); then echo " ${REQ[$1,$REPEAT]} |"; else echo ""; fi; }
-REQHEAD=""; REQSEP=""
-if (( COUNT )); then REQHEAD=" S3 requests s3nbd (run $REPEAT) |"; REQSEP="---|"; fi
+# One column per gateway (s3nbd, then the base with BENCH_BASE), then raw; the ratios s3nbd/raw,
+# then s3nbd/base.
+declare -A M
+for k in "${GWS[@]}" raw; do
+  # shellcheck disable=SC2086
+  M[${k}_write]="$(median ${S[${k}_write]})"; M[${k}_read]="$(median ${S[${k}_read]})"
+done
+RATIOS=(raw)
+[[ -n "$BASE_MAIN" ]] && RATIOS+=(base)
+GW_NAME[raw]="raw SDK"
+cols=("1 GiB, 1 MiB requests, $QD in flight") align=l
+for k in "${GWS[@]}" raw; do cols+=("${GW_NAME[$k]}"); align+=r; done
+for k in "${RATIOS[@]}"; do cols+=("ratio (s3nbd/${GW_NAME[$k]%% *})"); align+=r; done
+if (( COUNT )); then for k in "${GWS[@]}"; do cols+=("S3 requests ${GW_NAME[$k]} (run $REPEAT)"); align+=l; done; fi
+TABLE="$(md_head "$align" "${cols[@]}")"
+for phase in "write|seq write + FLUSH (raw: PutObject)" "read|cold seq read (raw: GetObject)"; do
+  row=("${phase#*|}") phase="${phase%%|*}"
+  for k in "${GWS[@]}" raw; do row+=("${M[${k}_$phase]} MiB/s"); done
+  for k in "${RATIOS[@]}"; do row+=("$(ratio "${M[s3nbd_$phase]}" "${M[${k}_$phase]}")"); done
+  if (( COUNT )); then for k in "${GWS[@]}"; do row+=("${REQ[${k}_$phase,$REPEAT]}"); done; fi
+  TABLE+=$'\n'"$(md_row "${row[@]}")"
+done
 
-TABLE="| 1 GiB, 1 MiB requests, $QD in flight | s3nbd | raw SDK | ratio (s3nbd/raw) |$REQHEAD
-|---|---:|---:|---:|$REQSEP
-| seq write + FLUSH (raw: PutObject) | $M_SW MiB/s | $M_RW MiB/s | $(ratio "$M_SW" "$M_RW") |$(reqcell s3nbd_write)
-| cold seq read (raw: GetObject) | $M_SR MiB/s | $M_RR MiB/s | $(ratio "$M_SR" "$M_RR") |$(reqcell s3nbd_read)"
+cols=("CPU seconds (median)") align=l
+for k in "${GWS[@]}"; do cols+=("${GW_NAME[$k]} gateway"); align+=r; done
+cols+=("raw client"); align+=r
+for k in "${GWS[@]}" raw; do cols+=("MinIO, ${GW_NAME[$k]%% *} phase"); align+=r; done
+CPU_TABLE="$(md_head "$align" "${cols[@]}")"
+for phase in "write|write (+ FLUSH)" "read|cold read"; do
+  row=("${phase#*|}") phase="${phase%%|*}"
+  # shellcheck disable=SC2086
+  for k in "${GWS[@]}" raw; do row+=("$(median3 ${S[cpu_${k}_$phase]})"); done
+  # shellcheck disable=SC2086
+  for k in "${GWS[@]}" raw; do row+=("$(median3 ${S[cpu_minio_${k}_$phase]})"); done
+  CPU_TABLE+=$'\n'"$(md_row "${row[@]}")"
+done
 
-# shellcheck disable=SC2086
-CPU_TABLE="| CPU seconds (median) | s3nbd gateway | raw client | MinIO, s3nbd phase | MinIO, raw phase |
-|---|---:|---:|---:|---:|
-| write (+ FLUSH) | $(median3 ${S[cpu_gw_write]}) | $(median3 ${S[cpu_raw_write]}) | $(median3 ${S[cpu_minio_s3nbd_write]}) | $(median3 ${S[cpu_minio_raw_write]}) |
-| cold read | $(median3 ${S[cpu_gw_read]}) | $(median3 ${S[cpu_raw_read]}) | $(median3 ${S[cpu_minio_s3nbd_read]}) | $(median3 ${S[cpu_minio_raw_read]}) |"
-
-NOTES="Median of $REPEAT runs each against one local MinIO (single drive, 127.0.0.1). s3nbd write+flush: ${M_WS}s median, of which nbdcopy's writes were all acknowledged after ${M_ACK}s and the FLUSH took ${M_FL}s more."
-
-SAMPLES_TEXT="- s3nbd write+flush (MiB/s): [${S[s3nbd_write]% }]; seconds until writes acked [${S[s3nbd_ack_s]% }], FLUSH [${S[s3nbd_flush_s]% }], SIGTERM after FLUSH [${S[s3nbd_stop_w_s]% }]
-- raw PutObject (MiB/s): [${S[raw_write]% }]
-- s3nbd cold read (MiB/s): [${S[s3nbd_read]% }]
-- raw GetObject (MiB/s): [${S[raw_read]% }]
-- CPU seconds, s3nbd gateway: write [${S[cpu_gw_write]% }], read [${S[cpu_gw_read]% }]; raw client: put [${S[cpu_raw_write]% }], get [${S[cpu_raw_read]% }]
-- CPU seconds, MinIO: s3nbd write [${S[cpu_minio_s3nbd_write]% }], s3nbd read [${S[cpu_minio_s3nbd_read]% }], raw put [${S[cpu_minio_raw_write]% }], raw get [${S[cpu_minio_raw_read]% }]
+NOTES="Median of $REPEAT runs each against one local MinIO (single drive, 127.0.0.1)."
+SAMPLES_TEXT=""
+for k in "${GWS[@]}"; do
+  # shellcheck disable=SC2086
+  NOTES+=" ${GW_NAME[$k]} write+flush: $(median3 ${S[${k}_write_s]})s median, of which nbdcopy's writes were all acknowledged after $(median3 ${S[${k}_ack_s]})s and the FLUSH took $(median3 ${S[${k}_flush_s]})s more."
+  SAMPLES_TEXT+="- ${GW_NAME[$k]} write+flush (MiB/s): [${S[${k}_write]% }]; seconds until writes acked [${S[${k}_ack_s]% }], FLUSH [${S[${k}_flush_s]% }], SIGTERM after FLUSH [${S[${k}_stop_w_s]% }]
+"
+done
+SAMPLES_TEXT+="- raw PutObject (MiB/s): [${S[raw_write]% }]
+"
+for k in "${GWS[@]}"; do SAMPLES_TEXT+="- ${GW_NAME[$k]} cold read (MiB/s): [${S[${k}_read]% }]
+"; done
+SAMPLES_TEXT+="- raw GetObject (MiB/s): [${S[raw_read]% }]
+"
+line=""
+for k in "${GWS[@]}"; do line+="${GW_NAME[$k]} gateway: write [${S[cpu_${k}_write]% }], read [${S[cpu_${k}_read]% }]; "; done
+SAMPLES_TEXT+="- CPU seconds, ${line}raw client: put [${S[cpu_raw_write]% }], get [${S[cpu_raw_read]% }]
+"
+line=""
+for k in "${GWS[@]}"; do line+="${GW_NAME[$k]%% *} write [${S[cpu_minio_${k}_write]% }], ${GW_NAME[$k]%% *} read [${S[cpu_minio_${k}_read]% }], "; done
+SAMPLES_TEXT+="- CPU seconds, MinIO: ${line}raw put [${S[cpu_minio_raw_write]% }], raw get [${S[cpu_minio_raw_read]% }]
 "
 if (( COUNT )); then
   for ((r = 1; r <= REPEAT; r++)); do
-    SAMPLES_TEXT+="- S3 requests, run $r: s3nbd write+flush: ${REQ[s3nbd_write,$r]}; s3nbd cold read: ${REQ[s3nbd_read,$r]}; raw put: ${REQ[raw_write,$r]}; raw get: ${REQ[raw_read,$r]}
+    line=""
+    for k in "${GWS[@]}"; do line+="${GW_NAME[$k]} write+flush: ${REQ[${k}_write,$r]}; ${GW_NAME[$k]} cold read: ${REQ[${k}_read,$r]}; "; done
+    SAMPLES_TEXT+="- S3 requests, run $r: ${line}raw put: ${REQ[raw_write,$r]}; raw get: ${REQ[raw_read,$r]}
 "
   done
 fi
 
-if [[ -s "$GW_LOG" ]]; then
-  log "s3nbd logged $(wc -l <"$GW_LOG") line(s) at --log-level warn; last 10:"
-  tail -n 10 "$GW_LOG" >&2
-fi
+for k in "${GWS[@]}"; do
+  [[ -s "$TMP/$k.log" ]] || continue
+  log "${GW_NAME[$k]} logged $(wc -l <"$TMP/$k.log") line(s) at --log-level warn; last 10:"
+  tail -n 10 "$TMP/$k.log" >&2
+done
 
-write_report "$RESULTS_DIR/s3-latest.md" "s3nbd S3 benchmark" "$TABLE
+write_report "$OUT" "s3nbd S3 benchmark" "$TABLE
 
 $CPU_TABLE
 
@@ -357,6 +409,7 @@ $NOTES" "$SAMPLES_TEXT" <<EOF
 - minio: $MINIO_VERSION
 - @aws-sdk/client-s3: $("$NODE" -p "require('$ROOT/node_modules/@aws-sdk/client-s3/package.json').version")
 - nbdcopy: $(nbdcopy --version | head -n1); fio: $(fio --version)
-- s3nbd: $(s3nbd_revision "$ROOT")
-- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}
+- s3nbd: $(s3nbd_revision "$ROOT")${BASE_MAIN:+
+- $BASE_NAME: $BASE_COMMIT, built in $BASE_DIR}
+- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY${BENCH_BASE:+ BENCH_BASE=$BENCH_BASE}; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}
 EOF
