@@ -119,3 +119,12 @@ export const Errors = {
   localFsError: (option: string, path: string, reason: string) => new UserError('S3NBD_LOCAL_FS',
     `${option} ${path} cannot be used: ${reason}`, `fix the file system under ${path} (free space, mount options, health), or choose another ${option}`),
 } as const;
+
+/**
+ * Codes of conditions a running gateway reports in its log rather than on the command line
+ * (it keeps serving). docs/errors.md lists them with the others.
+ */
+export const LogCodes = {
+  /** The store refuses uploads in a way retrying cannot fix (flusher.ts). */
+  uploadsRefused: 'S3NBD_UPLOADS_REFUSED',
+} as const;

@@ -16,6 +16,7 @@
 //   - no attempt at all without a valid writer lease (mayUpload), nor once fenced or closed.
 // Time comes from the context's clock, so tests drive this policy without real sleeps.
 
+import { LogCodes } from '../../errors.ts';
 import { LogThrottle } from '../../log-throttle.ts';
 import { isAllZero } from '../extents/zeros.ts';
 import { StorageError } from '../storage-error.ts';
@@ -254,7 +255,7 @@ export class Flusher {
     const first = this.refusal === undefined;
     this.refusal = err;
     this.table.failWaiters(err);
-    const fields = { code: 'S3NBD_UPLOADS_REFUSED', errno: err.errno, error: err.message, dirtyBytes: this.table.dirtySlots * this.ctx.extentSize };
+    const fields = { code: LogCodes.uploadsRefused, errno: err.errno, error: err.message, dirtyBytes: this.table.dirtySlots * this.ctx.extentSize };
     const message = `the store refuses uploads (${what}): retrying cannot fix this. Writes are still acknowledged from the journal up `
       + `to --max-dirty, FLUSH and FUA fail with ${err.errno}, and uploads are tried again every ${REFUSED_RETRY_MS / 1000} s. `
       + 'Fix: give the credentials s3:PutObject and s3:DeleteObject on the bucket (or make --store writable), and check that the bucket exists';
