@@ -4,8 +4,8 @@
 // Endpoint, region and credentials come from the AWS SDK's standard chain (environment,
 // shared config and profile, container and instance roles, AWS_ENDPOINT_URL_S3) unless the
 // config names them. The SDK's own retries are off: this layer retries instead, so that it
-// sees every failure, counts it, can retry for ever where a caller must never give up, and
-// turns what is left into a StorageError with the errno the NBD client will see:
+// sees every failure, counts it, and turns what is left into a StorageError with the errno
+// the NBD client will see:
 //   - throttling (429, 503 SlowDown, ...), other 5xx, timeouts, connection resets and refusals:
 //     retried with capped exponential backoff and full jitter, then EIO;
 //   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
@@ -76,13 +76,7 @@ export interface S3ObjectStoreConfig {
  * `withRetry()` returns a view of the store with another policy.
  */
 export interface RetryOptions {
-  /**
-   * Retry retryable failures (throttling, 5xx, timeouts, unreachable S3) until the operation
-   * succeeds, for callers that must never give up, such as the write-back flusher. Failures
-   * that retrying cannot fix (403, other 4xx) are still thrown at once.
-   */
-  readonly forever?: boolean;
-  /** Attempts when not `forever`. Default: the config's maxAttempts. */
+  /** Attempts per operation. Default: the config's maxAttempts. */
   readonly maxAttempts?: number;
   /** Ends the retrying (StorageError EIO) when aborted. close() ends every operation too. */
   readonly signal?: AbortSignal;
@@ -141,7 +135,7 @@ export class S3ObjectStore implements ObjectStore {
   private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
   private readonly random: () => number;
   private readonly log: Logger | undefined;
-  /** Aborted by close(): ends requests in flight, backoff waits and retry-forever loops. */
+  /** Aborted by close(): ends requests in flight and backoff waits. */
   private readonly closing = new AbortController();
   /** GETs and unconditional PUTs without the SDK's pipeline, where the endpoint allows (see s3-direct.ts). */
   private readonly direct: DirectS3 | undefined;
@@ -207,12 +201,12 @@ export class S3ObjectStore implements ObjectStore {
 
   /**
    * A view of this store, sharing its connections and stats, whose operations retry by
-   * `options`: `store.withRetry({ forever: true })` for a flusher that must never give up.
+   * `options`: the first contact at start uses one with few attempts and an abort signal.
    * Its close() does nothing; closing this store ends the view's operations too.
    */
   withRetry(options: RetryOptions): ObjectStore {
     const policy: Policy = {
-      maxAttempts: options.forever ? Infinity : options.maxAttempts ?? this.policy.maxAttempts,
+      maxAttempts: options.maxAttempts ?? this.policy.maxAttempts,
       signal: options.signal,
       quiet: options.quiet,
     };
