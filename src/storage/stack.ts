@@ -22,8 +22,8 @@ import { Lease } from './volume/lease.ts';
 import { MemoryObjectStore } from './objects/memory-object-store.ts';
 import { ObjectExtentStore } from './extents/object-extent-store.ts';
 import type { ObjectStore } from './objects/object-store.ts';
-import { S3ObjectStore, parseS3Url } from './objects/s3/s3-object-store.ts';
-import { type S3Options, openObjectStore } from './objects/store-url.ts';
+import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
+import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
 import { WriteBackCache } from './cache/write-back-cache.ts';
 

@@ -472,29 +472,8 @@ export class S3ObjectStore implements ObjectStore {
   }
 }
 
-/**
- * Splits s3://BUCKET[/PREFIX] into its parts, the prefix with single slashes and none at
- * either end. Throws UserError S3NBD_BAD_S3_URL for anything else.
- */
-export function parseS3Url(spec: string): { bucket: string; prefix: string } {
-  const match = /^s3:\/\/([^/]*)(\/.*)?$/i.exec(spec);
-  if (!match) throw Errors.badS3Url(spec, 'it does not start with s3://');
-  const bucket = match[1]!;
-  const path = match[2] ?? '';
-  if (bucket === '') throw Errors.badS3Url(spec, 'there is no bucket name');
-  if (/[@:]/.test(bucket)) throw Errors.badS3Url(spec, 'a user name, password or port does not belong in it (credentials and endpoint come from the environment)');
-  if (/[?#]/.test(spec)) throw Errors.badS3Url(spec, 'a query (?...) or fragment (#...) does not belong in it');
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..')) {
-    throw Errors.badS3Url(spec, `"${bucket}" is not a valid bucket name`);
-  }
-  const prefix = normalisePrefix(path);
-  if (prefix.split('/').some((part) => part === '.' || part === '..')) {
-    throw Errors.badS3Url(spec, 'the prefix must not contain "." or ".." segments');
-  }
-  return { bucket, prefix };
-}
-
-function normalisePrefix(prefix: string): string {
+/** The prefix with single slashes and none at either end ('' for none). */
+export function normalisePrefix(prefix: string): string {
   return prefix.split('/').filter((part) => part !== '').join('/');
 }
 
