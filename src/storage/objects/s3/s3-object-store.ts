@@ -15,11 +15,11 @@
 // maxAttempts x requestTimeoutMs (6 x 30 s). Writes have no budget: the write-back flusher
 // retries them until they succeed. Any request still unanswered after stallWarnMs is logged
 // at warn level (rate-limited), with what it waits for, so a stall is visible while it lasts.
+// The loop is in s3-retry.ts, which failures are retried in s3-errors.ts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
 import { addAbortSignal, Readable } from 'node:stream';
-import { setTimeout as delay } from 'node:timers/promises';
 import {
   DeleteObjectsCommand,
   GetObjectCommand,
@@ -30,12 +30,11 @@ import {
 } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { Errors } from '../../../errors.ts';
-import { LogThrottle } from '../../../log-throttle.ts';
-import { StorageError } from '../../storage-error.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
 import { bodyTooLarge, prematureEnd } from './http1.ts';
 import { DirectS3 } from './s3-direct.ts';
-import { classify, codeOf, type Failure, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
+import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
+import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
 import { limitSdkBodies } from './sdk-body-limit.ts';
 
 export interface S3ObjectStoreConfig {
@@ -84,38 +83,8 @@ export interface RetryOptions {
   readonly quiet?: boolean;
 }
 
-/** Requests sent (every attempt counts), and how they went. */
-export interface S3RequestStats {
-  /** GetObject, for get() and getTagged(). */
-  get: number;
-  /** PutObject, for put() and putIf(). */
-  put: number;
-  /** DeleteObjects, one per batch of up to 1000 keys. */
-  delete: number;
-  /** ListObjectsV2, one per page. */
-  list: number;
-  /** Attempts that failed and were tried again. */
-  retries: number;
-  /** Of those, the ones S3 throttled. */
-  throttled: number;
-  /** Operations that gave up after a retryable failure. */
-  exhausted: number;
-}
-
-type Operation = 'get' | 'put' | 'delete' | 'list';
-
-interface Policy {
-  readonly maxAttempts: number;
-  readonly signal: AbortSignal | undefined;
-  /** Total time for the operation, retries included; undefined: no limit but the attempts. */
-  readonly budgetMs?: number | undefined;
-  readonly quiet?: boolean | undefined;
-}
-
 const DELETE_BATCH = 1000;
 const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, readTimeoutMs: 60_000, stallWarnMs: 5000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
-/** At most one "waiting for S3" line per this many ms, however many requests wait. */
-const STALL_LOG_INTERVAL_MS = 10_000;
 
 export class S3ObjectStore implements ObjectStore {
   readonly description: string;
@@ -127,13 +96,7 @@ export class S3ObjectStore implements ObjectStore {
   private readonly policy: Policy;
   /** get()'s: the default policy with the read time budget. */
   private readonly readPolicy: Policy;
-  private readonly requestTimeoutMs: number;
-  private readonly stallWarnMs: number;
-  private readonly stallLog: LogThrottle | undefined;
-  private readonly retryBaseMs: number;
-  private readonly retryCapMs: number;
-  private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
-  private readonly random: () => number;
+  private readonly retry: S3Retry;
   private readonly log: Logger | undefined;
   /** Aborted by close(): ends requests in flight and backoff waits. */
   private readonly closing = new AbortController();
@@ -153,13 +116,14 @@ export class S3ObjectStore implements ObjectStore {
     this.keyPrefix = prefix === '' ? '' : `${prefix}/`;
     this.policy = { maxAttempts: config.maxAttempts ?? DEFAULTS.maxAttempts, signal: undefined };
     this.readPolicy = { ...this.policy, budgetMs: config.readTimeoutMs ?? DEFAULTS.readTimeoutMs };
-    this.requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
-    this.stallWarnMs = config.stallWarnMs ?? DEFAULTS.stallWarnMs;
-    this.stallLog = config.log && new LogThrottle(config.log, 'warn', { intervalMs: STALL_LOG_INTERVAL_MS });
-    this.retryBaseMs = config.retryBaseMs ?? DEFAULTS.retryBaseMs;
-    this.retryCapMs = config.retryCapMs ?? DEFAULTS.retryCapMs;
-    this.sleep = config.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
-    this.random = config.random ?? Math.random;
+    const requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.retry = new S3Retry({
+      stats: this.stats, closing: this.closing.signal, requestTimeoutMs,
+      stallWarnMs: config.stallWarnMs ?? DEFAULTS.stallWarnMs,
+      retryBaseMs: config.retryBaseMs ?? DEFAULTS.retryBaseMs,
+      retryCapMs: config.retryCapMs ?? DEFAULTS.retryCapMs,
+      log: config.log, sleep: config.sleep, random: config.random,
+    });
     this.log = config.log;
     // The SDK reads AWS_ENDPOINT_URL_S3 itself; it is read here only to say where we are.
     const endpoint = config.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
@@ -182,7 +146,7 @@ export class S3ObjectStore implements ObjectStore {
       expectContinueHeader: false,
       followRegionRedirects: true,
       requestHandler: {
-        connectionTimeout: Math.min(5000, this.requestTimeoutMs),
+        connectionTimeout: Math.min(5000, requestTimeoutMs),
         httpAgent: agent,
         httpsAgent: agent,
         // The handler's own warnings (e.g. every socket busy) go to our log, not to the console.
@@ -261,7 +225,7 @@ export class S3ObjectStore implements ObjectStore {
 
   private getWith(key: string, policy: Policy, maxBytes = MAX_OBJECT_BYTES): Promise<TaggedObject | undefined> {
     const Key = this.keyPrefix + key;
-    return this.retry('get', `GET ${this.url(Key)}`, policy, async (signal) => {
+    return this.retry.run('get', `GET ${this.url(Key)}`, policy, async (signal) => {
       try {
         return await (this.direct ? this.direct.get(Key, signal, maxBytes) : this.sdkGet(Key, signal, maxBytes));
       } catch (err) {
@@ -282,7 +246,7 @@ export class S3ObjectStore implements ObjectStore {
 
   private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {
     const Key = this.keyPrefix + key;
-    await this.retry('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
+    await this.retry.run('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
       if (this.direct) await this.direct.put(Key, data, signal);
       else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: signal });
     });
@@ -293,7 +257,7 @@ export class S3ObjectStore implements ObjectStore {
     const condition = expectedTag === undefined ? { IfNoneMatch: '*' }
       : { IfMatch: this.unquotedIfMatch ? expectedTag.replace(/^"(.*)"$/, '$1') : expectedTag };
     let attempts = 0;
-    const tag = await this.retry('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
+    const tag = await this.retry.run('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
         const output = await this.client.send(new PutObjectCommand({
@@ -344,7 +308,7 @@ export class S3ObjectStore implements ObjectStore {
     const checks = [{ IfNoneMatch: '*' }, { IfMatch: '"s3nbd-never-matches"' }];
     for (const condition of checks) {
       const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
-      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
+      const accepted = await this.retry.run('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
         try {
           await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
           return true;
@@ -365,7 +329,7 @@ export class S3ObjectStore implements ObjectStore {
   private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
     for (let start = 0; start < keys.length; start += DELETE_BATCH) {
       let pending = keys.slice(start, start + DELETE_BATCH).map((key) => this.keyPrefix + key);
-      await this.retry('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
+      await this.retry.run('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
         const output = await this.client.send(new DeleteObjectsCommand({
           Bucket: this.bucket,
           Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true },
@@ -388,7 +352,7 @@ export class S3ObjectStore implements ObjectStore {
     let token: string | undefined;
     do {
       const ContinuationToken = token;
-      const output = await this.retry('list', `LIST ${this.url(Prefix)}`, policy, (signal) => this.client.send(new ListObjectsV2Command({
+      const output = await this.retry.run('list', `LIST ${this.url(Prefix)}`, policy, (signal) => this.client.send(new ListObjectsV2Command({
         Bucket: this.bucket, Prefix, ContinuationToken,
       }), { abortSignal: signal }));
       for (const object of output.Contents ?? []) {
@@ -396,75 +360,6 @@ export class S3ObjectStore implements ObjectStore {
       }
       token = output.IsTruncated ? output.NextContinuationToken : undefined;
     } while (token !== undefined);
-  }
-
-  /**
-   * Runs `attempt` until it succeeds, fails in a way retrying cannot fix, or runs out of
-   * attempts or of the policy's time budget. Each attempt gets a signal that aborts at its
-   * time limit (no later than the budget's end), on close() and on the policy's signal.
-   */
-  private async retry<T>(operation: Operation, what: string, policy: Policy, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const stop = policy.signal ? AbortSignal.any([this.closing.signal, policy.signal]) : this.closing.signal;
-    const started = Date.now();
-    const deadline = policy.budgetMs === undefined ? Infinity : started + policy.budgetMs;
-    let n = 1;
-    let lastError: string | undefined;
-    // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
-    const stallTimer = policy.quiet ? undefined : this.stallLog && setInterval(() => {
-      this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
-        ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - Date.now()) } }, 'waiting for S3: no answer yet');
-    }, this.stallWarnMs);
-    try {
-      for (;; n++) {
-        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
-        this.stats[operation]++;
-        // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
-        // timer fires, long after a quick request is done.
-        const timeout = new AbortController();
-        const limitMs = Math.max(1, Math.min(this.requestTimeoutMs, deadline - Date.now()));
-        const timer = setTimeout(() => timeout.abort(), limitMs);
-        let failure: Failure;
-        try {
-          return await attempt(AbortSignal.any([timeout.signal, stop]));
-        } catch (err) {
-          if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-          failure = classify(err, timeout.signal.aborted, limitMs);
-          lastError = failure.text;
-          if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
-          if (n >= policy.maxAttempts) {
-            this.stats.exhausted++;
-            throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
-          }
-        } finally {
-          clearTimeout(timer);
-        }
-        // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
-        const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
-        const wait = Math.floor(this.random() * ceiling);
-        if (Date.now() + wait >= deadline) {
-          this.stats.exhausted++;
-          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts in ${Date.now() - started} ms: the read timeout is ${policy.budgetMs} ms)`);
-        }
-        await this.backoff(what, n, failure, wait, stop);
-      }
-    } finally {
-      clearInterval(stallTimer);
-    }
-  }
-
-  /** Counts a failed attempt, logs it, and waits `wait` ms before the next. */
-  private async backoff(what: string, n: number, failure: Failure, wait: number, stop: AbortSignal): Promise<void> {
-    this.stats.retries++;
-    if (failure.throttled) this.stats.throttled++;
-    // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
-    // A request that hangs is reported by the stall warning in retry() meanwhile.
-    const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
-    this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
-    try {
-      await this.sleep(wait, stop);
-    } catch (err) {
-      throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-    }
   }
 
   private url(key: string): string {
@@ -485,10 +380,6 @@ function safeEndpoint(endpoint: string): string {
   } catch {
     return '(unparsable endpoint)';
   }
-}
-
-function reasonOf(signal: AbortSignal): string {
-  return signal.reason instanceof Error ? signal.reason.message : 'aborted';
 }
 
 /**
