@@ -19,23 +19,14 @@
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
-import { addAbortSignal, Readable } from 'node:stream';
-import {
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { Errors } from '../../../errors.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
-import { bodyTooLarge, prematureEnd } from './http1.ts';
 import { DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
 import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
-import { limitSdkBodies } from './sdk-body-limit.ts';
+import { createSdkClient, safeEndpoint, sdkGet } from './sdk-client.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -130,30 +121,10 @@ export class S3ObjectStore implements ObjectStore {
     this.description = `s3://${this.bucket}${prefix === '' ? '' : `/${prefix}`} at ${endpoint === undefined ? 'AWS' : safeEndpoint(endpoint)}`;
     const maxSockets = config.maxSockets ?? DEFAULTS.maxSockets;
     const pathStyle = config.forcePathStyle ?? endpoint !== undefined;
-    const agent = { keepAlive: true, maxSockets };
-    this.client = new S3Client({
-      endpoint: config.endpoint,
-      region: config.region,
-      forcePathStyle: pathStyle,
-      credentials: config.credentials,
-      maxAttempts: 1,
-      // Checksums only where S3 insists (DeleteObjects): TCP and TLS already protect the bytes,
-      // and S3-compatible servers differ in which checksum headers they accept.
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      // With 100-continue the SDK gives every PUT over 2 MB a fresh, unpooled connection
-      // (ignoring maxSockets): not worth it for extents, which are mostly accepted.
-      expectContinueHeader: false,
-      followRegionRedirects: true,
-      requestHandler: {
-        connectionTimeout: Math.min(5000, requestTimeoutMs),
-        httpAgent: agent,
-        httpsAgent: agent,
-        // The handler's own warnings (e.g. every socket busy) go to our log, not to the console.
-        logger: sdkLogger(config.log),
-      },
+    this.client = createSdkClient({
+      endpoint: config.endpoint, region: config.region, forcePathStyle: pathStyle, credentials: config.credentials,
+      maxSockets, requestTimeoutMs, log: config.log,
     });
-    limitSdkBodies(this.client);
     if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
       this.direct = new DirectS3({
         endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
@@ -227,7 +198,7 @@ export class S3ObjectStore implements ObjectStore {
     const Key = this.keyPrefix + key;
     return this.retry.run('get', `GET ${this.url(Key)}`, policy, async (signal) => {
       try {
-        return await (this.direct ? this.direct.get(Key, signal, maxBytes) : this.sdkGet(Key, signal, maxBytes));
+        return await (this.direct ? this.direct.get(Key, signal, maxBytes) : sdkGet(this.client, this.bucket, Key, signal, maxBytes));
       } catch (err) {
         // Only S3's own "no such key" means the object is missing: a 404 page of a server that
         // is not S3 at all (a wrong port, a web server) must not read as "no volume here".
@@ -235,13 +206,6 @@ export class S3ObjectStore implements ObjectStore {
         throw err;
       }
     });
-  }
-
-  private async sdkGet(Key: string, signal: AbortSignal, maxBytes: number): Promise<TaggedObject> {
-    const output = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
-    const data = await readBody(output.Body, output.ContentLength, maxBytes, signal);
-    if (output.ETag === undefined) throw new Error('the response has no ETag');
-    return { data, tag: output.ETag };
   }
 
   private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {
@@ -370,44 +334,4 @@ export class S3ObjectStore implements ObjectStore {
 /** The prefix with single slashes and none at either end ('' for none). */
 export function normalisePrefix(prefix: string): string {
   return prefix.split('/').filter((part) => part !== '').join('/');
-}
-
-/** The endpoint without anything that could be a secret (user info, query). */
-function safeEndpoint(endpoint: string): string {
-  try {
-    const url = new URL(endpoint);
-    return `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`;
-  } catch {
-    return '(unparsable endpoint)';
-  }
-}
-
-/**
- * The SDK's stream, read whole, checked against Content-Length; a timeout destroys it. A body
- * longer than `maxBytes` (declared, or as it arrives) is refused, and the stream destroyed,
- * before more than `maxBytes` of it is held.
- */
-async function readBody(body: unknown, length: number | undefined, maxBytes: number, signal: AbortSignal): Promise<Buffer> {
-  if (!(body instanceof Readable)) throw new Error('the response has no body stream');
-  if (length !== undefined && length > maxBytes) {
-    body.destroy();
-    throw bodyTooLarge(length, maxBytes);
-  }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of addAbortSignal(signal, body)) {
-    total += (chunk as Buffer).length;
-    if (total > maxBytes) {
-      body.destroy();
-      throw bodyTooLarge(total, maxBytes);
-    }
-    chunks.push(chunk as Buffer);
-  }
-  if (length !== undefined && total !== length) throw prematureEnd(total, length);
-  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
-}
-
-function sdkLogger(log: Logger | undefined): { debug(...a: unknown[]): void; info(...a: unknown[]): void; warn(...a: unknown[]): void; error(...a: unknown[]): void } {
-  const to = (level: 'debug' | 'warn') => (...args: unknown[]): void => log?.[level]({ source: 'aws-sdk' }, args.map(String).join(' '));
-  return { debug: to('debug'), info: to('debug'), warn: to('debug'), error: to('warn') };
 }
