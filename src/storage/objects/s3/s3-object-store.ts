@@ -15,7 +15,7 @@
 // maxAttempts x requestTimeoutMs (6 x 30 s). Writes have no budget: the write-back flusher
 // retries them until they succeed. Any request still unanswered after stallWarnMs is logged
 // at warn level (rate-limited), with what it waits for, so a stall is visible while it lasts.
-// The loop is in s3-retry.ts, which failures are retried in s3-errors.ts.
+// The retry loop is in s3-retry.ts; which failures it retries is decided in s3-errors.ts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
