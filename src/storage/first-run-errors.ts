@@ -166,7 +166,8 @@ const FS_CODES = new Set(['EROFS', 'EACCES', 'EPERM', 'ENOTDIR', 'EEXIST', ...Ob
  */
 export async function explainLocalError(err: unknown, places: readonly LocalPlace[], fallback?: string): Promise<UserError | undefined> {
   if (err instanceof UserError) return err;
-  const e = err as NodeJS.ErrnoException | undefined;
+  // The directory store wraps the file system's error in a StorageError: look at the errno one.
+  const e = rootCause(err) as NodeJS.ErrnoException | undefined;
   const code = e?.code;
   if (code === undefined || !FS_CODES.has(code)) return undefined;
   const path = resolve(e?.path ?? fallback ?? '');

@@ -27,8 +27,8 @@ import { MemoryObjectStore } from './objects/memory-object-store.ts';
 import { DirectExtentStore } from './extents/direct-extent-store.ts';
 import { ObjectExtents } from './extents/extent-objects.ts';
 import type { ObjectStore } from './objects/object-store.ts';
-import { S3ObjectStore, parseS3Url } from './objects/s3/s3-object-store.ts';
-import { type S3Options, openObjectStore } from './objects/store-url.ts';
+import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
+import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
 import { WriteBackCache } from './cache/write-back-cache.ts';
 

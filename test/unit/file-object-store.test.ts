@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readlinkSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
+import { StorageError } from '../../src/storage/storage-error.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 async function keys(store: FileObjectStore, prefix = ''): Promise<string[]> {
@@ -84,6 +85,66 @@ describe('FileObjectStore', () => {
     const then = (Date.now() - 18_000) / 1000;
     utimesSync(lock, then, then);
     assert.ok(await store.putIf('lease.json', Buffer.from('mine'), undefined));
+  });
+
+  // The store translates its own failures: nothing above it needs to know how a directory fails.
+  it('rejects with a StorageError naming the operation, the key and the directory, the errno error as its cause', async () => {
+    // A file where a directory should be: ENOTDIR, even for root.
+    writeFileSync(join(dir.path, 'plain-file'), '');
+    const root = join(dir.path, 'plain-file/store');
+    const store = new FileObjectStore(root);
+    const failures: Array<[string, Promise<unknown>]> = [
+      ['get', store.get('extents/00/1')],
+      ['get', store.getTagged('volume.json')],
+      ['put', store.put('extents/00/1', Buffer.from('x'))],
+      ['conditional put', store.putIf('lease.json', Buffer.from('x'), undefined)],
+      ['delete', store.deleteMany(['extents/00/1'])],
+      ['list', (async () => { for await (const key of store.list('extents/')) assert.fail(key); })()],
+    ];
+    for (const [operation, failing] of failures) {
+      const err = await failing.then(() => assert.fail(`${operation} succeeded`), (e: unknown) => e);
+      assert.ok(err instanceof StorageError, `${operation}: ${String(err)}`);
+      assert.equal(err.errno, 'EIO');
+      assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOTDIR', operation);
+      assert.ok(err.message.startsWith(`${operation} `), err.message);
+      assert.ok(err.message.includes(`failed in directory ${root}: ENOTDIR`), err.message);
+    }
+    const put = await store.put('extents/00/1', Buffer.from('x')).catch((e: unknown) => e as Error);
+    assert.match(put!.message, /^put extents\/00\/1 failed in directory /);
+    const list = await store.list('')[Symbol.asyncIterator]().next().catch((e: unknown) => e as Error);
+    assert.match((list as Error).message, /^list keys under "" failed/);
+    await assert.rejects(store.put('../evil', Buffer.from('no')), (e) => e instanceof StorageError && e.errno === 'EIO' && /invalid object key/.test(e.message));
+  });
+
+  it('reports a full disk as ENOSPC', async () => {
+    const store = new FileObjectStore(join(dir.path, 'full'));
+    await store.put('k', Buffer.from('first'));
+    // The next temporary file is a link to /dev/full, where every write fails with ENOSPC.
+    const next = `.tmp-${(store as unknown as { tempTag: string }).tempTag}-1`;
+    symlinkSync('/dev/full', join(dir.path, 'full', next));
+    const err = await store.put('k', Buffer.from('second')).catch((e: unknown) => e);
+    assert.ok(err instanceof StorageError);
+    assert.equal(err.errno, 'ENOSPC');
+    assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOSPC');
+    assert.equal((await store.get('k'))?.toString(), 'first');
+  });
+
+  // Root passes every permission check, so the refusal is met by a child running as uid 1000.
+  const setpriv = process.getuid?.() === 0 && spawnSync('setpriv', ['--version']).status === 0;
+  it('reports a refused permission as EPERM', { skip: !setpriv && 'needs root and setpriv' }, () => {
+    const owned = join(dir.path, 'root-owned');
+    mkdirSync(owned, { mode: 0o755 });
+    const script = `
+      import { FileObjectStore } from ${JSON.stringify(join(import.meta.dirname, '../../src/storage/objects/file-object-store.ts'))};
+      const err = await new FileObjectStore(${JSON.stringify(join(owned, 'store'))}).put('k', Buffer.from('x')).catch((e) => e);
+      process.stdout.write(JSON.stringify({ name: err?.name, errno: err?.errno, code: err?.cause?.code, message: err?.message }));`;
+    const child = spawnSync('setpriv', ['--reuid', '1000', '--regid', '1000', '--clear-groups',
+      '--inh-caps', '+dac_read_search', '--ambient-caps', '+dac_read_search',
+      process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' });
+    assert.equal(child.status, 0, child.stderr);
+    const seen = JSON.parse(child.stdout) as { name: string; errno: string; code: string; message: string };
+    assert.deepEqual({ name: seen.name, errno: seen.errno, code: seen.code }, { name: 'StorageError', errno: 'EPERM', code: 'EACCES' });
+    assert.match(seen.message, /^put k failed in directory .*root-owned\/store: EACCES/);
   });
 });
 

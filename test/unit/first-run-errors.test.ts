@@ -46,6 +46,9 @@ describe('first-run errors', () => {
     const e1 = await explainLocalError(notDir, places);
     assert.equal(e1?.code, 'S3NBD_NOT_A_DIRECTORY');
     assert.match(e1.message, new RegExp(`${file} is a file`));
+    // As the directory store throws it: the errno error is the StorageError's cause.
+    const fromStore = new StorageError('EIO', `get k failed in directory ${join(file, 'cache')}: ENOTDIR`, { cause: notDir });
+    assert.equal((await explainLocalError(fromStore, places))?.code, 'S3NBD_NOT_A_DIRECTORY');
     mkdirSync(join(dir.path, 'c'));
     const full = Object.assign(new Error('ENOSPC'), { code: 'ENOSPC', path: join(dir.path, 'c', 'journal', 'x.log') });
     const e2 = await explainLocalError(full, [{ option: '--cache-dir', path: join(dir.path, 'c') }, { option: '--store', path: join(dir.path, 's') }]);

@@ -2,13 +2,15 @@
 // subdirectories. Replacing an object writes a temporary file, fsyncs it and renames it over
 // the old one, so a crash leaves either version, never a torn one. A rename is only durable
 // once its directory is fsynced, which flush() does for every directory changed since the
-// last flush.
+// last flush. Every failure leaves as a StorageError carrying the errno the NBD client will
+// see (errnoOf() below), with the file system's own error as its cause.
 
 import { randomBytes } from 'node:crypto';
 import { type BigIntStats, constants, readlinkSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
 import { fsyncPath } from '../../fsync.ts';
+import { StorageError } from '../storage-error.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 /** Temporary and lock files start with this; list() skips them. */
@@ -41,62 +43,70 @@ export class FileObjectStore implements ObjectStore {
     this.description = `directory ${root}`;
   }
 
-  async get(key: string): Promise<Buffer | undefined> {
-    try {
-      return await readFile(this.path(key));
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    }
+  get(key: string): Promise<Buffer | undefined> {
+    return this.translated('get', key, async () => {
+      try {
+        return await readFile(this.path(key));
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      }
+    });
   }
 
-  async put(key: string, data: Buffer): Promise<void> {
-    const target = this.path(key);
-    const temp = await this.writeTemp(target, data);
-    try {
-      await rename(temp, target);
-    } catch (err) {
-      await rm(temp, { force: true });
-      throw err;
-    }
-    this.dirtyDirs.add(dirname(target));
-  }
-
-  async getTagged(key: string): Promise<TaggedObject | undefined> {
-    let handle;
-    try {
-      handle = await open(this.path(key), constants.O_RDONLY);
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    }
-    try {
-      // Tag and bytes from one open file: a concurrent replace swaps the inode, not this one.
-      const stats = await handle.stat({ bigint: true });
-      return { data: await handle.readFile(), tag: tagOf(stats) };
-    } finally {
-      await handle.close();
-    }
-  }
-
-  async putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
-    const target = this.path(key);
-    // Check-then-replace must be atomic against other processes too: hold a lock file.
-    return this.withLock(target, async () => {
-      if (await currentTag(target) !== expectedTag) return undefined;
+  put(key: string, data: Buffer): Promise<void> {
+    return this.translated('put', key, async () => {
+      const target = this.path(key);
       const temp = await this.writeTemp(target, data);
       try {
-        // link() refuses to replace an existing file: a create-only-if-absent.
-        if (expectedTag === undefined) await link(temp, target);
-        else await rename(temp, target);
+        await rename(temp, target);
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined;
-        throw err;
-      } finally {
         await rm(temp, { force: true });
+        throw err;
       }
       this.dirtyDirs.add(dirname(target));
-      return currentTag(target);
+    });
+  }
+
+  getTagged(key: string): Promise<TaggedObject | undefined> {
+    return this.translated('get', key, async () => {
+      let handle;
+      try {
+        handle = await open(this.path(key), constants.O_RDONLY);
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      }
+      try {
+        // Tag and bytes from one open file: a concurrent replace swaps the inode, not this one.
+        const stats = await handle.stat({ bigint: true });
+        return { data: await handle.readFile(), tag: tagOf(stats) };
+      } finally {
+        await handle.close();
+      }
+    });
+  }
+
+  putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
+    return this.translated('conditional put', key, () => {
+      const target = this.path(key);
+      // Check-then-replace must be atomic against other processes too: hold a lock file.
+      return this.withLock(target, async () => {
+        if (await currentTag(target) !== expectedTag) return undefined;
+        const temp = await this.writeTemp(target, data);
+        try {
+          // link() refuses to replace an existing file: a create-only-if-absent.
+          if (expectedTag === undefined) await link(temp, target);
+          else await rename(temp, target);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined;
+          throw err;
+        } finally {
+          await rm(temp, { force: true });
+        }
+        this.dirtyDirs.add(dirname(target));
+        return currentTag(target);
+      });
     });
   }
 
@@ -131,7 +141,7 @@ export class FileObjectStore implements ObjectStore {
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {
-    await Promise.all(keys.map(async (key) => {
+    await Promise.all(keys.map((key) => this.translated('delete', key, async () => {
       const target = this.path(key);
       try {
         await unlink(target);
@@ -139,26 +149,48 @@ export class FileObjectStore implements ObjectStore {
       } catch (err) {
         if (!isNotFound(err)) throw err;
       }
-    }));
+    })));
   }
 
   async *list(prefix: string): AsyncIterable<string> {
-    yield* this.walk('', prefix);
+    try {
+      yield* this.walk('', prefix);
+    } catch (err) {
+      throw this.failure('list', `keys under "${prefix}"`, err);
+    }
   }
 
-  async flush(): Promise<void> {
-    const dirs = this.dirtyDirs;
-    this.dirtyDirs = new Set();
-    try {
-      await Promise.all([...dirs].map((dir) => fsyncPath(dir, 'directory')));
-    } catch (err) {
-      for (const dir of dirs) this.dirtyDirs.add(dir);
-      throw err;
-    }
+  flush(): Promise<void> {
+    return this.translated('flush', 'of changed directories', async () => {
+      const dirs = this.dirtyDirs;
+      this.dirtyDirs = new Set();
+      try {
+        await Promise.all([...dirs].map((dir) => fsyncPath(dir, 'directory')));
+      } catch (err) {
+        for (const dir of dirs) this.dirtyDirs.add(dir);
+        throw err;
+      }
+    });
   }
 
   close(): Promise<void> {
     return this.flush();
+  }
+
+  /** Runs one operation on `subject` (a key), its failure turned into a StorageError. */
+  private async translated<T>(operation: string, subject: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw this.failure(operation, subject, err);
+    }
+  }
+
+  /** The StorageError for a failed operation: its errno, what failed where, and the file system's error as its cause. */
+  private failure(operation: string, subject: string, err: unknown): StorageError {
+    if (err instanceof StorageError) return err;
+    const message = err instanceof Error ? err.message : String(err);
+    return new StorageError(errnoOf(err), `${operation} ${subject} failed in ${this.description}: ${message}`, { cause: err });
   }
 
   private async *walk(relative: string, prefix: string): AsyncIterable<string> {
@@ -232,6 +264,20 @@ async function currentTag(path: string): Promise<string | undefined> {
     if (isNotFound(err)) return undefined;
     throw err;
   }
+}
+
+/**
+ * The errno an NBD client sees for a file-system failure: EPERM for a refusal, ENOSPC when the
+ * disk or quota is full (a condition that passes, not a fault), EIO for anything else. This is
+ * exactly the mapping the extent layer applied before the store translated its own errors, so
+ * clients see what they saw. EROFS stays EIO: NBD has no EROFS, and a store that turned
+ * read-only under a writable volume is a fault of the store, not a refused request.
+ */
+function errnoOf(err: unknown): 'EPERM' | 'ENOSPC' | 'EIO' {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'EACCES' || code === 'EPERM') return 'EPERM';
+  if (code === 'ENOSPC' || code === 'EDQUOT') return 'ENOSPC';
+  return 'EIO';
 }
 
 function isNotFound(err: unknown): boolean {

@@ -3,6 +3,7 @@
 //                                      credentials from the AWS chain or --s3-* options)
 //   ./dir, /abs/dir, file:///abs/dir   a local directory (the embedded default)
 //   memory:                            volatile, in this process (tests, benchmarks)
+// parseS3Url() checks an s3:// URL and splits it (stack.ts uses it too, to name the bucket).
 
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,7 +12,7 @@ import { Errors } from '../../errors.ts';
 import { FileObjectStore } from './file-object-store.ts';
 import { MemoryObjectStore } from './memory-object-store.ts';
 import type { ObjectStore } from './object-store.ts';
-import { S3ObjectStore, parseS3Url } from './s3/s3-object-store.ts';
+import { normalisePrefix, S3ObjectStore } from './s3/s3-object-store.ts';
 
 export const DEFAULT_STORE = './s3nbd-data';
 
@@ -76,4 +77,26 @@ function checkEndpoint(source: string, text: string): void {
   if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
     throw Errors.badEndpoint(source, text.replace(/\/\/[^@/]*@/, '//'), bare);
   }
+}
+
+/**
+ * Splits s3://BUCKET[/PREFIX] into its parts, the prefix with single slashes and none at
+ * either end. Throws UserError S3NBD_BAD_S3_URL for anything else.
+ */
+export function parseS3Url(spec: string): { bucket: string; prefix: string } {
+  const match = /^s3:\/\/([^/]*)(\/.*)?$/i.exec(spec);
+  if (!match) throw Errors.badS3Url(spec, 'it does not start with s3://');
+  const bucket = match[1]!;
+  const path = match[2] ?? '';
+  if (bucket === '') throw Errors.badS3Url(spec, 'there is no bucket name');
+  if (/[@:]/.test(bucket)) throw Errors.badS3Url(spec, 'a user name, password or port does not belong in it (credentials and endpoint come from the environment)');
+  if (/[?#]/.test(spec)) throw Errors.badS3Url(spec, 'a query (?...) or fragment (#...) does not belong in it');
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..')) {
+    throw Errors.badS3Url(spec, `"${bucket}" is not a valid bucket name`);
+  }
+  const prefix = normalisePrefix(path);
+  if (prefix.split('/').some((part) => part === '.' || part === '..')) {
+    throw Errors.badS3Url(spec, 'the prefix must not contain "." or ".." segments');
+  }
+  return { bucket, prefix };
 }

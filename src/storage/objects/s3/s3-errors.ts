@@ -1,7 +1,7 @@
 // Which S3 failures are worth retrying, and with which errno the rest reach the NBD client:
 // throttling and transient S3 codes, 5xx (but 501) and network errors are retried; 403 and
-// missing credentials are EPERM; anything else is EIO at once. The S3 store (s3-object-store.ts)
-// runs the retry loop around this.
+// missing credentials are EPERM; anything else is EIO at once. The S3 store's retry loop
+// (s3-retry.ts) runs around this.
 
 import { StorageError } from '../../storage-error.ts';
 export interface Failure {

@@ -4,8 +4,8 @@
 // Endpoint, region and credentials come from the AWS SDK's standard chain (environment,
 // shared config and profile, container and instance roles, AWS_ENDPOINT_URL_S3) unless the
 // config names them. The SDK's own retries are off: this layer retries instead, so that it
-// sees every failure, counts it, can retry for ever where a caller must never give up, and
-// turns what is left into a StorageError with the errno the NBD client will see:
+// sees every failure, counts it, and turns what is left into a StorageError with the errno
+// the NBD client will see:
 //   - throttling (429, 503 SlowDown, ...), other 5xx, timeouts, connection resets and refusals:
 //     retried with capped exponential backoff and full jitter, then EIO;
 //   - 403 (access denied, bad credentials): EPERM at once, retrying cannot help;
@@ -15,28 +15,18 @@
 // maxAttempts x requestTimeoutMs (6 x 30 s). Writes have no budget: the write-back flusher
 // retries them until they succeed. Any request still unanswered after stallWarnMs is logged
 // at warn level (rate-limited), with what it waits for, so a stall is visible while it lasts.
+// The retry loop is in s3-retry.ts; which failures it retries is decided in s3-errors.ts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
-import { addAbortSignal, Readable } from 'node:stream';
-import { setTimeout as delay } from 'node:timers/promises';
-import {
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { Errors } from '../../../errors.ts';
-import { LogThrottle } from '../../../log-throttle.ts';
-import { StorageError } from '../../storage-error.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
-import { bodyTooLarge, prematureEnd } from './http1.ts';
 import { DirectS3 } from './s3-direct.ts';
-import { classify, codeOf, type Failure, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
-import { limitSdkBodies } from './sdk-body-limit.ts';
+import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
+import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
+import { createSdkClient, safeEndpoint, sdkGet } from './sdk-client.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -76,13 +66,7 @@ export interface S3ObjectStoreConfig {
  * `withRetry()` returns a view of the store with another policy.
  */
 export interface RetryOptions {
-  /**
-   * Retry retryable failures (throttling, 5xx, timeouts, unreachable S3) until the operation
-   * succeeds, for callers that must never give up, such as the write-back flusher. Failures
-   * that retrying cannot fix (403, other 4xx) are still thrown at once.
-   */
-  readonly forever?: boolean;
-  /** Attempts when not `forever`. Default: the config's maxAttempts. */
+  /** Attempts per operation. Default: the config's maxAttempts. */
   readonly maxAttempts?: number;
   /** Ends the retrying (StorageError EIO) when aborted. close() ends every operation too. */
   readonly signal?: AbortSignal;
@@ -90,38 +74,8 @@ export interface RetryOptions {
   readonly quiet?: boolean;
 }
 
-/** Requests sent (every attempt counts), and how they went. */
-export interface S3RequestStats {
-  /** GetObject, for get() and getTagged(). */
-  get: number;
-  /** PutObject, for put() and putIf(). */
-  put: number;
-  /** DeleteObjects, one per batch of up to 1000 keys. */
-  delete: number;
-  /** ListObjectsV2, one per page. */
-  list: number;
-  /** Attempts that failed and were tried again. */
-  retries: number;
-  /** Of those, the ones S3 throttled. */
-  throttled: number;
-  /** Operations that gave up after a retryable failure. */
-  exhausted: number;
-}
-
-type Operation = 'get' | 'put' | 'delete' | 'list';
-
-interface Policy {
-  readonly maxAttempts: number;
-  readonly signal: AbortSignal | undefined;
-  /** Total time for the operation, retries included; undefined: no limit but the attempts. */
-  readonly budgetMs?: number | undefined;
-  readonly quiet?: boolean | undefined;
-}
-
 const DELETE_BATCH = 1000;
 const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, readTimeoutMs: 60_000, stallWarnMs: 5000, maxSockets: 50, retryBaseMs: 100, retryCapMs: 10_000 };
-/** At most one "waiting for S3" line per this many ms, however many requests wait. */
-const STALL_LOG_INTERVAL_MS = 10_000;
 
 export class S3ObjectStore implements ObjectStore {
   readonly description: string;
@@ -133,15 +87,9 @@ export class S3ObjectStore implements ObjectStore {
   private readonly policy: Policy;
   /** get()'s: the default policy with the read time budget. */
   private readonly readPolicy: Policy;
-  private readonly requestTimeoutMs: number;
-  private readonly stallWarnMs: number;
-  private readonly stallLog: LogThrottle | undefined;
-  private readonly retryBaseMs: number;
-  private readonly retryCapMs: number;
-  private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
-  private readonly random: () => number;
+  private readonly retry: S3Retry;
   private readonly log: Logger | undefined;
-  /** Aborted by close(): ends requests in flight, backoff waits and retry-forever loops. */
+  /** Aborted by close(): ends requests in flight and backoff waits. */
   private readonly closing = new AbortController();
   /** GETs and unconditional PUTs without the SDK's pipeline, where the endpoint allows (see s3-direct.ts). */
   private readonly direct: DirectS3 | undefined;
@@ -159,43 +107,24 @@ export class S3ObjectStore implements ObjectStore {
     this.keyPrefix = prefix === '' ? '' : `${prefix}/`;
     this.policy = { maxAttempts: config.maxAttempts ?? DEFAULTS.maxAttempts, signal: undefined };
     this.readPolicy = { ...this.policy, budgetMs: config.readTimeoutMs ?? DEFAULTS.readTimeoutMs };
-    this.requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
-    this.stallWarnMs = config.stallWarnMs ?? DEFAULTS.stallWarnMs;
-    this.stallLog = config.log && new LogThrottle(config.log, 'warn', { intervalMs: STALL_LOG_INTERVAL_MS });
-    this.retryBaseMs = config.retryBaseMs ?? DEFAULTS.retryBaseMs;
-    this.retryCapMs = config.retryCapMs ?? DEFAULTS.retryCapMs;
-    this.sleep = config.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
-    this.random = config.random ?? Math.random;
+    const requestTimeoutMs = config.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.retry = new S3Retry({
+      stats: this.stats, closing: this.closing.signal, requestTimeoutMs,
+      stallWarnMs: config.stallWarnMs ?? DEFAULTS.stallWarnMs,
+      retryBaseMs: config.retryBaseMs ?? DEFAULTS.retryBaseMs,
+      retryCapMs: config.retryCapMs ?? DEFAULTS.retryCapMs,
+      log: config.log, sleep: config.sleep, random: config.random,
+    });
     this.log = config.log;
     // The SDK reads AWS_ENDPOINT_URL_S3 itself; it is read here only to say where we are.
     const endpoint = config.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
     this.description = `s3://${this.bucket}${prefix === '' ? '' : `/${prefix}`} at ${endpoint === undefined ? 'AWS' : safeEndpoint(endpoint)}`;
     const maxSockets = config.maxSockets ?? DEFAULTS.maxSockets;
     const pathStyle = config.forcePathStyle ?? endpoint !== undefined;
-    const agent = { keepAlive: true, maxSockets };
-    this.client = new S3Client({
-      endpoint: config.endpoint,
-      region: config.region,
-      forcePathStyle: pathStyle,
-      credentials: config.credentials,
-      maxAttempts: 1,
-      // Checksums only where S3 insists (DeleteObjects): TCP and TLS already protect the bytes,
-      // and S3-compatible servers differ in which checksum headers they accept.
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      // With 100-continue the SDK gives every PUT over 2 MB a fresh, unpooled connection
-      // (ignoring maxSockets): not worth it for extents, which are mostly accepted.
-      expectContinueHeader: false,
-      followRegionRedirects: true,
-      requestHandler: {
-        connectionTimeout: Math.min(5000, this.requestTimeoutMs),
-        httpAgent: agent,
-        httpsAgent: agent,
-        // The handler's own warnings (e.g. every socket busy) go to our log, not to the console.
-        logger: sdkLogger(config.log),
-      },
+    this.client = createSdkClient({
+      endpoint: config.endpoint, region: config.region, forcePathStyle: pathStyle, credentials: config.credentials,
+      maxSockets, requestTimeoutMs, log: config.log,
     });
-    limitSdkBodies(this.client);
     if (endpoint !== undefined && pathStyle && URL.canParse(endpoint)) {
       this.direct = new DirectS3({
         endpoint: new URL(endpoint), bucket: this.bucket, maxSockets,
@@ -207,12 +136,12 @@ export class S3ObjectStore implements ObjectStore {
 
   /**
    * A view of this store, sharing its connections and stats, whose operations retry by
-   * `options`: `store.withRetry({ forever: true })` for a flusher that must never give up.
+   * `options`: the first contact at start uses one with few attempts and an abort signal.
    * Its close() does nothing; closing this store ends the view's operations too.
    */
   withRetry(options: RetryOptions): ObjectStore {
     const policy: Policy = {
-      maxAttempts: options.forever ? Infinity : options.maxAttempts ?? this.policy.maxAttempts,
+      maxAttempts: options.maxAttempts ?? this.policy.maxAttempts,
       signal: options.signal,
       quiet: options.quiet,
     };
@@ -267,9 +196,9 @@ export class S3ObjectStore implements ObjectStore {
 
   private getWith(key: string, policy: Policy, maxBytes = MAX_OBJECT_BYTES): Promise<TaggedObject | undefined> {
     const Key = this.keyPrefix + key;
-    return this.retry('get', `GET ${this.url(Key)}`, policy, async (signal) => {
+    return this.retry.run('get', `GET ${this.url(Key)}`, policy, async (signal) => {
       try {
-        return await (this.direct ? this.direct.get(Key, signal, maxBytes) : this.sdkGet(Key, signal, maxBytes));
+        return await (this.direct ? this.direct.get(Key, signal, maxBytes) : sdkGet(this.client, this.bucket, Key, signal, maxBytes));
       } catch (err) {
         // Only S3's own "no such key" means the object is missing: a 404 page of a server that
         // is not S3 at all (a wrong port, a web server) must not read as "no volume here".
@@ -279,16 +208,9 @@ export class S3ObjectStore implements ObjectStore {
     });
   }
 
-  private async sdkGet(Key: string, signal: AbortSignal, maxBytes: number): Promise<TaggedObject> {
-    const output = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
-    const data = await readBody(output.Body, output.ContentLength, maxBytes, signal);
-    if (output.ETag === undefined) throw new Error('the response has no ETag');
-    return { data, tag: output.ETag };
-  }
-
   private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {
     const Key = this.keyPrefix + key;
-    await this.retry('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
+    await this.retry.run('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
       if (this.direct) await this.direct.put(Key, data, signal);
       else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: signal });
     });
@@ -299,7 +221,7 @@ export class S3ObjectStore implements ObjectStore {
     const condition = expectedTag === undefined ? { IfNoneMatch: '*' }
       : { IfMatch: this.unquotedIfMatch ? expectedTag.replace(/^"(.*)"$/, '$1') : expectedTag };
     let attempts = 0;
-    const tag = await this.retry('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
+    const tag = await this.retry.run('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
         const output = await this.client.send(new PutObjectCommand({
@@ -350,7 +272,7 @@ export class S3ObjectStore implements ObjectStore {
     const checks = [{ IfNoneMatch: '*' }, { IfMatch: '"s3nbd-never-matches"' }];
     for (const condition of checks) {
       const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
-      const accepted = await this.retry('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
+      const accepted = await this.retry.run('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
         try {
           await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
           return true;
@@ -371,7 +293,7 @@ export class S3ObjectStore implements ObjectStore {
   private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
     for (let start = 0; start < keys.length; start += DELETE_BATCH) {
       let pending = keys.slice(start, start + DELETE_BATCH).map((key) => this.keyPrefix + key);
-      await this.retry('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
+      await this.retry.run('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
         const output = await this.client.send(new DeleteObjectsCommand({
           Bucket: this.bucket,
           Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true },
@@ -394,7 +316,7 @@ export class S3ObjectStore implements ObjectStore {
     let token: string | undefined;
     do {
       const ContinuationToken = token;
-      const output = await this.retry('list', `LIST ${this.url(Prefix)}`, policy, (signal) => this.client.send(new ListObjectsV2Command({
+      const output = await this.retry.run('list', `LIST ${this.url(Prefix)}`, policy, (signal) => this.client.send(new ListObjectsV2Command({
         Bucket: this.bucket, Prefix, ContinuationToken,
       }), { abortSignal: signal }));
       for (const object of output.Contents ?? []) {
@@ -404,146 +326,12 @@ export class S3ObjectStore implements ObjectStore {
     } while (token !== undefined);
   }
 
-  /**
-   * Runs `attempt` until it succeeds, fails in a way retrying cannot fix, or runs out of
-   * attempts or of the policy's time budget. Each attempt gets a signal that aborts at its
-   * time limit (no later than the budget's end), on close() and on the policy's signal.
-   */
-  private async retry<T>(operation: Operation, what: string, policy: Policy, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const stop = policy.signal ? AbortSignal.any([this.closing.signal, policy.signal]) : this.closing.signal;
-    const started = Date.now();
-    const deadline = policy.budgetMs === undefined ? Infinity : started + policy.budgetMs;
-    let n = 1;
-    let lastError: string | undefined;
-    // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
-    const stallTimer = policy.quiet ? undefined : this.stallLog && setInterval(() => {
-      this.stallLog!.write({ operation: what, waitingMs: Date.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
-        ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - Date.now()) } }, 'waiting for S3: no answer yet');
-    }, this.stallWarnMs);
-    try {
-      for (;; n++) {
-        if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
-        this.stats[operation]++;
-        // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
-        // timer fires, long after a quick request is done.
-        const timeout = new AbortController();
-        const limitMs = Math.max(1, Math.min(this.requestTimeoutMs, deadline - Date.now()));
-        const timer = setTimeout(() => timeout.abort(), limitMs);
-        let failure: Failure;
-        try {
-          return await attempt(AbortSignal.any([timeout.signal, stop]));
-        } catch (err) {
-          if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-          failure = classify(err, timeout.signal.aborted, limitMs);
-          lastError = failure.text;
-          if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
-          if (n >= policy.maxAttempts) {
-            this.stats.exhausted++;
-            throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
-          }
-        } finally {
-          clearTimeout(timer);
-        }
-        // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
-        const ceiling = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** Math.min(n - 1, 30));
-        const wait = Math.floor(this.random() * ceiling);
-        if (Date.now() + wait >= deadline) {
-          this.stats.exhausted++;
-          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts in ${Date.now() - started} ms: the read timeout is ${policy.budgetMs} ms)`);
-        }
-        await this.backoff(what, n, failure, wait, stop);
-      }
-    } finally {
-      clearInterval(stallTimer);
-    }
-  }
-
-  /** Counts a failed attempt, logs it, and waits `wait` ms before the next. */
-  private async backoff(what: string, n: number, failure: Failure, wait: number, stop: AbortSignal): Promise<void> {
-    this.stats.retries++;
-    if (failure.throttled) this.stats.throttled++;
-    // Quiet while a retry or two sorts it out; louder as it drags on (attempts 4, 8, 16, ...).
-    // A request that hangs is reported by the stall warning in retry() meanwhile.
-    const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
-    this.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
-    try {
-      await this.sleep(wait, stop);
-    } catch (err) {
-      throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-    }
-  }
-
   private url(key: string): string {
     return `s3://${this.bucket}/${key}`;
   }
 }
 
-/**
- * Splits s3://BUCKET[/PREFIX] into its parts, the prefix with single slashes and none at
- * either end. Throws UserError S3NBD_BAD_S3_URL for anything else.
- */
-export function parseS3Url(spec: string): { bucket: string; prefix: string } {
-  const match = /^s3:\/\/([^/]*)(\/.*)?$/i.exec(spec);
-  if (!match) throw Errors.badS3Url(spec, 'it does not start with s3://');
-  const bucket = match[1]!;
-  const path = match[2] ?? '';
-  if (bucket === '') throw Errors.badS3Url(spec, 'there is no bucket name');
-  if (/[@:]/.test(bucket)) throw Errors.badS3Url(spec, 'a user name, password or port does not belong in it (credentials and endpoint come from the environment)');
-  if (/[?#]/.test(spec)) throw Errors.badS3Url(spec, 'a query (?...) or fragment (#...) does not belong in it');
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..')) {
-    throw Errors.badS3Url(spec, `"${bucket}" is not a valid bucket name`);
-  }
-  const prefix = normalisePrefix(path);
-  if (prefix.split('/').some((part) => part === '.' || part === '..')) {
-    throw Errors.badS3Url(spec, 'the prefix must not contain "." or ".." segments');
-  }
-  return { bucket, prefix };
-}
-
-function normalisePrefix(prefix: string): string {
+/** The prefix with single slashes and none at either end ('' for none). */
+export function normalisePrefix(prefix: string): string {
   return prefix.split('/').filter((part) => part !== '').join('/');
-}
-
-/** The endpoint without anything that could be a secret (user info, query). */
-function safeEndpoint(endpoint: string): string {
-  try {
-    const url = new URL(endpoint);
-    return `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`;
-  } catch {
-    return '(unparsable endpoint)';
-  }
-}
-
-function reasonOf(signal: AbortSignal): string {
-  return signal.reason instanceof Error ? signal.reason.message : 'aborted';
-}
-
-/**
- * The SDK's stream, read whole, checked against Content-Length; a timeout destroys it. A body
- * longer than `maxBytes` (declared, or as it arrives) is refused, and the stream destroyed,
- * before more than `maxBytes` of it is held.
- */
-async function readBody(body: unknown, length: number | undefined, maxBytes: number, signal: AbortSignal): Promise<Buffer> {
-  if (!(body instanceof Readable)) throw new Error('the response has no body stream');
-  if (length !== undefined && length > maxBytes) {
-    body.destroy();
-    throw bodyTooLarge(length, maxBytes);
-  }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of addAbortSignal(signal, body)) {
-    total += (chunk as Buffer).length;
-    if (total > maxBytes) {
-      body.destroy();
-      throw bodyTooLarge(total, maxBytes);
-    }
-    chunks.push(chunk as Buffer);
-  }
-  if (length !== undefined && total !== length) throw prematureEnd(total, length);
-  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
-}
-
-function sdkLogger(log: Logger | undefined): { debug(...a: unknown[]): void; info(...a: unknown[]): void; warn(...a: unknown[]): void; error(...a: unknown[]): void } {
-  const to = (level: 'debug' | 'warn') => (...args: unknown[]): void => log?.[level]({ source: 'aws-sdk' }, args.map(String).join(' '));
-  return { debug: to('debug'), info: to('debug'), warn: to('debug'), error: to('warn') };
 }

@@ -4,7 +4,7 @@
 // chunked body that never ends, the SDK would hold whatever came. This middleware, the last
 // before the HTTP handler, refuses a declared length over the limit before any of the body is
 // read and cuts a body that passes it, with the retryable ERR_BODY_TOO_LARGE of http1.ts.
-// GetObject's stream is limited where it is read (readBody() in s3-object-store.ts), to what
+// GetObject's stream is limited where it is read (readBody() in sdk-client.ts), to what
 // was asked for.
 
 import { pipeline, Readable, Transform } from 'node:stream';
