@@ -106,6 +106,7 @@ describe('FileObjectStore', () => {
       assert.ok(err instanceof StorageError, `${operation}: ${String(err)}`);
       assert.equal(err.errno, 'EIO');
       assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOTDIR', operation);
+      assert.equal(err.permanent, true, `${operation}: no retry helps until the file is moved away`);
       assert.ok(err.message.startsWith(`${operation} `), err.message);
       assert.ok(err.message.includes(`failed in directory ${root}: ENOTDIR`), err.message);
     }
@@ -126,6 +127,7 @@ describe('FileObjectStore', () => {
     assert.ok(err instanceof StorageError);
     assert.equal(err.errno, 'ENOSPC');
     assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOSPC');
+    assert.equal(err.permanent, false, 'a full disk passes as space is freed');
     assert.equal((await store.get('k'))?.toString(), 'first');
   });
 

@@ -49,6 +49,19 @@ describe('S3Retry', () => {
     assert.equal(stats.list, 1);
   });
 
+  it('marks a refusal no retry changes as permanent (403, a missing bucket, another 4xx), and nothing it gave up on after retries', async () => {
+    const { retry } = retryLoop();
+    const outcome = (err: Error) => retry.run(PUT, 'PUT', { maxAttempts: 3, signal: undefined }, () => Promise.reject(err))
+      .catch((e: unknown) => e instanceof StorageError ? [e.errno, e.permanent] : ['not a StorageError']);
+    assert.deepEqual(await outcome(s3Error('AccessDenied', 403)), ['EPERM', true]);
+    assert.deepEqual(await outcome(s3Error('NoSuchBucket', 404)), ['EIO', true]);
+    assert.deepEqual(await outcome(s3Error('InvalidArgument', 400)), ['EIO', true]);
+    assert.deepEqual(await outcome(s3Error('InternalError', 500)), ['EIO', false]);
+    assert.deepEqual(await outcome(s3Error('SlowDown', 503)), ['EIO', false]);
+    assert.deepEqual(await outcome(Object.assign(new Error('reset'), { code: 'ECONNRESET' })), ['EIO', false]);
+    assert.deepEqual(await outcome(Object.assign(new Error('odd'), { name: 'SomethingElse' })), ['EIO', false]);
+  });
+
   it('gives up when the next wait would pass the time budget', async () => {
     const { retry, waits } = retryLoop(0.99);
     const failing = retry.run(GET, 'GET', { maxAttempts: 100, signal: undefined, budgetMs: 400 }, () => Promise.reject(s3Error('InternalError', 500)));

@@ -8,7 +8,8 @@
 // the store and kept in an AllocationMap, so holes, BLOCK_STATUS and discards never touch the
 // store for extents that do not exist.
 //
-// No per-extent lock here: each caller already runs one put or delete per extent at a time
+// Failures arrive as the object store's StorageErrors (each backend translates its own) and
+// pass through unchanged. No per-extent lock here: each caller already runs one put or delete per extent at a time
 // (the cache's flusher one upload per extent, DirectExtentStore under its own lock), and a
 // second lock in this layer only doubled the work on the upload path.
 
@@ -109,7 +110,7 @@ export class ObjectExtents implements ExtentObjects {
     this.fetching++;
     let data: Buffer | undefined;
     try {
-      data = await this.guard('read', index, () => this.objects.get(extentKey(index), this.extentSize));
+      data = await this.objects.get(extentKey(index), this.extentSize);
     } finally {
       this.fetching--;
       this.fetchQueue.shift()?.();
@@ -126,7 +127,7 @@ export class ObjectExtents implements ExtentObjects {
   }
 
   async put(index: number, extent: Buffer): Promise<void> {
-    await this.guard('write', index, () => this.objects.put(extentKey(index), extent));
+    await this.objects.put(extentKey(index), extent);
     this.map.set(index);
   }
 
@@ -134,25 +135,12 @@ export class ObjectExtents implements ExtentObjects {
     const stored = indexes.filter((i) => this.map.has(i));
     for (let i = 0; i < stored.length; i += DELETE_BATCH) {
       const batch = stored.slice(i, i + DELETE_BATCH);
-      await this.guard('delete', batch[0]!, () => this.objects.deleteMany(batch.map(extentKey)));
+      await this.objects.deleteMany(batch.map(extentKey));
       for (const index of batch) this.map.clear(index);
     }
   }
 
   flush(): Promise<void> {
-    return this.guard('flush', -1, () => this.objects.flush());
-  }
-
-  /** Runs an object-store call, reporting its failure as EIO (or EPERM/ENOSPC if it said so). */
-  private async guard<T>(what: string, index: number, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof StorageError) throw err;
-      const code = (err as NodeJS.ErrnoException).code;
-      const errno = code === 'EACCES' || code === 'EPERM' ? 'EPERM' : code === 'ENOSPC' || code === 'EDQUOT' ? 'ENOSPC' : 'EIO';
-      const where = index >= 0 ? ` extent ${index}` : '';
-      throw new StorageError(errno, `${what}${where} failed in ${this.objects.description}: ${(err as Error).message}`, { cause: err });
-    }
+    return this.objects.flush();
   }
 }

@@ -190,7 +190,7 @@ export class FileObjectStore implements ObjectStore {
   private failure(operation: string, subject: string, err: unknown): StorageError {
     if (err instanceof StorageError) return err;
     const message = err instanceof Error ? err.message : String(err);
-    return new StorageError(errnoOf(err), `${operation} ${subject} failed in ${this.description}: ${message}`, { cause: err });
+    return new StorageError(errnoOf(err), `${operation} ${subject} failed in ${this.description}: ${message}`, { cause: err, permanent: isPermanent(err) });
   }
 
   private async *walk(relative: string, prefix: string): AsyncIterable<string> {
@@ -278,6 +278,16 @@ function errnoOf(err: unknown): 'EPERM' | 'ENOSPC' | 'EIO' {
   if (code === 'EACCES' || code === 'EPERM') return 'EPERM';
   if (code === 'ENOSPC' || code === 'EDQUOT') return 'ENOSPC';
   return 'EIO';
+}
+
+/**
+ * Refusals no retry gets past until someone changes the directory (its permissions, its
+ * mount, a file where a directory should be): the flusher then says so instead of retrying
+ * at full speed. A full disk is not among them: it passes as uploads and deletes free space.
+ */
+function isPermanent(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'ENOTDIR';
 }
 
 function isNotFound(err: unknown): boolean {

@@ -1,11 +1,18 @@
 // Which S3 failures are worth retrying, and with which errno the rest reach the NBD client:
 // throttling and transient S3 codes, 5xx (but 501) and network errors are retried; 403 and
-// missing credentials are EPERM; anything else is EIO at once. The S3 store's retry loop
+// missing credentials are EPERM; anything else is EIO at once. A 4xx answer (403 included) and
+// missing credentials are also `permanent`: no retry helps until someone changes something. The S3 store's retry loop
 // (s3-retry.ts) runs around this.
 
 import { StorageError } from '../../storage-error.ts';
 export interface Failure {
   readonly retryable: boolean;
+  /**
+   * S3 answered no in a way no retry changes until someone does something (403, a missing
+   * bucket, another 4xx; missing credentials): the flusher stops retrying at full speed
+   * (StorageError.permanent). Failures without an answer (an unknown error) are not.
+   */
+  readonly permanent: boolean;
   readonly throttled: boolean;
   readonly errno: string;
   readonly text: string;
@@ -61,16 +68,17 @@ export function classify(err: unknown, timedOut: boolean, timeoutMs: number): Fa
   const message = err instanceof Error ? err.message : String(err);
   const text = timedOut ? `no answer within ${timeoutMs} ms`
     : `${code ?? (err instanceof Error ? err.name : 'error')}${status === undefined ? '' : ` (HTTP ${status})`}: ${message}`;
-  const result = (retryable: boolean, errno = 'EIO', throttled = false): Failure => ({ retryable, throttled, errno, text });
+  const result = (retryable: boolean, errno = 'EIO', throttled = false, permanent = false): Failure => ({ retryable, permanent, throttled, errno, text });
   if (timedOut) return result(true);
   if (code !== undefined && THROTTLING_CODES.has(code)) return result(true, 'EIO', true);
   if (status === 429) return result(true, 'EIO', true);
   if (code !== undefined && TRANSIENT_CODES.has(code)) return result(true);
-  if (status === 403 || code === 'AccessDenied') return result(false, 'EPERM');
+  if (status === 403 || code === 'AccessDenied') return result(false, 'EPERM', false, true);
+  if (status !== undefined && status >= 400 && status < 500) return result(false, 'EIO', false, true);
   if (status !== undefined) return result(status >= 500 && status !== 501);
   // No HTTP status: the request or its response never made it.
   if (code !== undefined && NETWORK_CODES.has(code)) return result(true);
   if (err instanceof Error && err.name === 'TimeoutError') return result(true);
-  if (err instanceof Error && err.name === 'CredentialsProviderError') return result(false, 'EPERM');
+  if (err instanceof Error && err.name === 'CredentialsProviderError') return result(false, 'EPERM', false, true);
   return result(false);
 }

@@ -112,7 +112,7 @@ export class S3Retry {
           if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
           failure = classify(err, timeout.signal.aborted, limitMs);
           lastError = failure.text;
-          if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err });
+          if (!failure.retryable) throw new StorageError(failure.errno, `${what}: ${failure.text}`, { cause: err, permanent: failure.permanent });
           if (n >= policy.maxAttempts) {
             this.stats.exhausted++;
             throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts)`, { cause: err });
