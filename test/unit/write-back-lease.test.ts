@@ -5,15 +5,11 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { pino } from 'pino';
-import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
-import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
+import { E, open } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
-const E = 4096;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('WriteBackCache under the writer lease', () => {
@@ -22,14 +18,9 @@ describe('WriteBackCache under the writer lease', () => {
 
   it('retries no failed upload while the lease is not valid, and uploads once it is again', async () => {
     const objects = new FaultyStore(new MemoryObjectStore());
-    const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: 8 });
     let leaseValid = true;
-    const cache = await WriteBackCache.open(lower, {
-      cacheDir: `${dir.path}/c`, cacheBytes: 16 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 8 * E, uploadConcurrency: 4,
-      flushMode: 's3', uploadDelayMs: 5, log: pino({ level: 'silent' }), mayUpload: () => leaseValid,
-    });
+    const { dev, cache } = await open(objects, 8 * E, `${dir.path}/c`, { mayUpload: () => leaseValid });
     try {
-      const dev = new ExtentDevice(cache, 8 * E, false);
       objects.failAll('put'); // S3 away: the first attempt fails while the lease is still valid
       await dev.write(0, Buffer.alloc(E, 1), false);
       for (const deadline = Date.now() + 5000; objects.calls.put === 0;) {

@@ -1,0 +1,153 @@
+// The write-back cache's clean extents: one GET shared by concurrent reads, read-ahead and
+// prefetch, the memory cache and the disk cache it spills into, and the stream window that
+// keeps sequential reads and writes out of both.
+
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { SlotFile } from '../../src/storage/cache/slot-file.ts';
+import { assertSameBytes } from '../helpers/bytes.ts';
+import { E, open, readScattered } from '../helpers/cache.ts';
+import { FaultyStore } from '../helpers/faulty-store.ts';
+import { pattern, readAll } from '../helpers/model.ts';
+import { tempDir } from '../helpers/gateway.ts';
+
+describe('WriteBackCache', () => {
+  const dir = tempDir('wbc-reads');
+  after(() => dir.remove());
+
+  it('shares one GET among concurrent reads of an extent, and reads ahead on sequential reads', async () => {
+    const size = 64 * E;
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const seed = await open(objects, size, `${dir.path}/shared-seed`);
+    await seed.dev.write(0, pattern(32 * E, 2), false);
+    await seed.dev.flush();
+    await seed.cache.close();
+    const { dev, cache } = await open(objects, size, `${dir.path}/shared`, { memoryCacheBytes: 32 * E });
+    const before = objects.calls.get;
+    const reads = await Promise.all([0, 100, 2000, 4000].map((at) => dev.read(5 * E + at, 10)));
+    assert.equal(objects.calls.get - before, 1, 'four concurrent reads of one extent, one GET');
+    assert.deepEqual(reads.map((r) => r[0]!.data), [0, 100, 2000, 4000].map((at) => pattern(32 * E, 2).subarray(5 * E + at, 5 * E + at + 10)));
+    await dev.read(10 * E, E);
+    await dev.read(11 * E, E); // sequential: the next extents are fetched ahead
+    await new Promise((r) => setTimeout(r, 50));
+    objects.failAll('get'); // from here on, only what read-ahead fetched can be read
+    for (let i = 12; i < 18; i++) {
+      assert.deepEqual((await dev.read(i * E, E))[0]!.data, pattern(32 * E, 2).subarray(i * E, (i + 1) * E), `extent ${i} came from read-ahead`);
+    }
+    await assert.rejects(dev.read(30 * E, E), 'an extent nobody fetched needs the store');
+    objects.failAll('get', false);
+    // CACHE (prefetch) fetches a range ahead of reads, in parallel.
+    await dev.prefetch(20 * E, 6 * E);
+    objects.failAll('get');
+    for (let i = 20; i < 26; i++) assert.ok((await dev.read(i * E, 16))[0]!.data, `extent ${i} was prefetched`);
+    objects.failAll('get', false);
+    await cache.close();
+  });
+
+  it('keeps the fetched extents that memory evicts in the disk cache', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const size = 12 * E;
+    const model = pattern(size, 6);
+    const first = await open(objects, size, `${dir.path}/disk-read-a`);
+    await first.dev.write(0, model, false);
+    await first.dev.flush();
+    await first.cache.close();
+
+    // A memory cache of 4 extents, a disk cache of 16: what memory evicts goes to disk, and
+    // the second pass reads memory and disk only. (Not read in order: see the next test.)
+    const { dev, cache } = await open(objects, size, `${dir.path}/disk-read-b`);
+    assertSameBytes(await readScattered(dev, size), model, 'cold');
+    const deadline = Date.now() + 2000;
+    while (cache.status().cachedExtents < 8 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(cache.status().cachedExtents, 8, 'the 8 extents evicted from memory have slots');
+    const gets = objects.calls.get;
+    assertSameBytes(await readScattered(dev, size), model, 'warm, from the disk cache');
+    assert.equal(objects.calls.get, gets, 'no GET for extents in the disk cache');
+    // A write after caching replaces the cached copy.
+    await dev.write(3 * E + 10, pattern(100, 8), false);
+    pattern(100, 8).copy(model, 3 * E + 10);
+    assertSameBytes(await readAll(dev, 0, size), model, 'after a write');
+    await cache.close();
+  });
+
+  it('waits for disk-cache fills in flight before it closes the slot file', async (t) => {
+    const objects = new MemoryObjectStore();
+    const first = await open(objects, 4 * E, `${dir.path}/fill-a`);
+    await first.dev.write(0, pattern(2 * E, 3), false);
+    await first.dev.flush();
+    await first.cache.close();
+    const { dev, cache } = await open(objects, 4 * E, `${dir.path}/fill-b`, { memoryCacheBytes: E });
+    const events: string[] = [];
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- called with .call()
+    const [realWrite, realClose] = [SlotFile.prototype.write, SlotFile.prototype.close];
+    t.mock.method(SlotFile.prototype, 'write', async function (this: SlotFile, slot: number, offset: number, data: Buffer) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await realWrite.call(this, slot, offset, data);
+      events.push('fill written');
+    });
+    t.mock.method(SlotFile.prototype, 'close', function (this: SlotFile) {
+      events.push('slot file closed');
+      return realClose.call(this);
+    });
+    // Extent 1, then extent 0: not in order, so kept (see the next test).
+    const data = pattern(2 * E, 3);
+    assertSameBytes(await readAll(dev, E, E), data.subarray(E), 'extent 1');
+    assertSameBytes(await readAll(dev, 0, E), data.subarray(0, E), 'extent 0, which pushes extent 1 from memory to disk');
+    await cache.close();
+    assert.deepEqual(events, ['fill written', 'slot file closed']);
+  });
+
+  it('keeps neither sequential reads nor sequential whole-extent writes in memory or on disk, only what is read or written out of order', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const size = 40 * E;
+    const model = pattern(size, 9);
+    const first = await open(objects, size, `${dir.path}/stream-a`);
+    await first.dev.write(0, model, false);
+    await first.dev.flush();
+    await first.cache.close();
+
+    // Memory for 4 extents, so a stream window of 2 x READ_AHEAD = 16 extents.
+    const { dev, cache } = await open(objects, size, `${dir.path}/stream-b`);
+    try {
+      let gets = objects.calls.get;
+      assertSameBytes(await readAll(dev, 0, size), model, 'a sequential read');
+      assert.equal(objects.calls.get - gets, 40, 'one GET per extent');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(cache.status().cachedExtents, 0, 'nothing written to the disk cache');
+      gets = objects.calls.get;
+      assertSameBytes(await readAll(dev, 0, size), model, 'read again');
+      assert.ok(objects.calls.get - gets >= 40 - 16 - 1, `fetched again but the window and extent 0 (the read that started the run): ${objects.calls.get - gets} GETs`);
+      gets = objects.calls.get;
+      assertSameBytes(await readScattered(dev, size), model, 'read out of order');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(cache.status().cachedExtents, 16, 'extents read out of order are kept: they fill the disk cache');
+
+      // Whole extents written in order: the first is kept, the rest of the run is not.
+      const written = pattern(8 * E, 10);
+      const kept: boolean[] = [];
+      for (let i = 0; i < 8; i++) kept.push(await dev.write(i * E, Buffer.from(written.subarray(i * E, (i + 1) * E)), false));
+      assert.deepEqual(kept, [true, false, false, false, false, false, false, false]);
+      gets = objects.calls.get;
+      assertSameBytes(await readScattered(dev, 8 * E), written, 'read back before the upload, from the journal');
+      assert.equal(objects.calls.get, gets, 'no GET for dirty extents');
+      await dev.flush();
+      gets = objects.calls.get;
+      assertSameBytes(await readScattered(dev, 8 * E), written, 'read back after the upload');
+      assert.equal(objects.calls.get - gets, 7, 'only the first extent of the run was kept in memory');
+    } finally {
+      await cache.close();
+    }
+  });
+
+  it('does not write uploaded extents to the disk cache when memory evicts them', async () => {
+    const objects = new MemoryObjectStore();
+    const { dev, cache } = await open(objects, 12 * E, `${dir.path}/no-second-write`, { uploadDelayMs: 3_600_000 });
+    await dev.write(0, pattern(8 * E, 2), false); // whole extents: journal only
+    await dev.flush(); // uploaded; the memory cache (4 extents) keeps the last 4 of them
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(cache.status().cachedExtents, 0, 'no slot written for what the upload put in memory');
+    assertSameBytes(await readAll(dev, 0, 8 * E), pattern(8 * E, 2), 'read back from memory and the store');
+    await cache.close();
+  });
+});

@@ -1,0 +1,77 @@
+// The write-back cache's flusher: when it uploads (a pause in the writes, half the dirty
+// limit), the dirty limit while the store is down, and what FLUSH waits for in each mode.
+
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { assertSameBytes } from '../helpers/bytes.ts';
+import { E, open, storeContents } from '../helpers/cache.ts';
+import { FaultyStore } from '../helpers/faulty-store.ts';
+import { pattern } from '../helpers/model.ts';
+import { tempDir } from '../helpers/gateway.ts';
+
+describe('WriteBackCache', () => {
+  const dir = tempDir('wbc-uploads');
+  after(() => dir.remove());
+
+  it('keeps acknowledging writes while the store is down until the dirty limit, then waits; flush completes when it returns', async () => {
+    const size = 64 * E;
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, size, `${dir.path}/down`, { maxDirtyBytes: 4 * E });
+    objects.failAll('put');
+    for (let i = 0; i < 4; i++) await dev.write(i * E, pattern(E, i), false);
+    let fifthDone = false;
+    const fifth = dev.write(10 * E, pattern(E, 10), false).then(() => { fifthDone = true; });
+    const flushed = dev.flush();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(fifthDone, false, 'the write beyond the dirty limit waits');
+    assert.ok(cache.status().uploadFailures > 0, 'uploads are being retried');
+    objects.failAll('put', false);
+    await fifth;
+    await flushed;
+    await dev.flush();
+    const contents = await storeContents(objects, size);
+    for (const i of [0, 1, 2, 3, 10]) assertSameBytes(contents.subarray(i * E, (i + 1) * E), pattern(E, i), `extent ${i}`);
+    await cache.close();
+  });
+
+  it('with --flush-mode local, FLUSH only makes the journal durable and uploads nothing', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/local`, { flushMode: 'local', uploadDelayMs: 3_600_000 });
+    objects.failAll('put'); // S3 unreachable: a FLUSH in s3 mode would wait
+    await dev.write(0, pattern(2 * E, 4), true);
+    await dev.flush();
+    assert.equal(objects.calls.put, 0);
+    assert.equal(cache.status().dirtyExtents, 2);
+    await cache.close();
+  });
+
+  it('uploads an extent once its writes pause, not after every write while they keep coming', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/policy`, { uploadDelayMs: 100, maxDirtyBytes: 16 * E });
+    // 40 writes into one extent, 20 ms apart: never 100 ms without a change.
+    for (let i = 0; i < 40; i++) {
+      await dev.write(0, pattern(512, i), false);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(objects.calls.put, 0, 'uploaded while it was still being rewritten');
+    const deadline = Date.now() + 2000;
+    while (objects.calls.put === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(objects.calls.put, 1, 'one upload once the writes paused');
+    assertSameBytes(await storeContents(objects, 16 * E), Buffer.concat([pattern(512, 39), Buffer.alloc(16 * E - 512)]), 'the last write');
+    await cache.close();
+  });
+
+  it('uploads at once when dirty data passes half the dirty limit, however recent the writes', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/pressure`, { uploadDelayMs: 3_600_000, maxDirtyBytes: 8 * E });
+    await dev.write(0, pattern(3 * E, 1), false);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(objects.calls.put, 0, 'three dirty extents of eight allowed wait for the delay');
+    await dev.write(3 * E, pattern(E, 2), false);
+    const deadline = Date.now() + 2000;
+    while (cache.status().dirtyExtents > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(cache.status().dirtyExtents, 0, 'four of eight: everything uploaded without a flush');
+    await cache.close();
+  });
+});
