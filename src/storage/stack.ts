@@ -30,15 +30,11 @@ import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
-import { WriteBackCache } from './cache/write-back-cache.ts';
+import { WriteBackCache, type WriteBackOptions } from './cache/write-back-cache.ts';
 
-export interface CacheConfig {
+/** The write-back cache's settings, and the lease's that protects it. */
+export interface CacheConfig extends Pick<WriteBackOptions, 'cacheBytes' | 'maxDirtyBytes' | 'uploadConcurrency' | 'flushMode' | 'uploadDelayMs'> {
   readonly dir: string;
-  readonly cacheBytes: number;
-  readonly maxDirtyBytes: number;
-  readonly uploadConcurrency: number;
-  readonly flushMode: 's3' | 'local';
-  readonly uploadDelayMs: number;
   readonly leaseTtlMs: number;
   readonly takeOver: boolean;
 }
