@@ -5,6 +5,7 @@
 // reached S3, its answer was lost), which is what makes retries need to be idempotent.
 
 import type { ObjectStore, TaggedObject } from '../../src/storage/objects/object-store.ts';
+import { StorageError } from '../../src/storage/storage-error.ts';
 
 export type Operation = 'get' | 'put' | 'putIf' | 'deleteMany' | 'list' | 'flush';
 
@@ -13,7 +14,7 @@ export class FaultyStore implements ObjectStore {
   readonly calls: Record<Operation, number> = { get: 0, put: 0, putIf: 0, deleteMany: 0, list: 0, flush: 0 };
   /** Keys passed to deleteMany, in order. */
   readonly deleted: string[] = [];
-  /** What an injected failure throws; by default a plain EIO error, as a network failure gives. */
+  /** What an injected failure throws; by default a StorageError EIO, as a backend reports a network failure. */
   faultError: (op: Operation) => Error = injected;
   private readonly failing = new Set<Operation>();
   private readonly failNextCount = new Map<Operation, number>();
@@ -106,6 +107,7 @@ function take(counts: Map<Operation, number>, op: Operation): boolean {
   return left > 0;
 }
 
+/** As a real backend reports a failure that retrying may fix: a StorageError, EIO. */
 function injected(op: Operation): Error {
-  return Object.assign(new Error(`injected ${op} failure`), { code: 'EIO' });
+  return new StorageError('EIO', `injected ${op} failure`);
 }

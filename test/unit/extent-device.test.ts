@@ -78,7 +78,7 @@ describe('ExtentDevice over DirectExtentStore and ObjectExtents', () => {
     assert.equal(await countKeys(objects), 0);
   });
 
-  it('reports an object-store failure as EIO and keeps serving the stored data', async () => {
+  it('passes an object-store failure on as it is (EIO here) and keeps serving the stored data', async () => {
     const objects = new FaultyStore(new MemoryObjectStore());
     const { dev } = await device(objects, 4 * EXTENT);
     await dev.write(0, Buffer.alloc(EXTENT, 5), false);

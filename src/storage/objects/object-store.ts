@@ -1,6 +1,11 @@
 // The bottom of the storage stack: a flat namespace of keys to whole objects, which is all
-// that S3 offers. Implementations: a local directory (the embedded default), memory (tests and
-// benchmarks) and, later, S3. Anything above this interface is the same whichever is used.
+// that S3 offers. Implementations: S3 (s3/), a local directory (the embedded default) and
+// memory (tests and benchmarks). Anything above this interface is the same whichever is used.
+//
+// Every method rejects with a StorageError (storage-error.ts): each store translates its own
+// failures, with the errno the NBD client will see and whether retrying can help, so the
+// layers above pass them on unchanged. (UserErrors that explain a refused start, such as
+// S3NBD_NO_CONDITIONAL_WRITES, are the one exception.)
 
 /** The largest object the gateway stores (an extent of the largest size): a GET's default limit. */
 export const MAX_OBJECT_BYTES = 32 * 1024 * 1024;
