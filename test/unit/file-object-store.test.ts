@@ -101,8 +101,11 @@ describe('FileObjectStore', () => {
       ['delete', store.deleteMany(['extents/00/1'])],
       ['list', (async () => { for await (const key of store.list('extents/')) assert.fail(key); })()],
     ];
-    for (const [operation, failing] of failures) {
-      const err = await failing.then(() => assert.fail(`${operation} succeeded`), (e: unknown) => e);
+    // Each outcome is caught as the call is made: a rejection left unhandled while an earlier
+    // one is awaited fails the test file.
+    const outcomes = failures.map(([operation, failing]) => [operation, failing.then(() => new Error(`${operation} succeeded`), (e: unknown) => e)] as const);
+    for (const [operation, outcome] of outcomes) {
+      const err = await outcome;
       assert.ok(err instanceof StorageError, `${operation}: ${String(err)}`);
       assert.equal(err.errno, 'EIO');
       assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOTDIR', operation);
