@@ -58,7 +58,7 @@ round() {
     fio --name=cpu --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw="$rw" --bs="$bs" --iodepth=16 \
       --size=1G --io_size="$size" --output-format=terse >/dev/null || die "fio $rw failed against $c"
     after="$(cpu_of "$GW_PID")"
-    (( n > 0 )) && SAMPLES["$c,$w"]+=" $(echo "$after - $before" | bc)"
+    (( n > 0 )) && SAMPLES["$c,$w"]+=" $(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')"
   done
   stop_pid "$GW_PID" "$c" >/dev/null || true
   GW_PID=""
@@ -78,7 +78,7 @@ samples=""
 for w in "${!WORKLOADS[@]}"; do
   new="$(median <<<"${SAMPLES["s3nbd,$w"]}")"
   old="$(median <<<"${SAMPLES["base,$w"]}")"
-  summary+=$'\n'"$(md_row "${WORKLOADS[$w]}" "$new" "$old" "$(echo "scale=2; $new / $old" | bc)")"
+  summary+=$'\n'"$(md_row "${WORKLOADS[$w]}" "$new" "$old" "$(awk -v a="$new" -v b="$old" 'BEGIN { printf "%.2f", a / b }')")"
   samples+="- ${WORKLOADS[$w]}: s3nbd [${SAMPLES["s3nbd,$w"]# }], $BASE_NAME [${SAMPLES["base,$w"]# }]"$'\n'
 done
 summary+=$'\n\n'"Median of $REPEAT rounds (a warm-up round dropped); fio nbd engine, iodepth 16, 1 GiB region of a 4 GiB memory: volume; workloads as \"rw bs bytes\"; lower is better."
