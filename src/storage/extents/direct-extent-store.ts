@@ -17,6 +17,8 @@ import { isAllZero } from './zeros.ts';
 
 /** Extents fetched at once by prefetch(). */
 const PREFETCH_PARALLELISM = 8;
+/** Extents locked and deleted at once by discard(): one DeleteObjects request's worth. */
+const DISCARD_BATCH = 1000;
 
 export class DirectExtentStore implements ExtentStore {
   readonly extentSize: number;
@@ -61,12 +63,16 @@ export class DirectExtentStore implements ExtentStore {
     });
   }
 
+  /** Deletes the stored extents in the range, a batch of DISCARD_BATCH under their locks at a time. */
   async discard(first: number, count: number): Promise<void> {
     const stored = [...this.lower.storedIn(first, count)];
-    await this.locks.withAll(stored, async () => {
-      await this.lower.deleteExtents(stored);
-      for (const index of stored) this.cache.delete(index);
-    });
+    for (let i = 0; i < stored.length; i += DISCARD_BATCH) {
+      const batch = stored.slice(i, i + DISCARD_BATCH);
+      await this.locks.withAll(batch, async () => {
+        await this.lower.deleteExtents(batch);
+        for (const index of batch) this.cache.delete(index);
+      });
+    }
   }
 
   allocation(first: number, count: number, maxRuns: number): Promise<ExtentRun[]> {
