@@ -1,6 +1,6 @@
 // Clean extents the cache keeps without an entry: the memory cache (least recently used
 // first; what it evicts goes to a disk slot as a CLEAN entry), the stream window (extents read
-// ahead for sequential reads, which bypass both caches: see fetchClean()), and the fetches in
+// ahead for sequential reads, which bypass both caches: see fetch()), and the fetches in
 // flight, one GET shared by every reader of an extent.
 //
 // Neither the memory cache nor the stream window ever holds stale bytes: every change to an
@@ -28,7 +28,7 @@ const READ_AHEAD = 8;
 /**
  * Extents a sequential read fetched are kept only in a window this big (no bigger than the
  * memory cache, at least 2 x READ_AHEAD extents), not in the memory or disk cache: see
- * fetchClean().
+ * fetch().
  */
 const STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
 /**
@@ -45,7 +45,7 @@ export function streamWindowBytes(memoryCacheBytes: number, extentSize: number):
 
 export class CleanExtents {
   private readonly memory: LRUCache<number, Buffer>;
-  /** Extents fetched for sequential reads, until they are read (see fetchClean()). */
+  /** Extents fetched for sequential reads, until they are read (see fetch()). */
   private readonly streamed: LRUCache<number, Buffer>;
   private readonly fetches = new Map<number, Fetch>();
   /** Extents the memory cache evicted, on their way into the disk cache (see evictedFromMemory). */
