@@ -1,9 +1,9 @@
 // A clock that moves only when the test says so, for the write-back flusher's upload policy
-// and retries (src/storage/cache/context.ts, Clock): no real sleeps, no timing flakes. Real
+// and retries, and the S3 store's retry loop (src/clock.ts): no real sleeps, no timing flakes. Real
 // I/O (the journal, the slot file) still runs on real time, so advance() lets the event loop
 // turn after each timer it fires.
 
-import type { Clock } from '../../src/storage/cache/context.ts';
+import { type Clock, realClock } from '../../src/clock.ts';
 
 interface Timer {
   at: number;
@@ -73,4 +73,19 @@ export async function until(condition: () => boolean, what: string, ms = 5000): 
     if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 2));
   }
+}
+
+/**
+ * The real clock, but sleeps that only record how long they would have been and return at
+ * once (through `onSleep`, which may also hold them), and a fixed random().
+ */
+export function recordingClock(options: { waits?: number[]; random?: number; onSleep?: (ms: number) => Promise<void> }): Clock {
+  return {
+    ...realClock,
+    random: () => options.random ?? 0.5,
+    sleep: (ms) => {
+      options.waits?.push(ms);
+      return options.onSleep ? options.onSleep(ms) : Promise.resolve();
+    },
+  };
 }

@@ -14,6 +14,7 @@ import { parseS3Url } from '../../src/storage/objects/store-url.ts';
 import type { S3TestServer } from '../helpers/minio.ts';
 import { kindIs, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
 import { S3_SERVERS } from '../helpers/s3-servers.ts';
+import { recordingClock } from '../helpers/manual-clock.ts';
 
 async function keys(store: { list(prefix: string): AsyncIterable<string> }, prefix = ''): Promise<string[]> {
   const out: string[] = [];
@@ -66,14 +67,9 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
   }
 
   /** A store behind the fault proxy, with backoff waits recorded instead of slept. */
-  function openBehindProxy(config: Partial<S3ObjectStoreConfig> = {}): { store: S3ObjectStore; waits: number[] } {
+  function openBehindProxy(config: Partial<S3ObjectStoreConfig> = {}, random = 0.5): { store: S3ObjectStore; waits: number[] } {
     const waits: number[] = [];
-    const store = open({
-      endpoint: proxy.endpoint,
-      sleep: (ms) => { waits.push(ms); return Promise.resolve(); },
-      random: () => 0.5,
-      ...config,
-    });
+    const store = open({ endpoint: proxy.endpoint, clock: recordingClock({ waits, random }), ...config });
     return { store, waits };
   }
 
@@ -199,7 +195,7 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
     });
 
     it('caps the backoff', async () => {
-      const { store, waits } = openBehindProxy({ random: () => 0.999, maxAttempts: 10 });
+      const { store, waits } = openBehindProxy({ maxAttempts: 10 }, 0.999);
       proxy.failNext(9, 503, 'SlowDown', kindIs('GET object'));
       assert.equal(await store.get('missing'), undefined);
       assert.deepEqual(waits, [99, 199, 399, 799, 1598, 3196, 6393, 9990, 9990]);
@@ -280,7 +276,7 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
       // Nothing listens on the proxy's port once it is closed.
       const closed = await startFaultProxy(server.endpoint);
       await closed.close();
-      const store = open({ endpoint: closed.endpoint, maxAttempts: 3, sleep: (ms) => { waits.push(ms); return Promise.resolve(); } });
+      const store = open({ endpoint: closed.endpoint, maxAttempts: 3, clock: recordingClock({ waits }) });
       await rejectsWith(store.get('k'), 'EIO', /ECONNREFUSED.*gave up after 3 attempts/);
       assert.equal(waits.length, 2);
     });
@@ -343,7 +339,7 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
     it('settles a conditional write whose answer was lost by reading the object back', async () => {
       let duringBackoff = (): Promise<void> => Promise.resolve();
       const prefix = `lost-${randomBytes(4).toString('hex')}`;
-      const store = open({ prefix, endpoint: proxy.endpoint, random: () => 0, sleep: () => duringBackoff() });
+      const store = open({ prefix, endpoint: proxy.endpoint, clock: recordingClock({ random: 0, onSleep: () => duringBackoff() }) });
       const direct = open({ prefix });
       proxy.clearRequests();
       proxy.dropResponseNext(1, kindIs('PUT object'));

@@ -1,8 +1,8 @@
-// The S3 store's retry loop on its own (s3/s3-retry.ts), with sleep, randomness and the clock
-// injected: no server, no real waiting.
+// The S3 store's retry loop on its own (s3/s3-retry.ts), on an injected clock (src/clock.ts): no server, no real waiting.
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { realClock } from '../../src/clock.ts';
 import { type S3RequestStats, S3Retry } from '../../src/storage/objects/s3/s3-retry.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
 
@@ -18,8 +18,11 @@ function retryLoop(random = 0.5): { retry: S3Retry; stats: S3RequestStats; waits
   const clock = { now: 1000 };
   const retry = new S3Retry({
     stats, closing: new AbortController().signal, requestTimeoutMs: 1000, stallWarnMs: 60_000, retryBaseMs: 100, retryCapMs: 300,
-    sleep: (ms) => { waits.push(ms); clock.now += ms; return Promise.resolve(); },
-    random: () => random, now: () => clock.now,
+    clock: {
+      ...realClock,
+      sleep: (ms: number) => { waits.push(ms); clock.now += ms; return Promise.resolve(); },
+      random: () => random, now: () => clock.now,
+    },
   });
   return { retry, stats, waits, clock };
 }

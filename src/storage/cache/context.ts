@@ -3,8 +3,8 @@
 // entry-bytes.ts, clean-extents.ts, flusher.ts, changes.ts) each get this one object instead
 // of reaching into each other's fields; write-back-cache.ts builds it in open().
 
-import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import type { Clock } from '../../clock.ts';
 import type { ExtentLocks } from '../extents/extent-locks.ts';
 import type { ExtentObjects } from '../extents/extent-objects.ts';
 import { StorageError } from '../storage-error.ts';
@@ -36,27 +36,6 @@ export interface WriteBackOptions {
   /** Time and randomness for the flusher; tests pass a manual clock. Default: the real ones. */
   readonly clock?: Clock;
 }
-
-/** The flusher's time: injectable, so its upload policy and retries are tested without real sleeps. */
-export interface Clock {
-  now(): number;
-  /** Resolves after `ms`, or at once when `signal` aborts. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
-  /** Calls `fn` every `ms` until the returned function is called. */
-  every(ms: number, fn: () => void): () => void;
-  /** A number in [0, 1), as Math.random. */
-  random(): number;
-}
-
-export const realClock: Clock = {
-  now: () => Date.now(),
-  sleep: (ms, signal) => delay(ms, undefined, { signal }).catch(() => undefined),
-  every: (ms, fn) => {
-    const timer = setInterval(fn, ms);
-    return () => clearInterval(timer);
-  },
-  random: () => Math.random(),
-};
 
 /** Lines about a condition that repeats with every request (a full disk, failing uploads): one per this many ms. */
 export const REPEAT_LOG_INTERVAL_MS = 10_000;

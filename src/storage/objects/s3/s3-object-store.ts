@@ -21,6 +21,7 @@
 
 import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
+import type { Clock } from '../../../clock.ts';
 import { Errors } from '../../../errors.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
 import { DirectS3 } from './s3-direct.ts';
@@ -55,10 +56,8 @@ export interface S3ObjectStoreConfig {
   readonly retryBaseMs?: number;
   /** Default 10 s. */
   readonly retryCapMs?: number;
-  /** For deterministic tests: waits `ms`, rejecting when `signal` aborts. */
-  readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
-  /** For deterministic tests: a number in [0, 1), as Math.random. */
-  readonly random?: () => number;
+  /** For deterministic tests: the retry loop's waits, jitter and time budgets. Default: the real clock. */
+  readonly clock?: Clock;
 }
 
 /**
@@ -113,7 +112,7 @@ export class S3ObjectStore implements ObjectStore {
       stallWarnMs: config.stallWarnMs ?? DEFAULTS.stallWarnMs,
       retryBaseMs: config.retryBaseMs ?? DEFAULTS.retryBaseMs,
       retryCapMs: config.retryCapMs ?? DEFAULTS.retryCapMs,
-      log: config.log, sleep: config.sleep, random: config.random,
+      log: config.log, clock: config.clock,
     });
     this.log = config.log;
     // The SDK reads AWS_ENDPOINT_URL_S3 itself; it is read here only to say where we are.

@@ -1,9 +1,9 @@
 // The S3 store's retry loop: one request, tried until it succeeds, fails in a way retrying cannot
 // fix (s3-errors.ts says which) or runs out of attempts or time; every attempt counted, every
-// failure logged, a hang warned about while it lasts. Apart from the store, with its clock injected.
+// failure logged, a hang warned about while it lasts. Apart from the store, on an injectable clock (src/clock.ts).
 
-import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { type Clock, realClock } from '../../../clock.ts';
 import { LogThrottle } from '../../../log-throttle.ts';
 import { StorageError } from '../../storage-error.ts';
 import { classify, type Failure } from './s3-errors.ts';
@@ -51,12 +51,8 @@ export interface S3RetryOptions {
   readonly retryBaseMs: number;
   readonly retryCapMs: number;
   readonly log?: Logger | undefined;
-  /** Waits `ms`, rejecting when `signal` aborts. Default: a timer. */
-  readonly sleep?: ((ms: number, signal: AbortSignal) => Promise<void>) | undefined;
-  /** A number in [0, 1). Default: Math.random. */
-  readonly random?: (() => number) | undefined;
-  /** Default: Date.now. */
-  readonly now?: (() => number) | undefined;
+  /** Backoff waits, jitter and time budgets. Default: the real clock. */
+  readonly clock?: Clock | undefined;
 }
 
 /** At most one "waiting for S3" line per this many ms, however many requests wait. */
@@ -66,17 +62,13 @@ export class S3Retry {
   private readonly options: S3RetryOptions;
   private readonly stats: S3RequestStats;
   private readonly stallLog: LogThrottle | undefined;
-  private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
-  private readonly random: () => number;
-  private readonly now: () => number;
+  private readonly clock: Clock;
 
   constructor(options: S3RetryOptions) {
     this.options = options;
     this.stats = options.stats;
     this.stallLog = options.log && new LogThrottle(options.log, 'warn', { intervalMs: STALL_LOG_INTERVAL_MS });
-    this.sleep = options.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
-    this.random = options.random ?? Math.random;
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? realClock;
   }
 
   /**
@@ -87,14 +79,14 @@ export class S3Retry {
   async run<T>(operation: Operation, what: string, policy: Policy, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const { closing, requestTimeoutMs, retryBaseMs, retryCapMs } = this.options;
     const stop = policy.signal ? AbortSignal.any([closing, policy.signal]) : closing;
-    const started = this.now();
+    const started = this.clock.now();
     const deadline = policy.budgetMs === undefined ? Infinity : started + policy.budgetMs;
     let n = 1;
     let lastError: string | undefined;
     // Visible while it lasts: a request (and its retries) still unanswered after stallWarnMs.
     const stallTimer = policy.quiet ? undefined : this.stallLog && setInterval(() => {
-      this.stallLog!.write({ operation: what, waitingMs: this.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
-        ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - this.now()) } }, 'waiting for S3: no answer yet');
+      this.stallLog!.write({ operation: what, waitingMs: this.clock.now() - started, attempt: n, ...lastError === undefined ? {} : { lastError },
+        ...deadline === Infinity ? {} : { givesUpInMs: Math.max(0, deadline - this.clock.now()) } }, 'waiting for S3: no answer yet');
     }, this.options.stallWarnMs);
     try {
       for (;; n++) {
@@ -103,7 +95,7 @@ export class S3Retry {
         // Not AbortSignal.timeout(): its signal (and any signal combined with it) lives until the
         // timer fires, long after a quick request is done.
         const timeout = new AbortController();
-        const limitMs = Math.max(1, Math.min(requestTimeoutMs, deadline - this.now()));
+        const limitMs = Math.max(1, Math.min(requestTimeoutMs, deadline - this.clock.now()));
         const timer = setTimeout(() => timeout.abort(), limitMs);
         let failure: Failure;
         try {
@@ -122,10 +114,10 @@ export class S3Retry {
         }
         // Full jitter: a random wait up to a ceiling that doubles per attempt, capped.
         const ceiling = Math.min(retryCapMs, retryBaseMs * 2 ** Math.min(n - 1, 30));
-        const wait = Math.floor(this.random() * ceiling);
-        if (this.now() + wait >= deadline) {
+        const wait = Math.floor(this.clock.random() * ceiling);
+        if (this.clock.now() + wait >= deadline) {
           this.stats.exhausted++;
-          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts in ${this.now() - started} ms: the read timeout is ${policy.budgetMs} ms)`);
+          throw new StorageError('EIO', `${what}: ${failure.text} (gave up after ${n} attempts in ${this.clock.now() - started} ms: the read timeout is ${policy.budgetMs} ms)`);
         }
         await this.backoff(what, n, failure, wait, stop);
       }
@@ -142,11 +134,8 @@ export class S3Retry {
     // A request that hangs is reported by the stall warning in run() meanwhile.
     const level = n >= 4 && (n & (n - 1)) === 0 ? 'warn' : 'debug';
     this.options.log?.[level]({ operation: what, attempt: n, error: failure.text, waitMs: wait }, 'S3 request failed, retrying');
-    try {
-      await this.sleep(wait, stop);
-    } catch (err) {
-      throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
-    }
+    await this.clock.sleep(wait, stop);
+    if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: stop.reason });
   }
 }
 
