@@ -4,17 +4,12 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { pino } from 'pino';
-import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
-import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { extentKey } from '../../src/storage/extents/extent-keys.ts';
-import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import { E, open } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 import { until } from '../helpers/manual-clock.ts';
-
-const E = 4096;
 
 /** A store whose puts and deletes can be held, to look at the cache while one is in flight. */
 class GatedStore extends FaultyStore {
@@ -52,13 +47,8 @@ class GatedStore extends FaultyStore {
 async function setUp(cacheDir: string) {
   const objects = new GatedStore(new MemoryObjectStore());
   await objects.put(extentKey(1), Buffer.alloc(E, 7)); // extent 1 is stored before the cache opens
-  const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: 8 });
-  const cache = await WriteBackCache.open(lower, {
-    cacheDir, cacheBytes: 16 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 8 * E, uploadConcurrency: 4,
-    // Nothing is uploaded unless a flush asks.
-    flushMode: 's3', uploadDelayMs: 3_600_000, log: pino({ level: 'silent' }),
-  });
-  return { objects, cache, dev: new ExtentDevice(cache, 8 * E, false) };
+  // Nothing is uploaded unless a flush asks.
+  return { objects, ...await open(objects, 8 * E, cacheDir, { uploadDelayMs: 3_600_000 }) };
 }
 
 describe('the write-back cache state table', () => {

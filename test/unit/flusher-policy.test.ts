@@ -7,16 +7,13 @@ import { Writable } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { REFUSED_RETRY_MS, RETRY_BASE_MS } from '../../src/storage/cache/flusher.ts';
-import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
-import { ExtentDevice } from '../../src/storage/extent-device.ts';
-import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
+import { E, open } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 import { ManualClock, settle, until } from '../helpers/manual-clock.ts';
 
-const E = 4096;
 const UPLOAD_DELAY_MS = 1000;
 
 /** A cache over a faulty memory store, on a manual clock, with its log lines kept. */
@@ -30,12 +27,10 @@ async function setUp(cacheDir: string) {
       done();
     },
   });
-  const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: 16 });
-  const cache = await WriteBackCache.open(lower, {
-    cacheDir, cacheBytes: 32 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 16 * E, uploadConcurrency: 4,
-    flushMode: 's3', uploadDelayMs: UPLOAD_DELAY_MS, log: pino({ level: 'debug' }, sink), clock,
+  const { cache, dev } = await open(objects, 16 * E, cacheDir, {
+    cacheBytes: 32 * E, maxDirtyBytes: 16 * E, uploadDelayMs: UPLOAD_DELAY_MS, log: pino({ level: 'debug' }, sink), clock,
   });
-  return { objects, clock, lines, cache, dev: new ExtentDevice(cache, 16 * E, false) };
+  return { objects, clock, lines, cache, dev };
 }
 
 describe('the flusher, on a manual clock', () => {

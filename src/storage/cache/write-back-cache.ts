@@ -224,7 +224,7 @@ export class WriteBackCache implements ExtentStore {
     this.ctx.fenced = by;
   }
 
-  /** The state of each extent the cache holds an entry for (the table in entries.ts); for tests and `info`. */
+  /** The state of each extent the cache holds an entry for (the table in entries.ts); for tests. */
   states(): Map<number, EntryState> {
     const states = new Map<number, EntryState>();
     for (const e of this.table.values()) states.set(e.index, stateOf(e, this.extentSize));
