@@ -124,4 +124,19 @@ describe('the flusher, on a manual clock', () => {
       await cache.close();
     }
   });
+  it('fails a write that would pass --max-dirty while the store refuses uploads, instead of waiting for ever', async () => {
+    const { objects, cache, dev } = await setUp(`${dir.path}/refused-full`);
+    try {
+      objects.faultError = () => new StorageError('EPERM', 'PUT s3://b/e: AccessDenied (HTTP 403): Access Denied', { permanent: true });
+      objects.failAll('put');
+      for (let i = 0; i < 16; i++) await dev.write(i * E, Buffer.alloc(E, i + 1), false); // --max-dirty is 16 extents
+      // The 17th waits for room, which makes the flusher upload at once: refused, so the write fails.
+      await assert.rejects(dev.write(16 * E, Buffer.alloc(E, 99), false), (err: StorageError) => err.errno === 'EPERM');
+      await dev.write(3 * E, Buffer.alloc(E, 42), false); // an extent already dirty takes no more room
+      assert.equal(cache.status().dirtyExtents, 16);
+      cache.checkInvariants();
+    } finally {
+      await cache.close();
+    }
+  });
 });

@@ -96,6 +96,14 @@ function counted(e: Entry): boolean {
   return e.slot !== undefined && e.gen > e.uploadedGen;
 }
 
+/** What the table needs of the flusher. */
+export interface FlusherHandle {
+  /** Uploads without delay until `until` settles. */
+  hurry(until: Promise<void>): Promise<void>;
+  /** What the store refuses uploads with, while it does (flusher.ts). */
+  readonly refused: Error | undefined;
+}
+
 interface UploadWaiter {
   readonly gen: number;
   resolve(): void;
@@ -117,15 +125,12 @@ export class EntryTable {
   private readonly dirtyLimitLog: LogThrottle;
 
   private readonly ctx: CacheContext;
-  private readonly hurry: (until: Promise<void>) => Promise<void>;
+  private readonly flusher: FlusherHandle;
 
-  /**
-   * `hurry(until)`: the flusher uploads without delay until `until` settles (it is the
-   * flusher's, which sits above this table: a handle, not an import).
-   */
-  constructor(ctx: CacheContext, hurry: (until: Promise<void>) => Promise<void>) {
+  /** `flusher`: the flusher sits above this table, so it comes as a handle, not an import. */
+  constructor(ctx: CacheContext, flusher: FlusherHandle) {
     this.ctx = ctx;
-    this.hurry = hurry;
+    this.flusher = flusher;
     this.dirtyLimitLog = new LogThrottle(ctx.log, 'warn', { intervalMs: REPEAT_LOG_INTERVAL_MS });
   }
 
@@ -244,6 +249,10 @@ export class EntryTable {
       const underLimit = (this.dirtySlotCount + 1) * this.ctx.extentSize <= this.ctx.options.maxDirtyBytes;
       const slotAvailable = e?.slot !== undefined || this.ctx.slots.freeCount > 0 || this.cleanOrder.size > 0;
       if (underLimit && slotAvailable) return;
+      // No upload will make room until someone fixes what the store refuses: the write fails
+      // with that error instead of waiting for ever (the journal keeps what was acknowledged).
+      const refused = this.flusher.refused;
+      if (refused) throw refused;
       if (!this.warnedFull) {
         // Once per wait for room; under sustained load that is many times a second, so the
         // line itself is throttled (the count of waits since the last line goes with it).
@@ -262,7 +271,7 @@ export class EntryTable {
   }
 
   private waitForRoom(): Promise<void> {
-    return this.hurry(new Promise<void>((resolve) => this.roomWaiters.push(resolve)));
+    return this.flusher.hurry(new Promise<void>((resolve) => this.roomWaiters.push(resolve)));
   }
 
   /** Resolves once generation `gen` of the extent is in the store (or superseded by a discard). */
@@ -284,10 +293,14 @@ export class EntryTable {
     else this.uploadWaiters.delete(e.index);
   }
 
-  /** Every flush waiting for an upload fails with `err` (the store refuses uploads). */
+  /**
+   * The store refuses uploads: every flush waiting for one fails with `err`, and the writes
+   * waiting for room look again (admit() then fails them too).
+   */
   failWaiters(err: Error): void {
     for (const list of this.uploadWaiters.values()) for (const w of list) w.reject(err);
     this.uploadWaiters.clear();
+    this.wakeRoomWaiters();
   }
 
   /** Throws if the indexes disagree with the entries' states (the table above); for tests. */

@@ -11,7 +11,7 @@
 //     bucket, a store directory we may not write): the uploads are REFUSED. One error line
 //     says what is wrong and what to do (S3NBD_UPLOADS_REFUSED), FLUSH and FUA fail with that
 //     error instead of waiting for ever, writes are still acknowledged from the journal up to
-//     --max-dirty, and each refused upload is tried again every REFUSED_RETRY_MS, so the
+//     --max-dirty (one that would pass it fails too), and each refused upload is tried again every REFUSED_RETRY_MS, so the
 //     gateway carries on by itself once the cause is fixed ("uploads resumed");
 //   - no attempt at all without a valid writer lease (mayUpload), nor once fenced or closed.
 // Time comes from the context's clock, so tests drive this policy without real sleeps.

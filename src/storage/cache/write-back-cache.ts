@@ -13,7 +13,7 @@
 //
 // Imports run one way, from the face down: changes → flusher → clean-extents, entry-bytes →
 // entries → context. The table's one tie upwards (a write waiting for room makes the flusher
-// hurry) is a function handed to it here.
+// hurry, and fails while the store refuses uploads) is a handle given to it here.
 //
 // Invariants, and why:
 // - A write is acknowledged only after its journal record (and, for a small write, its slot
@@ -96,7 +96,7 @@ export class WriteBackCache implements ExtentStore {
       },
     });
     const ctx = new CacheContext(options, lower, journal, slots, new ExtentLocks(), options.clock ?? realClock);
-    const table: EntryTable = new EntryTable(ctx, (until) => flusher.hurry(until));
+    const table: EntryTable = new EntryTable(ctx, { hurry: (until) => flusher.hurry(until), get refused() { return flusher.refused; } });
     const clean = new CleanExtents(ctx, table);
     const bytes = new EntryBytes(ctx, table, (index) => clean.peek(index));
     const flusher = new Flusher(ctx, table, bytes, clean);
