@@ -3,7 +3,7 @@
 // extents, through one of two clients:
 //   --client direct (default): s3nbd's own signed requests (src/storage/objects/s3/s3-direct.ts), the
 //                    leanest client we have, so the limit is what the gateway adds to it;
-//   --client sdk:    @aws-sdk/client-s3 with the settings of src/storage/objects/s3/s3-object-store.ts.
+//   --client sdk:    @aws-sdk/client-s3, the very client S3ObjectStore builds (src/storage/objects/s3/sdk-client.ts).
 // Also creates the bucket and reads MinIO's request counters. Run with Node's type stripping:
 //
 //   node bench/s3-raw.ts mkbucket --endpoint URL --bucket B
@@ -29,6 +29,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { extentKey } from '../src/storage/extents/extent-keys.ts';
 import { DirectS3 } from '../src/storage/objects/s3/s3-direct.ts';
+import { createSdkClient } from '../src/storage/objects/s3/sdk-client.ts';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -77,18 +78,10 @@ function directClient(bucket: string): DirectS3 {
 }
 
 function client(): S3Client {
-  // As S3ObjectStore's constructor: keep-alive agent with 50 sockets, no SDK retries,
-  // checksums only where required, no 100-continue, path-style with an endpoint.
-  const agent = { keepAlive: true, maxSockets: 50 };
-  return new S3Client({
-    endpoint,
-    region: process.env.AWS_REGION ?? 'us-east-1',
-    forcePathStyle: true,
-    maxAttempts: 1,
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-    expectContinueHeader: false,
-    requestHandler: { connectionTimeout: 5000, httpAgent: agent, httpsAgent: agent },
+  // The client S3ObjectStore builds (sdk-client.ts), so the raw side cannot drift from it.
+  return createSdkClient({
+    endpoint, region: process.env.AWS_REGION ?? 'us-east-1', forcePathStyle: true, credentials: undefined,
+    maxSockets: 50, requestTimeoutMs: 30_000, log: undefined,
   });
 }
 
