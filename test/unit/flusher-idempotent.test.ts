@@ -5,35 +5,21 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { pino } from 'pino';
-import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
-import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
-import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
-import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
+import type { WriteBackOptions } from '../../src/storage/cache/write-back-cache.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { tempDir } from '../helpers/gateway.ts';
 import { pattern, readAll, runRandomWorkload } from '../helpers/model.ts';
+import { E, open, storeContents } from '../helpers/cache.ts';
+import { recordingClock, until } from '../helpers/manual-clock.ts';
 
-const E = 4096;
 const SIZE = 24 * E;
-const log = pino({ level: 'silent' });
 
-async function openCache(objects: ObjectStore, cacheDir: string, uploadDelayMs = 5) {
-  const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: SIZE / E });
-  const cache = await WriteBackCache.open(lower, {
-    cacheDir, cacheBytes: 64 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 32 * E, uploadConcurrency: 4,
-    flushMode: 's3', uploadDelayMs, log,
-  });
-  return { cache, dev: new ExtentDevice(cache, SIZE, false) };
-}
-
-/** What the store alone holds, through a stack without a write-back cache. */
-async function stored(objects: ObjectStore): Promise<Buffer> {
-  const lower = new DirectExtentStore(await ObjectExtents.open(objects, { extentSize: E, extentCount: SIZE / E }), 0);
-  return readAll(new ExtentDevice(lower, SIZE, false), 0, SIZE);
+/** The cache as these tests open it: room for every extent, so only uploads are in play. */
+function openCache(objects: ObjectStore, cacheDir: string, overrides: Partial<WriteBackOptions> = {}) {
+  return open(objects, SIZE, cacheDir, { cacheBytes: 64 * E, maxDirtyBytes: 32 * E, ...overrides });
 }
 
 describe('flusher retries', () => {
@@ -66,7 +52,7 @@ describe('flusher retries', () => {
         const model = await runRandomWorkload(dev, { seed, rounds: 30, maxLength: 3 * E, flushes: true, afterStep: () => cache.checkInvariants() });
         await dev.flush();
         assert.equal(cache.status().dirtyExtents, 0);
-        assertSameBytes(await stored(objects), model, `seed ${seed}`);
+        assertSameBytes(await storeContents(objects, SIZE), model, `seed ${seed}`);
         assert.ok(cache.status().uploadFailures >= 7, `seed ${seed}: the injected failures were met (${cache.status().uploadFailures})`);
       } finally {
         await cache.close();
@@ -76,17 +62,24 @@ describe('flusher retries', () => {
 
   it('uploads the newer bytes when an extent is written again while the retry of an applied upload waits', async () => {
     const objects = new FaultyStore(new MemoryObjectStore());
-    const { dev, cache } = await openCache(objects, `${dir.path}/rewrite`);
+    // The retry's backoff is held until the second write is in: with full jitter a real backoff
+    // can be shorter than any poll, and the retry would win the race the test is about.
+    let releaseRetry = () => {};
+    const retryHeld = new Promise<void>((resolve) => { releaseRetry = resolve; });
+    const retries: number[] = [];
+    const clock = recordingClock({ waits: retries, onSleep: () => retryHeld });
+    const { dev, cache } = await openCache(objects, `${dir.path}/rewrite`, { clock });
     try {
       objects.applyThenFail('put', 1);
       await dev.write(0, pattern(E, 1), false);
-      // The first PUT has reached the store and failed; its retry backs off for a while.
-      for (let i = 0; i < 200 && objects.calls.put === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+      await until(() => retries.length === 1, 'the first PUT reached the store, failed and its retry waits');
       assert.equal(objects.calls.put, 1);
       await dev.write(0, pattern(E, 2), false);
+      releaseRetry();
       await dev.flush();
-      assertSameBytes(await stored(objects), Buffer.concat([pattern(E, 2), Buffer.alloc(SIZE - E)]), 'the store holds the second write');
+      assertSameBytes(await storeContents(objects, SIZE), Buffer.concat([pattern(E, 2), Buffer.alloc(SIZE - E)]), 'the store holds the second write');
     } finally {
+      releaseRetry();
       await cache.close();
     }
   });
@@ -115,7 +108,7 @@ describe('flusher retries', () => {
     const second = await openCache(objects, cacheDir);
     try {
       await second.dev.flush();
-      assertSameBytes(await stored(objects), model, 'after replay and retries');
+      assertSameBytes(await storeContents(objects, SIZE), model, 'after replay and retries');
       assertSameBytes(await readAll(second.dev, 0, SIZE), model, 'through the cache');
     } finally {
       await second.cache.close();
