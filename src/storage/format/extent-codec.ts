@@ -1,0 +1,31 @@
+// How an extent becomes an object's body and back (docs/format.md). The extent layer
+// (extents/extent-objects.ts) calls a codec for every object it puts and fetches; the codec
+// knows the volume's object settings (checksum always; compression and encryption as chosen
+// when the volume was created) and the extent's identity, which it binds into the body so an
+// object copied to another key, or an older generation put back under a newer key, is refused.
+
+/** Which object a body belongs to. Generation 0 is a format 1 object: raw bytes, no header. */
+export interface ExtentIdentity {
+  readonly volumeId: string;
+  readonly index: number;
+  readonly generation: number;
+}
+
+export interface ExtentCodec {
+  /** The body to store for a whole extent. */
+  encode(id: ExtentIdentity, extent: Buffer): Promise<Buffer>;
+  /**
+   * The whole extent a body holds. A body that is damaged, cut short, or belongs to another
+   * identity rejects with a StorageError EIO (storage-error.ts); it is never returned as data.
+   */
+  decode(id: ExtentIdentity, body: Buffer): Promise<Buffer>;
+  /** The largest body encode() makes for an extent of `extentSize` bytes (the GET's limit). */
+  maxBodyBytes(extentSize: number): number;
+}
+
+/** Bodies are the extents themselves: format 1, and tests of the layers above. */
+export const rawCodec: ExtentCodec = {
+  encode: (_id, extent) => Promise.resolve(extent),
+  decode: (_id, body) => Promise.resolve(body),
+  maxBodyBytes: (extentSize) => extentSize,
+};
