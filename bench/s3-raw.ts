@@ -27,7 +27,7 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { extentKey } from '../src/storage/extents/extent-keys.ts';
+import { extentKeyStem } from '../src/storage/extents/extent-keys.ts';
 import { DirectS3 } from '../src/storage/objects/s3/s3-direct.ts';
 import { createSdkClient } from '../src/storage/objects/s3/sdk-client.ts';
 
@@ -62,7 +62,7 @@ const count = whole('count', values.count);
 const size = whole('size', values.size);
 const concurrency = whole('concurrency', values.concurrency);
 const prefix = values.prefix.split('/').filter((p) => p !== '').join('/');
-const keyOf = (i: number): string => (prefix === '' ? '' : `${prefix}/`) + extentKey(i);
+const keyOf = (i: number): string => (prefix === '' ? '' : `${prefix}/`) + extentKeyStem(i);
 if (values.client !== 'direct' && values.client !== 'sdk') fail(`--client must be direct or sdk, got '${values.client}'`);
 const useSdk = values.client === 'sdk';
 const never = new AbortController().signal;

@@ -85,6 +85,31 @@ export const DEFAULT_MEMORY_CACHE = 1024 * 1024 * 1024;
  */
 export const FIRST_CONTACT_MS = 10_000;
 
+/**
+ * How long after the lease is taken an earlier writer's upload may still land: its lease has
+ * lapsed by a lifetime after ours was taken, and each S3 attempt ends within 30 s.
+ */
+const LATE_UPLOAD_MS = 60_000;
+
+/** Lists the store again once earlier writers' uploads cannot land any more; returns its cancel. */
+function scheduleRecount(extents: ObjectExtents, ms: number, log: Logger): () => Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const attempt = (delay: number): void => {
+    timer = setTimeout(() => {
+      extents.recount().catch((err: unknown) => {
+        log.warn({ err: (err as Error).message }, 'listing the store again failed; retrying in a minute (until then, zeroed extents get tombstones)');
+        attempt(60_000);
+      });
+    }, delay);
+    timer.unref();
+  };
+  attempt(ms);
+  return () => {
+    clearTimeout(timer);
+    return Promise.resolve();
+  };
+}
+
 /** Waits for `work` for at most `ms` (it goes on in the background, and is ended by closing the store). */
 async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
   // No deadline (a refused start closing what it opened): setTimeout(Infinity) would print a
@@ -145,20 +170,27 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
-    const extents = await ObjectExtents.open(objects, { extentSize: volume.extentSize, extentCount: extentCountOf(volume) });
+    // A writer that takes the lease may find an earlier writer's uploads landing after its
+    // listing: it knows every object only after recount() (see extent-objects.ts).
+    const extents = await ObjectExtents.open(objects, {
+      extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
+    });
+    opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
     let identity: CacheIdentity | undefined;
     if (writeBack && c) {
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
       const lease = await Lease.acquire(objects, {
-        owner: identity.gateway, lockId, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log,
+        owner: identity.gateway, lockId, ttlMs: c.leaseTtlMs, takeOver: c.takeOver, log, minEpoch: extents.maxEpoch + 1,
         onLost: (by) => {
           cache?.fence(by);
           config.onFenced?.(by);
         },
       });
       opened.push(() => lease.release());
+      extents.useEpoch(lease.epoch);
+      opened.push(scheduleRecount(extents, c.leaseTtlMs + LATE_UPLOAD_MS, log));
       cache = await WriteBackCache.open(extents, {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,

@@ -38,8 +38,9 @@ export function tempDir(name: string): { path: string; remove(): void } {
 }
 
 /** Runs `s3nbd ARGS` to completion. */
-export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Runs the CLI (`main`: another build's dist/cli/main.js) to its end. */
+export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}, main = CLI): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [main, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -52,11 +53,11 @@ export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}):
  * Starts `s3nbd serve` on a Unix socket (plus any extra arguments) and waits until it listens.
  * The gateway is killed when the test process exits, whatever happens.
  */
-export async function startGateway(args: readonly string[], options: { socket: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Gateway> {
+export async function startGateway(args: readonly string[], options: { socket: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; main?: string }): Promise<Gateway> {
   // Each socket gets its own cache directory beside it, unless the test names one (or the
   // environment does): a gateway restarted on the same socket finds its own cache again.
   const cacheDir = args.includes('--cache-dir') || options.env?.S3NBD_CACHE_DIR ? [] : ['--cache-dir', `${options.socket}.cache`];
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', options.socket, '--log-level', 'debug', ...cacheDir, ...args], {
+  const child = spawn(process.execPath, [options.main ?? CLI, 'serve', '--socket', options.socket, '--log-level', 'debug', ...cacheDir, ...args], {
     env: { ...process.env, ...options.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

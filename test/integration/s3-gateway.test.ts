@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { extentKey } from '../../src/storage/extents/extent-keys.ts';
+import { parseExtentKey } from '../../src/storage/extents/extent-keys.ts';
 import { attachKernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
 import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
 import type { S3TestServer } from '../helpers/minio.ts';
@@ -65,9 +65,10 @@ for (const kind of S3_SERVERS) describe(`s3nbd on a real S3 server: ${kind.name}
     // The FLUSH returned: the data must be in S3 now, whatever happens to this gateway.
     await first.stop('SIGKILL');
     const prefix = store.slice(`s3://${BUCKET}/`.length);
-    const keys = (await listKeys(`${prefix}/extents/`)).map((k) => k.slice(prefix.length + 1)).sort();
-    const want = [...Array(48).keys()].filter((i) => i < 8 || i >= 16).map(extentKey).sort();
-    assert.deepEqual(keys, want);
+    const keys = (await listKeys(`${prefix}/extents/`)).map((k) => k.slice(prefix.length + 1));
+    const stored = [...new Set(keys.map((k) => parseExtentKey(k)?.index ?? -1))].sort((a, b) => a - b);
+    const want = [...Array(48).keys()].filter((i) => i < 8 || i >= 16);
+    assert.deepEqual(stored, want, 'an object for every extent that is not zeros, and nothing else');
 
     const second = await startGateway(['--store', store, ...s3Args(), '--take-over'], { socket: join(dir.path, 'b.sock'), env });
     const out = join(dir.path, 'out');

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { extentKey } from '../../src/storage/extents/extent-keys.ts';
+import { extentKeyStem } from '../../src/storage/extents/extent-keys.ts';
 import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { startMinio, type S3TestServer } from '../helpers/minio.ts';
 import { ERRNO, type NbdOp, nbdOps } from '../helpers/nbd-ops.ts';
@@ -79,7 +79,7 @@ describe('S3 stalls: bounded reads, visible waits', () => {
   });
 
   it('a GET that S3 never answers ends the read in EIO within --read-timeout, logged at warn; other reads go on', { timeout: 60_000 }, async () => {
-    proxy.stallNext(1000, kindIs('GET object', extentKey(0)));
+    proxy.stallNext(1000, kindIs('GET object', extentKeyStem(0)));
     try {
       const [stalled] = await nbdOps(gw.uri, [['read', 0, MIB, seed(0)]]);
       assert.equal(stalled!.ok, false, 'the read of a stalled extent failed');
@@ -87,7 +87,7 @@ describe('S3 stalls: bounded reads, visible waits', () => {
       assert.ok(stalled!.ms >= READ_TIMEOUT_S * 1000 - 500, `EIO after ${Math.round(stalled!.ms)} ms: before the read timeout`);
       assert.ok(stalled!.ms < READ_TIMEOUT_S * 1000 + MARGIN_MS, `EIO after ${Math.round(stalled!.ms)} ms, budget ${READ_TIMEOUT_S} s`);
       const waiting = warnings(gw, 'waiting for S3: no answer yet');
-      assert.ok(waiting.some((l) => String(l.operation).includes(`GET`) && String(l.operation).includes(extentKey(0))),
+      assert.ok(waiting.some((l) => String(l.operation).includes(`GET`) && String(l.operation).includes(extentKeyStem(0))),
         `a warn line names the stalled GET: ${JSON.stringify(waiting)}`);
       // The gateway serves other extents meanwhile, with the stalled requests still held.
       const [other] = await nbdOps(gw.uri, [['read', 3 * MIB, MIB, seed(3)]]);
@@ -102,13 +102,13 @@ describe('S3 stalls: bounded reads, visible waits', () => {
 
   it('a body trickling at 4 KiB/s ends the read in EIO within --read-timeout; the next read works', { timeout: 60_000 }, async () => {
     await quietLongEnough(gw);
-    proxy.trickleNext(1000, 4096, kindIs('GET object', extentKey(5)));
+    proxy.trickleNext(1000, 4096, kindIs('GET object', extentKeyStem(5)));
     try {
       const [slow] = await nbdOps(gw.uri, [['read', 5 * MIB, MIB, seed(5)]]);
       assert.equal(slow!.ok, false);
       assert.equal(slow!.errno, ERRNO.EIO);
       assert.ok(slow!.ms < READ_TIMEOUT_S * 1000 + MARGIN_MS, `EIO after ${Math.round(slow!.ms)} ms, budget ${READ_TIMEOUT_S} s`);
-      assert.ok(warnings(gw, 'waiting for S3: no answer yet').some((l) => String(l.operation).includes(extentKey(5))));
+      assert.ok(warnings(gw, 'waiting for S3: no answer yet').some((l) => String(l.operation).includes(extentKeyStem(5))));
     } finally {
       proxy.clearFaults();
     }
@@ -117,7 +117,7 @@ describe('S3 stalls: bounded reads, visible waits', () => {
   });
 
   it('a body longer than the extent asked for is never served as its data; the gateway goes on', { timeout: 60_000 }, async () => {
-    proxy.oversizeBodyNext(1, 4096, kindIs('GET object', extentKey(6)));
+    proxy.oversizeBodyNext(1, 4096, kindIs('GET object', extentKeyStem(6)));
     const [big] = await nbdOps(gw.uri, [['read', 6 * MIB, MIB, seed(6)]]);
     // EIO, or the right bytes from a retry: never the wrong ones.
     assert.ok(!big!.ok ? big!.errno === ERRNO.EIO : big!.match === true, `the read of an oversized answer: ${JSON.stringify(big)}`);
@@ -128,13 +128,13 @@ describe('S3 stalls: bounded reads, visible waits', () => {
   });
 
   it('an upload that stalls is logged at warn while it waits, and completes once S3 answers', { timeout: 60_000 }, async () => {
-    proxy.stallNext(1000, kindIs('PUT object', extentKey(10)));
+    proxy.stallNext(1000, kindIs('PUT object', extentKeyStem(10)));
     try {
       const [write] = await nbdOps(gw.uri, [['write', 10 * MIB, MIB, seed(10)]]);
       assert.equal(write!.ok, true, 'the write is acknowledged from the cache');
       // Repeated every 5 s while the PUT waits: one line gets past the rate limit.
       await waitFor('a warn line about the stalled PUT', () => warnings(gw, 'waiting for S3: no answer yet')
-        .some((l) => String(l.operation).includes('PUT') && String(l.operation).includes(extentKey(10))), 15_000);
+        .some((l) => String(l.operation).includes('PUT') && String(l.operation).includes(extentKeyStem(10))), 15_000);
       assert.ok(proxy.stalledCount() >= 1);
     } finally {
       proxy.clearFaults();

@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { extentKey } from '../../src/storage/extents/extent-keys.ts';
+import { extentKeyStem } from '../../src/storage/extents/extent-keys.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
 import { E, open } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
@@ -46,7 +46,7 @@ class GatedStore extends FaultyStore {
 
 async function setUp(cacheDir: string) {
   const objects = new GatedStore(new MemoryObjectStore());
-  await objects.put(extentKey(1), Buffer.alloc(E, 7)); // extent 1 is stored before the cache opens
+  await objects.put(extentKeyStem(1), Buffer.alloc(E, 7)); // extent 1 is stored before the cache opens
   // Nothing is uploaded unless a flush asks.
   return { objects, ...await open(objects, 8 * E, cacheDir, { uploadDelayMs: 3_600_000 }) };
 }

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { extentKey } from '../../src/storage/extents/extent-keys.ts';
+import { extentKeyStem } from '../../src/storage/extents/extent-keys.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
 import { MAX_FETCH_BYTES, ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
@@ -43,7 +43,7 @@ describe('WriteBackCache fetch memory', () => {
   async function open(name: string): Promise<{ store: GatedStore; cache: WriteBackCache }> {
     const store = new GatedStore();
     const extent = Buffer.alloc(E, 7); // one buffer under every key: the memory store shares it
-    for (let i = 0; i < EXTENTS; i++) await store.put(extentKey(i), extent);
+    for (let i = 0; i < EXTENTS; i++) await store.put(extentKeyStem(i), extent);
     const lower = await ObjectExtents.open(store, { extentSize: E, extentCount: EXTENTS });
     const cache = await WriteBackCache.open(lower, {
       cacheDir: `${dir.path}/${name}`, cacheBytes: 4 * E, memoryCacheBytes: 2 * E, maxDirtyBytes: 2 * E, uploadConcurrency: 2,

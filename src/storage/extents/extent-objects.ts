@@ -1,20 +1,31 @@
-// Extents as objects: one object per extent (keys: extent-keys.ts), whole extents only, and a
-// map of which exist. This is what the write-back cache needs from below, and what the
-// read-modify-write DirectExtentStore builds on where there is no cache.
+// Extents as objects: whole extents only, each version of an extent a new, immutable object
+// (keys: extent-keys.ts; the format: docs/format.md). This is what the write-back cache needs
+// from below, and what the read-modify-write DirectExtentStore builds on where there is no cache.
 //
-// Absent objects read as zeros, and an all-zero extent is deleted, never stored: that is the
-// caller's choice to make (the cache scans an extent for zeros once, when it snapshots it for
-// upload), so put() stores whatever it is given. Which extents exist is loaded once by listing
-// the store and kept in an AllocationMap, so holes, BLOCK_STATUS and discards never touch the
-// store for extents that do not exist.
+// Absent objects read as zeros, and an all-zero extent is deleted or tombstoned, never stored:
+// that is the caller's choice to make (the cache scans an extent for zeros once, when it
+// snapshots it for upload), so put() stores whatever it is given. Which objects exist is
+// learnt once by listing the store and kept in an ObjectCensus, so holes, BLOCK_STATUS and
+// discards never touch the store for extents that do not exist.
+//
+// Every put writes the next generation of the writer (generations.ts) under a new key; what it
+// supersedes is deleted later in batches (garbage-collector.ts). Making a stored extent zeros
+// deletes its object when it is the extent's only one and this layer knows every object in
+// the bucket; otherwise it writes a tombstone. "Knows every object": an earlier writer's
+// upload still in flight when this one listed the store may land after the listing, unseen.
+// recount() lists the store again once such uploads cannot still land (the stack calls it a
+// lease lifetime and a request timeout after taking the lease); until then, tombstones.
 //
 // Failures arrive as the object store's StorageErrors (each backend translates its own) and
 // pass through unchanged. No per-extent lock here: each caller already runs one put or delete per extent at a time
 // (the cache's flusher one upload per extent, DirectExtentStore under its own lock), and a
 // second lock in this layer only doubled the work on the upload path.
 
-import { AllocationMap } from './allocation-map.ts';
-import { EXTENT_PREFIX, extentIndexOf, extentKey } from './extent-keys.ts';
+import { type ExtentCodec, rawCodec } from '../format/extent-codec.ts';
+import { EXTENT_PREFIX, type ExtentObjectName, parseExtentKey } from './extent-keys.ts';
+import { DELETE_BATCH, GarbageCollector, type Retained } from './garbage-collector.ts';
+import { GenerationCounter } from './generations.ts';
+import { ObjectCensus, keyOf } from './object-census.ts';
 import type { ExtentRun } from '../extent-store.ts';
 import { StorageError } from '../storage-error.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
@@ -46,8 +57,6 @@ export interface ExtentObjects {
   flush(): Promise<void>;
 }
 
-/** DeleteObjects takes at most 1000 keys per request in S3. */
-const DELETE_BATCH = 1000;
 /**
  * Whole extents being fetched from the store at once, in bytes (at least 8 extents). A read
  * of one byte fetches a whole extent, so the NBD in-flight budget, which counts the bytes
@@ -56,32 +65,94 @@ const DELETE_BATCH = 1000;
  */
 export const MAX_FETCH_BYTES = 64 * 1024 * 1024;
 
+export interface ObjectExtentsOptions {
+  readonly extentSize: number;
+  readonly extentCount: number;
+  /** Bound into every object's checksum or authenticated data, with the extent and generation. */
+  readonly volumeId?: string;
+  readonly codec?: ExtentCodec;
+  /** Whether a snapshot keeps an older object (default: none does). */
+  readonly retained?: Retained;
+  /**
+   * False where an earlier writer's uploads may still land after the listing at open (a
+   * gateway taking the lease): until recount(), zeroed extents get tombstones. Default true.
+   */
+  readonly complete?: boolean;
+}
+
+/** Tombstones put at once by one deleteExtents() call. */
+const TOMBSTONE_CONCURRENCY = 16;
+
 export class ObjectExtents implements ExtentObjects {
   readonly extentSize: number;
   readonly extentCount: number;
   private readonly objects: ObjectStore;
-  private readonly map: AllocationMap;
+  private readonly census: ObjectCensus;
+  private readonly generations: GenerationCounter;
+  private readonly collector: GarbageCollector;
+  private readonly codec: ExtentCodec;
+  private readonly volumeId: string;
+  private complete: boolean;
   /** Fetches running (see MAX_FETCH_BYTES), and those waiting for their turn. */
   private fetching = 0;
   private readonly maxFetches: number;
   private readonly fetchQueue: Array<() => void> = [];
 
-  private constructor(objects: ObjectStore, extentSize: number, extentCount: number, map: AllocationMap) {
+  private constructor(objects: ObjectStore, options: ObjectExtentsOptions, census: ObjectCensus) {
     this.objects = objects;
-    this.extentSize = extentSize;
-    this.extentCount = extentCount;
-    this.map = map;
-    this.maxFetches = Math.max(8, Math.floor(MAX_FETCH_BYTES / extentSize));
+    this.extentSize = options.extentSize;
+    this.extentCount = options.extentCount;
+    this.census = census;
+    this.codec = options.codec ?? rawCodec;
+    this.volumeId = options.volumeId ?? '';
+    this.complete = options.complete ?? true;
+    this.generations = new GenerationCounter(census.maxEpoch + 1);
+    this.collector = new GarbageCollector(objects, census, options.retained ?? (() => false), () => this.complete);
+    this.maxFetches = Math.max(8, Math.floor(MAX_FETCH_BYTES / options.extentSize));
   }
 
-  /** Opens the layer, listing the store once to learn which extents exist. */
-  static async open(objects: ObjectStore, geometry: { readonly extentSize: number; readonly extentCount: number }): Promise<ObjectExtents> {
-    const map = new AllocationMap(geometry.extentCount);
-    for await (const key of objects.list(EXTENT_PREFIX)) {
-      const index = extentIndexOf(key);
-      if (index !== undefined && index < geometry.extentCount) map.set(index);
-    }
-    return new ObjectExtents(objects, geometry.extentSize, geometry.extentCount, map);
+  /** Opens the layer, listing the store once to learn which objects exist; queues the garbage found. */
+  static async open(objects: ObjectStore, options: ObjectExtentsOptions): Promise<ObjectExtents> {
+    const census = new ObjectCensus(options.extentCount);
+    await listInto(objects, census, options.extentCount);
+    const layer = new ObjectExtents(objects, options, census);
+    for (const index of census.mayHaveGarbage()) layer.collector.consider(index);
+    return layer;
+  }
+
+  /** The highest epoch in the bucket: a new writer's must be above it (the lease sees to that). */
+  get maxEpoch(): number {
+    return this.census.maxEpoch;
+  }
+
+  /** Uploads from here on carry generations of this epoch (the writer's, from its lease). */
+  useEpoch(epoch: number): void {
+    this.generations.use(epoch);
+  }
+
+  /**
+   * Lists the store again, once no earlier writer's upload can still land: from then on this
+   * layer knows every object, and may delete an extent's only object instead of tombstoning it.
+   */
+  async recount(): Promise<void> {
+    await listInto(this.objects, this.census, this.extentCount);
+    this.complete = true;
+    for (const index of this.census.mayHaveGarbage()) this.collector.consider(index);
+  }
+
+  /** Objects queued for deletion, and deleted so far. */
+  get garbage(): { pending: number; deleted: number } {
+    return { pending: this.collector.pending, deleted: this.collector.deleted };
+  }
+
+  /** Deletes the garbage queued now, and what that makes garbage in turn. */
+  collectGarbage(): Promise<void> {
+    return this.collector.collect();
+  }
+
+  /** Stops collecting garbage (what is left, the next start finds). */
+  close(): Promise<void> {
+    return this.collector.close();
   }
 
   get fetchesFull(): boolean {
@@ -89,58 +160,91 @@ export class ObjectExtents implements ExtentObjects {
   }
 
   get allocatedCount(): number {
-    return this.map.count;
+    return this.census.stored.count;
   }
 
   isStored(index: number): boolean {
-    return this.map.has(index);
+    return this.census.stored.has(index);
   }
 
   storedIn(first: number, count: number): Generator<number> {
-    return this.map.allocatedIn(first, count);
+    return this.census.stored.allocatedIn(first, count);
   }
 
   runs(first: number, count: number, maxRuns: number): ExtentRun[] {
-    return this.map.runs(first, count, maxRuns);
+    return this.census.stored.runs(first, count, maxRuns);
   }
 
   async fetch(index: number): Promise<Buffer | undefined> {
-    if (!this.map.has(index)) return undefined;
+    if (!this.census.stored.has(index)) return undefined;
     while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
     this.fetching++;
-    let data: Buffer | undefined;
     try {
-      data = await this.objects.get(extentKey(index), this.extentSize);
+      for (;;) {
+        const current = this.census.current(index);
+        if (!current || current.zero) return undefined;
+        const body = await this.objects.get(keyOf(current), this.codec.maxBodyBytes(this.extentSize));
+        if (body === undefined) {
+          // Superseded and collected while we asked for it: ask for the newer one.
+          if (this.census.current(index) !== current) continue;
+          // Deleted behind our back (by hand): it reads as zeros now.
+          this.census.remove(current);
+          return undefined;
+        }
+        const data = await this.codec.decode({ volumeId: this.volumeId, index, generation: current.generation }, body);
+        if (data.length !== this.extentSize) {
+          throw new StorageError('EIO', `extent ${index} has ${data.length} bytes, expected ${this.extentSize}`);
+        }
+        return data;
+      }
     } finally {
       this.fetching--;
       this.fetchQueue.shift()?.();
     }
-    if (data === undefined) {
-      // Deleted behind our back (another writer, or by hand): it reads as zeros now.
-      this.map.clear(index);
-      return undefined;
-    }
-    if (data.length !== this.extentSize) {
-      throw new StorageError('EIO', `extent ${index} has ${data.length} bytes, expected ${this.extentSize}`);
-    }
-    return data;
   }
 
   async put(index: number, extent: Buffer): Promise<void> {
-    await this.objects.put(extentKey(index), extent);
-    this.map.set(index);
+    await this.putObject({ index, generation: this.generations.next(), zero: false }, extent);
   }
 
   async deleteExtents(indexes: readonly number[]): Promise<void> {
-    const stored = indexes.filter((i) => this.map.has(i));
-    for (let i = 0; i < stored.length; i += DELETE_BATCH) {
-      const batch = stored.slice(i, i + DELETE_BATCH);
-      await this.objects.deleteMany(batch.map(extentKey));
-      for (const index of batch) this.map.clear(index);
+    const stored = indexes.filter((i) => this.census.stored.has(i));
+    // The extent's only object, when every object is known: deleted. Otherwise a tombstone.
+    const alone = (i: number): boolean => this.complete && this.census.others(i).length === 0;
+    const tombstones = stored.filter((i) => !alone(i));
+    for (let i = 0; i < tombstones.length; i += TOMBSTONE_CONCURRENCY) {
+      await Promise.all(tombstones.slice(i, i + TOMBSTONE_CONCURRENCY).map((index) =>
+        this.putObject({ index, generation: this.generations.next(), zero: true }, Buffer.alloc(0))));
     }
+    const deletable = stored.filter(alone);
+    for (let i = 0; i < deletable.length; i += DELETE_BATCH) {
+      const batch = deletable.slice(i, i + DELETE_BATCH).flatMap((index) => this.census.current(index) ?? []);
+      await this.objects.deleteMany(batch.map(keyOf));
+      for (const name of batch) this.census.remove(name);
+    }
+  }
+
+  private async putObject(name: ExtentObjectName, extent: Buffer): Promise<void> {
+    const body = name.zero ? extent : await this.codec.encode({ volumeId: this.volumeId, index: name.index, generation: name.generation }, extent);
+    try {
+      await this.objects.put(keyOf(name), body);
+    } catch (err) {
+      this.census.addUncertain(name);
+      this.collector.consider(name.index);
+      throw err;
+    }
+    this.census.replaceCurrent(name);
+    this.collector.consider(name.index);
   }
 
   flush(): Promise<void> {
     return this.objects.flush();
+  }
+}
+
+async function listInto(objects: ObjectStore, census: ObjectCensus, extentCount: number): Promise<void> {
+  for await (const key of objects.list(EXTENT_PREFIX)) {
+    const name = parseExtentKey(key);
+    if (name !== undefined && name.index < extentCount) census.add(name);
   }
 }

@@ -1,6 +1,6 @@
 // One writer per volume. A running gateway holds the lease object
 //
-//   s3nbd-lease.json  {"owner":"<gateway id>","token":"<process token>","lock":"<lock id>",
+//   s3nbd-lease.json  {"owner":"<gateway id>","token":"<process token>","lock":"<lock id>","epoch":<n>,
 //                      "host":"<hostname>","pid":<pid>,"expiresAt":"<ISO 8601>","renewedAt":"<ISO 8601>"}
 //
 // and renews it every third of its time to live with a compare-and-swap (ObjectStore.putIf).
@@ -25,6 +25,11 @@
 //     adopt its tag and renew on top of it. Without the token, this gateway would fence
 //     itself ("another gateway took over", naming its own id) after an S3 stall.
 //   - Only a lease with another token is another owner, and only that fences this gateway.
+//
+// The epoch numbers the writers of the volume: each taking of the lease writes one more than
+// the previous lease's, and at least `minEpoch` (above every epoch in the bucket's extent keys,
+// for a lease deleted by hand). The writer's uploads carry it in their generations
+// (extents/generations.ts), so a later writer's objects always win over an earlier one's.
 //
 // One renewal runs at a time (each schedules the next), so renewals never race each other.
 // While no renewal has succeeded for 80% of the lifetime, isValid() is false and nothing may
@@ -54,6 +59,8 @@ interface LeaseBody {
   readonly token?: string;
   /** The cache directory lock its writer held (CacheDirLock.id), if any. */
   readonly lock?: string;
+  /** Absent in leases written before epochs existed (format 1): read as 0. */
+  readonly epoch?: number;
   readonly host: string;
   readonly pid: number;
   readonly expiresAt: string;
@@ -66,6 +73,8 @@ export interface LeaseOptions {
   readonly lockId?: string | undefined;
   readonly ttlMs: number;
   readonly takeOver: boolean;
+  /** The least epoch this writer may take (one above every epoch in the bucket). */
+  readonly minEpoch?: number;
   readonly log: Logger;
   /** Called once if another gateway took the volume: stop writing. */
   readonly onLost: (by: string) => void;
@@ -74,6 +83,8 @@ export interface LeaseOptions {
 export class Lease {
   /** This process's token, in every lease body it writes. */
   readonly token: string;
+  /** This writer's epoch, in every lease body it writes. */
+  readonly epoch: number;
   /** The tag of the lease as we last wrote it; undefined: the object is gone, create it. */
   private tag: string | undefined;
   /** performance.now() when the body of our last confirmed write was made. */
@@ -92,10 +103,11 @@ export class Lease {
   private readonly objects: ObjectStore;
   private readonly options: LeaseOptions;
 
-  private constructor(objects: ObjectStore, options: LeaseOptions, token: string, tag: string, validFrom: number, notBefore: number) {
+  private constructor(objects: ObjectStore, options: LeaseOptions, token: string, epoch: number, tag: string, validFrom: number, notBefore: number) {
     this.objects = objects;
     this.options = options;
     this.token = token;
+    this.epoch = epoch;
     this.tag = tag;
     this.validFrom = validFrom;
     this.notBefore = notBefore;
@@ -115,15 +127,16 @@ export class Lease {
         }
         if (!mine && !expired) options.log.warn({ previous: holder }, 'taking over the volume from another gateway');
       }
+      const epoch = Math.max((current ? parse(current.data)?.epoch ?? 0 : 0) + 1, options.minEpoch ?? 1);
       const made = performance.now();
-      const tag = await objects.putIf(LEASE_KEY, body(options, token), current?.tag);
+      const tag = await objects.putIf(LEASE_KEY, body(options, token, epoch), current?.tag);
       if (tag !== undefined) {
         const wait = current ? previousHolderMayUploadFor(parse(current.data), options) : 0;
         if (wait > 0) {
           options.log.warn({ previous: parse(current!.data), waitMs: Math.round(wait) },
             'the previous holder of the lease may still be uploading: uploads start once its lease would have lapsed; writes are acknowledged meanwhile');
         }
-        const lease = new Lease(objects, options, token, tag, made, made + wait);
+        const lease = new Lease(objects, options, token, epoch, tag, made, made + wait);
         lease.schedule(lease.renewInterval());
         return lease;
       }
@@ -194,7 +207,7 @@ export class Lease {
   private async renew(): Promise<boolean> {
     for (let round = 0; round < 3; round++) {
       const made = performance.now();
-      const tag = await this.objects.putIf(LEASE_KEY, body(this.options, this.token), this.tag);
+      const tag = await this.objects.putIf(LEASE_KEY, body(this.options, this.token, this.epoch), this.tag);
       if (this.stopped) return false;
       if (tag !== undefined) {
         this.tag = tag;
@@ -240,7 +253,7 @@ export class Lease {
     this.stopped = true;
     clearTimeout(this.timer);
     if (this.lost) return;
-    const released = { ...JSON.parse(body(this.options, this.token).toString()) as LeaseBody, expiresAt: new Date(0).toISOString() };
+    const released = { ...JSON.parse(body(this.options, this.token, this.epoch).toString()) as LeaseBody, expiresAt: new Date(0).toISOString() };
     const data = Buffer.from(JSON.stringify(released));
     let tag = this.tag;
     // Twice at most: a renewal still in flight may have moved the tag (to a body of ours).
@@ -273,12 +286,13 @@ function previousHolderMayUploadFor(holder: LeaseBody | undefined, options: Leas
   return Math.min(Math.max(0, validUntil - Date.now()), options.ttlMs);
 }
 
-function body(options: LeaseOptions, token: string): Buffer {
+function body(options: LeaseOptions, token: string, epoch: number): Buffer {
   const now = Date.now();
   const lease: LeaseBody = {
     owner: options.owner,
     token,
     ...options.lockId !== undefined ? { lock: options.lockId } : {},
+    epoch,
     host: hostname(),
     pid: process.pid,
     expiresAt: new Date(now + options.ttlMs).toISOString(),

@@ -1,7 +1,13 @@
 // A volume is described by one metadata object, written once when the volume is created:
 //
-//   s3nbd-volume.json  {"format":"s3nbd-volume","version":1,"id":"<uuid>","size":<bytes>,
+//   s3nbd-volume.json  {"format":"s3nbd-volume","version":2,"id":"<uuid>","size":<bytes>,
 //                       "extentSize":<bytes>,"createdAt":"<ISO 8601>"}
+//
+// Version 2 is the bucket format of docs/format.md (immutable extent generations). A volume of
+// version 1 is upgraded when a writer opens it: its metadata is replaced by version 2's with a
+// compare-and-swap, before anything else is written, so that builds of version 1 refuse the
+// volume from then on instead of writing keys version 2 does not read. Its extent objects
+// stay and read as generation 0. Readers (--read-only, info) leave it as it is.
 //
 // It is created with a conditional put, so two gateways racing to create the same volume
 // agree on one description. Serving reads it and checks any size the user asked for. Before
@@ -15,7 +21,9 @@ import type { ObjectStore } from '../objects/object-store.ts';
 
 export const VOLUME_KEY = 's3nbd-volume.json';
 export const VOLUME_FORMAT = 's3nbd-volume';
-export const VOLUME_VERSION = 1;
+export const VOLUME_VERSION = 2;
+/** Versions this build reads (and upgrades to VOLUME_VERSION when it writes). */
+const READABLE_VERSIONS: readonly unknown[] = [1, 2];
 export const DEFAULT_EXTENT_SIZE = 1024 * 1024;
 export const MIN_EXTENT_SIZE = 4096;
 export const MAX_EXTENT_SIZE = 32 * 1024 * 1024;
@@ -26,6 +34,8 @@ export interface Volume {
   readonly size: number;
   readonly extentSize: number;
   readonly createdAt: string;
+  /** The bucket format: 1 until a writer upgrades it (docs/format.md). */
+  readonly version: number;
 }
 
 export interface VolumeRequest {
@@ -67,7 +77,9 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
     const existing = await readVolume(objects);
     if (existing) {
       const volume = matchRequest(objects, existing.volume, request);
-      if (request.writer) await checkConditions(objects, existing.data, false);
+      if (!request.writer) return { volume, created: false };
+      if (volume.version < VOLUME_VERSION) return { volume: await upgrade(objects, existing), created: false };
+      await checkConditions(objects, existing.data, false);
       return { volume, created: false };
     }
     if (request.readOnly) throw Errors.noVolumeReadOnly(objects.description);
@@ -81,8 +93,9 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
     size: request.size,
     extentSize: request.extentSize ?? DEFAULT_EXTENT_SIZE,
     createdAt: new Date().toISOString(),
+    version: VOLUME_VERSION,
   };
-  const body = Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version: VOLUME_VERSION, ...volume })}\n`);
+  const body = serialize(volume);
   if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
     await checkConditions(objects, body, true);
     await objects.flush();
@@ -95,6 +108,30 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
   const matched = matchRequest(objects, theirs.volume, request);
   if (request.writer) await checkConditions(objects, theirs.data, false);
   return { volume: matched, created: false };
+}
+
+function serialize(volume: Volume): Buffer {
+  const { version, ...rest } = volume;
+  return Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version, ...rest })}\n`);
+}
+
+/**
+ * Replaces a version 1 volume's metadata by version 2's (see the top of the file). The check of
+ * conditional writes comes first: the upgrade itself is a compare-and-swap.
+ */
+async function upgrade(objects: ObjectStore, existing: { volume: Volume; data: Buffer }): Promise<Volume> {
+  await checkConditions(objects, existing.data, false);
+  const volume: Volume = { ...existing.volume, version: VOLUME_VERSION };
+  const current = await objects.getTagged(VOLUME_KEY);
+  const written = current?.data.equals(existing.data) === true && await objects.putIf(VOLUME_KEY, serialize(volume), current.tag) !== undefined;
+  if (!written) {
+    // Changed since we read it: another gateway of this version upgraded it first, or worse.
+    const now = await readVolume(objects);
+    if (now?.volume.version === VOLUME_VERSION && now.volume.id === existing.volume.id) return now.volume;
+    throw Errors.badVolume(objects.description, 'it changed while being upgraded');
+  }
+  await objects.flush();
+  return volume;
 }
 
 /** See ObjectStore.checkConditionalWrites. A volume this call created is deleted again when the check fails: a refused start leaves nothing behind. */
@@ -117,15 +154,15 @@ async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data:
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not JSON`);
   }
   if (meta.format !== VOLUME_FORMAT) throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not an s3nbd volume`);
-  if (meta.version !== VOLUME_VERSION) {
-    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION})`);
+  if (!READABLE_VERSIONS.includes(meta.version)) {
+    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${READABLE_VERSIONS.join(' and ')})`);
   }
   const { id, size, extentSize, createdAt } = meta;
   if (typeof id !== 'string' || typeof size !== 'number' || typeof extentSize !== 'number' || typeof createdAt !== 'string') {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} lacks id, size, extentSize or createdAt`);
   }
   checkGeometry(size, extentSize);
-  return { volume: { id, size, extentSize, createdAt }, data };
+  return { volume: { id, size, extentSize, createdAt, version: meta.version as number }, data };
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {
