@@ -23,9 +23,10 @@
 
 import { type ExtentCodec, rawCodec } from '../format/extent-codec.ts';
 import { EXTENT_PREFIX, type ExtentObjectName, parseExtentKey } from './extent-keys.ts';
-import { DELETE_BATCH, GarbageCollector, type Retained } from './garbage-collector.ts';
+import { DELETE_BATCH, GarbageCollector } from './garbage-collector.ts';
 import { GenerationCounter } from './generations.ts';
 import { ObjectCensus, keyOf } from './object-census.ts';
+import { RetainedObjects } from './retained-objects.ts';
 import type { ExtentRun } from '../extent-store.ts';
 import { StorageError } from '../storage-error.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
@@ -71,8 +72,8 @@ export interface ObjectExtentsOptions {
   /** Bound into every object's checksum or authenticated data, with the extent and generation. */
   readonly volumeId?: string;
   readonly codec?: ExtentCodec;
-  /** Whether a snapshot keeps an older object (default: none does). */
-  readonly retained?: Retained;
+  /** The objects snapshots keep (default: none). */
+  readonly retained?: RetainedObjects;
   /**
    * False where an earlier writer's uploads may still land after the listing at open (a
    * gateway taking the lease): until recount(), zeroed extents get tombstones. Default true.
@@ -92,6 +93,8 @@ export class ObjectExtents implements ExtentObjects {
   private readonly collector: GarbageCollector;
   private readonly codec: ExtentCodec;
   private readonly volumeId: string;
+  /** What snapshots keep: never collected. */
+  readonly retained: RetainedObjects;
   private complete: boolean;
   /** Fetches running (see MAX_FETCH_BYTES), and those waiting for their turn. */
   private fetching = 0;
@@ -107,7 +110,8 @@ export class ObjectExtents implements ExtentObjects {
     this.volumeId = options.volumeId ?? '';
     this.complete = options.complete ?? true;
     this.generations = new GenerationCounter(census.maxEpoch + 1);
-    this.collector = new GarbageCollector(objects, census, options.retained ?? (() => false), () => this.complete);
+    this.retained = options.retained ?? new RetainedObjects();
+    this.collector = new GarbageCollector(objects, census, this.retained, () => this.complete);
     this.maxFetches = Math.max(8, Math.floor(MAX_FETCH_BYTES / options.extentSize));
   }
 
@@ -143,6 +147,11 @@ export class ObjectExtents implements ExtentObjects {
   /** Objects queued for deletion, and deleted so far. */
   get garbage(): { pending: number; deleted: number } {
     return { pending: this.collector.pending, deleted: this.collector.deleted };
+  }
+
+  /** Looks for garbage again among these extents' objects (a snapshot released them). */
+  considerGarbage(indexes: Iterable<number>): void {
+    for (const index of indexes) this.collector.consider(index);
   }
 
   /** Deletes the garbage queued now, and what that makes garbage in turn. */

@@ -1,6 +1,6 @@
 // Deletes the objects nothing needs any more (docs/format.md), in batches of DeleteObjects:
 //
-//   - an older generation of an extent that no snapshot keeps (`retained`), once the store
+//   - an older generation of an extent that no snapshot keeps (RetainedObjects), once the store
 //     has made everything put so far durable (ObjectStore.flush): the newer object must
 //     survive a crash before the older one is given up;
 //   - a tombstone, once nothing older of its extent is left in the bucket and the extent
@@ -13,6 +13,7 @@
 
 import type { ExtentObjectName } from './extent-keys.ts';
 import { type ObjectCensus, keyOf } from './object-census.ts';
+import type { RetainedObjects } from './retained-objects.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
 
 /** DeleteObjects takes at most 1000 keys per request in S3. */
@@ -20,8 +21,6 @@ export const DELETE_BATCH = 1000;
 const BATCH_DELAY_MS = 2000;
 const RETRY_DELAY_MS = 10_000;
 
-/** Whether a snapshot keeps an object of the extent (snapshots come with the snapshot issue). */
-export type Retained = (index: number, generation: number) => boolean;
 
 export class GarbageCollector {
   private readonly queue = new Map<string, ExtentObjectName>();
@@ -32,10 +31,10 @@ export class GarbageCollector {
   deleted = 0;
   private readonly objects: ObjectStore;
   private readonly census: ObjectCensus;
-  private readonly retained: Retained;
+  private readonly retained: RetainedObjects;
   private readonly complete: () => boolean;
 
-  constructor(objects: ObjectStore, census: ObjectCensus, retained: Retained, complete: () => boolean) {
+  constructor(objects: ObjectStore, census: ObjectCensus, retained: RetainedObjects, complete: () => boolean) {
     this.objects = objects;
     this.census = census;
     this.retained = retained;
@@ -51,7 +50,7 @@ export class GarbageCollector {
   consider(index: number): void {
     const others = this.census.others(index);
     for (const other of others) {
-      if (!this.retained(index, other.generation)) this.queue.set(keyOf(other), other);
+      if (!this.retained.has(index, other.generation)) this.queue.set(keyOf(other), other);
     }
     const current = this.census.current(index);
     if (current?.zero && others.length === 0 && this.complete()) this.queue.set(keyOf(current), current);
