@@ -7,6 +7,7 @@ import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { E, open, storeContents } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
+import { ManualClock, until } from '../helpers/manual-clock.ts';
 import { pattern } from '../helpers/model.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
@@ -48,15 +49,17 @@ describe('WriteBackCache', () => {
 
   it('uploads an extent once its writes pause, not after every write while they keep coming', async () => {
     const objects = new FaultyStore(new MemoryObjectStore());
-    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/policy`, { uploadDelayMs: 100, maxDirtyBytes: 16 * E });
+    // On a manual clock: on a loaded machine, real 20 ms pauses sometimes lasted 100 ms.
+    const clock = new ManualClock();
+    const { dev, cache } = await open(objects, 16 * E, `${dir.path}/policy`, { uploadDelayMs: 100, maxDirtyBytes: 16 * E, clock });
     // 40 writes into one extent, 20 ms apart: never 100 ms without a change.
     for (let i = 0; i < 40; i++) {
       await dev.write(0, pattern(512, i), false);
-      await new Promise((r) => setTimeout(r, 20));
+      await clock.advance(20);
     }
     assert.equal(objects.calls.put, 0, 'uploaded while it was still being rewritten');
-    const deadline = Date.now() + 2000;
-    while (objects.calls.put === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    await clock.advance(200);
+    await until(() => objects.calls.put === 1 && cache.status().dirtyExtents === 0, 'one upload once the writes paused');
     assert.equal(objects.calls.put, 1, 'one upload once the writes paused');
     assertSameBytes(await storeContents(objects, 16 * E), Buffer.concat([pattern(512, 39), Buffer.alloc(16 * E - 512)]), 'the last write');
     await cache.close();
@@ -69,9 +72,7 @@ describe('WriteBackCache', () => {
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(objects.calls.put, 0, 'three dirty extents of eight allowed wait for the delay');
     await dev.write(3 * E, pattern(E, 2), false);
-    const deadline = Date.now() + 2000;
-    while (cache.status().dirtyExtents > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    assert.equal(cache.status().dirtyExtents, 0, 'four of eight: everything uploaded without a flush');
+    await until(() => cache.status().dirtyExtents === 0, 'four of eight: everything uploaded without a flush', 20_000);
     await cache.close();
   });
 });
