@@ -34,6 +34,8 @@ export async function runRandomWorkload(dev: BlockDevice, options: {
   seed: number; rounds: number; maxLength: number; flushes: boolean;
   /** Called as each operation completes (others of its batch may still run) and after each batch: an invariant check. */
   afterStep?: () => void;
+  /** Called after each batch, when no request is in flight, with the model as it is then. */
+  afterBatch?: (model: Buffer) => void;
 }): Promise<Buffer> {
   const model = Buffer.alloc(dev.size);
   const random = rng(options.seed);
@@ -64,6 +66,7 @@ export async function runRandomWorkload(dev: BlockDevice, options: {
     }
     await Promise.all(options.afterStep ? ops.map((op) => op.then(options.afterStep)) : ops);
     options.afterStep?.();
+    options.afterBatch?.(model);
     if (round % 10 === 9) assertSameBytes(await readAll(dev, 0, dev.size), model, `seed ${options.seed} round ${round}`);
   }
   return model;

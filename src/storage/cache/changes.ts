@@ -50,6 +50,9 @@ export class Changes {
   private readonly clean: CleanExtents;
   private readonly flusher: Flusher;
 
+  /** Called under the extent's lock before a live change touches an existing entry (snapshot-cut.ts copies out what a snapshot still needs). */
+  beforeChange: (e: Entry) => Promise<void> = () => Promise.resolve();
+
   constructor(ctx: CacheContext, table: EntryTable, bytes: EntryBytes, clean: CleanExtents, flusher: Flusher) {
     this.ctx = ctx;
     this.table = table;
@@ -90,6 +93,8 @@ export class Changes {
     if (data) this.lastWritten = index;
     await table.admit(index);
     return ctx.locks.with(index, async () => {
+      const existing = this.table.get(index);
+      if (existing) await this.beforeChange(existing);
       const e = await this.entryWithSlot(index);
       // A large write goes to the journal only: the slot would be a second copy of the same
       // bytes, and the journal keeps them until the upload. Other changes go to both,
@@ -133,6 +138,10 @@ export class Changes {
     // All the locks first, then one sequence number: no write to these extents can fall
     // between the journal's order and the order the cache applies changes in.
     await ctx.locks.withAll([...indexes], async () => {
+      for (const index of indexes) {
+        const e = this.table.get(index);
+        if (e) await this.beforeChange(e);
+      }
       const seq = this.flusher.reserve();
       try {
         await ctx.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count }).catch((err: unknown) => {

@@ -57,12 +57,12 @@ export class EntryBytes {
     e.journalPieces = [];
   }
 
-  /** Fills the gaps of a PARTIAL entry from the store. */
-  async completeFromStore(index: number): Promise<void> {
+  /** Fills the gaps of a PARTIAL entry from the store (or from `fetched`, the store's extent already in hand). */
+  async completeFromStore(index: number, fetched?: Buffer): Promise<void> {
     const { lower, locks, slots, extentSize } = this.ctx;
     // A base known to be zeros needs no request.
     const skipFetch = this.table.get(index)?.baseIsZero === true;
-    const base = skipFetch ? undefined : await lower.fetch(index);
+    const base = skipFetch ? undefined : fetched ?? await lower.fetch(index);
     await locks.with(index, async () => {
       const e = this.table.get(index);
       if (!e || e.zeros || e.slot === undefined) return;

@@ -73,6 +73,9 @@ export class Flusher {
     return new LogThrottle(this.ctx.log, 'error', { intervalMs: REFUSED_LOG_INTERVAL_MS, now: () => this.ctx.clock.now() });
   }
 
+  /** Told of every upload of an extent's version `gen`, with the object's generation (undefined: deleted as zeros); under the lock. */
+  onUploaded: (index: number, gen: number, generation: number | undefined) => void = () => {};
+
   /** Starts the periodic look for due uploads. */
   start(): void {
     this.stopTimer = this.ctx.clock.every(Math.max(20, Math.min(this.ctx.options.uploadDelayMs, 100)), () => this.pump());
@@ -165,11 +168,21 @@ export class Flusher {
     const { gen, data } = snapshot;
     // One scan for zeros: an all-zero extent is deleted, never stored.
     const zero = isAllZero(data);
-    await this.retrying(`upload extent ${index}`, () => zero ? lower.deleteExtents([index]) : lower.put(index, data));
+    let generation: number | undefined;
+    await this.retrying(`upload extent ${index}`, async () => {
+      if (zero) await lower.deleteExtents([index]);
+      else generation = await lower.put(index, data);
+    });
     await locks.with(index, () => {
       this.finishUpload(index, gen, zero ? undefined : data);
+      this.onUploaded(index, gen, generation);
       return Promise.resolve();
     });
+  }
+
+  /** Uploads a snapshot's copy of an extent (ExtentObjects.putCopy()), by the same retry policy. */
+  async putCopy(index: number, data: Buffer, generation: number): Promise<void> {
+    await this.retrying(`upload extent ${index} for a snapshot`, () => this.ctx.lower.putCopy(index, data, generation));
   }
 
   private async deleteZeros(entries: Entry[]): Promise<void> {

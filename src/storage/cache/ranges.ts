@@ -43,6 +43,13 @@ export class Ranges {
     return this.bounds.length === 0;
   }
 
+  /** The ranges in the set, in order. */
+  list(): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    for (let i = 0; i < this.bounds.length; i += 2) out.push([this.bounds[i]!, this.bounds[i + 1]!]);
+    return out;
+  }
+
   /** The gaps of [0, size) not in the set. */
   gaps(size: number): Array<[number, number]> {
     const gaps: Array<[number, number]> = [];

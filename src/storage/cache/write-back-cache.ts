@@ -8,6 +8,7 @@
 //   clean-extents.ts  extents without entries: memory cache, stream window, shared GETs, read-ahead
 //   flusher.ts        uploads, their policy and retries, flush waiters, journal trim, drain
 //   changes.ts        write, zero, discard, and the replay of the journal at startup
+//   snapshot-cut.ts   crash-consistent snapshots taken while writes go on
 //   journal.ts        the dirty-extent journal on local disk (format: journal-records.ts)
 //   slot-file.ts      the disk cache's fixed-size slots
 //
@@ -41,6 +42,7 @@ import { EntryBytes } from './entry-bytes.ts';
 import { Flusher } from './flusher.ts';
 import { Journal } from './journal.ts';
 import { SlotFile } from './slot-file.ts';
+import { SnapshotCuts } from './snapshot-cut.ts';
 
 export type { WriteBackOptions } from './context.ts';
 export { MAX_FILL_BYTES, streamWindowBytes } from './clean-extents.ts';
@@ -68,7 +70,9 @@ export class WriteBackCache implements ExtentStore {
   private readonly flusher: Flusher;
   private readonly changes: Changes;
 
-  private constructor(parts: { ctx: CacheContext; table: EntryTable; bytes: EntryBytes; clean: CleanExtents; flusher: Flusher; changes: Changes }) {
+  private readonly cuts: SnapshotCuts;
+
+  private constructor(parts: { ctx: CacheContext; table: EntryTable; bytes: EntryBytes; clean: CleanExtents; flusher: Flusher; changes: Changes; cuts: SnapshotCuts }) {
     const { ctx } = parts;
     this.ctx = ctx;
     this.table = parts.table;
@@ -76,6 +80,7 @@ export class WriteBackCache implements ExtentStore {
     this.clean = parts.clean;
     this.flusher = parts.flusher;
     this.changes = parts.changes;
+    this.cuts = parts.cuts;
     this.extentSize = ctx.extentSize;
     this.extentCount = ctx.extentCount;
   }
@@ -101,13 +106,29 @@ export class WriteBackCache implements ExtentStore {
     const bytes = new EntryBytes(ctx, table, (index) => clean.peek(index));
     const flusher = new Flusher(ctx, table, bytes, clean);
     const changes = new Changes(ctx, table, bytes, clean, flusher);
+    const cuts = new SnapshotCuts(ctx, table, bytes, flusher);
+    changes.beforeChange = (e) => cuts.beforeChange(e);
+    flusher.onUploaded = (index, gen, generation) => cuts.uploaded(index, gen, generation);
     const replayed = await changes.replay(records);
     if (records.length > 0) {
       options.log.info({ records: records.length, replayed, bytes: journalBytes, dirtyExtents: table.dirty.size, ms: Date.now() - started },
         'recovered unuploaded writes from the journal');
     }
     flusher.start();
-    return new WriteBackCache({ ctx, table, bytes, clean, flusher, changes });
+    return new WriteBackCache({ ctx, table, bytes, clean, flusher, changes, cuts });
+  }
+
+  /**
+   * A crash-consistent snapshot as of now, without stopping writes: resolves extent → object
+   * generation once every extent's version of this instant is in the store (snapshot-cut.ts).
+   * Its objects stay retained; releaseSnapshot() gives them up.
+   */
+  snapshot(): Promise<Map<number, number>> {
+    return this.cuts.take();
+  }
+
+  releaseSnapshot(refs: Map<number, number>): void {
+    this.cuts.release(refs);
   }
 
   status(): CacheStatus {

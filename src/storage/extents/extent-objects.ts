@@ -48,10 +48,27 @@ export interface ExtentObjects {
   /** The whole stored extent, or undefined for a hole. The caller owns the buffer. */
   fetch(index: number): Promise<Buffer | undefined>;
   /**
-   * Stores a whole extent, which the store may keep by reference (see ObjectStore.put). One
-   * put or delete per extent at a time.
+   * Stores a whole extent, which the store may keep by reference (see ObjectStore.put), as a
+   * new object; resolves its generation. One put or delete per extent at a time.
    */
-  put(index: number, extent: Buffer): Promise<void>;
+  put(index: number, extent: Buffer): Promise<number>;
+  /** A generation for a later putCopy() (it takes the one after it too), below every generation handed out later. */
+  reserveCopyGeneration(): number;
+  /**
+   * Stores a snapshot's copy of an extent as it was before its current content, under a
+   * generation from reserveCopyGeneration(). It never becomes the extent's content: when it
+   * lands above every object of the extent, a tombstone at the next generation follows it,
+   * so that no listing takes it for the extent's content. The caller retains it first.
+   */
+  putCopy(index: number, extent: Buffer, generation: number): Promise<void>;
+  /** The generation of every extent's current data object (a snapshot of the volume as it is in the store). */
+  currentGenerations(): Map<number, number>;
+  /** The extent as one given object holds it (a snapshot's), or undefined if that object is gone. */
+  fetchGeneration(index: number, generation: number): Promise<Buffer | undefined>;
+  /** The objects snapshots keep. */
+  readonly retained: RetainedObjects;
+  /** Looks for garbage again among these extents' objects (a snapshot released them). */
+  considerGarbage(indexes: Iterable<number>): void;
   /** Deletes the extents' objects in batches; extents not stored cost nothing. */
   deleteExtents(indexes: readonly number[]): Promise<void>;
   /** Resolves once every put and delete that resolved before the call is durable. */
@@ -93,7 +110,6 @@ export class ObjectExtents implements ExtentObjects {
   private readonly collector: GarbageCollector;
   private readonly codec: ExtentCodec;
   private readonly volumeId: string;
-  /** What snapshots keep: never collected. */
   readonly retained: RetainedObjects;
   private complete: boolean;
   /** Fetches running (see MAX_FETCH_BYTES), and those waiting for their turn. */
@@ -186,40 +202,70 @@ export class ObjectExtents implements ExtentObjects {
 
   async fetch(index: number): Promise<Buffer | undefined> {
     if (!this.census.stored.has(index)) return undefined;
+    for (;;) {
+      const current = this.census.current(index);
+      if (!current || current.zero) return undefined;
+      const data = await this.fetchObject(current);
+      if (data !== undefined) return data;
+      // Superseded and collected while we asked for it: ask for the newer one.
+      if (this.census.current(index) !== current) continue;
+      // Deleted behind our back (by hand): it reads as zeros now.
+      this.census.remove(current);
+      return undefined;
+    }
+  }
+
+  fetchGeneration(index: number, generation: number): Promise<Buffer | undefined> {
+    return this.fetchObject({ index, generation, zero: false });
+  }
+
+  /** One object's extent, or undefined when the object is not there; waits for its turn (MAX_FETCH_BYTES). */
+  private async fetchObject(name: ExtentObjectName): Promise<Buffer | undefined> {
     while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
     this.fetching++;
     try {
-      for (;;) {
-        const current = this.census.current(index);
-        if (!current || current.zero) return undefined;
-        const body = await this.objects.get(keyOf(current), this.codec.maxBodyBytes(this.extentSize));
-        if (body === undefined) {
-          // Superseded and collected while we asked for it: ask for the newer one.
-          if (this.census.current(index) !== current) continue;
-          // Deleted behind our back (by hand): it reads as zeros now.
-          this.census.remove(current);
-          return undefined;
-        }
-        const data = await this.codec.decode({ volumeId: this.volumeId, index, generation: current.generation }, body);
-        if (data.length !== this.extentSize) {
-          throw new StorageError('EIO', `extent ${index} has ${data.length} bytes, expected ${this.extentSize}`);
-        }
-        return data;
+      const body = await this.objects.get(keyOf(name), this.codec.maxBodyBytes(this.extentSize));
+      if (body === undefined) return undefined;
+      const data = await this.codec.decode({ volumeId: this.volumeId, index: name.index, generation: name.generation }, body);
+      if (data.length !== this.extentSize) {
+        throw new StorageError('EIO', `extent ${name.index} has ${data.length} bytes, expected ${this.extentSize}`);
       }
+      return data;
     } finally {
       this.fetching--;
       this.fetchQueue.shift()?.();
     }
   }
 
-  async put(index: number, extent: Buffer): Promise<void> {
-    await this.putObject({ index, generation: this.generations.next(), zero: false }, extent);
+  reserveCopyGeneration(): number {
+    const generation = this.generations.next();
+    this.generations.next(); // for the tombstone that may follow the copy
+    return generation;
+  }
+
+  async putCopy(index: number, extent: Buffer, generation: number): Promise<void> {
+    await this.putObject({ index, generation, zero: false }, extent, true);
+    const current = this.census.current(index);
+    if (!current || current.generation < generation) await this.putObject({ index, generation: generation + 1, zero: true }, Buffer.alloc(0));
+  }
+
+  currentGenerations(): Map<number, number> {
+    return this.census.currentData();
+  }
+
+  async put(index: number, extent: Buffer): Promise<number> {
+    const generation = this.generations.next();
+    await this.putObject({ index, generation, zero: false }, extent);
+    return generation;
   }
 
   async deleteExtents(indexes: readonly number[]): Promise<void> {
     const stored = indexes.filter((i) => this.census.stored.has(i));
-    // The extent's only object, when every object is known: deleted. Otherwise a tombstone.
-    const alone = (i: number): boolean => this.complete && this.census.others(i).length === 0;
+    // The extent's only object, when every object is known and no snapshot keeps it: deleted. Otherwise a tombstone.
+    const alone = (i: number): boolean => {
+      const current = this.census.current(i);
+      return this.complete && this.census.others(i).length === 0 && current !== undefined && !this.retained.has(i, current.generation);
+    };
     const tombstones = stored.filter((i) => !alone(i));
     for (let i = 0; i < tombstones.length; i += TOMBSTONE_CONCURRENCY) {
       await Promise.all(tombstones.slice(i, i + TOMBSTONE_CONCURRENCY).map((index) =>
@@ -233,7 +279,8 @@ export class ObjectExtents implements ExtentObjects {
     }
   }
 
-  private async putObject(name: ExtentObjectName, extent: Buffer): Promise<void> {
+  /** `copy`: a snapshot's copy, never the current object (putCopy()). */
+  private async putObject(name: ExtentObjectName, extent: Buffer, copy = false): Promise<void> {
     const body = name.zero ? extent : await this.codec.encode({ volumeId: this.volumeId, index: name.index, generation: name.generation }, extent);
     try {
       await this.objects.put(keyOf(name), body);
@@ -242,7 +289,7 @@ export class ObjectExtents implements ExtentObjects {
       this.collector.consider(name.index);
       throw err;
     }
-    this.census.replaceCurrent(name);
+    this.census.putDone(name, copy);
     this.collector.consider(name.index);
   }
 

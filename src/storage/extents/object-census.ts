@@ -74,13 +74,27 @@ export class ObjectCensus {
       || this.others(name.index).some((o) => o.generation === name.generation);
   }
 
-  /** A put of `name` succeeded: it is the current object, and the one it replaces an other. */
-  replaceCurrent(name: ExtentObjectName): void {
+  /**
+   * A put of `name` succeeded: it is the current object now, and the one it replaces an other;
+   * unless it is older than the current one, or a snapshot's copy (`copy`), which never is.
+   */
+  putDone(name: ExtentObjectName, copy = false): void {
     this.removeOther(name.index, name.generation); // an earlier failed attempt may have listed it
     const now = this.currents.get(name.index);
-    this.setCurrent(name);
-    if (now) this.addOther(now);
+    if (copy || (now && now.generation > name.generation)) {
+      this.addOther(name);
+    } else {
+      this.setCurrent(name);
+      if (now) this.addOther(now);
+    }
     this.updateStored(name.index);
+  }
+
+  /** Every extent's current data object's generation. */
+  currentData(): Map<number, number> {
+    const refs = new Map<number, number>();
+    for (const [index, name] of this.currents) if (!name.zero) refs.set(index, name.generation);
+    return refs;
   }
 
   /** The object is gone from the bucket (deleted by us, or found missing). */
