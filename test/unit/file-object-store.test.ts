@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readlinkSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { after, describe, it } from 'node:test';
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
@@ -49,7 +51,7 @@ describe('FileObjectStore', () => {
     const tag = (await store.getTagged('race'))!.tag;
     const swaps = await Promise.all([1, 2, 3, 4].map((i) => store.putIf('race', Buffer.from(`swap${i}`), tag)));
     assert.equal(swaps.filter(Boolean).length, 1, 'exactly one concurrent swap from the same version wins');
-    assert.deepEqual(readdirSync(join(dir.path, 'b')).filter((n) => n.startsWith('.')), [], 'no lock or temp files left');
+    assert.deepEqual(readdirSync(join(dir.path, 'b')).filter((n) => n.startsWith('.')).sort(), ['.tmp-lock-k', '.tmp-lock-race'], 'no temporary files left, only the lock files, which stay');
   });
 
   it('skips temporary files a crash left behind, and rejects keys that escape the directory', async () => {
@@ -62,29 +64,116 @@ describe('FileObjectStore', () => {
     }
   });
 
-  // A gateway killed (-9) inside putIf leaves its lock file. The crash-loop soak met one on
-  // the lease object: the restarted gateway waited 10 s, then exited 1 with "timed out
-  // waiting for lock" (the lock was only taken as stale after 30 s).
-  it('putIf takes over at once the lock of a process of this host that is gone', async () => {
+  // Older versions wrote their pid into a lock file and removed it when done; one killed (-9)
+  // inside putIf left it behind (the crash-loop soak met one on the lease object), and others
+  // waited it out. Now only a lock held on the file counts, never what it contains.
+  it('a lock file that no live process holds a lock on does not hold up putIf, whatever it says', async () => {
     const store = new FileObjectStore(join(dir.path, 'd'));
     mkdirSync(join(dir.path, 'd'), { recursive: true });
-    const dead = spawnSync('true').pid;
-    writeFileSync(join(dir.path, 'd/.tmp-lock-lease.json'), lockOwnerFor(dead));
-    const started = Date.now();
+    writeFileSync(join(dir.path, 'd/.tmp-lock-lease.json'), lockOwnerFor(process.pid));
+    writeFileSync(join(dir.path, 'd/.tmp-lock-volume.json'), 'from another host');
     assert.ok(await store.putIf('lease.json', Buffer.from('mine'), undefined));
-    assert.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`);
+    assert.ok(await store.putIf('volume.json', Buffer.from('mine'), undefined));
   });
 
-  it('putIf waits out a lock of unknown owner until it is stale, rather than failing', { timeout: 30_000 }, async () => {
-    const store = new FileObjectStore(join(dir.path, 'e'));
-    mkdirSync(join(dir.path, 'e'), { recursive: true });
-    const lock = join(dir.path, 'e/.tmp-lock-lease.json');
-    // From another host or container (nothing to check), taken 18 s ago: stale in 12 s, after
-    // the old 10 s wait gave up.
-    writeFileSync(lock, '');
-    const then = (Date.now() - 18_000) / 1000;
-    utimesSync(lock, then, then);
-    assert.ok(await store.putIf('lease.json', Buffer.from('mine'), undefined));
+  // Two waiters that both judged one lock file stale each removed it, the second removing the
+  // lock the first had just created, so both compare-and-swaps ran at once and both won: two
+  // gateways could both hold the lease. The hooks force that interleaving on a store that
+  // removes stale locks: both waiters' removals wait until both have decided to remove, the
+  // second is let go once the first is inside (at its rename), and that rename waits for the
+  // second's. A store that never removes its lock file never calls them.
+  it('two conditional writes never run at once, even when a dead holder left its lock file', { timeout: 20_000 }, async () => {
+    const root = join(dir.path, 'stale-race');
+    const [a, b] = [new FileObjectStore(root), new FileObjectStore(root)];
+    const tag = await a.putIf('lease.json', Buffer.from('v0'), undefined);
+    const lock = join(root, '.tmp-lock-lease.json');
+    writeFileSync(lock, lockOwnerFor(spawnSync('true').pid));
+    const removers: Array<() => void> = [];
+    let firstRename: (() => void) | undefined;
+    const undo = hookFsPromises({
+      async rm(original, path, options) {
+        if (path === lock && removers.length < 2) {
+          await new Promise<void>((resolve) => {
+            removers.push(resolve);
+            if (removers.length === 2) removers[0]!();
+          });
+        }
+        return original(path, options);
+      },
+      async rename(original, from, to) {
+        if (removers.length === 2 && to === join(root, 'lease.json')) {
+          if (firstRename === undefined) {
+            removers[1]!();
+            await new Promise<void>((resolve) => { firstRename = resolve; });
+          } else {
+            firstRename();
+          }
+        }
+        return original(from, to);
+      },
+    });
+    try {
+      const won = await Promise.all([a.putIf('lease.json', Buffer.from('a'), tag), b.putIf('lease.json', Buffer.from('b'), tag)]);
+      assert.equal(won.filter(Boolean).length, 1, `exactly one swap from the same version wins: ${JSON.stringify(won)}`);
+    } finally {
+      undo();
+    }
+  });
+
+  // Another gateway on the same directory: a separate process racing the same swaps.
+  it('two processes racing compare-and-swaps on one key: exactly one wins each round', { timeout: 60_000 }, async () => {
+    const root = join(dir.path, 'two-processes');
+    const store = new FileObjectStore(root);
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `
+      import { createInterface } from 'node:readline';
+      import { FileObjectStore } from ${JSON.stringify(STORE_MODULE)};
+      const store = new FileObjectStore(${JSON.stringify(root)});
+      for await (const tag of createInterface({ input: process.stdin })) {
+        const won = await store.putIf('lease.json', Buffer.from('child'), tag === '' ? undefined : tag);
+        process.stdout.write(won === undefined ? '0\\n' : '1\\n');
+      }`], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const answers = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+    try {
+      for (let round = 0; round < 200; round++) {
+        const tag = (await store.getTagged('lease.json'))?.tag;
+        child.stdin.write(`${tag ?? ''}\n`);
+        const ours = await store.putIf('lease.json', Buffer.from('parent'), tag);
+        const theirs = (await answers.next()).value;
+        assert.equal(Number(ours !== undefined) + Number(theirs), 1, `round ${round}: ours ${ours}, theirs ${theirs}`);
+      }
+    } finally {
+      child.stdin.end();
+      child.kill();
+    }
+  });
+
+  // The kernel drops a lock when its process dies: kill -9 in the middle of a putIf (here
+  // held there by a link() that never returns) must not hold up the next gateway.
+  it('a process killed inside putIf does not block the next one', { timeout: 30_000 }, async () => {
+    const root = join(dir.path, 'killed');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `
+      import { createRequire, syncBuiltinESMExports } from 'node:module';
+      const fsp = createRequire(import.meta.url)('node:fs/promises');
+      fsp.link = () => { process.stdout.write('inside\\n'); return new Promise(() => {}); };
+      syncBuiltinESMExports();
+      setInterval(() => {}, 60_000);
+      const { FileObjectStore } = await import(${JSON.stringify(STORE_MODULE)});
+      await new FileObjectStore(${JSON.stringify(root)}).putIf('lease.json', Buffer.from('child'), undefined);`],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    try {
+      const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+      assert.equal((await lines.next()).value, 'inside');
+      // While it lives, its lock holds, and a waiter gives up with a StorageError saying why.
+      const waiting = await new FileObjectStore(root, { lockWaitMs: 50 }).putIf('lease.json', Buffer.from('early'), undefined).catch((e: unknown) => e);
+      assert.ok(waiting instanceof StorageError, String(waiting));
+      assert.match(waiting.message, /^conditional put lease\.json failed in directory .*: lock .* still held/);
+      assert.equal(waiting.permanent, false);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    assert.ok(await new FileObjectStore(root).putIf('lease.json', Buffer.from('mine'), undefined));
   });
 
   // The store translates its own failures: nothing above it needs to know how a directory fails.
@@ -152,6 +241,29 @@ describe('FileObjectStore', () => {
     assert.match(seen.message, /^put k failed in directory .*root-owned\/store: EACCES/);
   });
 });
+
+const STORE_MODULE = join(import.meta.dirname, '../../src/storage/objects/file-object-store.ts');
+
+type FsPromises = typeof import('node:fs/promises');
+
+/**
+ * Wraps functions of node:fs/promises for every module that imported them (a builtin's ES
+ * module exports follow its CommonJS ones after syncBuiltinESMExports()); returns the undo.
+ */
+function hookFsPromises(hooks: {
+  rm?: (original: FsPromises['rm'], ...args: Parameters<FsPromises['rm']>) => Promise<void>;
+  rename?: (original: FsPromises['rename'], ...args: Parameters<FsPromises['rename']>) => Promise<void>;
+}): () => void {
+  const fsp = createRequire(import.meta.url)('node:fs/promises') as FsPromises & Record<string, unknown>;
+  const saved = { rm: fsp.rm, rename: fsp.rename };
+  if (hooks.rm) fsp.rm = (...args) => hooks.rm!(saved.rm, ...args);
+  if (hooks.rename) fsp.rename = (...args) => hooks.rename!(saved.rename, ...args);
+  syncBuiltinESMExports();
+  return () => {
+    Object.assign(fsp, saved);
+    syncBuiltinESMExports();
+  };
+}
 
 /** What a lock file holds when `pid`, in our PID namespace, took it. */
 function lockOwnerFor(pid: number): string {

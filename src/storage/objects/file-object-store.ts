@@ -2,29 +2,30 @@
 // subdirectories. Replacing an object writes a temporary file, fsyncs it and renames it over
 // the old one, so a crash leaves either version, never a torn one. A rename is only durable
 // once its directory is fsynced, which flush() does for every directory changed since the
-// last flush. Every failure leaves as a StorageError carrying the errno the NBD client will
-// see (errnoOf() below), with the file system's own error as its cause.
+// last flush. A conditional put checks and replaces under a kernel lock (withLock()). Every
+// failure leaves as a StorageError carrying the errno the NBD client will see (errnoOf()
+// below), with the file system's own error as its cause.
 
 import { randomBytes } from 'node:crypto';
-import { type BigIntStats, constants, readlinkSync } from 'node:fs';
+import { type BigIntStats, constants } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { tryLock } from 'fs-native-extensions';
 import { fsyncPath } from '../../fsync.ts';
 import { StorageError } from '../storage-error.ts';
 import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 /** Temporary and lock files start with this; list() skips them. */
 const TEMP_PREFIX = '.tmp-';
-/** A lock older than this is a dead holder's (a live one holds it for a check and a rename). */
-const LOCK_STALE_MS = 30_000;
-/** Longer than LOCK_STALE_MS: a lock whose holder cannot be checked is waited out, not failed on. */
-const LOCK_WAIT_MS = LOCK_STALE_MS + 10_000;
 /**
- * Written into a lock file: our pid and PID namespace. A waiter in the same namespace whose
- * holder is gone (kill -9 in the middle of a putIf) takes the lock at once; a restarted
- * gateway must not wait, let alone fail, on its own predecessor's lock.
+ * How long a putIf waits for its lock before it fails. A holder keeps it for a check, a
+ * write with its fsync and a rename; one that keeps it longer is stopped (SIGSTOP, a frozen
+ * VM) or on a disk that does not answer, and the caller had better hear of it.
  */
-const LOCK_OWNER = `${process.pid} ${pidNamespace()}`;
+const LOCK_WAIT_MS = 30_000;
+/** The longest pause between two tries for a lock that is held. */
+const LOCK_POLL_MAX_MS = 50;
 const VALID_KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
 
 export class FileObjectStore implements ObjectStore {
@@ -37,10 +38,13 @@ export class FileObjectStore implements ObjectStore {
   private dirtyDirs = new Set<string>();
   private readonly tempTag = randomBytes(4).toString('hex');
   private tempCounter = 0;
+  private readonly lockWaitMs: number;
 
-  constructor(root: string) {
+  /** `lockWaitMs`: see LOCK_WAIT_MS (tests shorten it). */
+  constructor(root: string, options: { lockWaitMs?: number } = {}) {
     this.root = root;
     this.description = `directory ${root}`;
+    this.lockWaitMs = options.lockWaitMs ?? LOCK_WAIT_MS;
   }
 
   get(key: string): Promise<Buffer | undefined> {
@@ -90,7 +94,7 @@ export class FileObjectStore implements ObjectStore {
   putIf(key: string, data: Buffer, expectedTag: string | undefined): Promise<string | undefined> {
     return this.translated('conditional put', key, () => {
       const target = this.path(key);
-      // Check-then-replace must be atomic against other processes too: hold a lock file.
+      // Check-then-replace must be atomic against other calls and other processes.
       return this.withLock(target, async () => {
         if (await currentTag(target) !== expectedTag) return undefined;
         const temp = await this.writeTemp(target, data);
@@ -110,33 +114,35 @@ export class FileObjectStore implements ObjectStore {
     });
   }
 
+  /**
+   * Runs fn holding the key's lock, against other calls of this process and other processes
+   * (another gateway on the same directory) alike. The lock is an open file description lock
+   * (fcntl F_OFD_SETLK, through fs-native-extensions, as cache-lock.ts) on a lock file that is
+   * never removed: each call opens the file anew, and two open file descriptions exclude each
+   * other even within one process. The kernel drops the lock when its holder closes the file
+   * or dies, so no lock goes stale, and none is ever removed. Removing stale lock files is
+   * what went wrong before: two waiters both judged one stale, and the second removed the
+   * lock the first had just created, so both compare-and-swaps ran at once.
+   * Polled, not waited for in the kernel (F_OFD_SETLKW): a blocking wait would hold a libuv
+   * thread and could not be given up.
+   */
   private async withLock<T>(target: string, fn: () => Promise<T>): Promise<T> {
     await this.ensureDir(dirname(target));
     const lock = join(dirname(target), `${TEMP_PREFIX}lock-${basename(target)}`);
-    const deadline = Date.now() + LOCK_WAIT_MS;
-    for (;;) {
-      try {
-        const handle = await open(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL);
-        try {
-          await handle.writeFile(LOCK_OWNER);
-        } finally {
-          await handle.close();
-        }
-        break;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        // A lock left by a killed process is stale at once if we can tell it is gone, else
-        // after a while.
-        const age = await stat(lock).then((st) => Date.now() - st.mtimeMs, () => 0);
-        if (age > LOCK_STALE_MS || await holderIsGone(lock)) await rm(lock, { force: true });
-        else if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${lock}`, { cause: err });
-        else await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-    }
+    // 'a' creates without truncating; an exclusive lock needs a file open for writing. A lock
+    // file an older version left (it held a pid) is simply locked now.
+    const handle = await open(lock, 'a', 0o644);
     try {
+      const deadline = Date.now() + this.lockWaitMs;
+      for (let pause = 1; !tryLock(handle.fd); pause = Math.min(pause * 2, LOCK_POLL_MAX_MS)) {
+        if (Date.now() > deadline) {
+          throw new Error(`lock ${lock} still held after ${this.lockWaitMs / 1000} s, by another gateway or by a process stopped in a conditional put`);
+        }
+        await sleep(pause);
+      }
       return await fn();
     } finally {
-      await rm(lock, { force: true });
+      await handle.close();
     }
   }
 
@@ -292,29 +298,4 @@ function isPermanent(err: unknown): boolean {
 
 function isNotFound(err: unknown): boolean {
   return (err as NodeJS.ErrnoException).code === 'ENOENT';
-}
-
-/** Our PID namespace ("pid:[4026531836]"), or "" where /proc cannot tell. */
-function pidNamespace(): string {
-  try {
-    return readlinkSync('/proc/self/ns/pid');
-  } catch {
-    return '';
-  }
-}
-
-/**
- * True only when the lock names a process of our PID namespace that no longer exists. Anything
- * else (another namespace: a container sharing the directory; an empty file being written;
- * a live or reused pid) is left to the age rule.
- */
-async function holderIsGone(lock: string): Promise<boolean> {
-  const [pid, namespace] = (await readFile(lock, 'utf8').catch(() => '')).split(' ');
-  if (!pid || !/^\d+$/.test(pid) || !namespace || namespace !== pidNamespace()) return false;
-  try {
-    process.kill(Number(pid), 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
-  }
 }
