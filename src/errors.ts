@@ -45,6 +45,8 @@ export const Errors = {
     `cannot listen on ${where}: ${reason}`, fix),
   badExportName: (name: string) => new UserError('S3NBD_BAD_EXPORT_NAME',
     `--export-name "${name}" is longer than 4096 bytes`, 'use a short name'),
+  gatewayStopped: (socket: string) => new UserError('S3NBD_GATEWAY_STOPPED',
+    `the gateway on ${socket} stopped before it answered`, 'look at its log; if it was stopped, run the command again (it then works on the idle volume)'),
   volumeInUse: (store: string, holder: string, until: string) => new UserError('S3NBD_VOLUME_IN_USE',
     `the volume in ${store} is in use by gateway ${holder}, whose lease runs until ${until}`,
     'stop that gateway (its lease is released on a clean stop, or expires 30 s after a crash), or pass --take-over if it is gone for good'),
