@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
+import { until } from '../helpers/manual-clock.ts';
 import { Cmd, IHAVEOPT, Opt, Rep } from '../../src/protocol/constants.ts';
 import type { Export } from '../../src/protocol/handshake.ts';
 import { NbdServer } from '../../src/protocol/server.ts';
@@ -104,7 +105,10 @@ describe('in-flight budget across connections', () => {
         c.socket.write(encodeRequest({ flags: 0, type: Cmd.WRITE, handle: Buffer.alloc(8), offset: 0, length }));
         c.socket.write(Buffer.alloc(length, i));
       }
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      // Two start, and the third still waits for budget a while later. (A fixed 500 ms was not
+      // always enough for two 16 MiB payloads to arrive on a loaded machine.)
+      await until(() => writesStarted >= 2, 'two writes started', 30_000);
+      await new Promise((resolve) => setTimeout(resolve, 300));
       assert.equal(writesStarted, 2);
       open();
       for (let i = 0; i < 3; i++) assert.equal((await c.reader.read(16)).readUInt32BE(4), 0);
