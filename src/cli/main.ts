@@ -10,6 +10,7 @@ import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
+import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList } from './snapshot.ts';
 import { versionText } from './version.ts';
 
 export const DEFAULT_CACHE_DIR = './s3nbd-cache';
@@ -70,6 +71,7 @@ addStoreOptions(program.command('serve'))
   .addOption(countOption('--upload-delay <ms>', 'how long a dirty extent waits before upload', 'S3NBD_UPLOAD_DELAY', 0, 3_600_000).default(200).hideHelp())
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
+  .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);
   });
@@ -88,6 +90,39 @@ addStoreOptions(program.command('info'))
   .option('--json', 'print JSON')
   .action(async (opts: Record<string, unknown>) => {
     await runInfo(opts);
+  });
+
+/** The snapshot commands and gc work on a volume no gateway serves: they hold its lease meanwhile. */
+function idleCommand(cmd: Command): Command {
+  return addStoreOptions(cmd)
+    .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp());
+}
+
+const snapshot = program.command('snapshot').description('create, list and delete snapshots of a volume (see docs/format.md)');
+
+/** `snapshot create NAME` and `snapshot delete NAME`. */
+function namedSnapshotCommand(verb: string, description: string, run: (name: string, opts: Record<string, unknown>) => Promise<void>): void {
+  idleCommand(snapshot.command(verb))
+    .description(description)
+    .argument('<name>', 'the snapshot\'s name: letters, digits, dots, dashes, underscores')
+    .action(run);
+}
+
+namedSnapshotCommand('create', 'take a snapshot of a volume no gateway is serving: every extent as it is now', runSnapshotCreate);
+
+addStoreOptions(snapshot.command('list'))
+  .description('list the snapshots: name, time, size, and the bytes deleting each would free')
+  .option('--json', 'print JSON')
+  .action(async (opts: Record<string, unknown>) => {
+    await runSnapshotList(opts);
+  });
+
+namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept', runSnapshotDelete);
+
+idleCommand(program.command('gc'))
+  .description('delete now every object nothing needs any more (superseded, and kept by no snapshot)')
+  .action(async (opts: Record<string, unknown>) => {
+    await runGc(opts);
   });
 
 try {

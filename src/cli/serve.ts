@@ -23,6 +23,8 @@ import { explainLocalError } from '../storage/first-run-errors.ts';
 import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
 import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
+import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
+import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
@@ -52,12 +54,15 @@ interface ServeOptions extends StoreOptions {
   leaseTtl: number;
   uploadDelay: number;
   logLevel: string;
+  snapshot?: string;
 }
 
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
   const opts = raw as unknown as ServeOptions;
   const log = createLogger(opts.logLevel);
-  const readOnly = opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false;
+  // A snapshot is served alone and read-only: no cache directory, no lease.
+  if (opts.snapshot !== undefined) checkSnapshotName(opts.snapshot);
+  const readOnly = opts.snapshot !== undefined || (opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false);
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
 
@@ -70,10 +75,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Listening comes first: a start refused because the address or socket cannot be used then
   // has touched no storage (no volume created, no lease taken). Connections that arrive while
   // the storage opens wait for their greeting until it is ready.
-  const served: { exp?: Export } = {};
+  // Until the storage is open, no export; then the volume's and its snapshots' (GatewayExports).
+  const served: { exports?: ExportRegistry } = {};
   const exports: ExportRegistry = {
-    find: (name) => (served.exp !== undefined && (name === '' || name === served.exp.name) ? served.exp : undefined),
-    list: () => (served.exp ? [served.exp] : []),
+    find: (name) => served.exports?.find(name),
+    list: () => served.exports?.list() ?? [],
   };
   let ready: (ok: boolean) => void = () => undefined;
   const server = new NbdServer({ exports, log, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
@@ -100,6 +106,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
       volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
       readOnly,
+      snapshot: opts.snapshot,
       memoryCacheBytes: opts.memoryCache,
       cache: {
         dir: opts.cacheDir, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency,
@@ -118,12 +125,16 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     throw err;
   }
   const { volume } = storage;
-  const exp: Export = {
-    name: opts.exportName,
-    description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`,
-    device: storage.device,
-  };
-  served.exp = exp;
+  let exp: Export;
+  if (opts.snapshot === undefined) {
+    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device };
+    served.exports = new GatewayExports(exp, storage, log);
+  } else {
+    const manifest = (await storage.snapshots.load(opts.snapshot))!;
+    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device };
+    const alone = exp;
+    served.exports = { find: (name) => (name === '' || name === alone.name ? alone : undefined), list: () => [alone] };
+  }
   // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
   const buffers = bufferBudgetBytes({
     memoryCacheBytes: opts.memoryCache, extentSize: volume.extentSize, uploadConcurrency: opts.uploadConcurrency,
@@ -180,6 +191,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
+    ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 }

@@ -26,10 +26,16 @@ export interface Export {
   readonly device: BlockDevice;
 }
 
-/** Finds exports by name; the empty name "" must resolve to the default export. */
+/** An export as NBD_OPT_LIST shows it. */
+export type ExportListing = Pick<Export, 'name' | 'description'>;
+
+/**
+ * Finds exports by name; the empty name "" must resolve to the default export. Either answer
+ * may come later (a promise): an export may have to be looked up, or opened, on first use.
+ */
 export interface ExportRegistry {
-  find(name: string): Export | undefined;
-  list(): readonly Export[];
+  find(name: string): Export | undefined | Promise<Export | undefined>;
+  list(): readonly ExportListing[] | Promise<readonly ExportListing[]>;
 }
 
 /** What the client and server agreed on for the transmission phase. */
@@ -144,7 +150,7 @@ export class Handshake {
       }
       const data = length > 0 ? await this.reader.read(length) : Buffer.alloc(0);
 
-      if (option === Opt.EXPORT_NAME) return this.exportName(data);
+      if (option === Opt.EXPORT_NAME) return await this.exportName(data);
       if (option === Opt.ABORT) {
         this.reply(option, Rep.ACK);
         return undefined;
@@ -154,7 +160,7 @@ export class Handshake {
         continue;
       }
       try {
-        const negotiated = this.option(option, data);
+        const negotiated = await this.option(option, data);
         if (negotiated) return negotiated;
       } catch (err) {
         if (!(err instanceof InvalidOption)) throw err;
@@ -164,11 +170,11 @@ export class Handshake {
   }
 
   /** Handles one option; returns the result when it ends the negotiation (GO). */
-  private option(option: number, data: Buffer): Negotiated | undefined {
+  private async option(option: number, data: Buffer): Promise<Negotiated | undefined> {
     switch (option) {
       case Opt.LIST:
         if (data.length !== 0) throw new InvalidOption('NBD_OPT_LIST takes no data');
-        for (const exp of this.exports.list()) {
+        for (const exp of await this.exports.list()) {
           const name = Buffer.from(exp.name);
           this.reply(option, Rep.SERVER, Buffer.concat([u32(name.length), name, Buffer.from(exp.description)]));
         }
@@ -181,10 +187,10 @@ export class Handshake {
         return undefined;
       case Opt.INFO:
       case Opt.GO:
-        return this.infoOrGo(option, data);
+        return await this.infoOrGo(option, data);
       case Opt.LIST_META_CONTEXT:
       case Opt.SET_META_CONTEXT:
-        this.metaContext(option, data);
+        await this.metaContext(option, data);
         return undefined;
       case Opt.STARTTLS:
         this.reply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server; use a TLS proxy or a private network');
@@ -195,9 +201,9 @@ export class Handshake {
     }
   }
 
-  private exportName(data: Buffer): Negotiated {
+  private async exportName(data: Buffer): Promise<Negotiated> {
     const name = data.toString('utf8');
-    const exp = this.exports.find(name);
+    const exp = await this.exports.find(name);
     // The spec gives EXPORT_NAME no way to report an error: hanging up is the answer.
     if (!exp || this.shuttingDown()) throw new ProtocolError(`no export named ${JSON.stringify(name)}`);
     const parts = [u64(exp.device.size), u16(transmissionFlags(exp.device, this.structuredReplies))];
@@ -206,14 +212,14 @@ export class Handshake {
     return this.negotiated(exp);
   }
 
-  private infoOrGo(option: number, data: Buffer): Negotiated | undefined {
+  private async infoOrGo(option: number, data: Buffer): Promise<Negotiated | undefined> {
     const d = new OptionData(data);
     const name = d.string(d.u32());
     const count = d.u16();
     const requested = new Set<number>();
     for (let i = 0; i < count; i++) requested.add(d.u16());
     d.end();
-    const exp = this.exports.find(name);
+    const exp = await this.exports.find(name);
     if (!exp) {
       this.reply(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(name)}`);
       return undefined;
@@ -232,7 +238,7 @@ export class Handshake {
     return option === Opt.GO ? this.negotiated(exp) : undefined;
   }
 
-  private metaContext(option: number, data: Buffer): void {
+  private async metaContext(option: number, data: Buffer): Promise<void> {
     if (!this.structuredReplies) throw new InvalidOption('negotiate NBD_OPT_STRUCTURED_REPLY first');
     const d = new OptionData(data);
     const exportName = d.string(d.u32());
@@ -240,7 +246,7 @@ export class Handshake {
     const queries: string[] = [];
     for (let i = 0; i < count; i++) queries.push(d.string(d.u32()));
     d.end();
-    if (!this.exports.find(exportName)) {
+    if (!await this.exports.find(exportName)) {
       this.reply(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`);
       return;
     }
@@ -256,9 +262,9 @@ export class Handshake {
     this.reply(option, Rep.ACK);
   }
 
-  private negotiated(exp: Export): Negotiated {
+  private async negotiated(exp: Export): Promise<Negotiated> {
     // Contexts chosen for another export do not carry over to this one.
-    const sameExport = this.metaContextExport !== undefined && this.exports.find(this.metaContextExport) === exp;
+    const sameExport = this.metaContextExport !== undefined && await this.exports.find(this.metaContextExport) === exp;
     return { export: exp, structuredReplies: this.structuredReplies, baseAllocation: this.baseAllocation && sameExport };
   }
 

@@ -7,7 +7,9 @@
 //   ExtentDevice        the byte-addressed BlockDevice the NBD server serves
 //
 // volume/ holds what decides who may write the volume: its metadata, the writer lease, and
-// the cache directory's identity and lock.
+// the cache directory's identity and lock. snapshots/ holds the manifests of the volume's
+// snapshots: every object one names is kept from the garbage collector, which only a writer
+// runs, and only once it holds the lease and has counted every manifest (registry.ts).
 //
 // The write-back cache (and the cache directory's lock and the writer lease that protect it)
 // is left out where it has no job: for the volatile memory store, for read-only serving, and
@@ -26,6 +28,9 @@ import { Lease } from './volume/lease.ts';
 import { MemoryObjectStore } from './objects/memory-object-store.ts';
 import { DirectExtentStore } from './extents/direct-extent-store.ts';
 import { ObjectExtents } from './extents/extent-objects.ts';
+import { RetainedObjects } from './extents/retained-objects.ts';
+import { SnapshotRegistry } from './snapshots/registry.ts';
+import { openSnapshotDevice } from './snapshots/snapshot-device.ts';
 import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
@@ -55,6 +60,8 @@ export interface StorageConfig {
   readonly onJournalFailed?: (err: Error) => void;
   /** Bound on the first contact with S3 (default FIRST_CONTACT_MS). */
   readonly firstContactMs?: number;
+  /** Serve this snapshot, read-only, instead of the volume (no cache, no lease). */
+  readonly snapshot?: string | undefined;
 }
 
 export interface Storage {
@@ -62,6 +69,8 @@ export interface Storage {
   readonly volume: Volume;
   readonly created: boolean;
   readonly extents: ObjectExtents;
+  /** The volume's snapshots; a writer's has counted every one in extents.retained. */
+  readonly snapshots: SnapshotRegistry;
   /** Present when writes go through the write-back cache. */
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
@@ -170,10 +179,25 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
+    const snapshots = new SnapshotRegistry(objects, volume);
+    if (config.snapshot !== undefined) {
+      const manifest = await snapshots.load(config.snapshot);
+      if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
+      const snapshot = openSnapshotDevice(objects, volume, manifest, config.memoryCacheBytes);
+      return {
+        objects, volume, created, extents: snapshot.extents, snapshots, cache: undefined, identity: undefined, device: snapshot.device,
+        async close() {
+          await closeAll();
+          return true;
+        },
+      };
+    }
     // A writer that takes the lease may find an earlier writer's uploads landing after its
-    // listing: it knows every object only after recount() (see extent-objects.ts).
+    // listing: it knows every object only after recount() (see extent-objects.ts). It collects
+    // garbage only once it holds the lease and has counted every snapshot (below); readers never.
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
+      retained: new RetainedObjects(), collect: false,
     });
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
@@ -191,6 +215,8 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       opened.push(() => lease.release());
       extents.useEpoch(lease.epoch);
       opened.push(scheduleRecount(extents, c.leaseTtlMs + LATE_UPLOAD_MS, log));
+      await snapshots.retainAll(extents.retained);
+      extents.startCollecting();
       cache = await WriteBackCache.open(extents, {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
@@ -198,11 +224,16 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
         ...config.onJournalFailed ? { onFailed: config.onJournalFailed } : {},
       });
     }
+    if (!writeBack && !config.readOnly) {
+      // No write-back cache, no lease: the volatile memory store, which no other process can reach.
+      await snapshots.retainAll(extents.retained);
+      extents.startCollecting();
+    }
     const stackTop: ExtentStore = cache ?? new DirectExtentStore(extents, config.memoryCacheBytes);
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
-      objects, volume, created, extents, cache, identity, device,
+      objects, volume, created, extents, snapshots, cache, identity, device,
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;
@@ -235,7 +266,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
 }
 
 /** The error as users should read it: a UserError with its fix where the failure is a known first-run one. */
-async function explain(err: unknown, config: StorageConfig, objects: ObjectStore, timedOut: boolean): Promise<unknown> {
+export async function explain(err: unknown, config: Pick<StorageConfig, 'store' | 's3' | 'cache' | 'firstContactMs'>, objects: ObjectStore, timedOut: boolean): Promise<unknown> {
   if (err instanceof UserError) return err;
   if (err instanceof Error && /region is missing/i.test(err.message)) return Errors.noRegion(objects.description);
   if (objects instanceof S3ObjectStore) {

@@ -96,6 +96,12 @@ export interface ObjectExtentsOptions {
    * gateway taking the lease): until recount(), zeroed extents get tombstones. Default true.
    */
   readonly complete?: boolean;
+  /**
+   * False: queue no garbage until startCollecting(). Only the writer that holds the lease
+   * deletes objects, once it knows every snapshot (a reader, or a writer before its lease, may
+   * not know a snapshot taken since it listed the store). Default true (tests, volatile stores).
+   */
+  readonly collect?: boolean;
 }
 
 /** Tombstones put at once by one deleteExtents() call. */
@@ -112,12 +118,15 @@ export class ObjectExtents implements ExtentObjects {
   private readonly volumeId: string;
   readonly retained: RetainedObjects;
   private complete: boolean;
+  private collecting: boolean;
+  /** A snapshot's extents (ofSnapshot): the census is the manifest's, and a missing object is an error, not zeros. */
+  private readonly fixed: boolean;
   /** Fetches running (see MAX_FETCH_BYTES), and those waiting for their turn. */
   private fetching = 0;
   private readonly maxFetches: number;
   private readonly fetchQueue: Array<() => void> = [];
 
-  private constructor(objects: ObjectStore, options: ObjectExtentsOptions, census: ObjectCensus) {
+  private constructor(objects: ObjectStore, options: ObjectExtentsOptions, census: ObjectCensus, fixed = false) {
     this.objects = objects;
     this.extentSize = options.extentSize;
     this.extentCount = options.extentCount;
@@ -125,6 +134,8 @@ export class ObjectExtents implements ExtentObjects {
     this.codec = options.codec ?? rawCodec;
     this.volumeId = options.volumeId ?? '';
     this.complete = options.complete ?? true;
+    this.collecting = !fixed && (options.collect ?? true);
+    this.fixed = fixed;
     this.generations = new GenerationCounter(census.maxEpoch + 1);
     this.retained = options.retained ?? new RetainedObjects();
     this.collector = new GarbageCollector(objects, census, this.retained, () => this.complete);
@@ -136,8 +147,45 @@ export class ObjectExtents implements ExtentObjects {
     const census = new ObjectCensus(options.extentCount);
     await listInto(objects, census, options.extentCount);
     const layer = new ObjectExtents(objects, options, census);
-    for (const index of census.mayHaveGarbage()) layer.collector.consider(index);
+    for (const index of census.mayHaveGarbage()) layer.consider(index);
     return layer;
+  }
+
+  /**
+   * A snapshot's extents, read-only: the census is the manifest's references (every one a data
+   * object of this volume), nothing is listed, and nothing is ever put, deleted or collected.
+   * An object the manifest names but the store lacks fails the read with EIO.
+   */
+  static ofSnapshot(objects: ObjectStore, options: ObjectExtentsOptions, references: Iterable<{ index: number; generation: number }>): ObjectExtents {
+    const census = new ObjectCensus(options.extentCount);
+    for (const { index, generation } of references) census.add({ index, generation, zero: false });
+    return new ObjectExtents(objects, options, census, true);
+  }
+
+  /** Starts collecting garbage (the stack calls it once it holds the lease and knows every snapshot). */
+  startCollecting(): void {
+    if (this.fixed || this.collecting) return;
+    this.collecting = true;
+    for (const index of this.census.mayHaveGarbage()) this.collector.consider(index);
+  }
+
+  private consider(index: number): void {
+    if (this.collecting) this.collector.consider(index);
+  }
+
+  /** The current data object of every stored extent (not tombstones), ascending: what a snapshot holds. */
+  currentObjects(): ExtentObjectName[] {
+    const names: ExtentObjectName[] = [];
+    for (const index of this.census.stored.allocatedIn(0, this.extentCount)) {
+      const current = this.census.current(index);
+      if (current && !current.zero) names.push(current);
+    }
+    return names;
+  }
+
+  /** True when the object is the extent's current one (what the volume reads). */
+  isCurrent(index: number, generation: number): boolean {
+    return this.census.current(index)?.generation === generation;
   }
 
   /** The highest epoch in the bucket: a new writer's must be above it (the lease sees to that). */
@@ -157,7 +205,7 @@ export class ObjectExtents implements ExtentObjects {
   async recount(): Promise<void> {
     await listInto(this.objects, this.census, this.extentCount);
     this.complete = true;
-    for (const index of this.census.mayHaveGarbage()) this.collector.consider(index);
+    for (const index of this.census.mayHaveGarbage()) this.consider(index);
   }
 
   /** Objects queued for deletion, and deleted so far. */
@@ -167,7 +215,7 @@ export class ObjectExtents implements ExtentObjects {
 
   /** Looks for garbage again among these extents' objects (a snapshot released them). */
   considerGarbage(indexes: Iterable<number>): void {
-    for (const index of indexes) this.collector.consider(index);
+    for (const index of indexes) this.consider(index);
   }
 
   /** Deletes the garbage queued now, and what that makes garbage in turn. */
@@ -207,6 +255,7 @@ export class ObjectExtents implements ExtentObjects {
       if (!current || current.zero) return undefined;
       const data = await this.fetchObject(current);
       if (data !== undefined) return data;
+      if (this.fixed) throw new StorageError('EIO', `extent ${index}'s object ${keyOf(current)}, which the snapshot holds, is missing from the store`);
       // Superseded and collected while we asked for it: ask for the newer one.
       if (this.census.current(index) !== current) continue;
       // Deleted behind our back (by hand): it reads as zeros now.
@@ -260,6 +309,7 @@ export class ObjectExtents implements ExtentObjects {
   }
 
   async deleteExtents(indexes: readonly number[]): Promise<void> {
+    this.checkWritable();
     const stored = indexes.filter((i) => this.census.stored.has(i));
     // The extent's only object, when every object is known and no snapshot keeps it: deleted. Otherwise a tombstone.
     const alone = (i: number): boolean => {
@@ -279,18 +329,23 @@ export class ObjectExtents implements ExtentObjects {
     }
   }
 
+  private checkWritable(): void {
+    if (this.fixed) throw new StorageError('EROFS', 'a snapshot is read-only');
+  }
+
   /** `copy`: a snapshot's copy, never the current object (putCopy()). */
   private async putObject(name: ExtentObjectName, extent: Buffer, copy = false): Promise<void> {
+    this.checkWritable();
     const body = name.zero ? extent : await this.codec.encode({ volumeId: this.volumeId, index: name.index, generation: name.generation }, extent);
     try {
       await this.objects.put(keyOf(name), body);
     } catch (err) {
       this.census.addUncertain(name);
-      this.collector.consider(name.index);
+      this.consider(name.index);
       throw err;
     }
     this.census.putDone(name, copy);
-    this.collector.consider(name.index);
+    this.consider(name.index);
   }
 
   flush(): Promise<void> {

@@ -85,6 +85,11 @@ export class Lease {
   readonly token: string;
   /** This writer's epoch, in every lease body it writes. */
   readonly epoch: number;
+  /**
+   * Who held the lease before us, and whether it let go of it (a clean stop) rather than
+   * letting it lapse (a crash, whose gateway may have left dirty data in its journal).
+   */
+  previousHolder: { readonly owner: string; readonly host: string; readonly pid: number; readonly released: boolean } | undefined;
   /** The tag of the lease as we last wrote it; undefined: the object is gone, create it. */
   private tag: string | undefined;
   /** performance.now() when the body of our last confirmed write was made. */
@@ -137,6 +142,11 @@ export class Lease {
             'the previous holder of the lease may still be uploading: uploads start once its lease would have lapsed; writes are acknowledged meanwhile');
         }
         const lease = new Lease(objects, options, token, epoch, tag, made, made + wait);
+        const previous = current && parse(current.data);
+        if (previous) {
+          const released = Date.parse(previous.expiresAt) <= Date.parse(previous.renewedAt);
+          lease.previousHolder = { owner: previous.owner, host: previous.host, pid: previous.pid, released };
+        }
         lease.schedule(lease.renewInterval());
         return lease;
       }

@@ -1,0 +1,131 @@
+// `s3nbd snapshot create|list|delete` and `s3nbd gc`, on a volume no gateway is serving
+// (storage/snapshots/idle-volume.ts: they take the writer lease). `list` only reads.
+//
+// Every one of them can be interrupted (Ctrl-C, kill -9) and run again: an interrupted create
+// made a whole snapshot or none, an interrupted delete or gc left garbage that the next gc (or
+// the next start of a gateway) deletes. SIGINT and SIGTERM stop collecting after the batch in
+// flight and release the lease, so the next command need not wait for it to expire.
+
+import { pino } from 'pino';
+import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
+import { type IdleVolume, openIdleVolume } from '../storage/snapshots/idle-volume.ts';
+import { uniqueObjects } from '../storage/snapshots/registry.ts';
+import { openStorage } from '../storage/stack.ts';
+import { formatBytes } from './parse.ts';
+import { showProgress } from './progress.ts';
+import { withKillHook } from './test-hooks.ts';
+import { type StoreOptions, s3OptionsOf } from './store-options.ts';
+
+const quiet = pino({ level: 'silent' });
+const EXIT_FENCED = 3;
+const EXIT_INTERRUPTED = 130;
+
+interface IdleOptions extends StoreOptions {
+  leaseTtl: number;
+  json?: boolean;
+}
+
+/** Opens the idle volume for `command`, runs `work`, and closes it however `work` ends. */
+async function onIdleVolume<T>(raw: Record<string, unknown>, command: string, collect: boolean, work: (v: IdleVolume) => Promise<T>): Promise<T> {
+  const opts = raw as unknown as IdleOptions;
+  const volume = await openIdleVolume({
+    store: opts.store, s3: s3OptionsOf(opts), log: quiet, command, leaseTtlMs: opts.leaseTtl * 1000, collect, wrapStore: withKillHook,
+    onLost: (by) => {
+      // Deleting on without the lease could delete what the new holder's snapshots keep.
+      process.stderr.write(`s3nbd: ${by} took the volume over: stopped (what was not collected, the next gc collects)\n`);
+      process.exit(EXIT_FENCED);
+    },
+  });
+  let interrupted = false;
+  const interrupt = (): void => {
+    if (interrupted) process.exit(EXIT_INTERRUPTED);
+    interrupted = true;
+    process.stderr.write('\ns3nbd: interrupted: stopping after the request in flight (run the command again, or s3nbd gc, to finish)\n');
+    void volume.close().finally(() => process.exit(EXIT_INTERRUPTED));
+  };
+  process.on('SIGINT', interrupt);
+  process.on('SIGTERM', interrupt);
+  try {
+    return await work(volume);
+  } finally {
+    if (!interrupted) await volume.close();
+    process.off('SIGINT', interrupt);
+    process.off('SIGTERM', interrupt);
+  }
+}
+
+export async function runSnapshotCreate(name: string, raw: Record<string, unknown>): Promise<void> {
+  checkSnapshotName(name);
+  const manifest = await onIdleVolume(raw, 'snapshot create', false, async (v) => {
+    const holder = v.lease.previousHolder;
+    if (v.previousCrashed && holder && !holder.owner.startsWith('s3nbd ')) {
+      process.stderr.write(`s3nbd: warning: gateway ${holder.owner} on ${holder.host} did not stop cleanly; writes left in its journal are not in the bucket, so not in this snapshot (restart it on its cache directory and stop it, then take the snapshot)\n`);
+    }
+    return v.snapshots.create(v.extents, name);
+  });
+  const bytes = manifest.references.length * manifest.extentSize;
+  process.stdout.write(`created snapshot ${manifest.name}: ${manifest.references.length} extents (${formatBytes(bytes)}) of ${formatBytes(manifest.size)}, ${manifest.createdAt}\n`);
+}
+
+export async function runSnapshotDelete(name: string, raw: Record<string, unknown>): Promise<void> {
+  checkSnapshotName(name);
+  const deleted = await onIdleVolume(raw, 'snapshot delete', true, async (v) => {
+    const progress = showProgress(() => `deleting snapshot ${name}: ${v.extents.garbage.deleted} objects deleted, ${v.extents.garbage.pending} to go`);
+    try {
+      await v.snapshots.delete(v.extents, name);
+    } finally {
+      progress.done();
+    }
+    return v.extents.garbage.deleted;
+  });
+  process.stdout.write(`deleted snapshot ${name}; ${deleted} objects nothing needs any more deleted\n`);
+}
+
+export async function runGc(raw: Record<string, unknown>): Promise<void> {
+  const { deleted, tombstonesKept } = await onIdleVolume(raw, 'gc', true, async (v) => {
+    const progress = showProgress(() => `collecting: ${v.extents.garbage.deleted} objects deleted, ${v.extents.garbage.pending} to go`);
+    try {
+      await v.extents.collectGarbage();
+    } finally {
+      progress.done();
+    }
+    return { deleted: v.extents.garbage.deleted, tombstonesKept: v.lateUploads };
+  });
+  process.stdout.write(`deleted ${deleted} objects nothing needs any more${tombstonesKept ? ' (tombstones stay while a crashed writer\'s last uploads may still land: the next gateway or gc deletes them)' : ''}\n`);
+}
+
+export interface SnapshotListing {
+  readonly name: string;
+  readonly createdAt: string;
+  readonly size: number;
+  readonly extents: number;
+  /** Objects no other snapshot holds and the volume does not read: what deleting it frees. */
+  readonly uniqueExtents: number;
+  /** uniqueExtents × the extent size: an upper bound (objects may be compressed). */
+  readonly uniqueBytes: number;
+}
+
+export async function runSnapshotList(raw: Record<string, unknown>): Promise<void> {
+  const opts = raw as unknown as IdleOptions;
+  const storage = await openStorage({ store: opts.store, s3: s3OptionsOf(opts), log: quiet, volume: { mode: 'open' }, readOnly: true, memoryCacheBytes: 0 });
+  let listing: SnapshotListing[];
+  try {
+    const manifests = await storage.snapshots.loadAll();
+    const unique = uniqueObjects(manifests, (index, generation) => storage.extents.isCurrent(index, generation));
+    listing = manifests.map((m) => ({
+      name: m.name, createdAt: m.createdAt, size: m.size, extents: m.references.length,
+      uniqueExtents: unique.get(m.name) ?? 0, uniqueBytes: (unique.get(m.name) ?? 0) * m.extentSize,
+    }));
+  } finally {
+    await storage.close();
+  }
+  listing.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name));
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(listing, null, 2)}\n`);
+    return;
+  }
+  const rows = [['NAME', 'CREATED', 'SIZE', 'STORED', 'UNIQUE'],
+    ...listing.map((s) => [s.name, s.createdAt, formatBytes(s.size), formatBytes(s.extents * storage.volume.extentSize), formatBytes(s.uniqueBytes)])];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+}

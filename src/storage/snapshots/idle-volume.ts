@@ -1,0 +1,94 @@
+// A volume that no gateway is serving, opened by the snapshot commands (`s3nbd snapshot
+// create|delete`, `s3nbd gc`) to work on it directly. They take the writer lease, so that no
+// gateway writes or collects meanwhile (a gateway that holds it refuses them, naming itself:
+// S3NBD_VOLUME_IN_USE), then count every snapshot's objects and list the volume's, in that
+// order: a snapshot made before the lease was ours is in the bucket by then, and none can be
+// made after, as making one needs the lease.
+//
+// Killed at any point, such a command leaves its lease to expire (a lifetime, 30 s by default)
+// and at most garbage behind (registry.ts).
+
+import type { Logger } from 'pino';
+import { Errors, UserError } from '../../errors.ts';
+import { ObjectExtents } from '../extents/extent-objects.ts';
+import { RetainedObjects } from '../extents/retained-objects.ts';
+import { FileObjectStore } from '../objects/file-object-store.ts';
+import { MemoryObjectStore } from '../objects/memory-object-store.ts';
+import type { ObjectStore } from '../objects/object-store.ts';
+import { type S3Options, openObjectStore } from '../objects/store-url.ts';
+import { explain } from '../stack.ts';
+import { Lease } from '../volume/lease.ts';
+import { type Volume, extentCountOf, openVolume } from '../volume/volume.ts';
+import { SnapshotRegistry } from './registry.ts';
+
+export interface IdleVolumeConfig {
+  readonly store: string;
+  readonly s3?: S3Options;
+  readonly log: Logger;
+  /** Names the command in the lease, for the error a gateway refused meanwhile prints. */
+  readonly command: string;
+  readonly leaseTtlMs: number;
+  /** Collect garbage (delete, gc): only once every snapshot is counted. */
+  readonly collect: boolean;
+  /** Called if a gateway takes the volume over (--take-over) while the command runs. */
+  readonly onLost: (by: string) => void;
+  /** Wraps the store (test hooks). */
+  readonly wrapStore?: (objects: ObjectStore) => ObjectStore;
+}
+
+export interface IdleVolume {
+  readonly objects: ObjectStore;
+  readonly volume: Volume;
+  readonly extents: ObjectExtents;
+  readonly snapshots: SnapshotRegistry;
+  readonly lease: Lease;
+  /** True when the previous writer stopped without releasing the lease (killed, crashed). */
+  readonly previousCrashed: boolean;
+  /** True when that writer's uploads may still land (S3): tombstones are kept until a later start. */
+  readonly lateUploads: boolean;
+  /** Stops collecting, releases the lease, closes the store. */
+  close(): Promise<void>;
+}
+
+/** Reads the volume, takes its lease, counts the snapshots' objects and lists the extents. */
+export async function openIdleVolume(config: IdleVolumeConfig): Promise<IdleVolume> {
+  const opened = openObjectStore(config.store, config.s3 ?? {}, config.log);
+  // Stores whose writes cannot land after their writer died: a killed process's calls are over.
+  const noLateWrites = opened instanceof FileObjectStore || opened instanceof MemoryObjectStore;
+  const objects = config.wrapStore?.(opened) ?? opened;
+  const closing: Array<() => Promise<unknown>> = [() => objects.close()];
+  const closeAll = async (): Promise<void> => {
+    for (const close of closing.reverse()) await close().catch(() => undefined);
+  };
+  try {
+    const { volume } = await openVolume(objects, { mode: 'open', writer: true });
+    let lease: Lease;
+    try {
+      lease = await Lease.acquire(objects, { owner: `s3nbd ${config.command}`, ttlMs: config.leaseTtlMs, takeOver: false, log: config.log, onLost: config.onLost });
+    } catch (err) {
+      if (err instanceof UserError && err.code === 'S3NBD_VOLUME_IN_USE') throw Errors.volumeBusyForSnapshots(err.message);
+      throw err;
+    }
+    closing.push(() => lease.release());
+    const snapshots = new SnapshotRegistry(objects, volume);
+    const retained = new RetainedObjects();
+    await snapshots.retainAll(retained);
+    // Every object is known after the listing unless an earlier writer crashed with uploads
+    // in flight to a server that may still land them (S3): then zeroed extents keep their
+    // tombstones, which the next gateway deletes.
+    const previousCrashed = lease.previousHolder !== undefined && !lease.previousHolder.released;
+    const lateUploads = previousCrashed && !noLateWrites;
+    const extents = await ObjectExtents.open(objects, {
+      extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, retained, collect: false, complete: !lateUploads,
+    });
+    closing.push(() => extents.close());
+    if (config.collect) extents.startCollecting();
+    return {
+      objects, volume, extents, snapshots, lease, previousCrashed, lateUploads,
+      close: closeAll,
+    };
+  } catch (err) {
+    await closeAll();
+    throw await explain(err, config, opened, false);
+  }
+}
