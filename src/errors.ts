@@ -85,8 +85,8 @@ export const Errors = {
     `the manifest of snapshot "${name}" in ${store} is unusable: ${reason}`,
     'restore snapshots/NAME from a backup of the bucket, or delete the snapshot; a manifest is never served half-read'),
   volumeBusyForSnapshots: (inUse: string) => new UserError('S3NBD_VOLUME_IN_USE',
-    `${inUse}; this command works on a volume no gateway is serving`,
-    'stop that gateway first (its lease is released on a clean stop, or expires 30 s after a crash), then run the command again'),
+    `${inUse}, and no gateway answered on --cache-dir`,
+    'run the command with that gateway\'s --cache-dir (or S3NBD_CACHE_DIR), where it carries the command out itself; or stop it, and the command works on the idle volume'),
   // ---- First-run errors: sizes, the endpoint, S3's answers, local paths ----
   sizeTooLarge: (option: string, text: string, max: string) => new UserError(option === '--size' ? 'S3NBD_BAD_DEVICE_SIZE' : 'S3NBD_BAD_SIZE',
     `${option} "${text}" is larger than the ${max} maximum`, `choose a size up to ${max}, e.g. 10G`),

@@ -92,9 +92,13 @@ addStoreOptions(program.command('info'))
     await runInfo(opts);
   });
 
-/** The snapshot commands and gc work on a volume no gateway serves: they hold its lease meanwhile. */
+/**
+ * The snapshot commands and gc: carried out by the gateway serving the volume when one runs on
+ * --cache-dir (through its control socket), else on the idle volume, holding its lease meanwhile.
+ */
 function idleCommand(cmd: Command): Command {
   return addStoreOptions(cmd)
+    .addOption(new Option('--cache-dir <dir>', 'the cache directory of the gateway serving the volume, if one does: it carries the command out').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
     .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp());
 }
 
@@ -108,7 +112,7 @@ function namedSnapshotCommand(verb: string, description: string, run: (name: str
     .action(run);
 }
 
-namedSnapshotCommand('create', 'take a snapshot of a volume no gateway is serving: every extent as it is now', runSnapshotCreate);
+namedSnapshotCommand('create', 'take a snapshot: every write acknowledged so far, and none after (through the gateway on --cache-dir, or of the idle volume)', runSnapshotCreate);
 
 addStoreOptions(snapshot.command('list'))
   .description('list the snapshots: name, time, size, and the bytes deleting each would free')

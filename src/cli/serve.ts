@@ -22,6 +22,8 @@ import { MemoryObjectStore } from '../storage/objects/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
 import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
 import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
+import { listenControl } from '../control/control-socket.ts';
+import { gatewayControl } from './gateway-control.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
@@ -142,6 +144,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   }) + (storage.objects instanceof MemoryObjectStore ? volume.size : 0); // the volatile store is Buffers too
   governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
+  // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
+  const closeControl = storage.cache ? await listenControl(opts.cacheDir, gatewayControl(storage, log), log) : undefined;
 
   // What the gateway is doing, for `s3nbd info --cache-dir`.
   const statusPath = join(opts.cacheDir, 'status.json');
@@ -170,6 +174,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     void (async () => {
       try {
         await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
+        await closeControl?.();
         clearInterval(statusTimer);
         const drained = await storage.close(Math.max(0, deadline - Date.now()));
         await rm(statusPath, { force: true });

@@ -1,5 +1,8 @@
-// `s3nbd snapshot create|list|delete` and `s3nbd gc`, on a volume no gateway is serving
-// (storage/snapshots/idle-volume.ts: they take the writer lease). `list` only reads.
+// `s3nbd snapshot create|list|delete` and `s3nbd gc`. When a gateway serves the volume on
+// --cache-dir, it carries create, delete and gc out itself (asked through its control socket,
+// src/control/): it holds the volume, and only it can cut a snapshot of what its journal
+// holds. Otherwise they work on the idle volume (storage/snapshots/idle-volume.ts: they take
+// the writer lease). `list` only reads.
 //
 // Every one of them can be interrupted (Ctrl-C, kill -9) and run again: an interrupted create
 // made a whole snapshot or none, an interrupted delete or gc left garbage that the next gc (or
@@ -7,6 +10,8 @@
 // flight and release the lease, so the next command need not wait for it to expire.
 
 import { pino } from 'pino';
+import { type ControlRequest, callGateway } from '../control/control-socket.ts';
+import { type SnapshotSummary, summaryOf } from '../storage/snapshots/manifest.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { type IdleVolume, openIdleVolume } from '../storage/snapshots/idle-volume.ts';
 import { uniqueObjects } from '../storage/snapshots/registry.ts';
@@ -22,7 +27,13 @@ const EXIT_INTERRUPTED = 130;
 
 interface IdleOptions extends StoreOptions {
   leaseTtl: number;
+  cacheDir: string;
   json?: boolean;
+}
+
+/** What the gateway serving the volume on --cache-dir answered, or undefined when none does. */
+function viaGateway<T>(raw: Record<string, unknown>, request: ControlRequest): Promise<T | undefined> {
+  return callGateway((raw as unknown as IdleOptions).cacheDir, request) as Promise<T | undefined>;
 }
 
 /** Opens the idle volume for `command`, runs `work`, and closes it however `work` ends. */
@@ -56,20 +67,19 @@ async function onIdleVolume<T>(raw: Record<string, unknown>, command: string, co
 
 export async function runSnapshotCreate(name: string, raw: Record<string, unknown>): Promise<void> {
   checkSnapshotName(name);
-  const manifest = await onIdleVolume(raw, 'snapshot create', false, async (v) => {
+  const created = await viaGateway<SnapshotSummary>(raw, { op: 'snapshot.create', name }) ?? await onIdleVolume(raw, 'snapshot create', false, async (v) => {
     const holder = v.lease.previousHolder;
     if (v.previousCrashed && holder && !holder.owner.startsWith('s3nbd ')) {
       process.stderr.write(`s3nbd: warning: gateway ${holder.owner} on ${holder.host} did not stop cleanly; writes left in its journal are not in the bucket, so not in this snapshot (restart it on its cache directory and stop it, then take the snapshot)\n`);
     }
-    return v.snapshots.create(v.extents, name);
+    return summaryOf(await v.snapshots.create(v.extents, name));
   });
-  const bytes = manifest.references.length * manifest.extentSize;
-  process.stdout.write(`created snapshot ${manifest.name}: ${manifest.references.length} extents (${formatBytes(bytes)}) of ${formatBytes(manifest.size)}, ${manifest.createdAt}\n`);
+  process.stdout.write(`created snapshot ${created.name}: ${created.extents} extents (${formatBytes(created.extents * created.extentSize)}) of ${formatBytes(created.size)}, ${created.createdAt}\n`);
 }
 
 export async function runSnapshotDelete(name: string, raw: Record<string, unknown>): Promise<void> {
   checkSnapshotName(name);
-  const deleted = await onIdleVolume(raw, 'snapshot delete', true, async (v) => {
+  const deleted = await viaGateway<number>(raw, { op: 'snapshot.delete', name }) ?? await onIdleVolume(raw, 'snapshot delete', true, async (v) => {
     const progress = showProgress(() => `deleting snapshot ${name}: ${v.extents.garbage.deleted} objects deleted, ${v.extents.garbage.pending} to go`);
     try {
       await v.snapshots.delete(v.extents, name);
@@ -82,7 +92,7 @@ export async function runSnapshotDelete(name: string, raw: Record<string, unknow
 }
 
 export async function runGc(raw: Record<string, unknown>): Promise<void> {
-  const { deleted, tombstonesKept } = await onIdleVolume(raw, 'gc', true, async (v) => {
+  const { deleted, tombstonesKept } = await viaGateway<{ deleted: number; tombstonesKept: boolean }>(raw, { op: 'gc' }) ?? await onIdleVolume(raw, 'gc', true, async (v) => {
     const progress = showProgress(() => `collecting: ${v.extents.garbage.deleted} objects deleted, ${v.extents.garbage.pending} to go`);
     try {
       await v.extents.collectGarbage();

@@ -43,13 +43,20 @@ export async function listenControl(cacheDir: string, handler: ControlHandler, l
     return undefined;
   }
   await rm(path, { force: true });
-  const server = net.createServer((socket) => serve(socket, handler, log));
+  const open = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    open.add(socket);
+    socket.on('close', () => open.delete(socket));
+    serve(socket, handler, log);
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, () => resolve());
   });
   await chmod(path, 0o600);
   return async () => {
+    // A request still waiting (a snapshot's uploads) is cut off: its caller hears the gateway stopped.
+    for (const socket of open) socket.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
     await rm(path, { force: true });
   };
@@ -94,12 +101,17 @@ export async function callGateway(cacheDir: string, request: ControlRequest): Pr
   const reply = await new Promise<string | undefined>((resolve, reject) => {
     const socket = net.connect(path);
     let output = '';
+    let connected = false;
     socket.setEncoding('utf8');
-    socket.on('connect', () => socket.write(`${JSON.stringify(request)}\n`));
+    socket.on('connect', () => {
+      connected = true;
+      socket.write(`${JSON.stringify(request)}\n`);
+    });
     socket.on('data', (chunk: string) => { output += chunk; });
     socket.on('end', () => resolve(output));
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(undefined);
+      if (connected) reject(Errors.gatewayStopped(path));
+      else if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(undefined);
       else reject(err);
     });
   });

@@ -75,7 +75,7 @@ describe('snapshots', () => {
     const gw = await startGateway(['--store', store], { socket });
     try {
       const busy = await s3nbd('snapshot', 'create', 's2');
-      assertUserError(busy, 'S3NBD_VOLUME_IN_USE', /in use by gateway gw-|in use by gateway/, /no gateway is serving/);
+      assertUserError(busy, 'S3NBD_VOLUME_IN_USE', /in use by gateway gw-|in use by gateway/, /--cache-dir/);
 
       const listed = JSON.parse(await runOk('nbdinfo', ['--list', '--json', gw.uri])) as { exports: Array<{ 'export-name': string; description: string; is_read_only: boolean }> };
       assert.deepEqual(listed.exports.map((e) => e['export-name']), ['', '@s1']);

@@ -101,6 +101,11 @@ export class SnapshotCuts {
     }
   }
 
+  /** Ends the cut in progress, if any, with `err` (the cache is closing: its uploads stop). */
+  abort(err: Error): void {
+    this.active?.failDone(err);
+  }
+
   /** Lets the garbage collector have a snapshot's objects (it could not be recorded, or was deleted). */
   release(refs: Map<number, number>): void {
     const { lower } = this.ctx;

@@ -43,6 +43,7 @@ import { Flusher } from './flusher.ts';
 import { Journal } from './journal.ts';
 import { SlotFile } from './slot-file.ts';
 import { SnapshotCuts } from './snapshot-cut.ts';
+import { StorageError } from '../storage-error.ts';
 
 export type { WriteBackOptions } from './context.ts';
 export { MAX_FILL_BYTES, streamWindowBytes } from './clean-extents.ts';
@@ -224,6 +225,7 @@ export class WriteBackCache implements ExtentStore {
   async close(): Promise<void> {
     const { journal, slots } = this.ctx;
     this.ctx.close();
+    this.cuts.abort(new StorageError('ESHUTDOWN', 'the gateway is stopping: the snapshot was not taken'));
     await this.flusher.stop();
     await this.clean.close();
     // A journal that failed for good cannot be synced; one whose sync fails now fails for

@@ -213,6 +213,11 @@ export class ObjectExtents implements ExtentObjects {
     return { pending: this.collector.pending, deleted: this.collector.deleted };
   }
 
+  /** False until recount(): an earlier writer's uploads may still land, and zeroed extents get tombstones meanwhile. */
+  get knowsEveryObject(): boolean {
+    return this.complete;
+  }
+
   /** Looks for garbage again among these extents' objects (a snapshot released them). */
   considerGarbage(indexes: Iterable<number>): void {
     for (const index of indexes) this.consider(index);

@@ -253,3 +253,18 @@ function varintReader(data: Buffer): { read(): number; done(): boolean } {
     done: () => pos === data.length,
   };
 }
+
+/** What is said of a snapshot just taken (a manifest without its references). */
+export interface SnapshotSummary {
+  readonly name: string;
+  readonly createdAt: string;
+  readonly size: number;
+  readonly extentSize: number;
+  /** Extents the snapshot holds objects for (the others are zeros). */
+  readonly extents: number;
+}
+
+export function summaryOf(manifest: Manifest): SnapshotSummary {
+  const { name, createdAt, size, extentSize } = manifest;
+  return { name, createdAt, size, extentSize, extents: manifest.references.length };
+}
