@@ -24,7 +24,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../../../clock.ts';
 import { Errors } from '../../../errors.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
-import { DirectS3 } from './s3-direct.ts';
+import { crc32Base64, DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
 import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
 import { createSdkClient, safeEndpoint, sdkGet } from './sdk-client.ts';
@@ -211,7 +211,7 @@ export class S3ObjectStore implements ObjectStore {
     const Key = this.keyPrefix + key;
     await this.retry.run('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
       if (this.direct) await this.direct.put(Key, data, signal);
-      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: signal });
+      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data) }), { abortSignal: signal });
     });
   }
 
@@ -223,9 +223,7 @@ export class S3ObjectStore implements ObjectStore {
     const tag = await this.retry.run('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
-        const output = await this.client.send(new PutObjectCommand({
-          Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition,
-        }), { abortSignal: signal });
+        const output = await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data), ...condition }), { abortSignal: signal });
         if (output.ETag === undefined) throw new Error('the response has no ETag');
         return output.ETag;
       } catch (err) {
@@ -273,7 +271,7 @@ export class S3ObjectStore implements ObjectStore {
       const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
       const accepted = await this.retry.run('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
         try {
-          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
+          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data), ...condition }), { abortSignal: signal });
           return true;
         } catch (err) {
           if (statusOf(err) === 412) return false;
@@ -328,6 +326,14 @@ export class S3ObjectStore implements ObjectStore {
   private url(key: string): string {
     return `s3://${this.bucket}/${key}`;
   }
+}
+
+/**
+ * A PutObject's body, with its CRC-32 (x-amz-checksum-crc32), which S3 checks: AWS refuses a
+ * PUT without a checksum in a bucket with Object Lock, and the direct path sends the same.
+ */
+function body(data: Buffer): { Body: Buffer; ContentLength: number; ChecksumCRC32: string } {
+  return { Body: data, ContentLength: data.length, ChecksumCRC32: crc32Base64(data) };
 }
 
 /** The prefix with single slashes and none at either end ('' for none). */

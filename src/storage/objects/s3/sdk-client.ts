@@ -29,8 +29,9 @@ export function createSdkClient(options: SdkClientOptions): S3Client {
     forcePathStyle: options.forcePathStyle,
     credentials: options.credentials,
     maxAttempts: 1,
-    // Checksums only where S3 insists (DeleteObjects): TCP and TLS already protect the bytes,
-    // and S3-compatible servers differ in which checksum headers they accept.
+    // The SDK computes checksums only where S3 insists (DeleteObjects), and the store adds
+    // its own CRC-32 to PutObject (s3-object-store.ts); S3-compatible servers differ in which
+    // other checksum headers they accept.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     // With 100-continue the SDK gives every PUT over 2 MB a fresh, unpooled connection
