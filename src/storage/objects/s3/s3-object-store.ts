@@ -19,11 +19,13 @@
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
 
-import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectsCommand, ListObjectsV2Command, ListObjectVersionsCommand, type ListObjectVersionsCommandOutput, PutObjectCommand, type S3Client, type S3ClientConfig,
+} from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import type { Clock } from '../../../clock.ts';
 import { Errors } from '../../../errors.ts';
-import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
+import { MAX_OBJECT_BYTES, type ObjectStore, type ObjectVersion, type TaggedObject, type VersionRef } from '../object-store.ts';
 import { crc32Base64, DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
 import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
@@ -151,7 +153,7 @@ export class S3ObjectStore implements ObjectStore {
       put: (key, data) => this.putWith(key, data, policy),
       putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
       checkConditionalWrites: (key, data) => this.checkConditionsWith(key, data, policy),
-      deleteMany: (keys) => this.deleteWith(keys, policy),
+      deleteMany: (keys) => this.deleteWith(keys.map((key) => ({ key })), policy),
       list: (prefix) => this.listWith(prefix, policy),
       flush: () => this.flush(),
       close: () => Promise.resolve(),
@@ -175,11 +177,57 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   deleteMany(keys: readonly string[]): Promise<void> {
-    return this.deleteWith(keys, this.policy);
+    return this.deleteWith(keys.map((key) => ({ key })), this.policy);
   }
 
   list(prefix: string): AsyncIterable<string> {
     return this.listWith(prefix, this.policy);
+  }
+
+  async *listVersions(prefix: string, onPage?: (listed: number) => void): AsyncIterable<ObjectVersion> {
+    const Prefix = this.keyPrefix + prefix;
+    let from: { KeyMarker?: string | undefined; VersionIdMarker?: string | undefined } | undefined = {};
+    let listed = 0;
+    while (from !== undefined) {
+      const { KeyMarker, VersionIdMarker } = from;
+      const output: ListObjectVersionsCommandOutput = await this.retry.run('list', `LIST versions ${this.url(Prefix)}`, this.policy, (signal) => this.client.send(new ListObjectVersionsCommand({
+        Bucket: this.bucket, Prefix, KeyMarker, VersionIdMarker,
+      }), { abortSignal: signal }));
+      // The answer lists the versions and the delete markers apart, each by key: merge them
+      // so that every key's entries come together.
+      const page: ObjectVersion[] = [];
+      const add = (entries: typeof output.Versions, deleteMarker: boolean): void => {
+        for (const e of entries ?? []) {
+          if (e.Key === undefined || !e.Key.startsWith(this.keyPrefix) || e.VersionId === undefined) continue;
+          page.push({ key: e.Key.slice(this.keyPrefix.length), versionId: e.VersionId, deleteMarker, latest: e.IsLatest === true, lastModified: e.LastModified ?? new Date(0) });
+        }
+      };
+      add(output.Versions, false);
+      add(output.DeleteMarkers, true);
+      page.sort((a, b) => Buffer.compare(Buffer.from(a.key), Buffer.from(b.key)));
+      yield* page;
+      listed += page.length;
+      onPage?.(listed);
+      if (output.IsTruncated && output.NextKeyMarker === undefined) throw new Error(`LIST versions ${this.url(Prefix)}: a truncated answer without NextKeyMarker`);
+      from = output.IsTruncated ? { KeyMarker: output.NextKeyMarker, VersionIdMarker: output.NextVersionIdMarker } : undefined;
+    }
+  }
+
+  deleteVersions(versions: readonly VersionRef[]): Promise<void> {
+    return this.deleteWith(versions, this.policy);
+  }
+
+  async getVersion(key: string, versionId: string, maxBytes = MAX_OBJECT_BYTES): Promise<Buffer | undefined> {
+    const Key = this.keyPrefix + key;
+    const object = await this.retry.run('get', `GET ${this.url(Key)} version ${versionId}`, this.readPolicy, async (signal) => {
+      try {
+        return await sdkGet(this.client, this.bucket, Key, signal, maxBytes, versionId);
+      } catch (err) {
+        if (statusOf(err) === 404 && ['NoSuchKey', 'NoSuchVersion'].includes(codeOf(err) ?? (err as Error).name)) return undefined;
+        throw err;
+      }
+    });
+    return object?.data;
   }
 
   flush(): Promise<void> {
@@ -287,19 +335,21 @@ export class S3ObjectStore implements ObjectStore {
     }
   }
 
-  private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
-    for (let start = 0; start < keys.length; start += DELETE_BATCH) {
-      let pending = keys.slice(start, start + DELETE_BATCH).map((key) => this.keyPrefix + key);
-      await this.retry.run('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
+  /** DeleteObjects: of the keys' current versions (adding a delete marker where the bucket keeps versions), or of the versions named. */
+  private async deleteWith(objects: ReadonlyArray<{ readonly key: string; readonly versionId?: string }>, policy: Policy): Promise<void> {
+    for (let start = 0; start < objects.length; start += DELETE_BATCH) {
+      let pending = objects.slice(start, start + DELETE_BATCH).map((o) => ({ Key: this.keyPrefix + o.key, VersionId: o.versionId }));
+      const what = pending.some((o) => o.VersionId !== undefined) ? 'versions' : 'keys';
+      await this.retry.run('delete', `DELETE ${pending.length} ${what} from ${this.url('')}`, policy, async (signal) => {
         const output = await this.client.send(new DeleteObjectsCommand({
           Bucket: this.bucket,
-          Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true },
+          Delete: { Objects: pending, Quiet: true },
         }), { abortSignal: signal });
-        // Quiet: only the failures are listed. Missing keys are not failures.
-        const errors = (output.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+        // Quiet: only the failures are listed. Missing keys and versions are not failures.
+        const errors = (output.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey' && e.Code !== 'NoSuchVersion');
         if (errors.length === 0) return;
         // Try again with only the keys that failed, if retrying can help them at all.
-        pending = errors.map((e) => e.Key ?? '').filter((k) => k !== '');
+        pending = errors.flatMap((e) => e.Key ? [{ Key: e.Key, VersionId: e.VersionId }] : []);
         const first = errors[0]!;
         throw Object.assign(new Error(`${errors.length} keys not deleted, e.g. ${first.Key}: ${first.Code} ${first.Message}`), {
           Code: errors.find((e) => !isTransientCode(e.Code))?.Code ?? first.Code,

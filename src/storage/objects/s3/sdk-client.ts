@@ -50,9 +50,9 @@ export function createSdkClient(options: SdkClientOptions): S3Client {
   return client;
 }
 
-/** GetObject through the SDK: the whole body and its ETag. */
-export async function sdkGet(client: S3Client, Bucket: string, Key: string, signal: AbortSignal, maxBytes: number): Promise<TaggedObject> {
-  const output = await client.send(new GetObjectCommand({ Bucket, Key }), { abortSignal: signal });
+/** GetObject through the SDK: the whole body and its ETag; of one version of the key with `VersionId`. */
+export async function sdkGet(client: S3Client, Bucket: string, Key: string, signal: AbortSignal, maxBytes: number, VersionId?: string): Promise<TaggedObject> {
+  const output = await client.send(new GetObjectCommand({ Bucket, Key, VersionId }), { abortSignal: signal });
   const data = await readBody(output.Body, output.ContentLength, maxBytes, signal);
   if (output.ETag === undefined) throw new Error('the response has no ETag');
   return { data, tag: output.ETag };
