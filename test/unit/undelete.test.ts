@@ -6,6 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { UserError } from '../../src/errors.ts';
 import type { ObjectStore, ObjectVersion, VersionRef } from '../../src/storage/objects/object-store.ts';
 import { undelete, type UndeleteProgress } from '../../src/storage/objects/undelete.ts';
 
@@ -148,6 +149,6 @@ describe('undelete', () => {
 
   it('refuses a store that keeps no versions', async () => {
     const plain = { description: 'a directory' } as ObjectStore; // nothing else is called
-    await assert.rejects(undelete(plain, { since: SINCE }), /a directory keeps no old versions/);
+    await assert.rejects(undelete(plain, { since: SINCE }), (err: unknown) => err instanceof UserError && err.code === 'S3NBD_NO_VERSIONS' && /^a directory keeps no old versions/.test(err.message));
   });
 });

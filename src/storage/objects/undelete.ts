@@ -10,6 +10,7 @@
 // the markers are removed in batches of 1000 while it goes on, each batch only of keys the
 // listing has passed.
 
+import { Errors } from '../../errors.ts';
 import type { ObjectStore, ObjectVersion, VersionRef } from './object-store.ts';
 
 export interface UndeleteOptions {
@@ -45,9 +46,9 @@ export interface UndeleteResult extends UndeleteProgress {
 const BATCH = 1000;
 const SAMPLE = 10;
 
-/** Throws when the store keeps no versions (a directory, memory). */
+/** Throws UserError S3NBD_NO_VERSIONS when the store keeps no versions (a directory, memory). */
 export async function undelete(store: ObjectStore, options: UndeleteOptions): Promise<UndeleteResult> {
-  if (!store.listVersions || !store.deleteVersions) throw new Error(`${store.description} keeps no old versions: there is nothing to undelete`);
+  if (!store.listVersions || !store.deleteVersions) throw Errors.noVersions(store.description);
   const versioned = store as ObjectStore & Required<Pick<ObjectStore, 'listVersions' | 'deleteVersions'>>;
   const since = options.since.getTime();
   let listed = 0;
