@@ -15,14 +15,36 @@ import type { ObjectVersion } from '../../src/storage/objects/object-store.ts';
 import { S3ObjectStore } from '../../src/storage/objects/s3/s3-object-store.ts';
 import { undelete } from '../../src/storage/objects/undelete.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
-import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
+import { CLI, cli, startGateway, tempDir } from '../helpers/gateway.ts';
 import { createLockedBucket, type S3TestServer, sdkClient } from '../helpers/minio.ts';
 import { S3_SERVERS } from '../helpers/s3-servers.ts';
-import { requireTool, runOk } from '../helpers/tools.ts';
+import { requireTool, run, runOk } from '../helpers/tools.ts';
 
 const BUCKET = 's3nbd-locked';
 const MiB = 1 << 20;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Runs the command with its stderr on a terminal (a pty), its stdout on a pipe; prints the terminal's output to stderr. */
+const ON_A_TERMINAL = String.raw`
+import os, subprocess, sys
+main, side = os.openpty()
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=side)
+os.close(side)
+seen = b''
+while True:
+    try:
+        data = os.read(main, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    seen += data
+out = p.stdout.read()
+p.wait()
+sys.stdout.buffer.write(out)
+sys.stderr.buffer.write(seen)
+sys.exit(p.returncode)
+`;
 
 async function all<T>(items: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
@@ -104,9 +126,10 @@ for (const kind of S3_SERVERS) describe(`Object Lock: ${kind.name}`, () => {
     const gone = await cli(['serve', ...args, '--socket', socket('c'), '--cache-dir', join(dir.path, 'c-cache')], env);
     assert.equal(gone.code, 2);
     assert.match(gone.stderr, /\(S3NBD_NO_VOLUME\)/);
-    const dry = await cli(['undelete', ...args, '--since', since.toISOString(), '--dry-run'], env);
+    const dry = await run('python3', ['-c', ON_A_TERMINAL, process.execPath, CLI, 'undelete', ...args, '--since', since.toISOString(), '--dry-run'], { env: { ...process.env, ...env } });
     assert.equal(dry.code, 0, dry.stderr);
     assert.match(dry.stdout, new RegExp(`^would restore ${keys.length} keys of s3://${BUCKET}/${name} .* deleted at or after ${since.toISOString()}`));
+    assert.match(dry.stderr, new RegExp(`\\d+ versions listed, ${keys.length} keys deleted since then`), 'progress on the terminal');
     const done = await cli(['undelete', ...args, '--since', since.toISOString()], env);
     assert.equal(done.code, 0, done.stderr);
     assert.match(done.stdout, new RegExp(`^restored ${keys.length} keys .*: ${keys.length} delete markers removed`));

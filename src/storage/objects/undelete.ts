@@ -20,7 +20,7 @@ export interface UndeleteOptions {
   readonly prefix?: string;
   /** Lists what would be undone, and removes nothing. */
   readonly dryRun?: boolean;
-  /** Called after every page of the listing and every batch removed. */
+  /** Called after every page of the listing and every batch removed, and once at the end. */
   readonly onProgress?: (progress: UndeleteProgress) => void;
 }
 
@@ -95,5 +95,6 @@ export async function undelete(store: ObjectStore, options: UndeleteOptions): Pr
   }
   if (group.length > 0) await settle(group);
   await removeBatch();
+  report(); // the last key, and a dry run's last batch
   return { listed, keys, removed, markers, sample, ...first ? { first } : {}, ...last ? { last } : {} };
 }
