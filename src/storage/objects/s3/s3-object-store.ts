@@ -18,6 +18,8 @@
 // The retry loop is in s3-retry.ts; which failures it retries is decided in s3-errors.ts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
+// In a bucket that keeps versions (versioning, Object Lock), listVersions(), deleteVersions()
+// and getVersion() are what `s3nbd undelete` (../undelete.ts) works with.
 
 import {
   DeleteObjectsCommand, ListObjectsV2Command, ListObjectVersionsCommand, type ListObjectVersionsCommandOutput, PutObjectCommand, type S3Client, type S3ClientConfig,
@@ -25,6 +27,7 @@ import {
 import type { Logger } from 'pino';
 import type { Clock } from '../../../clock.ts';
 import { Errors } from '../../../errors.ts';
+import { StorageError } from '../../storage-error.ts';
 import { MAX_OBJECT_BYTES, type ObjectStore, type ObjectVersion, type TaggedObject, type VersionRef } from '../object-store.ts';
 import { crc32Base64, DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
@@ -208,7 +211,7 @@ export class S3ObjectStore implements ObjectStore {
       yield* page;
       listed += page.length;
       onPage?.(listed);
-      if (output.IsTruncated && output.NextKeyMarker === undefined) throw new Error(`LIST versions ${this.url(Prefix)}: a truncated answer without NextKeyMarker`);
+      if (output.IsTruncated && output.NextKeyMarker === undefined) throw new StorageError('EIO', `LIST versions ${this.url(Prefix)}: a truncated answer without NextKeyMarker`);
       from = output.IsTruncated ? { KeyMarker: output.NextKeyMarker, VersionIdMarker: output.NextVersionIdMarker } : undefined;
     }
   }
