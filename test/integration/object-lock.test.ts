@@ -90,7 +90,11 @@ for (const kind of S3_SERVERS) describe(`Object Lock: ${kind.name}`, () => {
       assert.match(refused.stderr, /ignores If-None-Match: \* on PutObject.*\(S3NBD_NO_CONDITIONAL_WRITES\)/);
       return;
     }
-    const quiet = (logs: string): void => assert.doesNotMatch(logs, /"level":(40|50|60)/, `the gateway warned:\n${logs}`);
+    // Nothing failed: no warning or error, but for a slow answer on a loaded machine.
+    const quiet = (logs: string): void => {
+      const warnings = logs.split('\n').filter((line) => /"level":(40|50|60)/.test(line) && !line.includes('waiting for S3: no answer yet'));
+      assert.deepEqual(warnings, [], 'the gateway warned');
+    };
     const data = randomBytes(16 * MiB);
     const image = join(dir.path, `${name}.img`);
     writeFileSync(image, data);
