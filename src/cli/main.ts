@@ -11,6 +11,7 @@ import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList } from './snapshot.ts';
+import { runUndelete } from './undelete.ts';
 import { versionText } from './version.ts';
 
 export const DEFAULT_CACHE_DIR = './s3nbd-cache';
@@ -127,6 +128,14 @@ idleCommand(program.command('gc'))
   .description('delete now every object nothing needs any more (superseded, and kept by no snapshot)')
   .action(async (opts: Record<string, unknown>) => {
     await runGc(opts);
+  });
+
+addStoreOptions(program.command('undelete'))
+  .description('bring back what was deleted from the volume at or after --since, in a bucket that keeps old versions (versioning or Object Lock)')
+  .addOption(new Option('--since <time>', 'undo the deletions at or after this time, e.g. 2026-12-06T21:30:00Z (earlier ones, such as TRIMs, stay)').makeOptionMandatory())
+  .option('--dry-run', 'list what would be restored, and change nothing')
+  .action(async (opts: Record<string, unknown>) => {
+    await runUndelete(opts);
   });
 
 try {
