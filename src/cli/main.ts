@@ -10,7 +10,7 @@ import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
-import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList } from './snapshot.ts';
+import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
 import { runUndelete } from './undelete.ts';
 import { versionText } from './version.ts';
 
@@ -123,6 +123,11 @@ addStoreOptions(snapshot.command('list'))
   });
 
 namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept', runSnapshotDelete);
+
+addStoreOptions(snapshot.command('restore'))
+  .description('bring back a snapshot whose objects were deleted, in a bucket that keeps versions (Object Lock): its manifest, the volume metadata and every object it names')
+  .argument('<name>', 'the snapshot\'s name')
+  .action(runSnapshotRestore);
 
 idleCommand(program.command('gc'))
   .description('delete now every object nothing needs any more (superseded, and kept by no snapshot)')

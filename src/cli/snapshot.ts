@@ -15,6 +15,8 @@ import { type SnapshotSummary, summaryOf } from '../storage/snapshots/manifest.t
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { type IdleVolume, openIdleVolume } from '../storage/snapshots/idle-volume.ts';
 import { uniqueObjects } from '../storage/snapshots/registry.ts';
+import { restoreSnapshot } from '../storage/snapshots/restore.ts';
+import { openObjectStore } from '../storage/objects/store-url.ts';
 import { openStorage } from '../storage/stack.ts';
 import { formatBytes } from './parse.ts';
 import { showProgress } from './progress.ts';
@@ -138,4 +140,25 @@ export async function runSnapshotList(raw: Record<string, unknown>): Promise<voi
     ...listing.map((s) => [s.name, s.createdAt, formatBytes(s.size), formatBytes(s.extents * storage.volume.extentSize), formatBytes(s.uniqueBytes)])];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+}
+
+/** `snapshot restore NAME`: brings back a deleted snapshot's objects in a bucket that keeps versions (restore.ts). */
+export async function runSnapshotRestore(name: string, raw: Record<string, unknown>): Promise<void> {
+  checkSnapshotName(name);
+  const opts = raw as unknown as IdleOptions;
+  const objects = openObjectStore(opts.store, s3OptionsOf(opts), quiet);
+  try {
+    let listed = 0;
+    let found = 0;
+    let removed = 0;
+    const progress = showProgress(() => `restoring snapshot ${name}: ${listed} versions listed, ${found} of its objects deleted, ${removed} delete markers removed`);
+    try {
+      const result = await restoreSnapshot(objects, name, (p) => { ({ listed, keys: found, removed } = p); });
+      process.stdout.write(`restored snapshot ${name} of ${objects.description}: ${result.restored} deleted objects brought back; serve it with s3nbd serve --snapshot ${name}\n`);
+    } finally {
+      progress.done();
+    }
+  } finally {
+    await objects.close();
+  }
 }

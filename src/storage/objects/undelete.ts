@@ -14,8 +14,14 @@ import { Errors } from '../../errors.ts';
 import type { ObjectStore, ObjectVersion, VersionRef } from './object-store.ts';
 
 export interface UndeleteOptions {
-  /** Undoes the deletions at or after this time (the server's LastModified: to the second on AWS). */
-  readonly since: Date;
+  /**
+   * Undoes the deletions at or after this time (the server's LastModified: to the second on
+   * AWS). Without it, every deletion of the selected keys: right for keys written once and
+   * never replaced (extent objects of format 2, manifests), whose every version is the same.
+   */
+  readonly since?: Date;
+  /** Only the keys this accepts (default: every key under the prefix). */
+  readonly select?: (key: string) => boolean;
   /** Only keys starting with this (relative to the store's own prefix). Default: every key. */
   readonly prefix?: string;
   /** Lists what would be undone, and removes nothing. */
@@ -50,7 +56,8 @@ const SAMPLE = 10;
 export async function undelete(store: ObjectStore, options: UndeleteOptions): Promise<UndeleteResult> {
   if (!store.listVersions || !store.deleteVersions) throw Errors.noVersions(store.description);
   const versioned = store as ObjectStore & Required<Pick<ObjectStore, 'listVersions' | 'deleteVersions'>>;
-  const since = options.since.getTime();
+  const since = options.since?.getTime() ?? -Infinity;
+  const select = options.select ?? (() => true);
   let listed = 0;
   let keys = 0;
   let removed = 0;
@@ -72,7 +79,7 @@ export async function undelete(store: ObjectStore, options: UndeleteOptions): Pr
   /** One key's entries, all of them: queue its markers if its current version is one written since `since`. */
   const settle = async (group: readonly ObjectVersion[]): Promise<void> => {
     const current = group.find((v) => v.latest);
-    if (!current?.deleteMarker || current.lastModified.getTime() < since) return;
+    if (!current?.deleteMarker || current.lastModified.getTime() < since || !select(current.key)) return;
     const recent = group.filter((v) => v.deleteMarker && v.lastModified.getTime() >= since);
     keys++;
     if (sample.length < SAMPLE) sample.push(current.key);
