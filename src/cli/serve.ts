@@ -17,6 +17,7 @@ import { createLogger } from '../log.ts';
 import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import type { Export, ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
+import { loadTls, type TlsMode } from '../protocol/tls.ts';
 import { writeAtomically } from '../storage/volume/cache-dir.ts';
 import { MemoryObjectStore } from '../storage/objects/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
@@ -52,6 +53,10 @@ interface ServeOptions extends StoreOptions {
   leaseTtl: number;
   uploadDelay: number;
   logLevel: string;
+  tls: TlsMode;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
 }
 
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
@@ -60,6 +65,15 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const readOnly = opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false;
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
+  // Credentials are read and checked before anything listens or touches the store.
+  const tls = await loadTls({
+    mode: opts.tls, modeGiven: cmd.getOptionValueSource('tls') !== 'default',
+    certificates: opts.tlsCertificates, psk: opts.tlsPsk,
+    verifyPeer: opts.tlsVerifyPeer ?? parseFlag('S3NBD_TLS_VERIFY_PEER', process.env.S3NBD_TLS_VERIFY_PEER) ?? false,
+  });
+  if (tls && opts.tlsPsk !== undefined && opts.tlsCertificates !== undefined) {
+    log.warn('--tls-psk overrides --tls-certificates (as in nbdkit): clients authenticate with a pre-shared key');
+  }
 
   // TCP unless only a socket was asked for; both when both were.
   const endpoints: Endpoint[] = [];
@@ -76,7 +90,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     list: () => (served.exp ? [served.exp] : []),
   };
   let ready: (ok: boolean) => void = () => undefined;
-  const server = new NbdServer({ exports, log, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
+  const server = new NbdServer({ exports, log, tls, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
   const addresses: string[] = [];
   for (const endpoint of endpoints) {
     try {
@@ -180,6 +194,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
+    tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 }
