@@ -180,6 +180,8 @@ const TLS_REASONS: Record<string, string> = {
   ERR_SSL_BINDER_DOES_NOT_VERIFY: 'wrong pre-shared key for the username',
   ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC: 'wrong pre-shared key for the username, or data damaged on the way',
   ERR_SSL_TLSV1_ALERT_UNKNOWN_CA: 'the client does not trust the server certificate (unknown CA)',
+  // GnuTLS clients that refuse our certificate hang up without an alert.
+  ECONNRESET: 'the client broke off the handshake (often: it does not trust the server certificate, or the certificate does not name the host it connected to)',
   ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE: 'the client refused the server certificate',
   ERR_SSL_NO_SUITABLE_SIGNATURE_ALGORITHM: 'no credentials in common (e.g. a client with certificates at a PSK server)',
   ERR_SSL_NO_SHARED_CIPHER: 'no cipher in common (e.g. a client with certificates at a PSK server)',
