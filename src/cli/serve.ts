@@ -66,13 +66,12 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
   // Credentials are read and checked before anything listens or touches the store.
+  const verifyPeer = opts.tlsVerifyPeer ?? parseFlag('S3NBD_TLS_VERIFY_PEER', process.env.S3NBD_TLS_VERIFY_PEER) ?? false;
   const tls = await loadTls({
-    mode: opts.tls, modeGiven: cmd.getOptionValueSource('tls') !== 'default',
-    certificates: opts.tlsCertificates, psk: opts.tlsPsk,
-    verifyPeer: opts.tlsVerifyPeer ?? parseFlag('S3NBD_TLS_VERIFY_PEER', process.env.S3NBD_TLS_VERIFY_PEER) ?? false,
+    mode: opts.tls, modeGiven: cmd.getOptionValueSource('tls') !== 'default', certificates: opts.tlsCertificates, psk: opts.tlsPsk, verifyPeer,
   });
-  if (tls && opts.tlsPsk !== undefined && opts.tlsCertificates !== undefined) {
-    log.warn('--tls-psk overrides --tls-certificates (as in nbdkit): clients authenticate with a pre-shared key');
+  if (tls?.auth === 'psk' && (opts.tlsCertificates !== undefined || verifyPeer)) {
+    log.warn('--tls-psk overrides --tls-certificates and --tls-verify-peer (as in nbdkit): clients authenticate with a pre-shared key');
   }
 
   // TCP unless only a socket was asked for; both when both were.

@@ -26,7 +26,7 @@ export interface TlsSettings {
   readonly auth: 'x509' | 'psk';
   /** X.509 only: a client must present a certificate signed by ca-cert.pem. */
   readonly verifyPeer: boolean;
-  /** For tls.createServer: certificate and key, or the PSK settings. */
+  /** For tls.createServer: certificate and key, or the PSK suites (startTls adds the key look-up). */
   readonly serverOptions: tls.TlsOptions;
   /** PSK only: the keys by user name. */
   readonly pskKeys?: ReadonlyMap<string, Buffer>;
@@ -67,7 +67,7 @@ export async function loadTls(options: TlsOptions): Promise<TlsSettings | undefi
     const keys = parsePskFile(options.psk, await readTlsFile('--tls-psk', options.psk));
     return {
       mode: options.mode, auth: 'psk', verifyPeer: false, pskKeys: keys,
-      serverOptions: { ciphers: PSK_CIPHERS, pskCallback: (_socket, identity) => keys.get(identity) ?? null },
+      serverOptions: { ciphers: PSK_CIPHERS },
     };
   }
   const dir = options.certificates!;
@@ -156,7 +156,9 @@ export function startTls(raw: Socket, settings: TlsSettings): Promise<tls.TLSSoc
       raw.destroy();
       reject(new TlsHandshakeError(reason));
     };
+    const closed = (): void => fail('the connection closed during the TLS handshake');
     server.once('secureConnection', (socket: tls.TLSSocket) => {
+      raw.off('close', closed);
       if (!settings.verifyPeer || socket.authorized) return resolve(socket);
       // Checked here rather than by tls.Server's rejectUnauthorized, which closes the
       // connection without saying why.
@@ -168,7 +170,7 @@ export function startTls(raw: Socket, settings: TlsSettings): Promise<tls.TLSSoc
       if (unknownUser !== undefined) fail(`unknown PSK username ${JSON.stringify(unknownUser.slice(0, 64))}`);
       else fail(opensslReason(err));
     });
-    raw.once('close', () => fail('the connection closed during the TLS handshake'));
+    raw.once('close', closed);
     // Errors of the raw socket reach the TLS socket, and through it tlsClientError.
     server.emit('connection', raw);
   });
