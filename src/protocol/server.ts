@@ -194,7 +194,8 @@ export class NbdServer {
       } else if (err instanceof ConnectionClosed) log.debug(err.message);
       else if (err instanceof ProtocolError) {
         log.debug({ reason: err.message }, 'ending session: client broke the protocol');
-        this.badClients.write({ conn: connectionId, reason: err.message }, 'ending session: client broke the protocol');
+        // A plain EXPORT_NAME under --tls require has its own line (below).
+        if (handshake.refusedWithoutTls === 0) this.badClients.write({ conn: connectionId, reason: err.message }, 'ending session: client broke the protocol');
       } else {
         log.debug({ err }, 'ending session after an unexpected error');
         this.failedSessions.write({ conn: connectionId, error: messageOf(err), code: (err as NodeJS.ErrnoException).code },

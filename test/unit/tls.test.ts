@@ -122,6 +122,7 @@ describe('TLS on the NBD connection', () => {
     c.sendOption(Opt.EXPORT_NAME);
     await assert.rejects(c.reader.read(1), /closed/);
     await warned(logs, /did not start TLS/);
+    assert.deepEqual(warnings(logs, /broke the protocol/), [], 'one line, not two');
   });
 
   it('after STARTTLS the haggling starts again: plain-text choices are forgotten, a second STARTTLS is invalid, and the export is served over TLS', async () => {
