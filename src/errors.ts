@@ -92,6 +92,23 @@ export const Errors = {
   volumeBusyForSnapshots: (inUse: string) => new UserError('S3NBD_VOLUME_IN_USE',
     `${inUse}, and no gateway answered on --cache-dir`,
     'run the command with that gateway\'s --cache-dir (or S3NBD_CACHE_DIR), where it carries the command out itself; or stop it, and the command works on the idle volume'),
+  // ---- TLS on the NBD connection (src/protocol/tls.ts) ----
+  tlsNoCredentials: (mode: string) => new UserError('S3NBD_TLS_NO_CREDENTIALS',
+    `--tls ${mode} needs credentials, and neither --tls-certificates nor --tls-psk was given`,
+    'pass --tls-certificates DIR (server-cert.pem and server-key.pem in it) or --tls-psk FILE (written by psktool)'),
+  tlsNotEnabled: (option: string) => new UserError('S3NBD_TLS_NOT_ENABLED',
+    `${option} was given without --tls, which is off by default: the gateway would serve without TLS`,
+    'add --tls require (only TLS clients) or --tls on (TLS optional), or --tls off to serve without TLS on purpose'),
+  tlsFileUnreadable: (option: string, path: string, reason: string, containerUid: boolean) => new UserError('S3NBD_TLS_FILE',
+    `${option}: ${path} cannot be read: ${reason}`,
+    containerUid ? 'the image runs as uid 1000: make the files readable by it on the host (chown 1000 the key files), then mount the directory read-only'
+      : `check the path, and that this user may read the file (${option === '--tls-psk' ? 'psktool -u NAME -p FILE writes one' : 'server-cert.pem, server-key.pem, and ca-cert.pem for --tls-verify-peer'})`),
+  tlsBadCertificate: (dir: string, reason: string) => new UserError('S3NBD_TLS_BAD_CERTIFICATE',
+    `--tls-certificates ${dir}: ${reason}`,
+    'put the PEM server certificate in server-cert.pem and its private key in server-key.pem (certtool or openssl write them; docs/tls.md shows how)'),
+  tlsBadPsk: (path: string, reason: string) => new UserError('S3NBD_TLS_BAD_PSK',
+    `--tls-psk ${path}: ${reason}`,
+    'write the file with psktool -u NAME -p FILE, or by hand as lines of username:hexkey'),
   // ---- First-run errors: sizes, the endpoint, S3's answers, local paths ----
   sizeTooLarge: (option: string, text: string, max: string) => new UserError(option === '--size' ? 'S3NBD_BAD_DEVICE_SIZE' : 'S3NBD_BAD_SIZE',
     `${option} "${text}" is larger than the ${max} maximum`, `choose a size up to ${max}, e.g. 10G`),

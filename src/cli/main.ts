@@ -7,6 +7,7 @@ import { Command, Option } from 'commander';
 import { Errors, UserError } from '../errors.ts';
 import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
 import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
+import { TLS_MODES } from '../protocol/tls.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
@@ -60,6 +61,10 @@ addStoreOptions(program.command('serve'))
   .addOption(new Option('--socket <path>', 'Unix socket to listen on (instead of TCP unless --listen is also given)').env('S3NBD_SOCKET'))
   .addOption(new Option('--export-name <name>', 'export name; the empty name "" always selects this export too').env('S3NBD_EXPORT_NAME').default(''))
   .addOption(new Option('--read-only', 'refuse writes (env S3NBD_READ_ONLY=1)'))
+  .addOption(choiceOption('--tls <mode>', 'TLS on NBD connections: off, on (the client chooses) or require (refuse clients without TLS)', 'S3NBD_TLS', TLS_MODES))
+  .addOption(new Option('--tls-certificates <dir>', 'X.509 files: server-cert.pem, server-key.pem (and ca-cert.pem for --tls-verify-peer)').env('S3NBD_TLS_CERTIFICATES'))
+  .addOption(new Option('--tls-psk <file>', 'pre-shared keys as psktool writes them (username:hexkey lines); overrides --tls-certificates').env('S3NBD_TLS_PSK'))
+  .addOption(new Option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (env S3NBD_TLS_VERIFY_PEER=1)'))
   .addOption(new Option('--cache-dir <dir>', 'local directory for the journal and the disk cache (one per volume)').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
   .addOption(sizeOption('--cache-size <size>', 'disk space for cached extents, dirty and clean', 'S3NBD_CACHE_SIZE').default(4 * 2 ** 30, '4G'))
   .addOption(sizeOption('--max-dirty <size>', 'dirty data before writes wait for uploads', 'S3NBD_MAX_DIRTY').default(2 ** 30, '1G'))

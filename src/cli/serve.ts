@@ -17,6 +17,7 @@ import { createLogger } from '../log.ts';
 import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import type { Export, ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
+import { loadTls, type TlsMode } from '../protocol/tls.ts';
 import { writeAtomically } from '../storage/volume/cache-dir.ts';
 import { MemoryObjectStore } from '../storage/objects/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
@@ -57,6 +58,10 @@ interface ServeOptions extends StoreOptions {
   uploadDelay: number;
   logLevel: string;
   snapshot?: string;
+  tls: TlsMode;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
 }
 
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
@@ -67,6 +72,14 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const readOnly = opts.snapshot !== undefined || (opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false);
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
+  // Credentials are read and checked before anything listens or touches the store.
+  const verifyPeer = opts.tlsVerifyPeer ?? parseFlag('S3NBD_TLS_VERIFY_PEER', process.env.S3NBD_TLS_VERIFY_PEER) ?? false;
+  const tls = await loadTls({
+    mode: opts.tls, modeGiven: cmd.getOptionValueSource('tls') !== 'default', certificates: opts.tlsCertificates, psk: opts.tlsPsk, verifyPeer,
+  });
+  if (tls?.auth === 'psk' && (opts.tlsCertificates !== undefined || verifyPeer)) {
+    log.warn('--tls-psk overrides --tls-certificates and --tls-verify-peer (as in nbdkit): clients authenticate with a pre-shared key');
+  }
 
   // TCP unless only a socket was asked for; both when both were.
   const endpoints: Endpoint[] = [];
@@ -84,7 +97,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     list: () => served.exports?.list() ?? [],
   };
   let ready: (ok: boolean) => void = () => undefined;
-  const server = new NbdServer({ exports, log, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
+  const server = new NbdServer({ exports, log, tls, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
   const addresses: string[] = [];
   for (const endpoint of endpoints) {
     try {
@@ -197,6 +210,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
     ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
+    tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 }

@@ -29,6 +29,9 @@ export const TOOL_PACKAGES = {
   fio: 'fio',
   nbdkit: 'nbdkit',
   openssl: 'openssl',
+  // TLS credentials for the tests of TLS on the NBD connection (test/helpers/tls-certs.ts).
+  certtool: 'gnutls-bin',
+  psktool: 'gnutls-bin',
   'mkfs.ext4': 'e2fsprogs',
   e2fsck: 'e2fsprogs',
   fusermount3: 'fuse3',
