@@ -23,7 +23,8 @@ import { explainLocalError } from '../storage/first-run-errors.ts';
 import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
 import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
-import { type StoreOptions, s3OptionsOf } from './store-options.ts';
+import { describeObjectSettings } from '../storage/format/object-settings.ts';
+import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -33,7 +34,7 @@ export const EXIT_FENCED = 3;
 export const EXIT_JOURNAL_FAILED = 4;
 const STATUS_INTERVAL_MS = 2_000;
 
-interface ServeOptions extends StoreOptions {
+interface ServeOptions extends StoreOptions, ObjectOptions {
   size?: number;
   extentSize?: number;
   listen: string;
@@ -60,6 +61,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const readOnly = opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false;
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
+  // The key is read (and S3NBD_PASSPHRASE dropped from the environment) before anything else.
+  const objectRequest = await objectRequestOf(opts);
 
   // TCP unless only a socket was asked for; both when both were.
   const endpoints: Endpoint[] = [];
@@ -99,6 +102,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       store: opts.store,
       s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
       volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
+      objects: objectRequest,
       readOnly,
       memoryCacheBytes: opts.memoryCache,
       cache: {
@@ -178,7 +182,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Logged once listening worked, so a failure to listen prints nothing but its one-line error;
   // and once the signal handlers are in place: the line can reach a watcher (pino writes it from
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
-  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
+  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize, objects: describeObjectSettings(volume.objects),
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');

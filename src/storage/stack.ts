@@ -31,6 +31,7 @@ import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
 import { WriteBackCache, type WriteBackOptions } from './cache/write-back-cache.ts';
+import { type ObjectRequest, newObjectSettings, openCodec } from './format/object-settings.ts';
 
 /** The write-back cache's settings, and the lease's that protects it. */
 export interface CacheConfig extends Pick<WriteBackOptions, 'cacheBytes' | 'maxDirtyBytes' | 'uploadConcurrency' | 'flushMode' | 'uploadDelayMs'> {
@@ -43,6 +44,11 @@ export interface StorageConfig {
   readonly store: string;
   readonly s3?: S3Options;
   readonly volume: VolumeRequest;
+  /**
+   * Compression, encryption and key asked for: a new volume's settings, checked against an
+   * existing one's. Absent: inspection (`info`), which reads no extent and needs no key.
+   */
+  readonly objects?: ObjectRequest | undefined;
   readonly readOnly: boolean;
   /** Bytes of clean extents kept in memory. */
   readonly memoryCacheBytes: number;
@@ -137,7 +143,10 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
     // The first contact goes through a view of the store with a short retry budget (FIRST_CONTACT_MS).
     const firstReads = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
-    const request = { writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' };
+    const request = {
+      writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create',
+      newObjects: (volumeId: string) => newObjectSettings(config.objects ?? {}, volumeId),
+    };
     const { volume, created } = await openVolume(firstReads, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.
       if (previous && c) throw Errors.cacheDirNotNew(c.dir, previous.volume, objects.description);
@@ -145,7 +154,10 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
-    const extents = await ObjectExtents.open(objects, { extentSize: volume.extentSize, extentCount: extentCountOf(volume) });
+    // The key is checked here, before the lease is taken: a wrong one changes nothing.
+    const codec = await openCodec(volume, config.objects, objects.description);
+    const extents = await ObjectExtents.open(objects, { extentSize: volume.extentSize, extentCount: extentCountOf(volume) },
+      { codec, volumeId: volume.id, log });
     let cache: WriteBackCache | undefined;
     let identity: CacheIdentity | undefined;
     if (writeBack && c) {

@@ -1,7 +1,11 @@
 // A volume is described by one metadata object, written once when the volume is created:
 //
-//   s3nbd-volume.json  {"format":"s3nbd-volume","version":1,"id":"<uuid>","size":<bytes>,
-//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>"}
+//   s3nbd-volume.json  {"format":"s3nbd-volume","version":2,"id":"<uuid>","size":<bytes>,
+//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>","objects":{...}}
+//
+// `objects` (format 2: every extent object has a header and checksum, and may be compressed
+// and encrypted) is parsed by format/object-settings.ts. Version 1 (format 1) has no
+// `objects`: its extents are raw bytes.
 //
 // It is created with a conditional put, so two gateways racing to create the same volume
 // agree on one description. Serving reads it and checks any size the user asked for. Before
@@ -12,10 +16,13 @@
 import { randomUUID } from 'node:crypto';
 import { Errors, UserError } from '../../errors.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
+import { type ObjectSettings, newObjectSettings, objectSettingsJson, parseObjectSettings } from '../format/object-settings.ts';
 
 export const VOLUME_KEY = 's3nbd-volume.json';
 export const VOLUME_FORMAT = 's3nbd-volume';
-export const VOLUME_VERSION = 1;
+export const VOLUME_VERSION = 2;
+/** Format 1: no `objects`, raw extents. Still read. */
+export const VOLUME_VERSION_RAW = 1;
 export const DEFAULT_EXTENT_SIZE = 1024 * 1024;
 export const MIN_EXTENT_SIZE = 4096;
 export const MAX_EXTENT_SIZE = 32 * 1024 * 1024;
@@ -26,6 +33,8 @@ export interface Volume {
   readonly size: number;
   readonly extentSize: number;
   readonly createdAt: string;
+  /** How extents are stored (format 2); undefined for a format 1 volume (raw extents). */
+  readonly objects?: ObjectSettings | undefined;
 }
 
 export interface VolumeRequest {
@@ -38,6 +47,8 @@ export interface VolumeRequest {
   readonly writer?: boolean | undefined;
   /** Serving --read-only: never create (that would write to the store), whatever the mode. */
   readonly readOnly?: boolean | undefined;
+  /** The object settings of a volume about to be created (default: checksum and default compression, no encryption). */
+  readonly newObjects?: ((volumeId: string) => Promise<ObjectSettings>) | undefined;
 }
 
 export function extentCountOf(volume: Volume): number {
@@ -76,13 +87,15 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
     throw Errors.noVolume(objects.description);
   }
   await beforeCreate();
+  const id = randomUUID();
   const volume: Volume = {
-    id: randomUUID(),
+    id,
     size: request.size,
     extentSize: request.extentSize ?? DEFAULT_EXTENT_SIZE,
     createdAt: new Date().toISOString(),
+    objects: await (request.newObjects ?? ((volumeId) => newObjectSettings({}, volumeId)))(id),
   };
-  const body = Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version: VOLUME_VERSION, ...volume })}\n`);
+  const body = volumeBody(volume);
   if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
     await checkConditions(objects, body, true);
     await objects.flush();
@@ -107,9 +120,18 @@ async function checkConditions(objects: ObjectStore, data: Buffer, created: bool
   }
 }
 
-async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer } | undefined> {
-  const data = await objects.get(VOLUME_KEY);
-  if (!data) return undefined;
+/** The metadata object's bytes. */
+export function volumeBody(volume: Volume): Buffer {
+  const { objects, ...rest } = volume;
+  const version = objects ? VOLUME_VERSION : VOLUME_VERSION_RAW;
+  return Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version, ...rest, ...objects ? { objects: objectSettingsJson(objects) } : {} })}\n`);
+}
+
+/** The volume, its metadata's bytes, and their version tag (for a compare-and-swap: `s3nbd key change`). */
+export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer; tag: string } | undefined> {
+  const tagged = await objects.getTagged(VOLUME_KEY);
+  if (!tagged) return undefined;
+  const { data, tag } = tagged;
   let meta: Record<string, unknown>;
   try {
     meta = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
@@ -117,15 +139,22 @@ async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data:
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not JSON`);
   }
   if (meta.format !== VOLUME_FORMAT) throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not an s3nbd volume`);
-  if (meta.version !== VOLUME_VERSION) {
-    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION})`);
+  if (meta.version !== VOLUME_VERSION && meta.version !== VOLUME_VERSION_RAW) {
+    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION_RAW} and ${VOLUME_VERSION})`);
   }
   const { id, size, extentSize, createdAt } = meta;
   if (typeof id !== 'string' || typeof size !== 'number' || typeof extentSize !== 'number' || typeof createdAt !== 'string') {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} lacks id, size, extentSize or createdAt`);
   }
   checkGeometry(size, extentSize);
-  return { volume: { id, size, extentSize, createdAt }, data };
+  if (meta.version === VOLUME_VERSION_RAW) return { volume: { id, size, extentSize, createdAt }, data, tag };
+  let settings: ObjectSettings;
+  try {
+    settings = parseObjectSettings(meta.objects);
+  } catch (err) {
+    throw Errors.badVolume(objects.description, `${VOLUME_KEY}: ${(err as Error).message}`);
+  }
+  return { volume: { id, size, extentSize, createdAt, objects: settings }, data, tag };
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {
