@@ -135,7 +135,9 @@ export class ObjectCodec implements ExtentCodec {
       }
       payload = stored;
     }
-    if (!header.compressed) return payload;
+    // A copy, not a view of the body: the caller owns the extent (it may patch it in place),
+    // and the body may be the store's own buffer (the memory store shares it).
+    if (!header.compressed) return this.cipher ? payload : Buffer.from(payload);
     let extent: Buffer;
     try {
       extent = await decompress(payload, { maxOutputLength: header.extentLength });
