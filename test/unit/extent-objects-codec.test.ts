@@ -163,6 +163,28 @@ describe('the keys of an encrypted volume', () => {
     await reopened.close();
   });
 
+  it('serves a volume of format 1 (version 1 metadata, raw extents) as it is, and refuses settings it cannot have', async () => {
+    const store = join(dir, `v${++n}`);
+    const objects = new FileObjectStore(store);
+    const meta = { format: 's3nbd-volume', version: 1, id: VOLUME, size: 1 << 20, extentSize: 1 << 16, createdAt: new Date().toISOString() };
+    await objects.putIf(VOLUME_KEY, Buffer.from(`${JSON.stringify(meta)}\n`), undefined);
+    const raw = randomBytes(1 << 16);
+    await objects.put(extentKey(2), raw);
+    await objects.flush();
+    const opened = await open(store, {});
+    assert.equal(opened.volume.objects, undefined, 'format 1');
+    assert.deepEqual(await opened.extents.fetch(2), raw);
+    const fresh = randomBytes(1 << 16);
+    await opened.extents.put(3, fresh);
+    assert.deepEqual(await objects.get(extentKey(3)), fresh, 'written raw, as a format 1 build reads it');
+    await opened.close();
+    assert.equal((JSON.parse((await objects.get(VOLUME_KEY))!.toString()) as { version: number }).version, 1, 'the metadata is left as it is');
+    await assert.rejects(open(store, { key: passphrase('x') }), code('S3NBD_OBJECTS_CONFLICT'));
+    await assert.rejects(open(store, { compression: parseCompression('zstd:1') }), code('S3NBD_OBJECTS_CONFLICT'));
+    await assert.rejects(open(store, { encryption: 'aes-256-gcm' }), code('S3NBD_OBJECTS_CONFLICT'));
+    await (await open(store, { compression: parseCompression('off'), encryption: 'off' })).close();
+  });
+
   it('reads keys from files and the environment, and never shows them', async () => {
     const raw = randomBytes(32);
     writeFileSync(join(dir, 'raw'), raw);
