@@ -145,7 +145,10 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const firstReads = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
     const request = {
       writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create',
-      newObjects: (volumeId: string) => newObjectSettings(config.objects ?? {}, volumeId),
+      // The volatile memory store keeps extents raw (format 1): nothing outside this process can
+      // read or damage them, and its writes (DirectExtentStore: a put per write) would pay a
+      // checksum and a compression of the whole extent each.
+      newObjects: (volumeId: string) => (objects instanceof MemoryObjectStore ? Promise.resolve(undefined) : newObjectSettings(config.objects ?? {}, volumeId)),
     };
     const { volume, created } = await openVolume(firstReads, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.

@@ -47,8 +47,11 @@ export interface VolumeRequest {
   readonly writer?: boolean | undefined;
   /** Serving --read-only: never create (that would write to the store), whatever the mode. */
   readonly readOnly?: boolean | undefined;
-  /** The object settings of a volume about to be created (default: checksum and default compression, no encryption). */
-  readonly newObjects?: ((volumeId: string) => Promise<ObjectSettings>) | undefined;
+  /**
+   * The object settings of a volume about to be created (default: checksum and default
+   * compression, no encryption); undefined makes a volume of format 1 (raw extents).
+   */
+  readonly newObjects?: ((volumeId: string) => Promise<ObjectSettings | undefined>) | undefined;
 }
 
 export function extentCountOf(volume: Volume): number {
