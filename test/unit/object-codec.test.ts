@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { zstdCompress } from 'node:zlib';
 import { checksumOf, ObjectCodec, worthCompressing } from '../../src/storage/format/object-codec.ts';
 import { COVERED_BYTES, Flags, HEADER_BYTES, readHeader, writeHeader } from '../../src/storage/format/object-header.ts';
+import { objectSettingsJson, parseCompression, parseObjectSettings } from '../../src/storage/format/object-settings.ts';
 import type { ExtentIdentity } from '../../src/storage/format/extent-codec.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
 
@@ -117,5 +118,39 @@ describe('object codec', () => {
     await assert.rejects(codec.decode(id, forge({ compressed: true, extentLength: 64 << 20 }, bomb)), isEio);
     // Garbage that claims to be compressed.
     await assert.rejects(codec.decode(id, forge({ compressed: true, extentLength: E }, randomBytes(100))), isEio);
+  });
+});
+
+describe('object settings in the volume metadata', () => {
+  const good = {
+    checksum: 'sha256', compression: 'zstd:3',
+    encryption: { cipher: 'chacha20-poly1305', kek: { kind: 'scrypt', salt: randomBytes(16).toString('base64'), N: 1024, r: 8, p: 1 }, wrappedKey: randomBytes(60).toString('base64') },
+  };
+
+  it('round-trips, and says what is wrong with settings it cannot use', () => {
+    assert.deepEqual(objectSettingsJson(parseObjectSettings(good)), good);
+    const plain = { checksum: 'sha256', compression: 'off', encryption: 'off' };
+    assert.deepEqual(objectSettingsJson(parseObjectSettings(plain)), plain);
+    const bad: Array<[unknown, RegExp]> = [
+      [null, /not an object/],
+      [{ ...good, checksum: 'md5' }, /checksum/],
+      [{ ...good, compression: 'zstd:99' }, /compression/],
+      [{ ...good, compression: 'zstd' }, /compression/], // stored with its level, always
+      [{ ...good, encryption: 'on' }, /encryption/],
+      [{ ...good, encryption: { ...good.encryption, cipher: 'aes-128-gcm' } }, /cipher/],
+      [{ ...good, encryption: { ...good.encryption, wrappedKey: 'not base64!' } }, /wrappedKey/],
+      [{ ...good, encryption: { ...good.encryption, kek: { kind: 'pbkdf2' } } }, /kind/],
+      [{ ...good, encryption: { ...good.encryption, kek: { ...good.encryption.kek, N: 2 ** 30 } } }, /out of range/],
+      [{ ...good, encryption: { ...good.encryption, kek: { ...good.encryption.kek, N: 1000 } } }, /out of range/],
+      [{ ...good, encryption: { ...good.encryption, kek: { ...good.encryption.kek, salt: 'c2hvcnQ=' } } }, /salt/],
+    ];
+    for (const [value, reason] of bad) assert.throws(() => parseObjectSettings(value), reason, JSON.stringify(value));
+  });
+
+  it('parses --compression', () => {
+    assert.deepEqual(parseCompression('zstd'), { kind: 'zstd', level: 1 });
+    assert.deepEqual(parseCompression('zstd:19'), { kind: 'zstd', level: 19 });
+    assert.deepEqual(parseCompression('off'), { kind: 'off' });
+    for (const text of ['zstd:0', 'zstd:20', 'gzip', 'zstd:', 'ZSTD', '']) assert.equal(parseCompression(text), undefined, text);
   });
 });
