@@ -155,6 +155,37 @@ export const Errors = {
     `${option} ${path}: ${file} is a file, not a directory`, `choose another ${option}, or move the file away`),
   localFsError: (option: string, path: string, reason: string) => new UserError('S3NBD_LOCAL_FS',
     `${option} ${path} cannot be used: ${reason}`, `fix the file system under ${path} (free space, mount options, health), or choose another ${option}`),
+  // ---- Encryption and compression (src/storage/format/) ----
+  badKeyFile: (origin: string, reason: string) => new UserError('S3NBD_BAD_KEY_FILE',
+    `${origin}: ${reason}`,
+    'give a passphrase file holding the passphrase (one line), or a --key-file of exactly 32 bytes (head -c 32 /dev/urandom > FILE) or 64 hex digits'),
+  keyRequiredToCreate: (cipher: string) => new UserError('S3NBD_KEY_REQUIRED',
+    `--encryption ${cipher} needs a key to wrap the new volume's data key, and none was given`,
+    'pass --passphrase-file FILE (or set S3NBD_PASSPHRASE), or --key-file FILE'),
+  keyRequired: (store: string, cipher: string, kind: 'passphrase' | 'key-file') => new UserError('S3NBD_KEY_REQUIRED',
+    `the volume in ${store} is encrypted (${cipher}) and its key is wrapped by a ${kind === 'passphrase' ? 'passphrase' : 'key file'}, but none was given`,
+    kind === 'passphrase' ? 'pass --passphrase-file FILE, or set S3NBD_PASSPHRASE' : 'pass --key-file FILE'),
+  wrongKeyKind: (store: string, origin: string, kind: 'passphrase' | 'key-file') => new UserError('S3NBD_WRONG_KEY',
+    `the key of the volume in ${store} is wrapped by a ${kind === 'passphrase' ? 'passphrase' : 'key file'}, not by what ${origin} gives`,
+    kind === 'passphrase' ? 'pass --passphrase-file FILE or set S3NBD_PASSPHRASE instead' : 'pass --key-file FILE instead'),
+  wrongKey: (store: string, origin: string) => new UserError('S3NBD_WRONG_KEY',
+    `${origin} does not unlock the volume in ${store}: it is not the passphrase or key the volume's data key is wrapped with`,
+    'give the passphrase or key file the volume was created with (or last changed to with s3nbd key change)'),
+  keyWithoutEncryption: (origin: string) => new UserError('S3NBD_OBJECTS_CONFLICT',
+    `${origin} gives a key, but --encryption is off`,
+    'drop --encryption off to create an encrypted volume, or give no passphrase or key file (unset S3NBD_PASSPHRASE)'),
+  keyForUnencrypted: (store: string, origin: string) => new UserError('S3NBD_OBJECTS_CONFLICT',
+    `the volume in ${store} is not encrypted, but ${origin} gives a key`,
+    'give no passphrase or key file for this volume (unset S3NBD_PASSPHRASE), or copy its data to a new encrypted volume'),
+  objectsConflict: (store: string, what: string, theirs: string, requested: string, option: string) => new UserError('S3NBD_OBJECTS_CONFLICT',
+    `the volume in ${store} has ${what} ${theirs}, but ${requested} was requested`,
+    `omit ${option} to serve the volume as it is (encryption and compression are chosen when a volume is created)`),
+  notEncrypted: (store: string) => new UserError('S3NBD_OBJECTS_CONFLICT',
+    `the volume in ${store} is not encrypted: it has no key to change`,
+    'copy its data to a new volume created with --encryption to encrypt it'),
+  volumeChanged: (store: string) => new UserError('S3NBD_VOLUME_CHANGED',
+    `the volume metadata in ${store} changed while the key was being changed (another key change?); nothing was written`,
+    'run s3nbd key change again'),
 } as const;
 
 /**
@@ -164,4 +195,6 @@ export const Errors = {
 export const LogCodes = {
   /** The store refuses uploads in a way retrying cannot fix (flusher.ts). */
   uploadsRefused: 'S3NBD_UPLOADS_REFUSED',
+  /** An extent object failed its checksum or authentication twice: the read fails with EIO (extent-objects.ts). */
+  objectCorrupt: 'S3NBD_OBJECT_CORRUPT',
 } as const;

@@ -8,7 +8,9 @@ import { Errors, UserError } from '../errors.ts';
 import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
 import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
 import { TLS_MODES } from '../protocol/tls.ts';
+import { COMPRESSION_CHOICES, ENCRYPTION_CHOICES, parseCompression } from '../storage/format/object-settings.ts';
 import { runCreate, runInfo } from './info.ts';
+import { runKeyChange } from './key.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
@@ -47,13 +49,30 @@ function addStoreOptions(cmd: Command): Command {
     .addOption(new Option('--s3-force-path-style', 'bucket in the URL path, not the host name (default with --s3-endpoint; env S3NBD_S3_FORCE_PATH_STYLE=1)'));
 }
 
+/**
+ * How a new volume stores its extents, and the key of an encrypted one. The passphrase itself
+ * is never an option (it would show in `ps`): a file, or S3NBD_PASSPHRASE.
+ */
+function addObjectOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--compression <zstd[:LEVEL]|off>', 'a new volume compresses each extent with zstd (default zstd: level 1), or not').env('S3NBD_COMPRESSION')
+      .argParser((text: string) => parseCompression(text) ?? (() => { throw Errors.badChoice('--compression', text, COMPRESSION_CHOICES); })()))
+    .addOption(new Option('--encryption <cipher>', `a new volume's cipher: ${ENCRYPTION_CHOICES.join(', ')} (default off; aes-256-gcm when a key is given)`).env('S3NBD_ENCRYPTION')
+      .argParser((text: string) => {
+        if (!(ENCRYPTION_CHOICES as readonly string[]).includes(text)) throw Errors.badChoice('--encryption', text, ENCRYPTION_CHOICES);
+        return text;
+      }))
+    .addOption(new Option('--passphrase-file <file>', 'the passphrase of an encrypted volume, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE'))
+    .addOption(new Option('--key-file <file>', 'instead of a passphrase: a 32-byte key (or 64 hex digits) in a file').env('S3NBD_KEY_FILE'));
+}
+
 const program = new Command('s3nbd')
   .description('A network block device (NBD) server that keeps its data in S3-style object storage.')
   .version(versionText(), '-V, --version', 'print the version and the commit it was built from')
   .showHelpAfterError('(run with --help for usage)')
   .configureOutput({ outputError: (text, write) => write(text) });
 
-addStoreOptions(program.command('serve'))
+addObjectOptions(addStoreOptions(program.command('serve')))
   .description('serve a volume over NBD (creating it first when --size is given and none exists)')
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G; creates the volume if there is none', 'S3NBD_SIZE'))
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object for a new volume (default 1M)', 'S3NBD_EXTENT_SIZE'))
@@ -82,7 +101,7 @@ addStoreOptions(program.command('serve'))
     await runServe(opts, cmd);
   });
 
-addStoreOptions(program.command('create'))
+addObjectOptions(addStoreOptions(program.command('create')))
   .description('create a new volume without serving it')
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G', 'S3NBD_SIZE').makeOptionMandatory())
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object (default 1M)', 'S3NBD_EXTENT_SIZE'))
@@ -146,6 +165,16 @@ addStoreOptions(program.command('undelete'))
   .option('--dry-run', 'list what would be restored, and change nothing')
   .action(async (opts: Record<string, unknown>) => {
     await runUndelete(opts);
+  });
+
+addStoreOptions(program.command('key').command('change'))
+  .description('wrap an encrypted volume\'s data key with a new passphrase or key file (no extent is rewritten)')
+  .addOption(new Option('--passphrase-file <file>', 'the current passphrase, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE'))
+  .addOption(new Option('--key-file <file>', 'the current 32-byte key file').env('S3NBD_KEY_FILE'))
+  .addOption(new Option('--new-passphrase-file <file>', 'the new passphrase, in a file (or set S3NBD_NEW_PASSPHRASE)').env('S3NBD_NEW_PASSPHRASE_FILE'))
+  .addOption(new Option('--new-key-file <file>', 'the new 32-byte key file').env('S3NBD_NEW_KEY_FILE'))
+  .action(async (opts: Record<string, unknown>) => {
+    await runKeyChange(opts);
   });
 
 try {

@@ -28,7 +28,8 @@ import { gatewayControl } from './gateway-control.ts';
 import { formatBytes, parseFlag, parseListen } from './parse.ts';
 import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
-import { type StoreOptions, s3OptionsOf } from './store-options.ts';
+import { describeObjectSettings } from '../storage/format/object-settings.ts';
+import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -38,7 +39,7 @@ export const EXIT_FENCED = 3;
 export const EXIT_JOURNAL_FAILED = 4;
 const STATUS_INTERVAL_MS = 2_000;
 
-interface ServeOptions extends StoreOptions {
+interface ServeOptions extends StoreOptions, ObjectOptions {
   size?: number;
   extentSize?: number;
   listen: string;
@@ -72,6 +73,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const readOnly = opts.snapshot !== undefined || (opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false);
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
+  // The key is read (and S3NBD_PASSPHRASE dropped from the environment) before anything else.
+  const objectRequest = await objectRequestOf(opts);
   // Credentials are read and checked before anything listens or touches the store.
   const verifyPeer = opts.tlsVerifyPeer ?? parseFlag('S3NBD_TLS_VERIFY_PEER', process.env.S3NBD_TLS_VERIFY_PEER) ?? false;
   const tls = await loadTls({
@@ -120,6 +123,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       store: opts.store,
       s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
       volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
+      objects: objectRequest,
       readOnly,
       snapshot: opts.snapshot,
       memoryCacheBytes: opts.memoryCache,
@@ -207,7 +211,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Logged once listening worked, so a failure to listen prints nothing but its one-line error;
   // and once the signal handlers are in place: the line can reach a watcher (pino writes it from
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
-  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
+  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize, objects: describeObjectSettings(volume.objects),
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
     ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
     tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',

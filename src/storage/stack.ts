@@ -30,12 +30,14 @@ import { DirectExtentStore } from './extents/direct-extent-store.ts';
 import { ObjectExtents } from './extents/extent-objects.ts';
 import { RetainedObjects } from './extents/retained-objects.ts';
 import { SnapshotRegistry } from './snapshots/registry.ts';
-import { openSnapshotDevice } from './snapshots/snapshot-device.ts';
+import { type SnapshotDevice, openSnapshotDevice } from './snapshots/snapshot-device.ts';
+import type { Manifest } from './snapshots/manifest.ts';
 import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
 import { WriteBackCache, type WriteBackOptions } from './cache/write-back-cache.ts';
+import { type ObjectRequest, newObjectSettings, openCodec } from './format/object-settings.ts';
 
 /** The write-back cache's settings, and the lease's that protects it. */
 export interface CacheConfig extends Pick<WriteBackOptions, 'cacheBytes' | 'maxDirtyBytes' | 'uploadConcurrency' | 'flushMode' | 'uploadDelayMs'> {
@@ -48,6 +50,11 @@ export interface StorageConfig {
   readonly store: string;
   readonly s3?: S3Options;
   readonly volume: VolumeRequest;
+  /**
+   * Compression, encryption and key asked for: a new volume's settings, checked against an
+   * existing one's. Absent: inspection (`info`), which reads no extent and needs no key.
+   */
+  readonly objects?: ObjectRequest | undefined;
   readonly readOnly: boolean;
   /** Bytes of clean extents kept in memory. */
   readonly memoryCacheBytes: number;
@@ -69,6 +76,8 @@ export interface Storage {
   readonly volume: Volume;
   readonly created: boolean;
   readonly extents: ObjectExtents;
+  /** A snapshot of this volume as a read-only device, decoded with the volume's codec. */
+  openSnapshot(manifest: Manifest, memoryCacheBytes: number): SnapshotDevice;
   /** The volume's snapshots; a writer's has counted every one in extents.retained. */
   readonly snapshots: SnapshotRegistry;
   /** Present when writes go through the write-back cache. */
@@ -171,7 +180,13 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
     // The first contact goes through a view of the store with a short retry budget (FIRST_CONTACT_MS).
     const firstReads = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
-    const request = { writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' };
+    const request = {
+      writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create',
+      // The volatile memory store keeps extents raw (format 1): nothing outside this process can
+      // read or damage them, and its writes (DirectExtentStore: a put per write) would pay a
+      // checksum and a compression of the whole extent each.
+      newObjects: (volumeId: string) => (objects instanceof MemoryObjectStore ? Promise.resolve(undefined) : newObjectSettings(config.objects ?? {}, volumeId)),
+    };
     const { volume, created } = await openVolume(firstReads, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.
       if (previous && c) throw Errors.cacheDirNotNew(c.dir, previous.volume, objects.description);
@@ -179,13 +194,16 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
+    // The key is checked here, before the lease is taken: a wrong one changes nothing.
+    const codec = await openCodec(volume, config.objects, objects.description);
     const snapshots = new SnapshotRegistry(objects, volume);
+    const openSnapshot = (manifest: Manifest, memoryCacheBytes: number): SnapshotDevice => openSnapshotDevice(objects, volume, manifest, memoryCacheBytes, codec);
     if (config.snapshot !== undefined) {
       const manifest = await snapshots.load(config.snapshot);
       if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
-      const snapshot = openSnapshotDevice(objects, volume, manifest, config.memoryCacheBytes);
+      const snapshot = openSnapshot(manifest, config.memoryCacheBytes);
       return {
-        objects, volume, created, extents: snapshot.extents, snapshots, cache: undefined, identity: undefined, device: snapshot.device,
+        objects, volume, created, extents: snapshot.extents, snapshots, openSnapshot, cache: undefined, identity: undefined, device: snapshot.device,
         async close() {
           await closeAll();
           return true;
@@ -197,7 +215,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // garbage only once it holds the lease and has counted every snapshot (below); readers never.
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
-      retained: new RetainedObjects(), collect: false,
+      retained: new RetainedObjects(), collect: false, codec, log,
     });
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
@@ -233,7 +251,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
-      objects, volume, created, extents, snapshots, cache, identity, device,
+      objects, volume, created, extents, snapshots, openSnapshot, cache, identity, device,
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;

@@ -21,6 +21,8 @@ import { keyOf } from '../../src/storage/extents/object-census.ts';
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
 import { SnapshotRegistry } from '../../src/storage/snapshots/registry.ts';
 import { openSnapshotDevice } from '../../src/storage/snapshots/snapshot-device.ts';
+import { openCodec } from '../../src/storage/format/object-settings.ts';
+import type { ExtentCodec } from '../../src/storage/format/extent-codec.ts';
 import { Lease } from '../../src/storage/volume/lease.ts';
 import { type Volume, openVolume } from '../../src/storage/volume/volume.ts';
 import { cli, tempDir } from '../helpers/gateway.ts';
@@ -44,6 +46,8 @@ describe('kill -9 during snapshot create, delete and gc', () => {
   const storePath = join(dir.path, 'store');
   const store = new FileObjectStore(storePath);
   let volume: Volume;
+  /** The volume's own codec (format 2: headed, compressed objects), as a gateway would use it. */
+  let codec: ExtentCodec;
   /** What each snapshot must read back: the volume's content when it was taken. */
   const expected = new Map<string, Content>();
   let current: Content = new Map();
@@ -52,6 +56,7 @@ describe('kill -9 during snapshot create, delete and gc', () => {
     const made = await cli(['create', '--store', storePath, '--size', String(E * COUNT), '--extent-size', String(E)]);
     assert.equal(made.code, 0, made.stderr);
     volume = (await openVolume(store, { mode: 'open' })).volume;
+    codec = await openCodec(volume, undefined, store.description);
   });
   after(() => dir.remove());
 
@@ -71,7 +76,7 @@ describe('kill -9 during snapshot create, delete and gc', () => {
 
   /** Writes extents [first, end) with `seed`, as a gateway would: under the lease, collecting nothing. */
   async function write(first: number, end: number, seed: number): Promise<void> {
-    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, volumeId: volume.id, collect: false });
+    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, volumeId: volume.id, collect: false, codec });
     let lease: Lease | undefined;
     for (let attempt = 0; !lease; attempt++) {
       lease = await Lease.acquire(store, { owner: 'test-writer', ttlMs: 3000, takeOver: false, log, onLost: () => undefined, minEpoch: layer.maxEpoch + 1 })
@@ -103,12 +108,12 @@ describe('kill -9 during snapshot create, delete and gc', () => {
     const registry = new SnapshotRegistry(store, volume);
     assert.deepEqual(await registry.names(), [...alive].sort(), 'the snapshots in the store');
     for (const name of alive) {
-      const { extents } = openSnapshotDevice(store, volume, (await registry.load(name))!, 0);
+      const { extents } = openSnapshotDevice(store, volume, (await registry.load(name))!, 0, codec);
       const read: Content = new Map();
       for (const index of extents.storedIn(0, COUNT)) read.set(index, digest((await extents.fetch(index))!));
       assert.deepEqual(read, expected.get(name), `snapshot ${name} reads back identical`);
     }
-    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, volumeId: volume.id, collect: false });
+    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, volumeId: volume.id, collect: false, codec });
     const read: Content = new Map();
     for (const index of layer.storedIn(0, COUNT)) read.set(index, digest((await layer.fetch(index))!));
     assert.deepEqual(read, current, 'the volume reads what was last written');
@@ -118,7 +123,7 @@ describe('kill -9 during snapshot create, delete and gc', () => {
   async function census(): Promise<{ stored: string[]; referenced: string[] }> {
     const stored: string[] = [];
     for await (const key of store.list(EXTENT_PREFIX)) if (parseExtentKey(key)) stored.push(key);
-    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, collect: false });
+    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, volumeId: volume.id, collect: false, codec });
     const referenced = new Set(layer.currentObjects().map(keyOf));
     for (const m of await new SnapshotRegistry(store, volume).loadAll()) {
       for (const r of m.references) referenced.add(keyOf({ index: r.index, generation: r.generation, zero: false }));

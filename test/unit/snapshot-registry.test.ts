@@ -18,7 +18,7 @@ import type { Volume } from '../../src/storage/volume/volume.ts';
 
 const E = 4096;
 const COUNT = 16;
-const volume: Volume = { id: 'vol-1', size: E * COUNT, extentSize: E, createdAt: '2026-12-06T00:00:00.000Z', version: 2 };
+const volume: Volume = { id: 'vol-1', size: E * COUNT, extentSize: E, createdAt: '2026-12-06T00:00:00.000Z' };
 const fill = (byte: number): Buffer => Buffer.alloc(E, byte);
 
 async function extentKeys(store: ObjectStore): Promise<string[]> {
