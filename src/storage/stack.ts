@@ -218,16 +218,17 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       opened.push(() => lease.release());
       extents.useEpoch(lease.epoch);
       await snapshots.retainAll(extents.retained);
-      // On S3 an earlier holder's manifest PUT may still land (a `snapshot create` killed with
-      // it in flight): collecting waits until it cannot, and the manifests are counted again
-      // first. A directory store has no requests in flight once their writer is dead.
-      const lateWrites = !(objects instanceof FileObjectStore);
-      if (!lateWrites) extents.startCollecting();
+      // On S3 a dead holder's manifest PUT may still land until lease.lateUntil (a `snapshot
+      // create` killed with it in flight): collecting waits until it cannot, and the manifests
+      // are counted again first. A directory store has no requests in flight once their writer
+      // is dead.
+      const lateManifests = !(objects instanceof FileObjectStore) && lease.lateUntil > Date.now();
+      if (!lateManifests) extents.startCollecting();
       opened.push(scheduleRecount(async () => {
-        await snapshots.retainAll(extents.retained);
+        if (lateManifests) await snapshots.retainAll(extents.retained);
         await extents.recount();
         extents.startCollecting();
-      }, c.leaseTtlMs + LATE_UPLOAD_MS, log));
+      }, Math.max(c.leaseTtlMs + LATE_UPLOAD_MS, lease.lateUntil - Date.now()), log));
       cache = await WriteBackCache.open(extents, {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
