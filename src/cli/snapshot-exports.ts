@@ -66,6 +66,13 @@ export class GatewayExports implements ExportRegistry {
     }
   }
 
+  /** Stops serving a snapshot to new connections (it was deleted); connections open on it keep their device. */
+  forget(snapshot: string): void {
+    this.opened.delete(snapshot);
+    this.storage.snapshots.forget(snapshot);
+    this.listed = undefined;
+  }
+
   async list(): Promise<readonly ExportListing[]> {
     const now = Date.now();
     if (!this.listed || now - this.listed.at > LIST_CACHE_MS) this.listed = { at: now, names: this.storage.snapshots.names() };

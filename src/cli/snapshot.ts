@@ -43,6 +43,7 @@ async function onIdleVolume<T>(raw: Record<string, unknown>, command: string, co
   const opts = raw as unknown as IdleOptions;
   const volume = await openIdleVolume({
     store: opts.store, s3: s3OptionsOf(opts), log: quiet, command, leaseTtlMs: opts.leaseTtl * 1000, collect, wrapStore: withKillHook,
+    onWait: (ms) => process.stderr.write(`s3nbd: the volume's previous writer stopped without releasing it: waiting ${Math.ceil(ms / 1000)} s, until its last requests cannot land any more, before deleting anything\n`),
     onLost: (by) => {
       // Deleting on without the lease could delete what the new holder's snapshots keep.
       process.stderr.write(`s3nbd: ${by} took the volume over: stopped (what was not collected, the next gc collects)\n`);

@@ -109,12 +109,15 @@ export const FIRST_CONTACT_MS = 10_000;
  */
 const LATE_UPLOAD_MS = 60_000;
 
-/** Lists the store again once earlier writers' uploads cannot land any more; returns its cancel. */
-function scheduleRecount(extents: ObjectExtents, ms: number, log: Logger): () => Promise<void> {
+/**
+ * Lists the store again once earlier writers' uploads cannot land any more (`recount`: it lists
+ * the manifests and the extents again, and may start the collector); returns its cancel.
+ */
+function scheduleRecount(recount: () => Promise<void>, ms: number, log: Logger): () => Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const attempt = (delay: number): void => {
     timer = setTimeout(() => {
-      extents.recount().catch((err: unknown) => {
+      recount().catch((err: unknown) => {
         log.warn({ err: (err as Error).message }, 'listing the store again failed; retrying in a minute (until then, zeroed extents get tombstones)');
         attempt(60_000);
       });
@@ -232,9 +235,18 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       });
       opened.push(() => lease.release());
       extents.useEpoch(lease.epoch);
-      opened.push(scheduleRecount(extents, c.leaseTtlMs + LATE_UPLOAD_MS, log));
       await snapshots.retainAll(extents.retained);
-      extents.startCollecting();
+      // On S3 a dead holder's manifest PUT may still land until lease.lateUntil (a `snapshot
+      // create` killed with it in flight): collecting waits until it cannot, and the manifests
+      // are counted again first. A directory store has no requests in flight once their writer
+      // is dead.
+      const lateManifests = !(objects instanceof FileObjectStore) && lease.lateUntil > Date.now();
+      if (!lateManifests) extents.startCollecting();
+      opened.push(scheduleRecount(async () => {
+        if (lateManifests) await snapshots.retainAll(extents.retained);
+        await extents.recount();
+        extents.startCollecting();
+      }, Math.max(c.leaseTtlMs + LATE_UPLOAD_MS, lease.lateUntil - Date.now()), log));
       cache = await WriteBackCache.open(extents, {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
