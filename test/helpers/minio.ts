@@ -5,6 +5,7 @@
 // or restarted from here. A missing binary is built, and a build that cannot run fails the
 // tests: never a skip.
 
+import { registerSecret } from './log-sweep.ts';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
@@ -15,6 +16,7 @@ import { freePort, REPO } from './tools.ts';
 const MINIO_RELEASE = 'RELEASE.2025-10-15T17-29-55Z';
 const ROOT_USER = 's3nbdtest';
 const ROOT_PASSWORD = 's3nbdtestsecret';
+registerSecret('MinIO secret key', ROOT_PASSWORD);
 const START_TIMEOUT_MS = 30_000;
 
 export interface S3TestServer {

@@ -4,6 +4,8 @@
 // certificate of its own, for the "another CA" refusal. The directories are laid out as each
 // client expects them.
 
+import { registerSecret } from './log-sweep.ts';
+import { readFileSync } from 'node:fs';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireTool, runOk } from './tools.ts';
@@ -72,5 +74,10 @@ export async function makeCredentials(root: string): Promise<TestCredentials> {
   await runOk('psktool', ['-u', pskUser, '-p', pskFile], { timeoutMs: 60_000 });
   const wrongPskFile = join(root, 'wrong.psk');
   await runOk('psktool', ['-u', pskUser, '-p', wrongPskFile], { timeoutMs: 60_000 });
+  // For the suite's secret sweep (log-sweep.ts): no log may show a private key or a PSK.
+  for (const [label, path] of [['TLS server key', join(dirs.serverDir, 'server-key.pem')], ['TLS client key', join(dirs.clientDir, 'client-key.pem')]]) {
+    for (const line of readFileSync(path!, 'utf8').split('\n').filter((l) => /^[A-Za-z0-9+/=]{40,}$/.test(l))) registerSecret(label!, line);
+  }
+  for (const line of readFileSync(pskFile, 'utf8').split('\n').filter(Boolean)) registerSecret('TLS pre-shared key', line.slice(line.indexOf(':') + 1));
   return { ...dirs, pskFile, pskUser, wrongPskFile };
 }

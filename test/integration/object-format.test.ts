@@ -24,6 +24,15 @@ import { startMinio, type S3TestServer } from '../helpers/minio.ts';
 import { ERRNO, nbdOps } from '../helpers/nbd-ops.ts';
 import { requireTool, runOk, TOOL_ENV } from '../helpers/tools.ts';
 import { assertUserError } from '../helpers/user-error.ts';
+import { registerSecret } from '../helpers/log-sweep.ts';
+
+/** The secrets this file checks its own output for, registered for the suite-wide sweep too. */
+class SweptSecrets extends Map<string, string> {
+  override set(label: string, value: string): this {
+    registerSecret(label, value);
+    return super.set(label, value);
+  }
+}
 
 const MIB = 1024 * 1024;
 const BUCKET = 's3nbd-object-format';
@@ -39,7 +48,7 @@ describe('object format 2 on MinIO: encryption and integrity', () => {
   /** Every log line and command output of this file, for the last test. */
   const outputs: string[] = [];
   /** Key material to look for in them: filled as volumes are made. */
-  const secrets = new Map<string, string>();
+  const secrets = new SweptSecrets();
   const passFile = join(dir.path, 'pass');
   const newPassFile = join(dir.path, 'new-pass');
   const wrongPassFile = join(dir.path, 'wrong-pass');
