@@ -13,9 +13,10 @@
 //
 // Why fsfreeze (found here): a snapshot taken after `sync` alone is of a mounted ext4. Its
 // superblock says needs_recovery and its journal holds committed transactions whose blocks
-// `sync` need not have written to their home locations yet: one run of this test without the
-// freeze had `e2fsck -fn` of s1 report unused inodes in use, bitmap differences and wrong
-// counts (exit 4), another was clean. The kernel will not mount such an image `-o ro` from a
+// `sync` need not have written to their home locations yet: a run of this test without the
+// freeze had `e2fsck -fn` of s1 report inodes in use marked unused, bitmap differences and
+// wrong counts (exit 4; by hand, the same steps once gave a clean check). s3 below, unfrozen
+// and taken mid-write, may or may not check clean before its replay; it is only logged. The kernel will not mount such an image `-o ro` from a
 // read-only device ("recovery required on readonly filesystem ... write access unavailable,
 // cannot proceed"), and `-o ro,noload` would show the file system without the transactions
 // still in the journal: not the data that was synced. fsfreeze writes the journal out and
