@@ -13,10 +13,13 @@
 //
 // Why fsfreeze (found here): a snapshot taken after `sync` alone is of a mounted ext4. Its
 // superblock says needs_recovery and its journal holds committed transactions whose blocks
-// `sync` need not have written to their home locations yet: a run of this test without the
-// freeze had `e2fsck -fn` of s1 report inodes in use marked unused, bitmap differences and
-// wrong counts (exit 4; by hand, the same steps once gave a clean check). s3 below, unfrozen
-// and taken mid-write, may or may not check clean before its replay; it is only logged. The kernel will not mount such an image `-o ro` from a
+// `sync` need not have written to their home locations yet. Six runs of this test's first step
+// without the freeze, each on a new volume: in one, `e2fsck -fn` of s1 found 16 problems
+// (inodes in use marked unused, bitmap differences, wrong counts; exit 4), and replaying the
+// journal on a copy rewrote the group descriptor block besides the two superblocks, after
+// which e2fsck was clean; in the other five the replay changed only the superblocks. s3
+// below, unfrozen and taken mid-write, may or may not check clean before its replay; that is
+// only logged. The kernel will not mount such an image `-o ro` from a
 // read-only device ("recovery required on readonly filesystem ... write access unavailable,
 // cannot proceed"), and `-o ro,noload` would show the file system without the transactions
 // still in the journal: not the data that was synced. fsfreeze writes the journal out and
