@@ -4,7 +4,7 @@
 // regular file under a directory (the manifest the snapshots are checked against).
 
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 
@@ -51,15 +51,19 @@ export const SECOND_TREE = {
 } as const;
 
 /**
- * T2: a copy of T1 with a note appended to, a photo and an archive rewritten, a whole
+ * T2: a copy of T1 with a note rewritten, a photo and an archive rewritten, a whole
  * directory (projects/p2/dir3) and a photo and an archive deleted, and a project, a photo and a
  * 4 MiB archive added.
  */
 export function makeSecondTree(first: string, root: string): void {
-  cpSync(first, root, { recursive: true, verbatimSymlinks: true });
+  cpSync(first, root, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
   writeFileSync(join(root, SECOND_TREE.changed[0]), `${text(5000)}\n${text(3000)}`);
   writeFileSync(join(root, SECOND_TREE.changed[1]), randomBytes(300 * KiB));
-  writeFileSync(join(root, SECOND_TREE.changed[2]), randomBytes(2 * MiB + 17));
+  writeFileSync(join(root, SECOND_TREE.changed[2]), randomBytes(2 * MiB + 8209));
+  // rsync skips a file whose size and modification time (in whole seconds) are unchanged, and
+  // T1 and T2 are made within a second: a new size, and an hour later.
+  const later = new Date(Date.now() + 3600_000);
+  for (const path of SECOND_TREE.changed) utimesSync(join(root, path), later, later);
   rmSync(join(root, 'projects/p2/dir3'), { recursive: true });
   rmSync(join(root, SECOND_TREE.deleted[1]));
   rmSync(join(root, SECOND_TREE.deleted[2]));
