@@ -74,12 +74,13 @@ describe('the container image, built and started by its own scripts', () => {
     const cmd = JSON.parse(runtime.find((i) => i[0] === 'CMD')!.slice(1).join(' ')) as string[];
     assert.deepEqual(entrypoint, ['/app/scripts/image-start.sh']);
     const port = await freePort();
+    const container = {
+      ...process.env, ...env,
+      // What `docker run -p 127.0.0.1:PORT:10809 -v ... -e S3NBD_SIZE=64M` would map:
+      S3NBD_LISTEN: `127.0.0.1:${port}`, S3NBD_CACHE_DIR: join(dir.path, 'cache'), S3NBD_STORE: join(dir.path, 'data'), S3NBD_SIZE: '64M',
+    };
     const child = spawn(join(app, 'scripts/image-start.sh'), cmd, {
-      env: {
-        ...process.env, ...env,
-        // What `docker run -p 127.0.0.1:PORT:10809 -v ... -e S3NBD_SIZE=64M` would map:
-        S3NBD_LISTEN: `127.0.0.1:${port}`, S3NBD_CACHE_DIR: join(dir.path, 'cache'), S3NBD_STORE: join(dir.path, 'data'), S3NBD_SIZE: '64M',
-      },
+      env: container,
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let logs = '';
@@ -92,6 +93,13 @@ describe('the container image, built and started by its own scripts', () => {
       assert.equal(info.exports[0]!['export-size'], 64 << 20);
       const io = await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${port}`, '-c', 'write -P 0x5a 0 1M', '-c', 'flush', '-c', 'read -P 0x5a 0 1M']);
       assert.equal(io.code, 0, io.stdout + io.stderr);
+      // `docker exec s3nbd /app/scripts/image-start.sh snapshot create s1` (docs/kernel-client.md):
+      // the container's environment names the store and the cache directory, so the running
+      // gateway takes the snapshot.
+      const made = await run(join(app, 'scripts/image-start.sh'), ['snapshot', 'create', 's1'], { env: container });
+      assert.equal(made.code, 0, made.stderr);
+      assert.match(made.stdout, /^created snapshot s1: 1 extents/);
+      assert.match(logs, /"msg":"snapshot created"/);
     } finally {
       child.kill('SIGTERM');
     }

@@ -13,18 +13,25 @@ export interface KernelDisk {
   detach(): Promise<void>;
 }
 
-export async function attachKernelDisk(uri: string, workDir: string): Promise<KernelDisk> {
-  const fuseDir = join(workDir, `fuse-${Date.now()}`);
+let attached = 0;
+
+/**
+ * readOnly: nbdfuse -r and losetup -r (a snapshot's export is read-only, and the kernel
+ * must not try to write to it: ext4 then refuses to replay its journal).
+ */
+export async function attachKernelDisk(uri: string, workDir: string, options: { readOnly?: boolean } = {}): Promise<KernelDisk> {
+  const fuseDir = join(workDir, `fuse-${Date.now()}-${++attached}`);
   mkdirSync(fuseDir, { recursive: true });
   const image = join(fuseDir, 'disk.img');
   // Detached with no pipes to us: nbdfuse runs until its mount is unmounted.
-  spawn('nbdfuse', [image, uri], { detached: true, stdio: 'ignore', env: TOOL_ENV }).unref();
+  const ro = options.readOnly ? ['-r'] : [];
+  spawn('nbdfuse', [...ro, image, uri], { detached: true, stdio: 'ignore', env: TOOL_ENV }).unref();
   const deadline = Date.now() + 15_000;
   while (!existsSync(image)) {
     if (Date.now() > deadline) throw new Error('nbdfuse did not expose the disk image');
     await new Promise((r) => setTimeout(r, 50));
   }
-  const loop = (await runOk('losetup', ['--direct-io=on', '--show', '-f', image])).trim();
+  const loop = (await runOk('losetup', [...ro, '--direct-io=on', '--show', '-f', image])).trim();
   return {
     loop,
     async detach() {

@@ -9,7 +9,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import { tempDir } from './gateway.ts';
+import { type S3TestServer, startMinio } from './minio.ts';
 import { REPO, requireTool, runOk, TOOL_ENV } from './tools.ts';
 
 export interface VmImage {
@@ -24,6 +27,44 @@ export async function vmImage(): Promise<VmImage> {
   const paths = Object.fromEntries(built.trim().split('\n').map((line) => line.split('=', 2) as [string, string]));
   assert.ok(paths.kernel && paths.initrd, built);
   return { kernel: paths.kernel, initrd: paths.initrd };
+}
+
+export interface VmFixture {
+  /** A temporary directory, removed after the tests. */
+  readonly dir: string;
+  image(): VmImage;
+  s3(): S3TestServer;
+  /** The credentials and region of s3(), for a gateway's environment. */
+  env(): NodeJS.ProcessEnv;
+}
+
+/**
+ * What a VM test file needs, set up by before() and taken down by after() hooks registered in
+ * the calling describe(): the VM image, MinIO with `bucket` made, a temporary directory.
+ */
+export function vmFixture(name: string, bucket: string): VmFixture {
+  const dir = tempDir(name);
+  let image: VmImage | undefined;
+  let s3: S3TestServer | undefined;
+  before(async () => {
+    image = await vmImage();
+    s3 = await startMinio();
+    await s3.createBucket(bucket);
+  });
+  after(async () => {
+    await s3?.stop();
+    dir.remove();
+  });
+  const started = <T>(value: T | undefined): T => {
+    assert.ok(value !== undefined, 'the VM fixture was set up by before()');
+    return value;
+  };
+  return {
+    dir: dir.path,
+    image: () => started(image),
+    s3: () => started(s3),
+    env: () => ({ AWS_ACCESS_KEY_ID: started(s3).accessKeyId, AWS_SECRET_ACCESS_KEY: started(s3).secretAccessKey, AWS_REGION: started(s3).region }),
+  };
 }
 
 export interface VmRun {

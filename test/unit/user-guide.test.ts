@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { REPO } from '../helpers/gateway.ts';
-import { afterCrashScript, backupScript, interruptedBackupScript, NETLINK_ERROR, restoreScript } from '../vm/guest-scripts.ts';
+import { afterCrashScript, backupScript, historyScript, interruptedBackupScript, NETLINK_ERROR, restoreScript } from '../vm/guest-scripts.ts';
 
 const guide = readFileSync(join(REPO, 'docs/kernel-client.md'), 'utf8');
 const cliSource = readdirSync(join(REPO, 'src/cli')).map((f) => readFileSync(join(REPO, 'src/cli', f), 'utf8')).join('\n');
@@ -25,7 +25,7 @@ function shellLines(): string[] {
 describe('the user guide (docs/kernel-client.md)', () => {
   it('uses only client commands that the VM tests run, verbatim', () => {
     const scripts = [backupScript(1, { probeMissingModule: true }), backupScript(4), backupScript(4, { tls: true }), restoreScript(4),
-      interruptedBackupScript(), afterCrashScript()];
+      interruptedBackupScript(), afterCrashScript(), historyScript()];
     const guestLines = new Set(scripts.flatMap((s) => s.split('\n').map((l) => l.trim())));
     // The gateway side (docker, s3nbd) is checked by the option tests below; GATEWAY= is the
     // one line the tests set differently.
@@ -44,8 +44,8 @@ describe('the user guide (docs/kernel-client.md)', () => {
 
     const options = new Set<string>();
     const commands = [...shellLines().filter((l) => l.startsWith('s3nbd ')), ...[...guide.matchAll(/`(s3nbd [^`]+)`/g)].map((m) => m[1]!)];
-    for (const command of commands) for (const m of command.matchAll(/--[a-z-]+/g)) options.add(m[0]);
-    for (const m of guide.matchAll(/`(--[a-z-]+)/g)) options.add(m[1]!);
+    for (const command of commands) for (const m of command.matchAll(/--[a-z][a-z0-9-]*/g)) options.add(m[0]);
+    for (const m of guide.matchAll(/`(--[a-z][a-z0-9-]*)/g)) options.add(m[1]!);
     assert.ok(options.size >= 5, [...options].join(" "));
     for (const option of options) assert.ok(cliSource.includes(`'${option} `) || cliSource.includes(`'${option}'`), `no option ${option} in src/cli/`);
   });

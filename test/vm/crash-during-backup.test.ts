@@ -7,44 +7,34 @@
 
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { describe, it } from 'node:test';
+import { startGateway } from '../helpers/gateway.ts';
 import { freePort } from '../helpers/tools.ts';
-import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf, type VmImage, vmImage } from '../helpers/vm.ts';
+import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf, vmFixture } from '../helpers/vm.ts';
 import { AFTER_CRASH_STEPS, afterCrashScript, interruptedBackupScript } from './guest-scripts.ts';
 
 const BUCKET = 's3nbd-vm-crash';
 
 describe('kill -9 of the gateway during a backup from the kernel NBD client', () => {
-  const dir = tempDir('vm-crash');
-  let image: VmImage;
-  let s3: S3TestServer;
-
-  before(async () => {
-    image = await vmImage();
-    s3 = await startMinio();
-    await s3.createBucket(BUCKET);
-  });
-  after(async () => {
-    await s3?.stop();
-    dir.remove();
-  });
+  const vmTest = vmFixture('vm-crash', BUCKET);
 
   it('keeps everything synced before the kill; ext4 mounts and fscks clean after journal replay', { timeout: 900_000 }, async () => {
+    const { dir } = vmTest;
+    const image = vmTest.image();
+    const s3 = vmTest.s3();
     const port = await freePort();
     const args = [
       '--store', `s3://${BUCKET}/crash`, '--size', '1G', '--s3-endpoint', s3.endpoint, '--listen', `127.0.0.1:${port}`,
-      '--cache-dir', join(dir.path, 'cache'),
+      '--cache-dir', join(dir, 'cache'),
       // Dirty extents wait 2 s before upload (FLUSH still uploads at once), so the kill
       // lands with writes that exist only in the journal.
       '--upload-delay', '2000',
     ];
-    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
-    const socket = join(dir.path, 'sock');
+    const env = vmTest.env();
+    const socket = join(dir, 'sock');
     const first = await startGateway(args, { socket, env });
 
-    const vm = bootVm(image, { guestScript: interruptedBackupScript(), port, workDir: dir.path, timeoutSeconds: 400 });
+    const vm = bootVm(image, { guestScript: interruptedBackupScript(), port, workDir: dir, timeoutSeconds: 400 });
     try {
       await vm.waitFor(/^S3NBD-STEP synced$/m, 300_000);
       // A few files into the copy after the sync.
@@ -66,7 +56,7 @@ describe('kill -9 of the gateway during a backup from the kernel NBD client', ()
     assert.ok(recovered && Number(recovered[2]) > 0, `the journal held no unuploaded writes at the kill:\n${second.logs()}`);
 
     const lines = [...synced].map(([path, hash]) => `${hash}  ${path}\n`).join('');
-    const check = await bootVm(image, { guestScript: afterCrashScript(), files: new Map([['sums', lines]]), port, workDir: dir.path, timeoutSeconds: 400 }).exited;
+    const check = await bootVm(image, { guestScript: afterCrashScript(), files: new Map([['sums', lines]]), port, workDir: dir, timeoutSeconds: 400 }).exited;
     const context = `VM exited ${check.code}; console:\n${check.console}\n--- gateway log (tail):\n${second.logs().slice(-4000)}`;
     assert.deepEqual(stepsOf(check.console), AFTER_CRASH_STEPS, context);
     assert.match(check.console, /^S3NBD-RESULT ok$/m, context);

@@ -13,10 +13,13 @@ step() { echo "S3NBD-STEP $1"; }
 sums() { (cd "$1" && find . -type f | sort | xargs sha256sum) | sed "s|^|$2 |"; }
 disconnect() {
   nbd-client -d /dev/nbd0
-  # The kernel takes the device down asynchronously.
+  gone nbd0
+}
+# The kernel takes a device down asynchronously after nbd-client -d.
+gone() {
   i=0
-  while [ -e /sys/block/nbd0/pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-  [ ! -e /sys/block/nbd0/pid ]
+  while [ -e /sys/block/$1/pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ ! -e /sys/block/$1/pid ]
 }
 `;
 
@@ -183,3 +186,89 @@ disconnect
 }
 
 export const AFTER_CRASH_STEPS = ['modprobe', 'connect', 'mount', 'verify', 'umount', 'e2fsck', 'disconnect'];
+
+/**
+ * Waits (up to 10 minutes) until the gateway lists the export $1, as nbd-client -l prints it:
+ * the host takes the snapshot when the guest prints S3NBD-SNAPSHOT NAME.
+ */
+const WAIT_FOR_EXPORT = `
+wait_for_export() {
+  i=0
+  until nbd-client -l $GATEWAY 10809 2>/dev/null | grep -q "^$1:"; do
+    i=$((i + 1)); [ $i -lt 600 ] || { echo "no export $1"; return 1; }
+    sleep 1
+  done
+}
+`;
+
+/** The guide's snapshot of the mounted backup: sync, freeze, (the gateway takes NAME), unfreeze. */
+function frozenSnapshot(name: string): string {
+  return `sync
+fsfreeze --freeze /mnt/backup
+echo "S3NBD-SNAPSHOT ${name}"
+wait_for_export @${name}
+fsfreeze --unfreeze /mnt/backup
+`;
+}
+
+/** The guide's reading of snapshot NAME on /dev/nbd1 while /dev/nbd0 stays mounted, checked against /tmp/NAME.sums. */
+function readSnapshot(name: string): string {
+  return `step read-${name}
+nbd-client -b 4096 -N @${name} -readonly $GATEWAY 10809 /dev/nbd1
+e2fsck -fn /dev/nbd1
+mkdir -p /mnt/${name}
+mount -o ro /dev/nbd1 /mnt/${name}
+(cd /mnt/${name} && sha256sum -c /tmp/${name}.sums > /tmp/check) || { cat /tmp/check; exit 1; }
+[ "$(cd /mnt/${name} && find . -type f | wc -l)" -eq "$(wc -l < /tmp/${name}.sums)" ]
+echo "S3NBD-INFO ${name}-files $(wc -l < /tmp/${name}.sums)"
+umount /mnt/${name}
+nbd-client -d /dev/nbd1
+gone nbd1
+`;
+}
+
+/**
+ * The guide's backup with history, from a fresh volume: mkfs, mount, rsync the tree, snapshot
+ * s1 (S3NBD-S1 sums); delete some files, add an archive, rsync again, snapshot s2 (S3NBD-S2
+ * sums), list the exports; then, while a writer keeps adding fsynced 2 MiB files to the mounted backup, read s1
+ * and s2 through a second device, read-only: e2fsck -fn, mount -o ro, every checksum; stop
+ * the writer, umount, e2fsck -fn of the volume, disconnect.
+ */
+export function historyScript(): string {
+  return `${PRELUDE}${WAIT_FOR_EXPORT}${CONNECT_AND_TUNE(4)}
+step mkfs
+mkfs.ext4 /dev/nbd0
+mkdir -p /mnt/backup
+mount /dev/nbd0 /mnt/backup
+step make-tree
+${MAKE_TREE}
+step snapshot-s1
+rsync -a --delete /srv/data/ /mnt/backup/
+(cd /srv/data && find . -type f | sort | xargs sha256sum) > /tmp/s1.sums
+sed 's/^/S3NBD-S1 /' /tmp/s1.sums
+${frozenSnapshot('s1')}
+step snapshot-s2
+rm /srv/data/photos/img-1?.jpg /srv/data/docs/note-1??.txt /srv/data/db/archive-2.bin
+dd if=/dev/urandom of=/srv/data/db/archive-3.bin bs=1M count=8 2>/dev/null
+rsync -a --delete /srv/data/ /mnt/backup/
+(cd /srv/data && find . -type f | sort | xargs sha256sum) > /tmp/s2.sums
+sed 's/^/S3NBD-S2 /' /tmp/s2.sums
+${frozenSnapshot('s2')}
+nbd-client -l $GATEWAY 10809
+step keep-writing
+mkdir -p /mnt/backup/more
+(i=0; while [ ! -e /tmp/stop ]; do dd if=/dev/urandom of=/mnt/backup/more/file-$i bs=1M count=2 conv=fsync 2>/dev/null; i=$((i + 1)); done; echo "S3NBD-INFO writer-files $i") &
+WRITER=$!
+${readSnapshot('s1')}${readSnapshot('s2')}
+step stop-writing
+touch /tmp/stop
+wait $WRITER
+step umount
+umount /mnt/backup
+e2fsck -fn /dev/nbd0
+step disconnect
+disconnect
+`;
+}
+
+export const HISTORY_STEPS = ['modprobe', 'connect', 'mkfs', 'make-tree', 'snapshot-s1', 'snapshot-s2', 'keep-writing', 'read-s1', 'read-s2', 'stop-writing', 'umount', 'disconnect'];
