@@ -55,8 +55,10 @@ export function bufferBudget(o: MemoryOptions): Record<string, number> {
     inFlight,
     // Free payload buffers kept for reuse: never more than were in flight.
     payloadPool: Math.min(MAX_POOLED_BYTES, inFlight),
-    fetches: Math.max(MAX_FETCH_BYTES, 8 * o.extentSize),
-    uploads: o.uploadConcurrency * o.extentSize,
+    // Each fetch and each upload holds the extent and its object's body (format 2: encoded,
+    // with a header; the codec copies), so two extents' worth.
+    fetches: 2 * Math.max(MAX_FETCH_BYTES, 8 * o.extentSize),
+    uploads: 2 * o.uploadConcurrency * o.extentSize,
     diskCacheFills: Math.max(MAX_FILL_BYTES, 2 * o.extentSize),
     s3ReadBuffers: o.s3Connections * READ_BUFFER_BYTES,
   };
