@@ -16,11 +16,11 @@ describe('memory budget', () => {
     const o = { memoryCacheBytes: 1024 * MiB, extentSize: MiB, uploadConcurrency: 16, s3Connections: 48 };
     assert.deepEqual(bufferBudget(o), {
       memoryCache: 1024 * MiB, streamWindow: 64 * MiB, inFlight: 256 * MiB, payloadPool: 128 * MiB,
-      fetches: 64 * MiB, uploads: 16 * MiB, diskCacheFills: 16 * MiB, s3ReadBuffers: 6 * MiB,
+      fetches: 128 * MiB, uploads: 32 * MiB, diskCacheFills: 16 * MiB, s3ReadBuffers: 6 * MiB,
     });
-    assert.equal(bufferBudgetBytes(o), 1574 * MiB);
-    // 256 MiB + 1.1 x 1574 MiB + 8 connections of 4.19 MiB: about 2.0 GiB.
-    assert.ok(Math.abs(peakMemoryBytes(o, 8) / MiB - (256 + 1.1 * 1574 + 8 * 4.1875)) < 1);
+    assert.equal(bufferBudgetBytes(o), 1654 * MiB);
+    // 256 MiB + 1.1 x 1654 MiB + 8 connections of 4.19 MiB: about 2.1 GiB.
+    assert.ok(Math.abs(peakMemoryBytes(o, 8) / MiB - (256 + 1.1 * 1654 + 8 * 4.1875)) < 1);
   });
 
   /** Runs the governor for `ms` with a budget of `budget()`; returns how often it collected and what it warned. */
