@@ -34,7 +34,7 @@ function snapshot(dir: string): Record<string, string> {
       const path = join(d, name);
       const st = statSync(path);
       if (st.isDirectory()) walk(path);
-      else if (name !== 'status.json') {
+      else if (st.isFile() && name !== 'status.json') { // not the control socket
         const hash = st.size <= 64 * MiB ? createHash('sha256').update(readFileSync(path)).digest('hex') : '';
         out[relative(dir, path)] = `${st.size} ${st.mtimeMs} ${hash}`;
       }
