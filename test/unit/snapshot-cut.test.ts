@@ -80,6 +80,41 @@ describe('snapshots of a volume being written', () => {
     }
   });
 
+  it('holds a change under way at the cut (past the copy-out, not yet applied), and resolves', async () => {
+    let uploads = false;
+    const { cache, dev, lower } = await open(new MemoryObjectStore(), SIZE, `${dir.path}/under-way`, { mayUpload: () => uploads });
+    // The next change is cut in the middle: after the cache's beforeChange(), before it is applied.
+    const changes = (cache as unknown as { changes: { beforeChange: (e: unknown) => Promise<void> } }).changes;
+    const plain = changes.beforeChange;
+    const cutDuringNextChange = (): Promise<Map<number, number>> => new Promise((resolve) => {
+      changes.beforeChange = async (e) => {
+        await plain(e);
+        changes.beforeChange = plain;
+        resolve(cache.snapshot());
+      };
+    });
+    try {
+      await dev.write(0, pattern(E, 1), false);
+      await dev.write(2 * E, pattern(E, 2), false); // dirty, never uploaded
+      const expected = Buffer.alloc(SIZE);
+      pattern(E, 1).copy(expected, 0);
+      pattern(E, 2).copy(expected, 2 * E);
+      let snapshot = cutDuringNextChange();
+      await dev.write(100, pattern(50, 3), false);
+      pattern(50, 3).copy(expected, 100);
+      uploads = true;
+      assertSameBytes(await contents(lower, await snapshot), expected, 'the snapshot cut during a write');
+      uploads = false;
+      await dev.write(4 * E, pattern(E, 4), false);
+      snapshot = cutDuringNextChange();
+      await dev.trim(4 * E, E, false); // the store never had it: the discard forgets the entry
+      uploads = true;
+      assertSameBytes(await contents(lower, await snapshot), expected, 'the snapshot cut during a discard');
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('matches the model at every cut of a random workload, and keeps its objects from the garbage collector', async () => {
     for (const seed of [31, 32, 33, 34]) {
       const store = new MemoryObjectStore();

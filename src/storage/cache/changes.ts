@@ -52,6 +52,8 @@ export class Changes {
 
   /** Called under the extent's lock before a live change touches an existing entry (snapshot-cut.ts copies out what a snapshot still needs). */
   beforeChange: (e: Entry) => Promise<void> = () => Promise.resolve();
+  /** Called under the extent's lock once that change is applied, or failed. */
+  afterChange: (e: Entry) => void = () => undefined;
 
   constructor(ctx: CacheContext, table: EntryTable, bytes: EntryBytes, clean: CleanExtents, flusher: Flusher) {
     this.ctx = ctx;
@@ -94,40 +96,51 @@ export class Changes {
     await table.admit(index);
     return ctx.locks.with(index, async () => {
       const existing = this.table.get(index);
-      if (existing) await this.beforeChange(existing);
-      const e = await this.entryWithSlot(index);
-      // A large write goes to the journal only: the slot would be a second copy of the same
-      // bytes, and the journal keeps them until the upload. Other changes go to both,
-      // concurrently (after the pieces, which they must lie over); both must land before
-      // the write is answered.
-      const piece = whole || (data !== undefined && length >= this.minPieceBytes && e.journalPieces.length < MAX_PIECES);
-      if (!piece) await this.bytes.materialize(e);
-      const seq = this.flusher.reserve();
       try {
-        const logged = ctx.journal.append({ type, seq, index, offset, length, payload: data });
-        const stored = piece ? undefined : ctx.slots.write(e.slot!, offset, data ?? zeroBytes(length));
-        const [where] = await Promise.all([logged, stored]);
-        if (whole) e.journalPieces = [];
-        if (piece) e.journalPieces.push({ seq, offset, length, where });
-        e.streamedWrite = streamed;
-        e.valid.add(offset, offset + length);
-        table.markDirty(e, seq);
-        const keep = whole && !streamed;
-        if (keep) this.clean.keep(index, data);
-        return keep;
-      } catch (err) {
-        // The write is reported failed. A clean entry's slot may now hold some of its bytes
-        // (or, for an entry it created, nothing anyone would ever evict): drop the entry, so
-        // reads fall back to the store. A dirty entry stays: its journal still covers it.
-        if (e.gen <= e.uploadedGen && e.uploading === undefined) {
-          table.releaseSlot(e);
-          table.forget(e);
-        }
-        throw this.noSpaceOr(err);
+        if (existing) await this.beforeChange(existing);
+        return await this.apply(index, type, offset, length, data, streamed);
       } finally {
-        this.flusher.done(seq);
+        if (existing) this.afterChange(existing);
       }
     });
+  }
+
+  /** change(), under the extent's lock. */
+  private async apply(index: number, type: typeof RecordType.WRITE | typeof RecordType.ZERO, offset: number, length: number, data: Buffer | undefined, streamed: boolean): Promise<boolean> {
+    const { ctx, table } = this;
+    const whole = data !== undefined && offset === 0 && length === ctx.extentSize;
+    const e = await this.entryWithSlot(index);
+    // A large write goes to the journal only: the slot would be a second copy of the same
+    // bytes, and the journal keeps them until the upload. Other changes go to both,
+    // concurrently (after the pieces, which they must lie over); both must land before
+    // the write is answered.
+    const piece = whole || (data !== undefined && length >= this.minPieceBytes && e.journalPieces.length < MAX_PIECES);
+    if (!piece) await this.bytes.materialize(e);
+    const seq = this.flusher.reserve();
+    try {
+      const logged = ctx.journal.append({ type, seq, index, offset, length, payload: data });
+      const stored = piece ? undefined : ctx.slots.write(e.slot!, offset, data ?? zeroBytes(length));
+      const [where] = await Promise.all([logged, stored]);
+      if (whole) e.journalPieces = [];
+      if (piece) e.journalPieces.push({ seq, offset, length, where });
+      e.streamedWrite = streamed;
+      e.valid.add(offset, offset + length);
+      table.markDirty(e, seq);
+      const keep = whole && !streamed;
+      if (keep) this.clean.keep(index, data);
+      return keep;
+    } catch (err) {
+      // The write is reported failed. A clean entry's slot may now hold some of its bytes
+      // (or, for an entry it created, nothing anyone would ever evict): drop the entry, so
+      // reads fall back to the store. A dirty entry stays: its journal still covers it.
+      if (e.gen <= e.uploadedGen && e.uploading === undefined) {
+        table.releaseSlot(e);
+        table.forget(e);
+      }
+      throw this.noSpaceOr(err);
+    } finally {
+      this.flusher.done(seq);
+    }
   }
 
   async discard(first: number, count: number): Promise<void> {
@@ -138,18 +151,20 @@ export class Changes {
     // All the locks first, then one sequence number: no write to these extents can fall
     // between the journal's order and the order the cache applies changes in.
     await ctx.locks.withAll([...indexes], async () => {
-      for (const index of indexes) {
-        const e = this.table.get(index);
-        if (e) await this.beforeChange(e);
-      }
-      const seq = this.flusher.reserve();
+      const existing = [...indexes].map((index) => this.table.get(index)).filter((e) => e !== undefined);
       try {
-        await ctx.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count }).catch((err: unknown) => {
-          throw this.noSpaceOr(err);
-        });
-        for (const index of indexes) this.applyDiscard(index, seq);
+        for (const e of existing) await this.beforeChange(e);
+        const seq = this.flusher.reserve();
+        try {
+          await ctx.journal.append({ type: RecordType.DISCARD, seq, index: first, offset: 0, length: count }).catch((err: unknown) => {
+            throw this.noSpaceOr(err);
+          });
+          for (const index of indexes) this.applyDiscard(index, seq);
+        } finally {
+          this.flusher.done(seq);
+        }
       } finally {
-        this.flusher.done(seq);
+        for (const e of existing) this.afterChange(e);
       }
     });
   }

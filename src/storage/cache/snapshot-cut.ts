@@ -16,6 +16,9 @@
 //         whatever order the two uploads land in; the census keeps the older one beside the
 //         current, for the snapshot. A frozen PARTIAL extent's missing bytes come from the
 //         object the store held at the cut (retained for that).
+//     A change under way at the cut (past beforeChange(), not yet applied) was not acknowledged
+//     before it: the snapshot may hold it or not. It holds it: once the change is applied
+//     (afterChange()), the extent's pending version is the changed one (or zeros, for a discard).
 // Writes go on throughout: a change after the cut costs at most one local copy of its extent.
 // Frozen copies wait in memory for their upload (at most the dirty extents of the cut).
 //
@@ -29,11 +32,13 @@ import type { Flusher } from './flusher.ts';
 import { isAllZero } from '../extents/zeros.ts';
 
 interface Pending {
-  /** The entry's version at the cut. */
-  readonly gen: number;
+  /** The entry's version at the cut (or once the change under way at the cut is applied). */
+  gen: number;
   /** The object generation a frozen copy is uploaded under. */
   readonly reserved: number;
   frozen: boolean;
+  /** A change to the extent was under way at the cut: afterChange() takes its version. */
+  inChange: boolean;
 }
 
 interface Cut {
@@ -49,6 +54,8 @@ interface Cut {
 
 export class SnapshotCuts {
   private active: Cut | undefined;
+  /** Extents a live change is being applied to (between beforeChange() and afterChange()). */
+  private readonly changing = new Set<number>();
   private readonly ctx: CacheContext;
   private readonly table: EntryTable;
   private readonly bytes: EntryBytes;
@@ -78,7 +85,7 @@ export class SnapshotCuts {
     const pending = new Map<number, Pending>();
     for (const e of this.table.dirty.values()) {
       if (e.zeros) refs.delete(e.index);
-      else pending.set(e.index, { gen: e.gen, reserved: lower.reserveCopyGeneration(), frozen: false });
+      else pending.set(e.index, { gen: e.gen, reserved: lower.reserveCopyGeneration(), frozen: false, inChange: this.changing.has(e.index) });
     }
     let resolveDone = (): void => {};
     let failDone = (_err: unknown): void => {};
@@ -115,6 +122,7 @@ export class SnapshotCuts {
 
   /** Before a change to `e` (under its lock): a pending extent's bytes at the cut are copied out first. */
   async beforeChange(e: Entry): Promise<void> {
+    this.changing.add(e.index);
     const cut = this.active;
     const p = cut?.pending.get(e.index);
     // Changed since the cut (already frozen), or its upload of the cut's version is under way.
@@ -127,6 +135,18 @@ export class SnapshotCuts {
     // Bytes the entry never had are the store's (or zeros, already in `data`).
     const fromStore = e.baseIsZero ? [] : e.valid.gaps(extentSize);
     void this.uploadFrozen(cut, e.index, p, data, fromStore).catch((err: unknown) => cut.failDone(err));
+  }
+
+  /** After a change to `e` (applied or failed; under its lock, as beforeChange() was before it). */
+  afterChange(e: Entry): void {
+    this.changing.delete(e.index);
+    const cut = this.active;
+    const p = cut?.pending.get(e.index);
+    if (!cut || !p?.inChange) return;
+    p.inChange = false;
+    // A discard may have forgotten the entry (the store never had the extent): nothing to upload.
+    if (e.zeros) this.resolve(cut, e.index, undefined);
+    else p.gen = e.gen; // unchanged if it failed
   }
 
   /** The flusher's upload of version `gen` of an extent ended: `generation` holds it (undefined: the extent is zeros). Under the lock. */

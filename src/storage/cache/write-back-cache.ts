@@ -109,6 +109,7 @@ export class WriteBackCache implements ExtentStore {
     const changes = new Changes(ctx, table, bytes, clean, flusher);
     const cuts = new SnapshotCuts(ctx, table, bytes, flusher);
     changes.beforeChange = (e) => cuts.beforeChange(e);
+    changes.afterChange = (e) => cuts.afterChange(e);
     flusher.onUploaded = (index, gen, generation) => cuts.uploaded(index, gen, generation);
     const replayed = await changes.replay(records);
     if (records.length > 0) {
