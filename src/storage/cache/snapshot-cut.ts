@@ -6,8 +6,9 @@
 //   - extents the cache holds clean, or does not hold: the store's current object (the
 //     census), kept from the garbage collector from this moment (RetainedObjects);
 //   - extents discarded but not yet deleted: zeros;
-//   - dirty extents are PENDING, each with a generation reserved now, below every generation
-//     of a later upload. A pending extent is resolved by the first of:
+//   - dirty extents are PENDING, each with two generations reserved now, below every
+//     generation of a later upload (a copy's, and its tombstone's: ExtentObjects.putCopy()).
+//     A pending extent is resolved by the first of:
 //       * the flusher's upload of exactly the cut's version (uploaded(), with the object's
 //         generation, or zeros when the extent turned out all zeros);
 //       * a change to it after the cut (beforeChange(), under the extent's lock, before the
