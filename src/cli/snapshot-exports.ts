@@ -59,7 +59,7 @@ export class GatewayExports implements ExportRegistry {
     try {
       const manifest = await this.storage.snapshots.load(snapshot);
       if (!manifest) return undefined;
-      const { device } = openSnapshotDevice(this.storage.objects, this.storage.volume, manifest, this.memoryCacheBytes);
+      const { device } = openSnapshotDevice(this.storage.objects, this.storage.volume, manifest, this.memoryCacheBytes, this.storage.clone.sources);
       return { name: `${this.main.name}@${snapshot}`, description: snapshotDescription(manifest, this.storage.volume.id), device };
     } catch (err) {
       this.log.warn({ snapshot, err: (err as Error).message }, 'snapshot cannot be served');

@@ -30,6 +30,7 @@ import { DirectExtentStore } from './extents/direct-extent-store.ts';
 import { ObjectExtents } from './extents/extent-objects.ts';
 import { RetainedObjects } from './extents/retained-objects.ts';
 import { SnapshotRegistry } from './snapshots/registry.ts';
+import { type CloneBase, openCloneBase } from './snapshots/clone.ts';
 import { openSnapshotDevice } from './snapshots/snapshot-device.ts';
 import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
@@ -71,6 +72,8 @@ export interface Storage {
   readonly extents: ObjectExtents;
   /** The volume's snapshots; a writer's has counted every one in extents.retained. */
   readonly snapshots: SnapshotRegistry;
+  /** A clone's origins (none for a volume that is not one): its snapshots read through them too. */
+  readonly clone: CloneBase;
   /** Present when writes go through the write-back cache. */
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
@@ -179,13 +182,16 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
-    const snapshots = new SnapshotRegistry(objects, volume);
+    // A clone reads what it has not written from its origin's snapshot (snapshots/clone.ts).
+    const clone = await openCloneBase(volume, config.s3 ?? {}, log);
+    opened.push(() => clone.close());
+    const snapshots = new SnapshotRegistry(objects, volume, clone.descriptors);
     if (config.snapshot !== undefined) {
       const manifest = await snapshots.load(config.snapshot);
       if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
-      const snapshot = openSnapshotDevice(objects, volume, manifest, config.memoryCacheBytes);
+      const snapshot = openSnapshotDevice(objects, volume, manifest, config.memoryCacheBytes, clone.sources);
       return {
-        objects, volume, created, extents: snapshot.extents, snapshots, cache: undefined, identity: undefined, device: snapshot.device,
+        objects, volume, created, extents: snapshot.extents, snapshots, clone, cache: undefined, identity: undefined, device: snapshot.device,
         async close() {
           await closeAll();
           return true;
@@ -197,7 +203,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // garbage only once it holds the lease and has counted every snapshot (below); readers never.
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
-      retained: new RetainedObjects(), collect: false,
+      retained: new RetainedObjects(), collect: false, sources: clone.sources, base: clone.base,
     });
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
@@ -233,7 +239,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
-      objects, volume, created, extents, snapshots, cache, identity, device,
+      objects, volume, created, extents, snapshots, clone, cache, identity, device,
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;

@@ -1,7 +1,12 @@
 // A volume is described by one metadata object, written once when the volume is created:
 //
 //   s3nbd-volume.json  {"format":"s3nbd-volume","version":2,"id":"<uuid>","size":<bytes>,
-//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>"}
+//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>",
+//                       "origin":{"store":"<URL>","volumeId":"<uuid>","snapshot":"<name>"}}
+//
+// `origin` only for a clone (s3nbd clone, docs/format.md "Clones"): the snapshot whose objects
+// it reads for the extents it has not written, in the volume at that store (an absolute
+// directory path or an s3:// URL, opened with the clone's own S3 options).
 //
 // Version 2 is the bucket format of docs/format.md (immutable extent generations). A volume of
 // version 1 is upgraded when a writer opens it: its metadata is replaced by version 2's with a
@@ -36,6 +41,15 @@ export interface Volume {
   readonly createdAt: string;
   /** The bucket format: 1 until a writer upgrades it (docs/format.md). */
   readonly version: number;
+  /** A clone's origin: the snapshot it was made from. */
+  readonly origin?: VolumeOrigin;
+}
+
+export interface VolumeOrigin {
+  /** Where the origin volume lives: an absolute directory path or an s3:// URL. */
+  readonly store: string;
+  readonly volumeId: string;
+  readonly snapshot: string;
 }
 
 export interface VolumeRequest {
@@ -48,6 +62,8 @@ export interface VolumeRequest {
   readonly writer?: boolean | undefined;
   /** Serving --read-only: never create (that would write to the store), whatever the mode. */
   readonly readOnly?: boolean | undefined;
+  /** Creating a clone: its id (chosen before its origin records it) and its origin. */
+  readonly clone?: { readonly id: string; readonly origin: VolumeOrigin } | undefined;
 }
 
 export function extentCountOf(volume: Volume): number {
@@ -89,11 +105,12 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
   }
   await beforeCreate();
   const volume: Volume = {
-    id: randomUUID(),
+    id: request.clone?.id ?? randomUUID(),
     size: request.size,
     extentSize: request.extentSize ?? DEFAULT_EXTENT_SIZE,
     createdAt: new Date().toISOString(),
     version: VOLUME_VERSION,
+    ...request.clone ? { origin: request.clone.origin } : {},
   };
   const body = serialize(volume);
   if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
@@ -144,7 +161,8 @@ async function checkConditions(objects: ObjectStore, data: Buffer, created: bool
   }
 }
 
-async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer } | undefined> {
+/** The volume in the store, or undefined when there is none. */
+export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer } | undefined> {
   const data = await objects.get(VOLUME_KEY);
   if (!data) return undefined;
   let meta: Record<string, unknown>;
@@ -157,12 +175,17 @@ async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data:
   if (!READABLE_VERSIONS.includes(meta.version)) {
     throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${READABLE_VERSIONS.join(' and ')})`);
   }
-  const { id, size, extentSize, createdAt } = meta;
+  const { id, size, extentSize, createdAt, origin } = meta;
   if (typeof id !== 'string' || typeof size !== 'number' || typeof extentSize !== 'number' || typeof createdAt !== 'string') {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} lacks id, size, extentSize or createdAt`);
   }
   checkGeometry(size, extentSize);
-  return { volume: { id, size, extentSize, createdAt, version: meta.version as number }, data };
+  const o = origin as Record<string, unknown> | undefined;
+  if (o !== undefined && (typeof o !== 'object' || typeof o.store !== 'string' || typeof o.volumeId !== 'string' || typeof o.snapshot !== 'string')) {
+    throw Errors.badVolume(objects.description, `${VOLUME_KEY}'s origin lacks store, volumeId or snapshot`);
+  }
+  const volume: Volume = { id, size, extentSize, createdAt, version: meta.version as number };
+  return { volume: o ? { ...volume, origin: { store: o.store as string, volumeId: o.volumeId as string, snapshot: o.snapshot as string } } : volume, data };
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {
