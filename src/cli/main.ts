@@ -10,6 +10,8 @@ import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
 import { runCreate, runInfo } from './info.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
+import { runClone } from './clone.ts';
+import { runSnapshotPrune } from './prune.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList } from './snapshot.ts';
 import { versionText } from './version.ts';
 
@@ -105,8 +107,8 @@ function idleCommand(cmd: Command): Command {
 const snapshot = program.command('snapshot').description('create, list and delete snapshots of a volume (see docs/format.md)');
 
 /** `snapshot create NAME` and `snapshot delete NAME`. */
-function namedSnapshotCommand(verb: string, description: string, run: (name: string, opts: Record<string, unknown>) => Promise<void>): void {
-  idleCommand(snapshot.command(verb))
+function namedSnapshotCommand(verb: string, description: string, run: (name: string, opts: Record<string, unknown>) => Promise<void>): Command {
+  return idleCommand(snapshot.command(verb))
     .description(description)
     .argument('<name>', 'the snapshot\'s name: letters, digits, dots, dashes, underscores')
     .action(run);
@@ -121,7 +123,34 @@ addStoreOptions(snapshot.command('list'))
     await runSnapshotList(opts);
   });
 
-namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept', runSnapshotDelete);
+namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept (refused while clones read it)', runSnapshotDelete)
+  .option('--forget-missing-clones', 'forget the clones of the snapshot that are gone (no such volume at their store any more), then delete it');
+
+/** The --keep-* options of `snapshot prune` and `serve`: restic's forget rules. */
+function keepOptions(cmd: Command, env: string): Command {
+  for (const [rule, what] of [['last', 'the N most recent snapshots'], ['hourly', 'the newest snapshot of each of the last N hours that have one'],
+    ['daily', 'the same per day (UTC)'], ['weekly', 'the same per ISO week'], ['monthly', 'the same per month']] as const) {
+    cmd.addOption(countOption(`--keep-${rule} <n>`, `keep ${what}`, `${env}_KEEP_${rule.toUpperCase()}`, 0, 1_000_000));
+  }
+  return cmd;
+}
+
+keepOptions(idleCommand(snapshot.command('prune')), 'S3NBD_PRUNE')
+  .description('delete the snapshots a retention policy does not keep (the rules of restic\'s forget), one at a time')
+  .option('--prefix <prefix>', 'consider only snapshots whose names start with this (e.g. auto-); default: all')
+  .option('--dry-run', 'print what would be kept and deleted, and why, and delete nothing')
+  .option('--forget-missing-clones', 'forget clones that are gone (see snapshot delete)')
+  .action(async (opts: Record<string, unknown>) => {
+    await runSnapshotPrune(opts);
+  });
+
+addStoreOptions(program.command('clone'))
+  .description('make a new writable volume at --to from a snapshot, copying nothing: it reads what it has not written from the snapshot')
+  .requiredOption('--snapshot <name>', 'the snapshot of the volume at --store to clone')
+  .requiredOption('--to <url>', 'where the clone goes: a store that holds no volume (same forms as --store; same --s3-* options)')
+  .action(async (opts: Record<string, unknown>) => {
+    await runClone(opts);
+  });
 
 idleCommand(program.command('gc'))
   .description('delete now every object nothing needs any more (superseded, and kept by no snapshot)')

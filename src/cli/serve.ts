@@ -145,7 +145,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
   // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
-  const closeControl = storage.cache ? await listenControl(opts.cacheDir, gatewayControl(storage, log), log) : undefined;
+  const closeControl = storage.cache ? await listenControl(opts.cacheDir, gatewayControl(storage, log, s3OptionsOf(opts)), log) : undefined;
 
   // What the gateway is doing, for `s3nbd info --cache-dir`.
   const statusPath = join(opts.cacheDir, 'status.json');
