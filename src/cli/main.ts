@@ -53,7 +53,7 @@ const program = new Command('s3nbd')
   .showHelpAfterError('(run with --help for usage)')
   .configureOutput({ outputError: (text, write) => write(text) });
 
-addStoreOptions(program.command('serve'))
+const serve = addStoreOptions(program.command('serve'))
   .description('serve a volume over NBD (creating it first when --size is given and none exists)')
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G; creates the volume if there is none', 'S3NBD_SIZE'))
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object for a new volume (default 1M)', 'S3NBD_EXTENT_SIZE'))
@@ -74,6 +74,8 @@ addStoreOptions(program.command('serve'))
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
+  .addOption(new Option('--snapshot-every <duration>', 'take a snapshot auto-<UTC time> this often (e.g. 1h, 15m), pruned by the --keep-* options').env('S3NBD_SNAPSHOT_EVERY'));
+keepOptions(serve, 'S3NBD')
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);
   });

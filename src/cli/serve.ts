@@ -24,7 +24,11 @@ import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts
 import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
 import { listenControl } from '../control/control-socket.ts';
 import { gatewayControl } from './gateway-control.ts';
-import { formatBytes, parseFlag, parseListen } from './parse.ts';
+import { realClock } from '../clock.ts';
+import { hasRules } from '../storage/snapshots/retention.ts';
+import { startAutoSnapshots } from './auto-snapshots.ts';
+import { formatBytes, parseDuration, parseFlag, parseListen } from './parse.ts';
+import { policyOf } from './prune.ts';
 import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
@@ -57,6 +61,29 @@ interface ServeOptions extends StoreOptions {
   uploadDelay: number;
   logLevel: string;
   snapshot?: string;
+  snapshotEvery?: string;
+  keepLast?: number;
+  keepHourly?: number;
+  keepDaily?: number;
+  keepWeekly?: number;
+  keepMonthly?: number;
+}
+
+/** The shortest --snapshot-every; S3NBD_TEST_SHORT_SNAPSHOT_EVERY=1 (tests only) allows a second. */
+const MIN_SNAPSHOT_EVERY_MS = 60_000;
+
+/** --snapshot-every in ms (undefined: none), refused where it cannot work; before anything is opened. */
+function snapshotSchedule(opts: ServeOptions, readOnly: boolean): number | undefined {
+  const keeps = hasRules(policyOf(opts));
+  if (opts.snapshotEvery === undefined) {
+    if (keeps) throw Errors.badSnapshotSchedule('--keep-* options were given without --snapshot-every');
+    return undefined;
+  }
+  const min = process.env.S3NBD_TEST_SHORT_SNAPSHOT_EVERY === '1' ? 1000 : MIN_SNAPSHOT_EVERY_MS;
+  const everyMs = parseDuration('--snapshot-every', opts.snapshotEvery, min);
+  if (readOnly) throw Errors.badSnapshotSchedule(opts.snapshot !== undefined ? 'serving a snapshot (--snapshot) writes nothing' : '--read-only writes nothing');
+  if (opts.store === 'memory:') throw Errors.badSnapshotSchedule('a memory: store keeps no snapshots past the process');
+  return everyMs;
 }
 
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
@@ -67,6 +94,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const readOnly = opts.snapshot !== undefined || (opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false);
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
+  const snapshotEveryMs = snapshotSchedule(opts, readOnly);
 
   // TCP unless only a socket was asked for; both when both were.
   const endpoints: Endpoint[] = [];
@@ -145,7 +173,12 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
   // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
-  const closeControl = storage.cache ? await listenControl(opts.cacheDir, gatewayControl(storage, log, s3OptionsOf(opts)), log) : undefined;
+  const control = gatewayControl(storage, log, s3OptionsOf(opts));
+  const closeControl = storage.cache ? await listenControl(opts.cacheDir, control, log) : undefined;
+  // serve --snapshot-every: snapshots of its own, pruned by the --keep-* policy.
+  const stopAutoSnapshots = snapshotEveryMs !== undefined && storage.cache
+    ? startAutoSnapshots({ clock: realClock, everyMs: snapshotEveryMs, policy: policyOf(opts), control, list: () => storage.snapshots.loadAll(), log })
+    : undefined;
 
   // What the gateway is doing, for `s3nbd info --cache-dir`.
   const statusPath = join(opts.cacheDir, 'status.json');
@@ -174,6 +207,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     void (async () => {
       try {
         await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
+        await stopAutoSnapshots?.();
         await closeControl?.();
         clearInterval(statusTimer);
         const drained = await storage.close(Math.max(0, deadline - Date.now()));
