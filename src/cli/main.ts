@@ -75,7 +75,7 @@ const serve = addStoreOptions(program.command('serve'))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
   .addOption(new Option('--snapshot-every <duration>', 'take a snapshot auto-<UTC time> this often (e.g. 1h, 15m), pruned by the --keep-* options').env('S3NBD_SNAPSHOT_EVERY'));
-keepOptions(serve, 'S3NBD')
+keepOptions(serve, true)
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);
   });
@@ -128,16 +128,20 @@ addStoreOptions(snapshot.command('list'))
 namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept (refused while clones read it)', runSnapshotDelete)
   .option('--forget-missing-clones', 'forget the clones of the snapshot that are gone (no such volume at their store any more), then delete it');
 
-/** The --keep-* options of `snapshot prune` and `serve`: restic's forget rules. */
-function keepOptions(cmd: Command, env: string): Command {
-  for (const [rule, what] of [['last', 'the N most recent snapshots'], ['hourly', 'the newest snapshot of each of the last N hours that have one'],
-    ['daily', 'the same per day (UTC)'], ['weekly', 'the same per ISO week'], ['monthly', 'the same per month']] as const) {
-    cmd.addOption(countOption(`--keep-${rule} <n>`, `keep ${what}`, `${env}_KEEP_${rule.toUpperCase()}`, 0, 1_000_000));
-  }
+/** The --keep-* options of `snapshot prune` and `serve` (restic's forget rules), and their variables. */
+function keepOptions(cmd: Command, forServe: boolean): Command {
+  const rules = [
+    ['--keep-last <n>', 'the N most recent snapshots', forServe ? 'S3NBD_KEEP_LAST' : 'S3NBD_PRUNE_KEEP_LAST'],
+    ['--keep-hourly <n>', 'the newest snapshot of each of the last N hours that have one', forServe ? 'S3NBD_KEEP_HOURLY' : 'S3NBD_PRUNE_KEEP_HOURLY'],
+    ['--keep-daily <n>', 'the same per day (UTC)', forServe ? 'S3NBD_KEEP_DAILY' : 'S3NBD_PRUNE_KEEP_DAILY'],
+    ['--keep-weekly <n>', 'the same per ISO week', forServe ? 'S3NBD_KEEP_WEEKLY' : 'S3NBD_PRUNE_KEEP_WEEKLY'],
+    ['--keep-monthly <n>', 'the same per month', forServe ? 'S3NBD_KEEP_MONTHLY' : 'S3NBD_PRUNE_KEEP_MONTHLY'],
+  ] as const;
+  for (const [flags, what, env] of rules) cmd.addOption(countOption(flags, `keep ${what}`, env, 0, 1_000_000));
   return cmd;
 }
 
-keepOptions(idleCommand(snapshot.command('prune')), 'S3NBD_PRUNE')
+keepOptions(idleCommand(snapshot.command('prune')), false)
   .description('delete the snapshots a retention policy does not keep (the rules of restic\'s forget), one at a time')
   .option('--prefix <prefix>', 'consider only snapshots whose names start with this (e.g. auto-); default: all')
   .option('--dry-run', 'print what would be kept and deleted, and why, and delete nothing')
