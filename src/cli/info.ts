@@ -123,6 +123,8 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
       storedExtents: stored,
       storedBytes: stored * volume.extentSize,
       createdAt: volume.createdAt,
+      // A clone: the snapshot it reads what it has not written from (its stored extents count those).
+      ...volume.origin ? { origin: volume.origin } : {},
     };
   } catch (err) {
     // Without a cache dir there is nothing else to show: the error is all there is.
@@ -138,7 +140,8 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
     if (local?.gateway) Object.assign(json, { gateway: local.gateway });
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   } else if (storeInfo) {
-    const info = storeInfo as { store: string; id: string; size: number; extentSize: number; extents: number; storedExtents: number; storedBytes: number; createdAt: string };
+    const info = storeInfo as { store: string; id: string; size: number; extentSize: number; extents: number; storedExtents: number; storedBytes: number; createdAt: string;
+      origin?: { store: string; volumeId: string; snapshot: string } };
     const lines = [
       `store:            ${info.store}`,
       `volume id:        ${info.id}${local?.identity && local.identity.volume !== info.id ? ' (NOT the volume of the cache dir above)' : ''}`,
@@ -146,6 +149,7 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
       `extent size:      ${formatBytes(info.extentSize)}`,
       `stored extents:   ${info.storedExtents} of ${info.extents} (${formatBytes(info.storedBytes)})`,
       `created:          ${info.createdAt}`,
+      ...info.origin ? [`clone of:         snapshot ${info.origin.snapshot} of volume ${info.origin.volumeId} in ${info.origin.store}`] : [],
     ];
     process.stdout.write(`${lines.join('\n')}\n`);
   }

@@ -3,7 +3,7 @@
 // gateway, reads as s1, is written to, snapshotted (@c1) and read back after a restart; the
 // origin volume, s1 and s2 read back unchanged throughout, and after the origin is collected;
 // deleting s1 is refused (through the origin's running gateway, and on the idle volume) with
-// one line naming the clone.
+// one line naming the clone. A clone killed halfway is finished by running it again.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -72,6 +72,8 @@ describe('clones', () => {
       assert.deepEqual(readdirSync(clone).filter((f) => !f.startsWith('.')), ['s3nbd-volume.json'], 'nothing copied (the directory store\'s lock file aside)');
       const again = await cli(['clone', '--store', origin, '--snapshot', 's1', '--to', clone]);
       assert.match(again.stdout, /^already cloned: /);
+      const info = await cli(['info', '--store', clone]);
+      assert.match(info.stdout, new RegExp(`\\nclone of: +snapshot s1 of volume [0-9a-f-]{36} in ${origin}\\n`));
 
       const cloneGw = await startGateway(['--store', clone], { socket: cloneSocket });
       try {
@@ -100,6 +102,26 @@ describe('clones', () => {
         'S3NBD_SNAPSHOT_HAS_CLONES', /"s1"/, new RegExp(`in ${clone}`));
     } finally {
       assert.equal(await originGw.stop(), 0, originGw.logs());
+    }
+  });
+
+  it('clone killed (-9) after its marker, and after its metadata: run again it finishes, one marker left', async () => {
+    const clone2 = join(dir.path, 'clone2');
+    const killed = await cli(['clone', '--store', origin, '--snapshot', 's2', '--to', clone2], { S3NBD_TEST_KILL_AT: 'after:put:clones/:1' });
+    assert.equal(killed.code, null, killed.stderr);
+    assert.equal(readdirSync(join(origin, 'clones', 's2')).length, 1, 'the marker of a clone never made');
+    // It blocks the deletion, naming the store that holds no clone.
+    assertUserError(await cli(['snapshot', 'delete', 's2', '--store', origin]), 'S3NBD_SNAPSHOT_HAS_CLONES', new RegExp(`in ${clone2}`));
+    const killedLate = await cli(['clone', '--store', origin, '--snapshot', 's2', '--to', clone2], { S3NBD_TEST_KILL_AT: 'after:putIf:s3nbd-volume.json:1' });
+    assert.equal(killedLate.code, null, killedLate.stderr);
+    const again = await cli(['clone', '--store', origin, '--snapshot', 's2', '--to', clone2]);
+    assert.match(again.stdout, /^already cloned: /, again.stderr);
+    assert.equal(readdirSync(join(origin, 'clones', 's2')).length, 1, 'the stale marker was replaced');
+    const cloneGw = await startGateway(['--store', clone2], { socket: join(dir.path, 'clone2.sock') });
+    try {
+      assert.ok((await image(cloneGw.uri, 'clone2-image')).equals(before_.s2!), 'the clone of s2 reads as s2');
+    } finally {
+      assert.equal(await cloneGw.stop(), 0, cloneGw.logs());
     }
   });
 
