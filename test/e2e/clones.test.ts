@@ -125,12 +125,15 @@ describe('clones', () => {
     }
   });
 
-  it('refuses to delete s1 on the idle origin too, and a collection of the origin leaves the clone whole', async () => {
+  it('refuses to delete s1 on the idle origin too, and collections of the origin and of the clone leave both whole', async () => {
     assertUserError(await cli(['snapshot', 'delete', 's1', '--store', origin]), 'S3NBD_SNAPSHOT_HAS_CLONES', /--forget-missing-clones/);
     // The clone is there: --forget-missing-clones forgets nothing.
     assertUserError(await cli(['snapshot', 'delete', 's1', '--store', origin, '--forget-missing-clones']), 'S3NBD_SNAPSHOT_HAS_CLONES');
     const gc = await cli(['gc', '--store', origin]);
     assert.equal(gc.code, 0, gc.stderr);
+    // The clone's own collection never touches the origin's objects, nor its tombstones above them.
+    const cloneGc = await cli(['gc', '--store', clone]);
+    assert.equal(cloneGc.code, 0, cloneGc.stderr);
     const cloneGw = await startGateway(['--store', clone], { socket: cloneSocket });
     try {
       assert.ok((await image(cloneGw.uri, 'clone-3')).equals(readFileSync(file('clone-1'))), 'the clone after the origin was collected');

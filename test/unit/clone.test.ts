@@ -15,7 +15,7 @@ import { type ExtentSource, ObjectExtents } from '../../src/storage/extents/exte
 import { RetainedObjects } from '../../src/storage/extents/retained-objects.ts';
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
-import { createClone, listClones, missingClones, openCloneBase } from '../../src/storage/snapshots/clone.ts';
+import { cloneMarkerKey, createClone, listClones, missingClones, openCloneBase } from '../../src/storage/snapshots/clone.ts';
 import { SnapshotRegistry } from '../../src/storage/snapshots/registry.ts';
 import { openSnapshotDevice } from '../../src/storage/snapshots/snapshot-device.ts';
 import { type Volume, openVolume } from '../../src/storage/volume/volume.ts';
@@ -121,6 +121,33 @@ describe('clones', () => {
     await grand.layer.put(4, fill(7));
     assert.deepEqual(await readLayer(grand.layer), [1, 3, u, 5, 7, 1, 1, 1, u, 3, u, u, u, u, u, u]);
     await grand.close();
+  });
+
+  it('a clone marked while its snapshot is being deleted: the manifest is put back, nothing collected, the deletion refused', async () => {
+    const path = join(dir.path, 'race');
+    await openVolume(new FileObjectStore(path), { mode: 'create', size: E * COUNT, extentSize: E });
+    const w = await writer(path);
+    for (let i = 0; i < 4; i++) await w.layer.put(i, fill(1));
+    const r1 = await w.registry.create(w.layer, 'r1');
+    for (let i = 0; i < 4; i++) await w.layer.put(i, fill(2));
+    await w.layer.collectGarbage();
+    const before = await keys(w.store);
+    // The clone read the manifest just before it went, having marked itself first.
+    const racing: ObjectStore = Object.assign(Object.create(w.store) as ObjectStore, {
+      deleteMany: async (list: readonly string[]): Promise<void> => {
+        await w.store.deleteMany(list);
+        if (list.includes('snapshots/r1')) await w.store.put(cloneMarkerKey('r1', 'late-clone'), Buffer.from('{"store":"elsewhere","volumeId":"late-clone"}'));
+      },
+    });
+    const registry = new SnapshotRegistry(racing, w.volume);
+    await registry.retainAll(w.layer.retained);
+    await assert.rejects(registry.delete(w.layer, 'r1'), (err: unknown) =>
+      err instanceof UserError && err.code === 'S3NBD_SNAPSHOT_HAS_CLONES' && err.message.includes('late-clone'));
+    const back = await new SnapshotRegistry(w.store, w.volume).load('r1');
+    assert.deepEqual(back, r1, 'the same manifest, put back');
+    await w.layer.collectGarbage();
+    assert.deepEqual(await keys(w.store), before, 'nothing of r1 collected');
+    await w.close();
   });
 
   it('refuses to delete a snapshot with clones, naming them, and forgets a clone that is gone', async () => {
