@@ -1,6 +1,13 @@
 # s3nbd as a container: docker run -p 10809:10809 -v s3nbd-cache:/var/cache/s3nbd \
 #   -e S3NBD_STORE=s3://bucket/volume -e S3NBD_SIZE=100G -e AWS_ACCESS_KEY_ID=... ghcr.io/.../s3nbd
 #
+# TLS on the NBD connection: mount the certificate directory (server-cert.pem, server-key.pem,
+# ca-cert.pem; the key readable by uid 1000) read-only and name it:
+#   -v /etc/s3nbd/certs:/certs:ro -e S3NBD_TLS=require -e S3NBD_TLS_CERTIFICATES=/certs
+# (add -e S3NBD_TLS_VERIFY_PEER=1 to require client certificates), or a psktool key file:
+#   -v /etc/s3nbd/keys.psk:/keys.psk:ro -e S3NBD_TLS=require -e S3NBD_TLS_PSK=/keys.psk
+# See docs/tls.md.
+#
 # The build and start steps live in scripts/image-*.sh, which CI also runs outside Docker,
 # so what is tested is what the image does. The Node.js major is the one CI tests on.
 

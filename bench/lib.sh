@@ -71,6 +71,22 @@ stop_pid() {
   return "$rc"
 }
 
+# trap_cleanup: on exit (and INT, TERM), stops the caller's gateway ($GW_PID) and MinIO
+# ($MINIO_PID) and removes $TMP, keeping the exit status. Uses the caller's log().
+trap_cleanup() {
+  trap _bench_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+_bench_cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pid "${GW_PID:-}" s3nbd 30 || true
+  stop_pid "${MINIO_PID:-}" minio 10 || true
+  rm -rf "${TMP:?}"
+  exit "$rc"
+}
+
 # BENCH_BASE: a second build of s3nbd, from a git revision, measured beside the current
 # checkout in the same run (a before/after comparison). base_setup ROOT: when BENCH_BASE is
 # set, builds that revision once into ${S3NBD_CACHE_DIR:-~/.cache/s3nbd}/bench-builds/<commit>

@@ -10,11 +10,13 @@
 //   node bench/s3-raw.ts put      --endpoint URL --bucket B --prefix P --file F [--count 1024] [--size 1048576] [--concurrency 16] [--client direct|sdk]
 //   node bench/s3-raw.ts get      --endpoint URL --bucket B --prefix P [--count 1024] [--size 1048576] [--concurrency 16] [--client direct|sdk]
 //   node bench/s3-raw.ts requests --endpoint URL
+//   node bench/s3-raw.ts usage    --endpoint URL --bucket B --prefix P
 //
 // Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. put and get print one JSON line,
 // {"seconds":..,"bytes":..,"mibps":..,"cpuSeconds":..}, timed from the first request to the last response
 // (put reads its object bodies from F into memory before the clock starts). requests prints
-// MinIO's S3 request counters by API as JSON (needs MINIO_PROMETHEUS_AUTH_TYPE=public).
+// MinIO's S3 request counters by API as JSON (needs MINIO_PROMETHEUS_AUTH_TYPE=public); usage
+// the objects under P/ and their bytes, {"objects":..,"bytes":..,"extentObjects":..,"extentBytes":..}.
 // Any failed request fails the run: nothing is retried.
 
 import { readFileSync } from 'node:fs';
@@ -24,6 +26,7 @@ import {
   BucketAlreadyOwnedByYou,
   CreateBucketCommand,
   GetObjectCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
@@ -192,6 +195,26 @@ switch (command) {
   case 'requests':
     process.stdout.write(`${JSON.stringify(await metrics())}\n`);
     break;
+  case 'usage': {
+    const s3 = client();
+    const total = { objects: 0, bytes: 0, extentObjects: 0, extentBytes: 0 };
+    let token: string | undefined;
+    do {
+      const page = await s3.send(new ListObjectsV2Command({ Bucket: values.bucket ?? fail('--bucket is required'), Prefix: `${prefix}/`, ContinuationToken: token }));
+      for (const o of page.Contents ?? []) {
+        total.objects++;
+        total.bytes += o.Size ?? 0;
+        if (o.Key?.startsWith(`${prefix}/extents/`)) {
+          total.extentObjects++;
+          total.extentBytes += o.Size ?? 0;
+        }
+      }
+      token = page.NextContinuationToken;
+    } while (token);
+    s3.destroy();
+    process.stdout.write(`${JSON.stringify(total)}\n`);
+    break;
+  }
   default:
-    fail(`unknown command '${command ?? ''}' (mkbucket, put, get or requests)`);
+    fail(`unknown command '${command ?? ''}' (mkbucket, put, get, requests or usage)`);
 }

@@ -104,17 +104,7 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/s3nbd-s3bench.XXXXXX")"
 MINIO_PID=""
 GW_PID=""
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pid "$GW_PID" s3nbd 30 || true
-  stop_pid "$MINIO_PID" minio 10 || true
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 ENDPOINT="http://127.0.0.1:$PORT"

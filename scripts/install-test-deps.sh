@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # ceph-mon, ceph-osd (with ceph-base and ceph-common): Ceph RGW, the integration tests'
 # second S3 server (scripts/install-ceph.sh). gcc and libc6-dev build the fsync-failing shim
 # of test/e2e/journal-failure.test.ts; its `cc` is gcc-12's compiler behind gcc's link.
-APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl
+# gnutls-bin: certtool and psktool make the TLS tests' certificates and pre-shared keys.
+APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl gnutls-bin
   qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev git
   radosgw ceph-mon ceph-osd ceph-base ceph-common)
 missing=()

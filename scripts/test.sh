@@ -17,5 +17,11 @@ if [ -z "${S3NBD_TEST_S3_ENDPOINT:-}" ]; then bash scripts/install-minio.sh >/de
 npm run --silent build
 npm run --silent typecheck
 npm run --silent lint
+# Every gateway log and command output the tests see, and every secret they use, is kept
+# here; after the suite, no output may hold any secret (test/helpers/log-sweep.ts).
+S3NBD_TEST_LOG_DIR="$(mktemp -d -t s3nbd-test-logs.XXXXXX)"
+export S3NBD_TEST_LOG_DIR
+trap 'rm -rf "$S3NBD_TEST_LOG_DIR"' EXIT
 node --test --test-reporter=spec --test-concurrency=1 \
   'test/unit/**/*.test.ts' 'test/e2e/**/*.test.ts' 'test/integration/**/*.test.ts' 'test/vm/**/*.test.ts'
+node test/sweep-secrets.ts "$S3NBD_TEST_LOG_DIR"

@@ -6,7 +6,7 @@ import { Errors } from './errors.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-const SECRET_FIELDS = ['secretAccessKey', 'sessionToken', 'accessKeyId', 'password', 'authorization', 'credentials'];
+const SECRET_FIELDS = ['secretAccessKey', 'sessionToken', 'accessKeyId', 'password', 'authorization', 'credentials', 'passphrase', 'dataKey', 'kek'];
 
 export function createLogger(level: string): Logger {
   if (!(LOG_LEVELS as readonly string[]).includes(level)) throw Errors.badLogLevel(level);

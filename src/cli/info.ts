@@ -11,23 +11,25 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { UserError } from '../errors.ts';
 import { openStorage } from '../storage/stack.ts';
+import { describeObjectSettings } from '../storage/format/object-settings.ts';
 import { formatBytes } from './parse.ts';
-import { type StoreOptions, s3OptionsOf } from './store-options.ts';
+import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
 
 const quiet = pino({ level: 'silent' });
 /** `info` waits this long for S3 before it says S3 is unreachable. */
 const INFO_CONTACT_MS = 5_000;
 
 export async function runCreate(raw: Record<string, unknown>): Promise<void> {
-  const opts = raw as unknown as StoreOptions & { size: number; extentSize?: number };
+  const opts = raw as unknown as StoreOptions & ObjectOptions & { size: number; extentSize?: number };
   const storage = await openStorage({
-    store: opts.store, s3: s3OptionsOf(opts), log: quiet,
+    store: opts.store, s3: s3OptionsOf(opts), log: quiet, objects: await objectRequestOf(opts),
     volume: { mode: 'create', size: opts.size, extentSize: opts.extentSize },
     readOnly: true, memoryCacheBytes: 0,
   });
   await storage.close();
   const { volume } = storage;
-  process.stdout.write(`created volume ${volume.id}: ${formatBytes(volume.size)} in ${formatBytes(volume.extentSize)} extents, ${storage.objects.description}\n`);
+  const o = describeObjectSettings(volume.objects);
+  process.stdout.write(`created volume ${volume.id}: ${formatBytes(volume.size)} in ${formatBytes(volume.extentSize)} extents, compression ${o.compression}, encryption ${o.encryption}${o.key ? ` (${o.key})` : ''}, ${storage.objects.description}\n`);
 }
 
 interface LocalState {
@@ -123,6 +125,7 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
       storedExtents: stored,
       storedBytes: stored * volume.extentSize,
       createdAt: volume.createdAt,
+      objects: describeObjectSettings(volume.objects),
       // A clone: the snapshot it reads what it has not written from (its stored extents count those).
       ...volume.origin ? { origin: volume.origin } : {},
     };
@@ -141,7 +144,8 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   } else if (storeInfo) {
     const info = storeInfo as { store: string; id: string; size: number; extentSize: number; extents: number; storedExtents: number; storedBytes: number; createdAt: string;
-      origin?: { store: string; volumeId: string; snapshot: string } };
+      objects: ReturnType<typeof describeObjectSettings>; origin?: { store: string; volumeId: string; snapshot: string } };
+    const o = info.objects;
     const lines = [
       `store:            ${info.store}`,
       `volume id:        ${info.id}${local?.identity && local.identity.volume !== info.id ? ' (NOT the volume of the cache dir above)' : ''}`,
@@ -150,6 +154,9 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
       `stored extents:   ${info.storedExtents} of ${info.extents} (${formatBytes(info.storedBytes)})`,
       `created:          ${info.createdAt}`,
       ...info.origin ? [`clone of:         snapshot ${info.origin.snapshot} of volume ${info.origin.volumeId} in ${info.origin.store}`] : [],
+      `format:           ${o.format}${o.format === 1 ? ' (raw extents, no object header or checksum)' : ` (object header, ${o.checksum} checksum)`}`,
+      `compression:      ${o.compression}`,
+      `encryption:       ${o.encryption}${o.key ? `, data key wrapped by a ${o.key}` : ''}`,
     ];
     process.stdout.write(`${lines.join('\n')}\n`);
   }

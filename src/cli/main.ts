@@ -7,12 +7,16 @@ import { Command, Option } from 'commander';
 import { Errors, UserError } from '../errors.ts';
 import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
 import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
+import { TLS_MODES } from '../protocol/tls.ts';
+import { COMPRESSION_CHOICES, ENCRYPTION_CHOICES, parseCompression } from '../storage/format/object-settings.ts';
 import { runCreate, runInfo } from './info.ts';
+import { runKeyChange } from './key.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
 import { runClone } from './clone.ts';
 import { runSnapshotPrune } from './prune.ts';
-import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList } from './snapshot.ts';
+import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
+import { runUndelete } from './undelete.ts';
 import { versionText } from './version.ts';
 
 export const DEFAULT_CACHE_DIR = './s3nbd-cache';
@@ -47,13 +51,30 @@ function addStoreOptions(cmd: Command): Command {
     .addOption(new Option('--s3-force-path-style', 'bucket in the URL path, not the host name (default with --s3-endpoint; env S3NBD_S3_FORCE_PATH_STYLE=1)'));
 }
 
+/**
+ * How a new volume stores its extents, and the key of an encrypted one. The passphrase itself
+ * is never an option (it would show in `ps`): a file, or S3NBD_PASSPHRASE.
+ */
+function addObjectOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--compression <zstd[:LEVEL]|off>', 'a new volume compresses each extent with zstd (default zstd: level 1), or not').env('S3NBD_COMPRESSION')
+      .argParser((text: string) => parseCompression(text) ?? (() => { throw Errors.badChoice('--compression', text, COMPRESSION_CHOICES); })()))
+    .addOption(new Option('--encryption <cipher>', `a new volume's cipher: ${ENCRYPTION_CHOICES.join(', ')} (default off; aes-256-gcm when a key is given)`).env('S3NBD_ENCRYPTION')
+      .argParser((text: string) => {
+        if (!(ENCRYPTION_CHOICES as readonly string[]).includes(text)) throw Errors.badChoice('--encryption', text, ENCRYPTION_CHOICES);
+        return text;
+      }))
+    .addOption(new Option('--passphrase-file <file>', 'the passphrase of an encrypted volume, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE'))
+    .addOption(new Option('--key-file <file>', 'instead of a passphrase: a 32-byte key (or 64 hex digits) in a file').env('S3NBD_KEY_FILE'));
+}
+
 const program = new Command('s3nbd')
   .description('A network block device (NBD) server that keeps its data in S3-style object storage.')
   .version(versionText(), '-V, --version', 'print the version and the commit it was built from')
   .showHelpAfterError('(run with --help for usage)')
   .configureOutput({ outputError: (text, write) => write(text) });
 
-const serve = addStoreOptions(program.command('serve'))
+const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .description('serve a volume over NBD (creating it first when --size is given and none exists)')
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G; creates the volume if there is none', 'S3NBD_SIZE'))
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object for a new volume (default 1M)', 'S3NBD_EXTENT_SIZE'))
@@ -61,6 +82,10 @@ const serve = addStoreOptions(program.command('serve'))
   .addOption(new Option('--socket <path>', 'Unix socket to listen on (instead of TCP unless --listen is also given)').env('S3NBD_SOCKET'))
   .addOption(new Option('--export-name <name>', 'export name; the empty name "" always selects this export too').env('S3NBD_EXPORT_NAME').default(''))
   .addOption(new Option('--read-only', 'refuse writes (env S3NBD_READ_ONLY=1)'))
+  .addOption(choiceOption('--tls <mode>', 'TLS on NBD connections: off, on (the client chooses) or require (refuse clients without TLS)', 'S3NBD_TLS', TLS_MODES))
+  .addOption(new Option('--tls-certificates <dir>', 'X.509 files: server-cert.pem, server-key.pem (and ca-cert.pem for --tls-verify-peer)').env('S3NBD_TLS_CERTIFICATES'))
+  .addOption(new Option('--tls-psk <file>', 'pre-shared keys as psktool writes them (username:hexkey lines); overrides --tls-certificates').env('S3NBD_TLS_PSK'))
+  .addOption(new Option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (env S3NBD_TLS_VERIFY_PEER=1)'))
   .addOption(new Option('--cache-dir <dir>', 'local directory for the journal and the disk cache (one per volume)').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
   .addOption(sizeOption('--cache-size <size>', 'disk space for cached extents, dirty and clean', 'S3NBD_CACHE_SIZE').default(4 * 2 ** 30, '4G'))
   .addOption(sizeOption('--max-dirty <size>', 'dirty data before writes wait for uploads', 'S3NBD_MAX_DIRTY').default(2 ** 30, '1G'))
@@ -80,7 +105,7 @@ keepOptions(serve, true)
     await runServe(opts, cmd);
   });
 
-addStoreOptions(program.command('create'))
+addObjectOptions(addStoreOptions(program.command('create')))
   .description('create a new volume without serving it')
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G', 'S3NBD_SIZE').makeOptionMandatory())
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object (default 1M)', 'S3NBD_EXTENT_SIZE'))
@@ -158,10 +183,33 @@ addStoreOptions(program.command('clone'))
     await runClone(opts);
   });
 
+addStoreOptions(snapshot.command('restore'))
+  .description('bring back a snapshot whose objects were deleted, in a bucket that keeps versions (Object Lock): its manifest, the volume metadata and every object it names')
+  .argument('<name>', 'the snapshot\'s name')
+  .action(runSnapshotRestore);
+
 idleCommand(program.command('gc'))
   .description('delete now every object nothing needs any more (superseded, and kept by no snapshot)')
   .action(async (opts: Record<string, unknown>) => {
     await runGc(opts);
+  });
+
+addStoreOptions(program.command('undelete'))
+  .description('bring back what was deleted from the volume at or after --since, in a bucket that keeps old versions (versioning or Object Lock)')
+  .addOption(new Option('--since <time>', 'undo the deletions at or after this time, e.g. 2026-12-06T21:30:00Z (earlier ones, such as TRIMs, stay)').makeOptionMandatory())
+  .option('--dry-run', 'list what would be restored, and change nothing')
+  .action(async (opts: Record<string, unknown>) => {
+    await runUndelete(opts);
+  });
+
+addStoreOptions(program.command('key').command('change'))
+  .description('wrap an encrypted volume\'s data key with a new passphrase or key file (no extent is rewritten)')
+  .addOption(new Option('--passphrase-file <file>', 'the current passphrase, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE'))
+  .addOption(new Option('--key-file <file>', 'the current 32-byte key file').env('S3NBD_KEY_FILE'))
+  .addOption(new Option('--new-passphrase-file <file>', 'the new passphrase, in a file (or set S3NBD_NEW_PASSPHRASE)').env('S3NBD_NEW_PASSPHRASE_FILE'))
+  .addOption(new Option('--new-key-file <file>', 'the new 32-byte key file').env('S3NBD_NEW_KEY_FILE'))
+  .action(async (opts: Record<string, unknown>) => {
+    await runKeyChange(opts);
   });
 
 try {

@@ -17,6 +17,7 @@ import { createLogger } from '../log.ts';
 import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
 import type { Export, ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
+import { loadTls, type TlsMode } from '../protocol/tls.ts';
 import { writeAtomically } from '../storage/volume/cache-dir.ts';
 import { MemoryObjectStore } from '../storage/objects/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
@@ -31,7 +32,8 @@ import { formatBytes, parseDuration, parseFlag, parseListen } from './parse.ts';
 import { policyOf } from './prune.ts';
 import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
-import { type StoreOptions, s3OptionsOf } from './store-options.ts';
+import { describeObjectSettings } from '../storage/format/object-settings.ts';
+import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -41,7 +43,7 @@ export const EXIT_FENCED = 3;
 export const EXIT_JOURNAL_FAILED = 4;
 const STATUS_INTERVAL_MS = 2_000;
 
-interface ServeOptions extends StoreOptions {
+interface ServeOptions extends StoreOptions, ObjectOptions {
   size?: number;
   extentSize?: number;
   listen: string;
@@ -61,6 +63,10 @@ interface ServeOptions extends StoreOptions {
   uploadDelay: number;
   logLevel: string;
   snapshot?: string;
+  tls: TlsMode;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
   snapshotEvery?: string;
   keepLast?: number;
   keepHourly?: number;
@@ -94,6 +100,16 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const readOnly = opts.snapshot !== undefined || (opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false);
   const takeOver = opts.takeOver ?? parseFlag('S3NBD_TAKE_OVER', process.env.S3NBD_TAKE_OVER) ?? false;
   if (Buffer.byteLength(opts.exportName) > MAX_STRING_LENGTH) throw Errors.badExportName(opts.exportName);
+  // The key is read (and S3NBD_PASSPHRASE dropped from the environment) before anything else.
+  const objectRequest = await objectRequestOf(opts);
+  // Credentials are read and checked before anything listens or touches the store.
+  const verifyPeer = opts.tlsVerifyPeer ?? parseFlag('S3NBD_TLS_VERIFY_PEER', process.env.S3NBD_TLS_VERIFY_PEER) ?? false;
+  const tls = await loadTls({
+    mode: opts.tls, modeGiven: cmd.getOptionValueSource('tls') !== 'default', certificates: opts.tlsCertificates, psk: opts.tlsPsk, verifyPeer,
+  });
+  if (tls?.auth === 'psk' && (opts.tlsCertificates !== undefined || verifyPeer)) {
+    log.warn('--tls-psk overrides --tls-certificates and --tls-verify-peer (as in nbdkit): clients authenticate with a pre-shared key');
+  }
   const snapshotEveryMs = snapshotSchedule(opts, readOnly);
 
   // TCP unless only a socket was asked for; both when both were.
@@ -112,7 +128,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     list: () => served.exports?.list() ?? [],
   };
   let ready: (ok: boolean) => void = () => undefined;
-  const server = new NbdServer({ exports, log, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
+  const server = new NbdServer({ exports, log, tls, ready: new Promise<boolean>((resolve) => { ready = resolve; }) });
   const addresses: string[] = [];
   for (const endpoint of endpoints) {
     try {
@@ -135,6 +151,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       store: opts.store,
       s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
       volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
+      objects: objectRequest,
       readOnly,
       snapshot: opts.snapshot,
       memoryCacheBytes: opts.memoryCache,
@@ -228,9 +245,10 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Logged once listening worked, so a failure to listen prints nothing but its one-line error;
   // and once the signal handlers are in place: the line can reach a watcher (pino writes it from
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
-  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize,
+  log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize, objects: describeObjectSettings(volume.objects),
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
     ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
+    tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
 }

@@ -7,7 +7,6 @@
 import type { Logger } from 'pino';
 import type { Export, ExportListing, ExportRegistry } from '../protocol/handshake.ts';
 import type { Manifest } from '../storage/snapshots/manifest.ts';
-import { openSnapshotDevice } from '../storage/snapshots/snapshot-device.ts';
 import type { Storage } from '../storage/stack.ts';
 import { formatBytes } from './parse.ts';
 
@@ -59,12 +58,19 @@ export class GatewayExports implements ExportRegistry {
     try {
       const manifest = await this.storage.snapshots.load(snapshot);
       if (!manifest) return undefined;
-      const { device } = openSnapshotDevice(this.storage.objects, this.storage.volume, manifest, this.memoryCacheBytes, this.storage.clone.sources);
+      const { device } = this.storage.openSnapshot(manifest, this.memoryCacheBytes);
       return { name: `${this.main.name}@${snapshot}`, description: snapshotDescription(manifest, this.storage.volume.id), device };
     } catch (err) {
       this.log.warn({ snapshot, err: (err as Error).message }, 'snapshot cannot be served');
       return undefined;
     }
+  }
+
+  /** Stops serving a snapshot to new connections (it was deleted); connections open on it keep their device. */
+  forget(snapshot: string): void {
+    this.opened.delete(snapshot);
+    this.storage.snapshots.forget(snapshot);
+    this.listed = undefined;
   }
 
   async list(): Promise<readonly ExportListing[]> {

@@ -16,6 +16,8 @@ import { type SnapshotSummary, summaryOf } from '../storage/snapshots/manifest.t
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { type IdleVolume, openIdleVolume } from '../storage/snapshots/idle-volume.ts';
 import { uniqueObjects } from '../storage/snapshots/registry.ts';
+import { restoreSnapshot } from '../storage/snapshots/restore.ts';
+import { openObjectStore } from '../storage/objects/store-url.ts';
 import { openStorage } from '../storage/stack.ts';
 import { formatBytes } from './parse.ts';
 import { showProgress } from './progress.ts';
@@ -43,6 +45,7 @@ export async function onIdleVolume<T>(raw: Record<string, unknown>, command: str
   const opts = raw as unknown as IdleOptions;
   const volume = await openIdleVolume({
     store: opts.store, s3: s3OptionsOf(opts), log: quiet, command, leaseTtlMs: opts.leaseTtl * 1000, collect, wrapStore: withKillHook,
+    onWait: (ms) => process.stderr.write(`s3nbd: the volume's previous writer stopped without releasing it: waiting ${Math.ceil(ms / 1000)} s, until its last requests cannot land any more, before deleting anything\n`),
     onLost: (by) => {
       // Deleting on without the lease could delete what the new holder's snapshots keep.
       process.stderr.write(`s3nbd: ${by} took the volume over: stopped (what was not collected, the next gc collects)\n`);
@@ -142,4 +145,25 @@ export async function runSnapshotList(raw: Record<string, unknown>): Promise<voi
     ...listing.map((s) => [s.name, s.createdAt, formatBytes(s.size), formatBytes(s.extents * storage.volume.extentSize), formatBytes(s.uniqueBytes)])];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+}
+
+/** `snapshot restore NAME`: brings back a deleted snapshot's objects in a bucket that keeps versions (restore.ts). */
+export async function runSnapshotRestore(name: string, raw: Record<string, unknown>): Promise<void> {
+  checkSnapshotName(name);
+  const opts = raw as unknown as IdleOptions;
+  const objects = openObjectStore(opts.store, s3OptionsOf(opts), quiet);
+  try {
+    let listed = 0;
+    let found = 0;
+    let removed = 0;
+    const progress = showProgress(() => `restoring snapshot ${name}: ${listed} versions listed, ${found} of its objects deleted, ${removed} delete markers removed`);
+    try {
+      const result = await restoreSnapshot(objects, name, (p) => { ({ listed, keys: found, removed } = p); });
+      process.stdout.write(`restored snapshot ${name} of ${objects.description}: ${result.restored} deleted objects brought back; serve it with s3nbd serve --snapshot ${name}\n`);
+    } finally {
+      progress.done();
+    }
+  } finally {
+    await objects.close();
+  }
 }

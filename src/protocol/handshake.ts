@@ -8,6 +8,12 @@
 // that sends options and never reads the answers used to make us queue them without end (60 MB
 // of NBD_OPT_INFO grew the gateway by 3 GB); now TCP holds it back, as in the transmission
 // phase. How long a handshake may take at all is the server's business (server.ts).
+//
+// TLS (NBD_OPT_STARTTLS): with a TlsOffer the server runs the spec's FORCEDTLS mode when TLS
+// is required (every option but STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD, so no
+// export name or size leaks in plain text; EXPORT_NAME, which cannot be refused, ends the
+// session), or lets the client choose when it is not. After the upgrade the option haggling
+// starts again: what was negotiated in plain text is forgotten, as the spec asks.
 
 import type { Socket } from 'node:net';
 import type { BlockDevice } from './block-device.ts';
@@ -18,7 +24,7 @@ import {
   Info, MAX_OPTION_LENGTH, MAX_REQUEST_SIZE, MAX_STRING_LENGTH, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, Rep,
 } from './constants.ts';
 import { ProtocolError } from './errors.ts';
-import { ConnectionClosed, type SocketReader } from './socket-reader.ts';
+import { ConnectionClosed, SocketReader } from './socket-reader.ts';
 
 export interface Export {
   readonly name: string;
@@ -44,6 +50,14 @@ export interface Negotiated {
   readonly structuredReplies: boolean;
   /** The client selected base:allocation and may send BLOCK_STATUS. */
   readonly baseAllocation: boolean;
+}
+
+/** How the handshake offers TLS; without one it runs in the spec's NOTLS mode. */
+export interface TlsOffer {
+  /** Every option before STARTTLS (but ABORT) is refused with NBD_REP_ERR_TLS_REQD. */
+  readonly required: boolean;
+  /** Runs the TLS handshake on the paused socket after our ACK; resolves with the encrypted socket. */
+  start(socket: Socket): Promise<Socket>;
 }
 
 /** Smallest I/O the server accepts: any byte; the storage does read-modify-write itself. */
@@ -116,16 +130,39 @@ export class Handshake {
   private baseAllocation = false;
   private metaContextExport: string | undefined;
   private noZeroes = false;
-  private readonly socket: Socket;
-  private readonly reader: SocketReader;
+  private secured = false;
+  /** Options refused with NBD_REP_ERR_TLS_REQD (or an EXPORT_NAME refused by hanging up). */
+  private refusedPlain = 0;
+  private _socket: Socket;
+  private reader: SocketReader;
   private readonly exports: ExportRegistry;
   private readonly shuttingDown: () => boolean;
+  private readonly tls: TlsOffer | undefined;
 
-  constructor(socket: Socket, reader: SocketReader, exports: ExportRegistry, shuttingDown: () => boolean) {
-    this.socket = socket;
+  constructor(socket: Socket, reader: SocketReader, exports: ExportRegistry, shuttingDown: () => boolean, tls?: TlsOffer) {
+    this._socket = socket;
     this.reader = reader;
     this.exports = exports;
     this.shuttingDown = shuttingDown;
+    this.tls = tls;
+  }
+
+  /** The connection as it is now: the TLS socket and its reader once STARTTLS succeeded. */
+  get socket(): Socket {
+    return this._socket;
+  }
+
+  get socketReader(): SocketReader {
+    return this.reader;
+  }
+
+  get usesTls(): boolean {
+    return this.secured;
+  }
+
+  /** How many options were refused because TLS is required and the client had not started it. */
+  get refusedWithoutTls(): number {
+    return this.refusedPlain;
   }
 
   /** Runs the negotiation; resolves undefined when the client aborted it. */
@@ -150,13 +187,26 @@ export class Handshake {
       }
       const data = length > 0 ? await this.reader.read(length) : Buffer.alloc(0);
 
-      if (option === Opt.EXPORT_NAME) return await this.exportName(data);
       if (option === Opt.ABORT) {
         this.reply(option, Rep.ACK);
         return undefined;
       }
+      if (this.tls?.required && !this.secured && option !== Opt.STARTTLS) {
+        this.refusedPlain++;
+        // EXPORT_NAME has no error reply: the spec says to end the session.
+        if (option === Opt.EXPORT_NAME) throw new ProtocolError('NBD_OPT_EXPORT_NAME without TLS, which this server requires');
+        this.reply(option, Rep.ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+        continue;
+      }
+      if (option === Opt.EXPORT_NAME) return await this.exportName(data);
       if (this.shuttingDown()) {
         this.reply(option, Rep.ERR_SHUTDOWN, 'server is shutting down');
+        continue;
+      }
+      if (option === Opt.STARTTLS && this.tls) {
+        if (this.secured) this.reply(option, Rep.ERR_INVALID, 'TLS is already on');
+        else if (data.length !== 0) this.reply(option, Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+        else await this.startTls(this.tls);
         continue;
       }
       try {
@@ -193,7 +243,8 @@ export class Handshake {
         await this.metaContext(option, data);
         return undefined;
       case Opt.STARTTLS:
-        this.reply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server; use a TLS proxy or a private network');
+        // The spec's NOTLS mode: POLICY, since the server could but is told not to.
+        this.reply(option, Rep.ERR_POLICY, 'TLS is off on this server');
         return undefined;
       default:
         this.reply(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
@@ -262,6 +313,28 @@ export class Handshake {
     this.reply(option, Rep.ACK);
   }
 
+  /** ACK, then the TLS handshake; the haggling starts again over TLS with nothing negotiated. */
+  private async startTls(tls: TlsOffer): Promise<void> {
+    // Its errors are seen as the close that follows; until the TLS layer takes the socket, no
+    // other listener would catch them.
+    this._socket.on('error', () => undefined);
+    const early = this.reader.detach();
+    // A client must wait for our ACK before it starts the TLS handshake.
+    if (early > 0) throw new ProtocolError(`${early} bytes sent after NBD_OPT_STARTTLS before its answer`);
+    const ack = optionReply(Opt.STARTTLS, Rep.ACK, Buffer.alloc(0));
+    // The ACK must have left through the plain socket before TLS wraps it.
+    await new Promise<void>((resolve, reject) => {
+      this._socket.write(ack, (err) => (err ? reject(new ConnectionClosed(`connection failed: ${err.message}`)) : resolve()));
+    });
+    const secure = await tls.start(this._socket);
+    this._socket = secure;
+    this.reader = new SocketReader(secure, this.reader.highWaterMark);
+    this.secured = true;
+    this.structuredReplies = false;
+    this.baseAllocation = false;
+    this.metaContextExport = undefined;
+  }
+
   private async negotiated(exp: Export): Promise<Negotiated> {
     // Contexts chosen for another export do not carry over to this one.
     const sameExport = this.metaContextExport !== undefined && await this.exports.find(this.metaContextExport) === exp;
@@ -285,7 +358,10 @@ export class Handshake {
   }
 
   private reply(option: number, type: number, payload: Buffer | string = Buffer.alloc(0)): void {
-    const data = typeof payload === 'string' ? Buffer.from(payload) : payload;
-    this.socket.write(Buffer.concat([u64(OPTION_REPLY_MAGIC), u32(option), u32(type), u32(data.length), data]));
+    this._socket.write(optionReply(option, type, typeof payload === 'string' ? Buffer.from(payload) : payload));
   }
+}
+
+function optionReply(option: number, type: number, data: Buffer): Buffer {
+  return Buffer.concat([u64(OPTION_REPLY_MAGIC), u32(option), u32(type), u32(data.length), data]);
 }

@@ -4,13 +4,15 @@
 
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { LogThrottle } from '../log-throttle.ts';
 import { MAX_OPTION_LENGTH } from './constants.ts';
 import { ProtocolError } from './errors.ts';
-import { type ExportRegistry, Handshake } from './handshake.ts';
+import { type ExportRegistry, Handshake, type TlsOffer } from './handshake.ts';
 import { DEFAULT_SERVER_IN_FLIGHT_BYTES, DEFAULT_SESSION_LIMITS, Session, type SessionLimits, SharedBudget } from './session.ts';
 import { ConnectionClosed, READER_HIGH_WATER_MARK, SocketReader } from './socket-reader.ts';
+import { startTls, TlsHandshakeError, type TlsSettings } from './tls.ts';
 
 /** How long a client must send nothing before a shutting-down server closes its connection. */
 const QUIET_MS = 200;
@@ -53,6 +55,8 @@ export interface ServerOptions {
   readonly maxInFlightBytes?: number;
   /** Default DEFAULT_MAX_CONNECTIONS. */
   readonly maxConnections?: number;
+  /** TLS on the NBD connection (NBD_OPT_STARTTLS); none: STARTTLS is refused. */
+  readonly tls?: TlsSettings;
 }
 
 export class NbdServer {
@@ -67,6 +71,10 @@ export class NbdServer {
   private readonly options: ServerOptions;
   private readonly badClients: LogThrottle;
   private readonly failedSessions: LogThrottle;
+  /** Failed TLS handshakes, and clients refused for not starting TLS when it is required. */
+  private readonly tlsFailures: LogThrottle;
+  private readonly plainRefusals: LogThrottle;
+  private readonly tlsOffer: TlsOffer | undefined;
   /** Shared by every session, so that S3 failing every request is one line per interval, not one per connection. */
   private readonly failedRequests: LogThrottle;
   /** Shared by every session: what one connection may hold is also bounded by what all hold. */
@@ -77,6 +85,10 @@ export class NbdServer {
     this.inFlight = new SharedBudget(options.maxInFlightBytes ?? DEFAULT_SERVER_IN_FLIGHT_BYTES);
     this.badClients = new LogThrottle(options.log, 'warn', { intervalMs: CONNECTION_LOG_MS });
     this.failedSessions = new LogThrottle(options.log, 'error', { intervalMs: CONNECTION_LOG_MS });
+    this.tlsFailures = new LogThrottle(options.log, 'warn', { intervalMs: CONNECTION_LOG_MS });
+    this.plainRefusals = new LogThrottle(options.log, 'warn', { intervalMs: CONNECTION_LOG_MS });
+    const tls = options.tls;
+    this.tlsOffer = tls && { required: tls.mode === 'require', start: (socket) => startTls(socket, tls) };
     this.failedRequests = new LogThrottle(options.log, 'error', { intervalMs: CONNECTION_LOG_MS });
   }
 
@@ -135,8 +147,11 @@ export class NbdServer {
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => this.sockets.delete(socket));
-    log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
-    const reader = new SocketReader(socket, HANDSHAKE_HIGH_WATER_MARK);
+    const remote = socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}`;
+    log.debug({ remote }, 'connection opened');
+    const handshake = new Handshake(socket, new SocketReader(socket, HANDSHAKE_HIGH_WATER_MARK), this.options.exports,
+      () => this.shuttingDown, this.tlsOffer);
+    let timedOut = false;
     let session: Session | undefined;
     try {
       if (this.options.ready && !(await this.options.ready)) {
@@ -148,30 +163,39 @@ export class NbdServer {
         return;
       }
       const timeoutMs = this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+      // The TLS handshake, if any, is part of this time.
       const timer = setTimeout(() => {
         log.debug({ timeoutMs }, 'handshake not finished in time: closing the connection');
+        timedOut = true;
         socket.destroy();
       }, timeoutMs);
-      const negotiated = await new Handshake(socket, reader, this.options.exports, () => this.shuttingDown).run()
-        .finally(() => clearTimeout(timer));
+      const negotiated = await handshake.run().finally(() => clearTimeout(timer));
+      // From here on the connection is the TLS socket if the client started TLS.
+      const { socket: connection, socketReader: reader } = handshake;
       if (!negotiated) {
-        socket.end();
+        connection.end();
         return;
       }
-      log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies }, 'transmission started');
+      const secure = connection instanceof tls.TLSSocket ? `${connection.getProtocol()} ${connection.getCipher().name}` : false;
+      log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies, tls: secure }, 'transmission started');
       reader.setHighWaterMark(READER_HIGH_WATER_MARK);
-      session = new Session(socket, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.inFlight, this.failedRequests);
+      session = new Session(connection, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.inFlight, this.failedRequests);
       this.sessions.add(session);
       if (this.shuttingDown) session.beginShutdown();
       await session.run();
-      socket.end();
+      connection.end();
     } catch (err) {
       // A fuzzer or a broken client can do this hundreds of times a second: one line per
       // interval with a count, the details of each at debug level, stacks only there.
-      if (err instanceof ConnectionClosed) log.debug(err.message);
+      if (err instanceof TlsHandshakeError) {
+        const reason = timedOut ? `not finished within ${this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS} ms` : err.message;
+        log.debug({ remote, reason }, 'TLS handshake failed');
+        this.tlsFailures.write({ conn: connectionId, remote, reason }, 'TLS handshake failed: connection closed');
+      } else if (err instanceof ConnectionClosed) log.debug(err.message);
       else if (err instanceof ProtocolError) {
         log.debug({ reason: err.message }, 'ending session: client broke the protocol');
-        this.badClients.write({ conn: connectionId, reason: err.message }, 'ending session: client broke the protocol');
+        // A plain EXPORT_NAME under --tls require has its own line (below).
+        if (handshake.refusedWithoutTls === 0) this.badClients.write({ conn: connectionId, reason: err.message }, 'ending session: client broke the protocol');
       } else {
         log.debug({ err }, 'ending session after an unexpected error');
         this.failedSessions.write({ conn: connectionId, error: messageOf(err), code: (err as NodeJS.ErrnoException).code },
@@ -179,6 +203,10 @@ export class NbdServer {
       }
       socket.destroy();
     } finally {
+      if (handshake.refusedWithoutTls > 0 && !handshake.usesTls) {
+        this.plainRefusals.write({ conn: connectionId, remote, options: handshake.refusedWithoutTls },
+          'client did not start TLS, which this server requires: its options were answered NBD_REP_ERR_TLS_REQD');
+      }
       if (session) this.sessions.delete(session);
       log.debug('connection closed');
     }

@@ -32,20 +32,40 @@ export class SocketReader {
   private filling: PendingFill | undefined;
   private closed: Error | undefined;
   private readonly socket: Socket;
-  private highWaterMark: number;
+  private _highWaterMark: number;
+
+  // Kept so that detach() can remove them.
+  private readonly onDataEvent = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onEndEvent = (): void => this.onClose(new ConnectionClosed('client closed the connection'));
+  private readonly onCloseEvent = (): void => this.onClose(new ConnectionClosed('connection closed'));
+  private readonly onErrorEvent = (err: Error): void => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`));
 
   constructor(socket: Socket, highWaterMark = READER_HIGH_WATER_MARK) {
     this.socket = socket;
-    this.highWaterMark = highWaterMark;
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onClose(new ConnectionClosed('client closed the connection')));
-    socket.on('close', () => this.onClose(new ConnectionClosed('connection closed')));
-    socket.on('error', (err) => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`)));
+    this._highWaterMark = highWaterMark;
+    socket.on('data', this.onDataEvent).on('end', this.onEndEvent).on('close', this.onCloseEvent).on('error', this.onErrorEvent);
+  }
+
+  /**
+   * Stops reading: the socket is paused and left to its next owner (a TLS layer after
+   * NBD_OPT_STARTTLS), which finds in the socket's own buffer whatever arrives from now on.
+   * Returns how many bytes had been received and not read: bytes the client sent too early.
+   */
+  detach(): number {
+    if (this.pending || this.filling) throw new Error('SocketReader: detach() while a read waits');
+    this.socket.pause();
+    this.socket.off('data', this.onDataEvent).off('end', this.onEndEvent).off('close', this.onCloseEvent).off('error', this.onErrorEvent);
+    this.closed ??= new ConnectionClosed('the connection was handed on');
+    return this.buffered;
+  }
+
+  get highWaterMark(): number {
+    return this._highWaterMark;
   }
 
   /** Changes the high-water mark: small during the handshake, whose options are small too. */
   setHighWaterMark(bytes: number): void {
-    this.highWaterMark = bytes;
+    this._highWaterMark = bytes;
     this.resumeIfLow();
   }
 
@@ -99,7 +119,7 @@ export class SocketReader {
       this.pending = undefined;
       pending.resolve(this.take(pending.length));
     }
-    if (!this.pending && this.buffered >= this.highWaterMark) this.socket.pause();
+    if (!this.pending && this.buffered >= this._highWaterMark) this.socket.pause();
   }
 
   private onClose(err: Error): void {
@@ -126,7 +146,7 @@ export class SocketReader {
   }
 
   private resumeIfLow(): void {
-    if (this.buffered < this.highWaterMark && this.socket.isPaused() && !this.closed) this.socket.resume();
+    if (this.buffered < this._highWaterMark && this.socket.isPaused() && !this.closed) this.socket.resume();
   }
 
   /** Removes `length` bytes from the front; zero-copy when they sit in one chunk. */

@@ -31,12 +31,14 @@ import { ObjectExtents } from './extents/extent-objects.ts';
 import { RetainedObjects } from './extents/retained-objects.ts';
 import { SnapshotRegistry } from './snapshots/registry.ts';
 import { type CloneBase, openCloneBase } from './snapshots/clone.ts';
-import { openSnapshotDevice } from './snapshots/snapshot-device.ts';
+import { type SnapshotDevice, openSnapshotDevice } from './snapshots/snapshot-device.ts';
+import type { Manifest } from './snapshots/manifest.ts';
 import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
 import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
 import { WriteBackCache, type WriteBackOptions } from './cache/write-back-cache.ts';
+import { type ObjectRequest, newObjectSettings, openCodec } from './format/object-settings.ts';
 
 /** The write-back cache's settings, and the lease's that protects it. */
 export interface CacheConfig extends Pick<WriteBackOptions, 'cacheBytes' | 'maxDirtyBytes' | 'uploadConcurrency' | 'flushMode' | 'uploadDelayMs'> {
@@ -49,6 +51,11 @@ export interface StorageConfig {
   readonly store: string;
   readonly s3?: S3Options;
   readonly volume: VolumeRequest;
+  /**
+   * Compression, encryption and key asked for: a new volume's settings, checked against an
+   * existing one's. Absent: inspection (`info`), which reads no extent and needs no key.
+   */
+  readonly objects?: ObjectRequest | undefined;
   readonly readOnly: boolean;
   /** Bytes of clean extents kept in memory. */
   readonly memoryCacheBytes: number;
@@ -70,6 +77,8 @@ export interface Storage {
   readonly volume: Volume;
   readonly created: boolean;
   readonly extents: ObjectExtents;
+  /** A snapshot of this volume as a read-only device, decoded with the volume's codec. */
+  openSnapshot(manifest: Manifest, memoryCacheBytes: number): SnapshotDevice;
   /** The volume's snapshots; a writer's has counted every one in extents.retained. */
   readonly snapshots: SnapshotRegistry;
   /** A clone's origins (none for a volume that is not one): its snapshots read through them too. */
@@ -103,12 +112,15 @@ export const FIRST_CONTACT_MS = 10_000;
  */
 const LATE_UPLOAD_MS = 60_000;
 
-/** Lists the store again once earlier writers' uploads cannot land any more; returns its cancel. */
-function scheduleRecount(extents: ObjectExtents, ms: number, log: Logger): () => Promise<void> {
+/**
+ * Lists the store again once earlier writers' uploads cannot land any more (`recount`: it lists
+ * the manifests and the extents again, and may start the collector); returns its cancel.
+ */
+function scheduleRecount(recount: () => Promise<void>, ms: number, log: Logger): () => Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const attempt = (delay: number): void => {
     timer = setTimeout(() => {
-      extents.recount().catch((err: unknown) => {
+      recount().catch((err: unknown) => {
         log.warn({ err: (err as Error).message }, 'listing the store again failed; retrying in a minute (until then, zeroed extents get tombstones)');
         attempt(60_000);
       });
@@ -174,7 +186,13 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const previous = writeBack && c ? await prepareCacheDir(c.dir) : undefined;
     // The first contact goes through a view of the store with a short retry budget (FIRST_CONTACT_MS).
     const firstReads = objects instanceof S3ObjectStore ? objects.withRetry({ maxAttempts: 4, signal: firstContact.signal, quiet: true }) : objects;
-    const request = { writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create' };
+    const request = {
+      writer: !config.readOnly, ...config.volume, readOnly: config.readOnly && config.volume.mode === 'open-or-create',
+      // The volatile memory store keeps extents raw (format 1): nothing outside this process can
+      // read or damage them, and its writes (DirectExtentStore: a put per write) would pay a
+      // checksum and a compression of the whole extent each.
+      newObjects: (volumeId: string) => (objects instanceof MemoryObjectStore ? Promise.resolve(undefined) : newObjectSettings(config.objects ?? {}, volumeId)),
+    };
     const { volume, created } = await openVolume(firstReads, request, () => {
       // About to create a volume: a cache directory of another volume means a wrong --store.
       if (previous && c) throw Errors.cacheDirNotNew(c.dir, previous.volume, objects.description);
@@ -182,16 +200,20 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     });
     clearTimeout(firstContactTimer);
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
+    // The key is checked here, before the lease is taken: a wrong one changes nothing.
+    const codec = await openCodec(volume, config.objects, objects.description);
     // A clone reads what it has not written from its origin's snapshot (snapshots/clone.ts).
-    const clone = await openCloneBase(volume, config.s3 ?? {}, log);
+    const clone = await openCloneBase(volume, config.s3 ?? {}, log, config.objects);
     opened.push(() => clone.close());
     const snapshots = new SnapshotRegistry(objects, volume, clone.descriptors);
+    const openSnapshot = (manifest: Manifest, memoryCacheBytes: number): SnapshotDevice =>
+      openSnapshotDevice(objects, volume, manifest, memoryCacheBytes, codec, clone.sources);
     if (config.snapshot !== undefined) {
       const manifest = await snapshots.load(config.snapshot);
       if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
-      const snapshot = openSnapshotDevice(objects, volume, manifest, config.memoryCacheBytes, clone.sources);
+      const snapshot = openSnapshot(manifest, config.memoryCacheBytes);
       return {
-        objects, volume, created, extents: snapshot.extents, snapshots, clone, cache: undefined, identity: undefined, device: snapshot.device,
+        objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, device: snapshot.device,
         async close() {
           await closeAll();
           return true;
@@ -203,7 +225,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // garbage only once it holds the lease and has counted every snapshot (below); readers never.
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
-      retained: new RetainedObjects(), collect: false, sources: clone.sources, base: clone.base,
+      retained: new RetainedObjects(), collect: false, codec, log, sources: clone.sources, base: clone.base,
     });
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
@@ -220,9 +242,18 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       });
       opened.push(() => lease.release());
       extents.useEpoch(lease.epoch);
-      opened.push(scheduleRecount(extents, c.leaseTtlMs + LATE_UPLOAD_MS, log));
       await snapshots.retainAll(extents.retained);
-      extents.startCollecting();
+      // On S3 a dead holder's manifest PUT may still land until lease.lateUntil (a `snapshot
+      // create` killed with it in flight): collecting waits until it cannot, and the manifests
+      // are counted again first. A directory store has no requests in flight once their writer
+      // is dead.
+      const lateManifests = !(objects instanceof FileObjectStore) && lease.lateUntil > Date.now();
+      if (!lateManifests) extents.startCollecting();
+      opened.push(scheduleRecount(async () => {
+        if (lateManifests) await snapshots.retainAll(extents.retained);
+        await extents.recount();
+        extents.startCollecting();
+      }, Math.max(c.leaseTtlMs + LATE_UPLOAD_MS, lease.lateUntil - Date.now()), log));
       cache = await WriteBackCache.open(extents, {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
@@ -239,7 +270,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
-      objects, volume, created, extents, snapshots, clone, cache, identity, device,
+      objects, volume, created, extents, snapshots, clone, openSnapshot, cache, identity, device,
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;

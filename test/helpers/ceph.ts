@@ -12,6 +12,7 @@
 // pause(), resume() and restart() act on radosgw, the S3 server proper; the monitor and the
 // OSD, which hold the data, keep running, so a restarted gateway finds every object again.
 
+import { registerSecret } from './log-sweep.ts';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -22,6 +23,7 @@ import { freePort, requireTool, TOOL_ENV } from './tools.ts';
 
 const USER = 's3nbdtest';
 const SECRET = 's3nbdtestsecret';
+registerSecret('Ceph RGW secret key', SECRET);
 /** A start takes 1-3 s on an idle 2-core machine, up to 10 s on a loaded one; this bounds each attempt. */
 const START_TIMEOUT_MS = 60_000;
 const COMMAND_TIMEOUT_MS = 30_000;

@@ -2,6 +2,7 @@
 // `node src/cli/main.ts serve ...`, its log kept in a file, its RSS readable from /proc, and
 // killed when the test process exits.
 
+import { keepOutput } from './log-sweep.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -36,7 +37,10 @@ export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: st
   let logs = '';
   let ready = false;
   let killed = false;
-  const exited = new Promise<number | null>((res) => child.once('close', (code) => res(code)));
+  const exited = new Promise<number | null>((res) => child.once('close', (code) => {
+    logFile.end(() => keepOutput('gateway log', readFileSync(logPath, 'utf8')));
+    res(code);
+  }));
   const onExit = (): void => { child.kill('SIGKILL'); };
   process.on('exit', onExit);
   void exited.then(() => process.off('exit', onExit));

@@ -1,5 +1,6 @@
 // Starts the real s3nbd CLI (the built dist/) as a child process for end-to-end tests.
 
+import { keepOutput } from './log-sweep.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,6 +47,7 @@ export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}, 
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
   const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+  keepOutput(`s3nbd ${args.slice(0, 2).join(' ')}`, stdout + stderr);
   return { code, stdout, stderr };
 }
 
@@ -61,13 +63,17 @@ export async function startGateway(args: readonly string[], options: { socket: s
     env: { ...process.env, ...options.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
-  const killOnExit = (): void => { child.kill('SIGKILL'); };
+  let logs = '';
+  const killOnExit = (): void => {
+    child.kill('SIGKILL');
+    keepOutput('gateway log (still running at exit)', logs);
+  };
   process.on('exit', killOnExit);
   running.add(child);
-  let logs = '';
   child.stderr.on('data', (d: Buffer) => { logs += d.toString(); });
   const exited = new Promise<number | null>((res) => child.on('exit', (code, signal) => {
     process.off('exit', killOnExit);
+    keepOutput('gateway log', logs);
     running.delete(child);
     res(code ?? (signal ? -1 : null));
   }));

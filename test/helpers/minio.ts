@@ -5,16 +5,18 @@
 // or restarted from here. A missing binary is built, and a build that cannot run fails the
 // tests: never a skip.
 
+import { registerSecret } from './log-sweep.ts';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BucketAlreadyOwnedByYou, CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { BucketAlreadyOwnedByYou, CreateBucketCommand, PutObjectLockConfigurationCommand, S3Client } from '@aws-sdk/client-s3';
 import { freePort, REPO } from './tools.ts';
 
 const MINIO_RELEASE = 'RELEASE.2025-10-15T17-29-55Z';
 const ROOT_USER = 's3nbdtest';
 const ROOT_PASSWORD = 's3nbdtestsecret';
+registerSecret('MinIO secret key', ROOT_PASSWORD);
 const START_TIMEOUT_MS = 30_000;
 
 export interface S3TestServer {
@@ -250,17 +252,41 @@ function externalServer(endpoint: string): S3TestServer {
   return server;
 }
 
-export async function createBucket(server: S3TestServer, name: string): Promise<void> {
-  const client = new S3Client({
+/** An SDK client of the server's, with its credentials; destroy() it after use. */
+export function sdkClient(server: S3TestServer): S3Client {
+  return new S3Client({
     endpoint: server.endpoint,
     region: server.region,
     forcePathStyle: true,
     credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
   });
+}
+
+export async function createBucket(server: S3TestServer, name: string): Promise<void> {
+  const client = sdkClient(server);
   try {
     await client.send(new CreateBucketCommand({ Bucket: name }));
   } catch (err) {
     if (!(err instanceof BucketAlreadyOwnedByYou)) throw err;
+  } finally {
+    client.destroy();
+  }
+}
+
+/**
+ * Creates a bucket with S3 Object Lock (and so versioning), whose objects are each kept for
+ * `days` after they are written: as on AWS, through the S3 API (CreateBucket with
+ * ObjectLockEnabledForBucket, then a default retention). In GOVERNANCE mode only a request
+ * with x-amz-bypass-governance-retention, from someone allowed to, deletes such a version early.
+ */
+export async function createLockedBucket(server: S3TestServer, name: string, retention: { mode: 'GOVERNANCE' | 'COMPLIANCE'; days: number }): Promise<void> {
+  const client = sdkClient(server);
+  try {
+    await client.send(new CreateBucketCommand({ Bucket: name, ObjectLockEnabledForBucket: true }));
+    await client.send(new PutObjectLockConfigurationCommand({
+      Bucket: name,
+      ObjectLockConfiguration: { ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: retention.mode, Days: retention.days } } },
+    }));
   } finally {
     client.destroy();
   }

@@ -5,7 +5,8 @@
 // connection resets, answers cut short or corrupted, and the ways a server can hold a client
 // without failing: a request held unanswered (a stall), a body sent a few bytes a second (a
 // trickle), and a body or Content-Length larger than the object asked for. Or it strips
-// headers, as a server that ignores them would. Only path-style requests
+// headers, as a server that ignores them would, or refuses writes without a checksum header, as
+// AWS does in a bucket with Object Lock. Only path-style requests
 // (http://proxy/BUCKET/KEY) are classified.
 
 import { Agent, createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
@@ -24,8 +25,8 @@ export interface ProxiedRequest {
   readonly kind: RequestKind;
   /** Its User-Agent header ('' if none). */
   readonly userAgent: string;
-  /** The fault applied to it, if any. */
-  fault?: Fault['kind'];
+  /** The fault applied to it, if any; 'no checksum' when requireChecksums() refused it. */
+  fault?: Fault['kind'] | 'no checksum';
 }
 
 export type Match = (request: ProxiedRequest) => boolean;
@@ -93,6 +94,12 @@ export interface S3FaultProxy {
    * server one that ignores conditional writes. [] forwards requests unchanged again.
    */
   stripHeaders(names: readonly string[], secretAccessKey?: string): void;
+  /**
+   * From now on (`true`), answers every PutObject and DeleteObjects that has neither
+   * Content-MD5 nor an x-amz-checksum-* header with AWS's 400 InvalidRequest, as AWS does in a
+   * bucket with Object Lock (MinIO and Ceph RGW 16 do not insist). `false` forwards them again.
+   */
+  requireChecksums(on: boolean): void;
 }
 
 /** Matches requests of one kind, optionally only for keys that contain `keyPart`. */
@@ -122,6 +129,7 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
   /** Requests a stall holds, with how to forward them once released. */
   let stalled: Array<() => void> = [];
   let strip: { names: readonly string[]; secret: string } | undefined;
+  let checksumsRequired = false;
 
   const server = createServer((req, res) => {
     const info = describe(req);
@@ -131,7 +139,11 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
       fault.remaining--;
       info.fault = fault.kind;
     }
-    if (fault?.kind === 'reset') {
+    if (checksumsRequired && !fault && (info.kind === 'PUT object' || info.kind === 'DELETE objects') && !hasChecksum(req)) {
+      info.fault = 'no checksum';
+      req.resume();
+      req.once('end', () => reply(res, 400, checksumRequiredXml(info)));
+    } else if (fault?.kind === 'reset') {
       req.socket.resetAndDestroy();
     } else if (fault?.kind === 'reply') {
       // Read the body first, so the connection stays usable, as with a real server.
@@ -199,6 +211,7 @@ export async function startFaultProxy(target: string): Promise<S3FaultProxy> {
     oversizeBodyNext: (times, extraBytes, match = () => true) => add({ kind: 'oversize', remaining: times, match, extraBytes }),
     inflateLengthNext: (times, contentLength, match = () => true) => add({ kind: 'inflate', remaining: times, match, contentLength }),
     stripHeaders: (names, secret = '') => { strip = names.length === 0 ? undefined : { names, secret }; },
+    requireChecksums: (on) => { checksumsRequired = on; },
   };
 }
 
@@ -348,6 +361,17 @@ function trickle(answer: IncomingMessage, res: ServerResponse, bytesPerSecond: n
 function errorXml(code: string, info: ProxiedRequest): string {
   return `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>injected by the test fault proxy</Message>`
     + `<Resource>/${info.bucket}/${info.key}</Resource><RequestId>fault-proxy</RequestId></Error>`;
+}
+
+function hasChecksum(req: IncomingMessage): boolean {
+  return Object.keys(req.headers).some((name) => name === 'content-md5' || name.startsWith('x-amz-checksum-'));
+}
+
+/** AWS's answer to a PutObject without a checksum in a bucket with Object Lock (its code and message). */
+function checksumRequiredXml(info: ProxiedRequest): string {
+  const what = info.kind === 'PUT object' ? 'Put Object' : 'Delete Objects';
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code><Message>Content-MD5 OR x-amz-checksum- HTTP header is required for ${what} requests with Object Lock parameters</Message>`
+    + `<RequestId>fault-proxy</RequestId></Error>`;
 }
 
 function reply(res: ServerResponse, status: number, body: string): void {

@@ -1,6 +1,7 @@
 // Running the real tools the end-to-end tests drive. A missing tool is a failure, never a
 // skip: the test command installs them (scripts/install-test-deps.sh).
 
+import { keepOutput } from './log-sweep.ts';
 import { execFile, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
@@ -29,6 +30,9 @@ export const TOOL_PACKAGES = {
   fio: 'fio',
   nbdkit: 'nbdkit',
   openssl: 'openssl',
+  // TLS credentials for the tests of TLS on the NBD connection (test/helpers/tls-certs.ts).
+  certtool: 'gnutls-bin',
+  psktool: 'gnutls-bin',
   'mkfs.ext4': 'e2fsprogs',
   e2fsck: 'e2fsprogs',
   fusermount3: 'fuse3',
@@ -90,6 +94,7 @@ export function run(cmd: string, args: readonly string[], options: RunOptions = 
       maxBuffer: 64 * 1024 * 1024,
     }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+      keepOutput(`${cmd} ${args.slice(0, 3).join(' ')}`, `${String(stdout)}${String(stderr)}`);
       resolve({ code, stdout: String(stdout), stderr: String(stderr) });
     });
     if (options.input !== undefined) child.stdin?.end(options.input);

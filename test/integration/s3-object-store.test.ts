@@ -374,6 +374,47 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
       assert.deepEqual(await direct.get('meta'), data, 'the check rewrote the same bytes at most');
     });
 
+    it('sends a checksum with every PutObject, as AWS requires in a bucket with Object Lock: direct, signed, conditional and through the SDK', async () => {
+      const prefix = `lock-${randomBytes(4).toString('hex')}`;
+      const { store } = openBehindProxy({ prefix });
+      // An IP address as the endpoint keeps the SDK's requests path-style, but without
+      // forcePathStyle the store has no direct path: every request goes through the SDK, as on AWS.
+      const sdkOnly = open({ prefix, endpoint: proxy.endpoint, forcePathStyle: false });
+      const credentials = () => Promise.resolve({ accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey });
+      const signing = new DirectS3({ bucket, maxSockets: 2, credentials, region: () => Promise.resolve(server.region), endpoint: new URL(proxy.endpoint), signPayloads: true });
+      const data = randomBytes(100_000);
+      const never = new AbortController().signal;
+      proxy.clearRequests();
+      proxy.requireChecksums(true);
+      try {
+        await store.put('direct', data);
+        await sdkOnly.put('sdk', data);
+        assert.notEqual(proxy.requests.at(-1)?.userAgent, USER_AGENT, 'that PUT went through the SDK');
+        // A signed body costs no CRC-32 until the server asks for one; then every later one has it.
+        await signing.put(`${prefix}/signed`, data, never);
+        await signing.put(`${prefix}/signed-again`, data, never);
+        const tag = await sdkOnly.putIf('lease', Buffer.from('first'), undefined);
+        assert.ok(tag, 'created');
+        assert.ok(await store.putIf('lease', Buffer.from('renewed'), tag), 'replaced');
+        await store.checkConditionalWrites('lease', Buffer.from('renewed'));
+        await sdkOnly.checkConditionalWrites('lease', Buffer.from('renewed'));
+        await store.deleteMany(['sdk']);
+        await sdkOnly.deleteMany(['direct']);
+      } finally {
+        proxy.requireChecksums(false);
+        signing.close();
+      }
+      // Ceph RGW 16 returns no CRC, so the store's direct path signs its bodies from its first
+      // PUT on (see DirectS3.put), and is refused once too.
+      const refused = proxy.requests.filter((r) => r.fault === 'no checksum').map((r) => r.key.slice(prefix.length + 1));
+      assert.deepEqual(refused, ignoresCrc ? ['direct', 'signed'] : ['signed']);
+      const check = open({ prefix });
+      assert.deepEqual(await keys(check), ['lease', 'signed', 'signed-again']);
+      assert.ok((await check.get('signed'))?.equals(data));
+      assert.ok((await check.get('signed-again'))?.equals(data));
+      assert.equal((await check.get('lease'))?.toString(), 'renewed');
+    });
+
     it('throws on DeleteObjects errors, retrying only the keys whose errors are transient', async () => {
       const prefix = `del-${randomBytes(4).toString('hex')}`;
       const { store } = openBehindProxy({ prefix });

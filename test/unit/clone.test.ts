@@ -13,6 +13,8 @@ import { UserError } from '../../src/errors.ts';
 import { EXTENT_PREFIX } from '../../src/storage/extents/extent-keys.ts';
 import { type ExtentSource, ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import { RetainedObjects } from '../../src/storage/extents/retained-objects.ts';
+import type { ExtentCodec } from '../../src/storage/format/extent-codec.ts';
+import { openCodec } from '../../src/storage/format/object-settings.ts';
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { cloneMarkerKey, createClone, listClones, missingClones, openCloneBase } from '../../src/storage/snapshots/clone.ts';
@@ -33,19 +35,21 @@ async function keys(store: ObjectStore, prefix = EXTENT_PREFIX): Promise<string[
 }
 
 /** A writer on the volume in `path`, as the stack opens one (clone base, snapshots counted, then collecting). */
-async function writer(path: string): Promise<{ store: FileObjectStore; volume: Volume; layer: ObjectExtents; registry: SnapshotRegistry; sources: readonly ExtentSource[]; close(): Promise<void> }> {
+async function writer(path: string): Promise<{ store: FileObjectStore; volume: Volume; layer: ObjectExtents; registry: SnapshotRegistry; sources: readonly ExtentSource[]; codec: ExtentCodec; close(): Promise<void> }> {
   const store = new FileObjectStore(path);
   const { volume } = await openVolume(store, { mode: 'open' });
   const clone = await openCloneBase(volume, {}, log);
+  // The volume's own codec (format 2: headed objects), as a gateway uses it.
+  const codec = await openCodec(volume, undefined, store.description);
   const layer = await ObjectExtents.open(store, {
-    extentSize: E, extentCount: COUNT, volumeId: volume.id, retained: new RetainedObjects(), collect: false, sources: clone.sources, base: clone.base,
+    extentSize: E, extentCount: COUNT, volumeId: volume.id, retained: new RetainedObjects(), collect: false, sources: clone.sources, base: clone.base, codec,
   });
   const registry = new SnapshotRegistry(store, volume, clone.descriptors);
   await registry.retainAll(layer.retained);
   layer.useEpoch(layer.maxEpoch + 1);
   layer.startCollecting();
   return {
-    store, volume, layer, registry, sources: clone.sources,
+    store, volume, layer, registry, sources: clone.sources, codec,
     async close() {
       await layer.close();
       await clone.close();
@@ -109,7 +113,7 @@ describe('clones', () => {
     assert.deepEqual(c1.references.map((r) => [r.index, r.source]), [[0, 1], [1, 0], [3, 0], [4, 1], [5, 1], [6, 1], [7, 1], [9, 0]]);
     await clone.layer.put(0, fill(6));
     await clone.layer.collectGarbage();
-    const { extents } = openSnapshotDevice(clone.store, clone.volume, (await new SnapshotRegistry(clone.store, clone.volume).load('c1'))!, 0, clone.sources);
+    const { extents } = openSnapshotDevice(clone.store, clone.volume, (await new SnapshotRegistry(clone.store, clone.volume).load('c1'))!, 0, clone.codec, clone.sources);
     assert.deepEqual(await readLayer(extents), [1, 3, u, 5, 1, 1, 1, 1, u, 3, u, u, u, u, u, u]);
     await clone.close();
   });

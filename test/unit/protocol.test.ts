@@ -3,81 +3,13 @@
 // by the spec and stay up for the next connection.
 
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { Cmd, IHAVEOPT, NbdErrno, Opt, Rep, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from '../../src/protocol/constants.ts';
+import { Cmd, NbdErrno, Opt, Rep, STRUCTURED_REPLY_MAGIC } from '../../src/protocol/constants.ts';
 import type { Export } from '../../src/protocol/handshake.ts';
 import { NbdServer } from '../../src/protocol/server.ts';
-import { SocketReader } from '../../src/protocol/socket-reader.ts';
-import { encodeRequest } from '../../src/protocol/wire.ts';
+import { RawClient } from '../helpers/raw-client.ts';
 import { openStorage, type Storage } from '../../src/storage/stack.ts';
-
-class RawClient {
-  readonly socket: net.Socket;
-  readonly reader: SocketReader;
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    this.reader = new SocketReader(socket);
-  }
-
-  static async connect(port: number): Promise<RawClient> {
-    const socket = net.connect(port, '127.0.0.1');
-    await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    const client = new RawClient(socket);
-    const greeting = await client.reader.read(18);
-    assert.equal(greeting.toString('latin1', 0, 8), 'NBDMAGIC');
-    assert.equal(greeting.readUInt16BE(16), 3, 'FIXED_NEWSTYLE | NO_ZEROES');
-    socket.write(Buffer.from([0, 0, 0, 3]));
-    return client;
-  }
-
-  sendOption(option: number, data: Buffer = Buffer.alloc(0)): void {
-    const h = Buffer.alloc(16);
-    h.writeBigUInt64BE(IHAVEOPT, 0);
-    h.writeUInt32BE(option, 8);
-    h.writeUInt32BE(data.length, 12);
-    this.socket.write(Buffer.concat([h, data]));
-  }
-
-  async optionReply(): Promise<{ option: number; type: number; data: Buffer }> {
-    const h = await this.reader.read(20);
-    const length = h.readUInt32BE(16);
-    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: length ? await this.reader.read(length) : Buffer.alloc(0) };
-  }
-
-  /** NBD_OPT_GO for the default export with no info requests; returns the transmission flags. */
-  async go(): Promise<number> {
-    this.sendOption(Opt.GO, Buffer.from([0, 0, 0, 0, 0, 0]));
-    let flags = -1;
-    for (;;) {
-      const r = await this.optionReply();
-      if (r.type === Rep.INFO && r.data.readUInt16BE(0) === 0) flags = r.data.readUInt16BE(10);
-      if (r.type === Rep.ACK) return flags;
-      assert.equal(r.type, Rep.INFO);
-    }
-  }
-
-  request(type: number, offset: number, length: number, flags = 0, handle = 1, payload?: Buffer): void {
-    const h = Buffer.alloc(8);
-    h.writeUInt32BE(handle, 4);
-    this.socket.write(encodeRequest({ flags, type, handle: h, offset, length }));
-    if (payload) this.socket.write(payload);
-  }
-
-  async simpleReply(): Promise<{ errno: number; handle: number }> {
-    const r = await this.reader.read(16);
-    assert.equal(r.readUInt32BE(0), SIMPLE_REPLY_MAGIC);
-    return { errno: r.readUInt32BE(4), handle: r.readUInt32BE(12) };
-  }
-
-  closed(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.socket.destroyed) resolve();
-      else this.socket.once('close', () => resolve());
-    });
-  }
-}
 
 describe('NBD server protocol edge cases', () => {
   let storage: Storage;
@@ -106,12 +38,12 @@ describe('NBD server protocol edge cases', () => {
     await storage.close();
   });
 
-  it('answers unknown options and STARTTLS with ERR_UNSUP and carries on', async () => {
+  it('answers unknown options with ERR_UNSUP, STARTTLS without --tls with ERR_POLICY, and carries on', async () => {
     const c = await RawClient.connect(port);
     c.sendOption(42, Buffer.from('whatever'));
     assert.equal((await c.optionReply()).type, Rep.ERR_UNSUP);
     c.sendOption(Opt.STARTTLS);
-    assert.equal((await c.optionReply()).type, Rep.ERR_UNSUP);
+    assert.equal((await c.optionReply()).type, Rep.ERR_POLICY, "the spec's NOTLS mode");
     c.sendOption(Opt.LIST);
     const listed = await c.optionReply();
     assert.equal(listed.type, Rep.SERVER);

@@ -1,9 +1,11 @@
 // Snapshots and the garbage collector (src/storage/snapshots/registry.ts): a writer never
 // collects an object a snapshot holds, nor deletes one when it zeroes an extent; deleting a
-// snapshot collects exactly the objects only it held; a snapshot reads back as it was taken.
+// snapshot collects exactly the objects only it held; a snapshot reads back as it was taken;
+// a lease taken from a dead holder says until when its manifest PUT may still land.
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { pino } from 'pino';
 import { UserError } from '../../src/errors.ts';
 import { EXTENT_PREFIX, parseExtentKey } from '../../src/storage/extents/extent-keys.ts';
 import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
@@ -14,11 +16,12 @@ import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import type { Manifest } from '../../src/storage/snapshots/manifest.ts';
 import { SnapshotRegistry } from '../../src/storage/snapshots/registry.ts';
 import { openSnapshotDevice } from '../../src/storage/snapshots/snapshot-device.ts';
+import { LATE_WRITE_MS, Lease } from '../../src/storage/volume/lease.ts';
 import type { Volume } from '../../src/storage/volume/volume.ts';
 
 const E = 4096;
 const COUNT = 16;
-const volume: Volume = { id: 'vol-1', size: E * COUNT, extentSize: E, createdAt: '2026-12-06T00:00:00.000Z', version: 2 };
+const volume: Volume = { id: 'vol-1', size: E * COUNT, extentSize: E, createdAt: '2026-12-06T00:00:00.000Z' };
 const fill = (byte: number): Buffer => Buffer.alloc(E, byte);
 
 async function extentKeys(store: ObjectStore): Promise<string[]> {
@@ -155,5 +158,27 @@ describe('snapshot registry', () => {
     assert.equal(reader.garbage.pending, 0);
     await reader.collectGarbage();
     assert.equal((await extentKeys(store)).length, 3);
+  });
+});
+
+describe('late manifests (lease lateUntil)', () => {
+  const log = pino({ level: 'silent' });
+  const take = (store: ObjectStore, owner: string, onlyDeletes = false): Promise<Lease> =>
+    Lease.acquire(store, { owner, ttlMs: 60_000, takeOver: true, log, onLost: () => undefined, onlyDeletes });
+
+  it('marks a lease whose holder died, carries the mark through clean holders, and adds none for a holder that only deletes', async () => {
+    const store = new MemoryObjectStore();
+    const first = await take(store, 'a');
+    assert.equal(first.lateUntil, 0, 'nobody before it');
+    // `first` dies holding the lease; the next holder takes it over.
+    const second = await take(store, 'b');
+    assert.ok(second.lateUntil >= Date.now() + LATE_WRITE_MS, 'the dead holder\'s expiry plus LATE_WRITE_MS');
+    await second.release();
+    const third = await take(store, 'c', true);
+    assert.equal(third.lateUntil, second.lateUntil, 'carried through a clean release');
+    // `third` only deletes, and dies: it adds nothing, the mark is carried on.
+    const fourth = await take(store, 'd');
+    assert.equal(fourth.lateUntil, second.lateUntil);
+    for (const l of [first, third, fourth]) await l.release();
   });
 });

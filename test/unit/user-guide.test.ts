@@ -24,7 +24,8 @@ function shellLines(): string[] {
 
 describe('the user guide (docs/kernel-client.md)', () => {
   it('uses only client commands that the VM tests run, verbatim', () => {
-    const scripts = [backupScript(1, { probeMissingModule: true }), backupScript(4), restoreScript(4), interruptedBackupScript(), afterCrashScript()];
+    const scripts = [backupScript(1, { probeMissingModule: true }), backupScript(4), backupScript(4, { tls: true }), restoreScript(4),
+      interruptedBackupScript(), afterCrashScript()];
     const guestLines = new Set(scripts.flatMap((s) => s.split('\n').map((l) => l.trim())));
     // The gateway side (docker, s3nbd) is checked by the option tests below; GATEWAY= is the
     // one line the tests set differently.

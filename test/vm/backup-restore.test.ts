@@ -6,10 +6,13 @@
 // configured through S3NBD_* variables only, as the container is.
 //
 // Once with one connection, restored in the VM with nbd-client -C 4; once with -C 4,
-// restored on the host through nbdfuse and a loop device.
+// restored on the host through nbdfuse and a loop device; once over TLS (the guide's TLS
+// section: --tls require --tls-verify-peer, nbd-client -certfile/-keyfile/-cacertfile, -C 4),
+// restored in the VM over TLS too.
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -17,9 +20,10 @@ import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { attachKernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
 import { type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
+import { makeCredentials, type TestCredentials } from '../helpers/tls-certs.ts';
 import { freePort, requireTool, run, runOk } from '../helpers/tools.ts';
 import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf, type VmImage, vmImage } from '../helpers/vm.ts';
-import { BACKUP_STEPS, backupScript, DELETED, NETLINK_ERROR, RESTORE_STEPS, restoreScript } from './guest-scripts.ts';
+import { BACKUP_STEPS, backupScript, DELETED, NETLINK_ERROR, RESTORE_STEPS, restoreScript, TLS_CLIENT_FILES } from './guest-scripts.ts';
 
 const BUCKET = 's3nbd-vm-tests';
 
@@ -28,9 +32,11 @@ describe('a backup from the kernel NBD client, restored through a new gateway wi
   let image: VmImage;
   let s3: S3TestServer;
   let proxy: S3FaultProxy;
+  let creds: TestCredentials;
 
   before(async () => {
     for (const tool of ['nbdfuse', 'e2fsck', 'losetup'] as const) requireTool(tool);
+    creds = await makeCredentials(dir.path);
     image = await vmImage();
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
@@ -44,7 +50,7 @@ describe('a backup from the kernel NBD client, restored through a new gateway wi
   });
 
   /** The gateway as the container runs it: every setting from the environment. */
-  async function gateway(store: string, name: string): Promise<{ gateway: Gateway; port: number }> {
+  async function gateway(store: string, name: string, tls = false): Promise<{ gateway: Gateway; port: number }> {
     const port = await freePort();
     const gw = await startGateway(['--take-over'], {
       socket: join(dir.path, `${name}.sock`),
@@ -52,9 +58,23 @@ describe('a backup from the kernel NBD client, restored through a new gateway wi
         S3NBD_STORE: store, S3NBD_SIZE: '1G', S3NBD_S3_ENDPOINT: proxy.endpoint, S3NBD_S3_REGION: s3.region,
         S3NBD_S3_FORCE_PATH_STYLE: '1', S3NBD_LISTEN: `127.0.0.1:${port}`, S3NBD_CACHE_DIR: join(dir.path, `${name}.cache`),
         AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+        ...(tls ? { S3NBD_TLS: 'require', S3NBD_TLS_CERTIFICATES: creds.serverDir, S3NBD_TLS_VERIFY_PEER: '1' } : {}),
       },
     });
     return { gateway: gw, port };
+  }
+
+  /** The client's certificate, key and CA certificate, for the guest's root. */
+  function tlsFiles(): Map<string, string> {
+    return new Map(TLS_CLIENT_FILES.map((f) => [f, readFileSync(join(creds.clientDir, f), 'utf8')]));
+  }
+
+  /** Every connection of the gateway went over TLS, or none did. */
+  function assertTls(gw: Gateway, tls: boolean): void {
+    const started = [...gw.logs().matchAll(/"msg":"transmission started"/g)].length;
+    const secure = [...gw.logs().matchAll(/"tls":"TLSv1\.[23] [^"]+","msg":"transmission started"/g)].length;
+    assert.ok(started > 0, gw.logs());
+    assert.equal(secure, tls ? started : 0, gw.logs());
   }
 
   /** Runs a guest script to the end; returns its console after checking its steps and result. */
@@ -72,11 +92,12 @@ describe('a backup from the kernel NBD client, restored through a new gateway wi
   }
 
   /** The backup through one gateway, which is then killed: returns the checksums the guest printed. */
-  async function backup(store: string, connections: 1 | 4): Promise<Map<string, string>> {
-    const { gateway: gw, port } = await gateway(store, `backup-${connections}`);
+  async function backup(store: string, connections: 1 | 4, tls = false): Promise<Map<string, string>> {
+    const { gateway: gw, port } = await gateway(store, `backup-${connections}${tls ? '-tls' : ''}`, tls);
     proxy.clearRequests();
     const probeMissingModule = connections === 1;
-    const output = await runGuest(backupScript(connections, { probeMissingModule }), BACKUP_STEPS, port, gw);
+    const output = await runGuest(backupScript(connections, { probeMissingModule, tls }), BACKUP_STEPS, port, gw, tls ? tlsFiles() : undefined);
+    assertTls(gw, tls);
 
     const sums = checksumsOf(output);
     // 240 + 16 + 3 files, less 100 notes, 6 photos and one archive.
@@ -97,16 +118,25 @@ describe('a backup from the kernel NBD client, restored through a new gateway wi
     return sums;
   }
 
-  it('one connection, restored in the VM with nbd-client -C 4', { timeout: 900_000 }, async () => {
-    const store = `s3://${BUCKET}/one-connection`;
-    const sums = await backup(store, 1);
-
-    const { gateway: gw, port } = await gateway(store, 'restore-in-vm');
+  /** A new gateway with an empty cache, and the guide's restore in the VM with nbd-client -C 4. */
+  async function restoreInVm(store: string, sums: Map<string, string>, name: string, tls = false): Promise<void> {
+    const { gateway: gw, port } = await gateway(store, name, tls);
     assert.match(gw.logs(), /"storedExtents":[1-9]/);
     const lines = [...sums].map(([path, hash]) => `${hash}  ${path}\n`).join('');
-    await runGuest(restoreScript(4), RESTORE_STEPS, port, gw, new Map([['sums', lines]]));
+    await runGuest(restoreScript(4, { tls }), RESTORE_STEPS, port, gw, new Map([['sums', lines], ...(tls ? tlsFiles() : [])]));
     assert.equal([...gw.logs().matchAll(/"msg":"connection opened"/g)].length, 4);
+    assertTls(gw, tls);
     assert.equal(await gw.stop('SIGTERM'), 0, gw.logs());
+  }
+
+  it('one connection, restored in the VM with nbd-client -C 4', { timeout: 900_000 }, async () => {
+    const store = `s3://${BUCKET}/one-connection`;
+    await restoreInVm(store, await backup(store, 1), 'restore-in-vm');
+  });
+
+  it('over TLS (--tls require --tls-verify-peer; nbd-client -certfile -keyfile -cacertfile, -C 4), restored in the VM over TLS', { timeout: 900_000 }, async () => {
+    const store = `s3://${BUCKET}/tls`;
+    await restoreInVm(store, await backup(store, 4, true), 'restore-tls', true);
   });
 
   it('four connections (nbd-client -C 4), restored on the host through nbdfuse and a loop device', { timeout: 900_000 }, async () => {

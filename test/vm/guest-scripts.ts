@@ -20,18 +20,28 @@ disconnect() {
 }
 `;
 
-/** The guide's connect command, with one or four connections. */
-function connect(connections: 1 | 4): string {
-  return connections === 4
-    ? 'nbd-client -b 4096 -C 4 $GATEWAY 10809 /dev/nbd0'
-    : 'nbd-client -b 4096 $GATEWAY 10809 /dev/nbd0';
+/** The client's TLS files: the test puts them at the guest's root, the script copies them to the guide's directory. */
+export const TLS_CLIENT_FILES = ['ca-cert.pem', 'client-cert.pem', 'client-key.pem'] as const;
+const TLS_DIR = '/etc/nbd-client';
+
+export interface ConnectOptions {
+  /** nbd-client with -certfile/-keyfile/-cacertfile (the guide's TLS section). */
+  readonly tls?: boolean;
 }
 
-const CONNECT_AND_TUNE = (connections: 1 | 4): string => `
+/** The guide's connect command, with one or four connections, with or without TLS. */
+function connect(connections: 1 | 4, options: ConnectOptions): string {
+  const tls = options.tls ? ` -certfile ${TLS_DIR}/client-cert.pem -keyfile ${TLS_DIR}/client-key.pem -cacertfile ${TLS_DIR}/ca-cert.pem` : '';
+  const command = `nbd-client -b 4096${connections === 4 ? ' -C 4' : ''}${tls} $GATEWAY 10809 /dev/nbd0`;
+  // The files arrive at the root of the guest; users keep them in the guide's directory.
+  return options.tls ? `mkdir -p ${TLS_DIR} && cp ${TLS_CLIENT_FILES.map((f) => `/${f}`).join(' ')} ${TLS_DIR}/\n${command}` : command;
+}
+
+const CONNECT_AND_TUNE = (connections: 1 | 4, options: ConnectOptions = {}): string => `
 step modprobe
 modprobe nbd
 step connect
-${connect(connections)}
+${connect(connections, options)}
 echo 1024 > /sys/block/nbd0/queue/max_sectors_kb
 echo "S3NBD-INFO size-sectors $(cat /sys/block/nbd0/size) block-size $(cat /sys/block/nbd0/queue/logical_block_size) max_sectors_kb $(cat /sys/block/nbd0/queue/max_sectors_kb)"
 `;
@@ -59,13 +69,13 @@ export const DELETED = ['./photos/img-10.jpg', './docs/note-100.txt', './db/arch
  * modprobe, connect, mkfs, mount, rsync a tree and sync (the first backup); delete some
  * files, rsync again, fstrim, sync (the next one); checksums (S3NBD-SUM), umount, disconnect.
  */
-export function backupScript(connections: 1 | 4, options: { probeMissingModule?: boolean } = {}): string {
+export function backupScript(connections: 1 | 4, options: { probeMissingModule?: boolean } & ConnectOptions = {}): string {
   const probe = options.probeMissingModule ? `
 step without-module
 if nbd-client -b 4096 $GATEWAY 10809 /dev/nbd0 > /tmp/out 2>&1; then echo "nbd-client worked without the module"; exit 1; fi
 sed 's/^/S3NBD-NOMODULE /' /tmp/out
 ` : '';
-  return `${PRELUDE}${probe}${CONNECT_AND_TUNE(connections)}
+  return `${PRELUDE}${probe}${CONNECT_AND_TUNE(connections, options)}
 step mkfs
 mkfs.ext4 /dev/nbd0
 step mount
@@ -102,8 +112,8 @@ export const BACKUP_STEPS = ['modprobe', 'connect', 'mkfs', 'mount', 'make-tree'
  * read-only, rsync everything out, compare every checksum and the file count, umount,
  * disconnect.
  */
-export function restoreScript(connections: 1 | 4): string {
-  return `${PRELUDE}${CONNECT_AND_TUNE(connections)}
+export function restoreScript(connections: 1 | 4, options: ConnectOptions = {}): string {
+  return `${PRELUDE}${CONNECT_AND_TUNE(connections, options)}
 step e2fsck
 e2fsck -fn /dev/nbd0
 step mount

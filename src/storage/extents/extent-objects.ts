@@ -30,6 +30,8 @@
 // (the cache's flusher one upload per extent, DirectExtentStore under its own lock), and a
 // second lock in this layer only doubled the work on the upload path.
 
+import type { Logger } from 'pino';
+import { LogCodes } from '../../errors.ts';
 import { type ExtentCodec, rawCodec } from '../format/extent-codec.ts';
 import { EXTENT_PREFIX, type ExtentObjectName, parseExtentKey } from './extent-keys.ts';
 import { DELETE_BATCH, GarbageCollector } from './garbage-collector.ts';
@@ -97,7 +99,10 @@ export interface ObjectExtentsOptions {
   readonly extentCount: number;
   /** Bound into every object's checksum or authenticated data, with the extent and generation. */
   readonly volumeId?: string;
+  /** Default rawCodec: format 1 volumes, and tests of the layers above. */
   readonly codec?: ExtentCodec;
+  /** Where an object that fails its check twice is reported. */
+  readonly log?: Logger | undefined;
   /** The objects snapshots keep (default: none). */
   readonly retained?: RetainedObjects;
   /** A clone's origins: source i is sources[i - 1] (see the top of the file). */
@@ -136,6 +141,7 @@ export class ObjectExtents implements ExtentObjects {
   private readonly collector: GarbageCollector;
   private readonly codec: ExtentCodec;
   private readonly volumeId: string;
+  private readonly log: Logger | undefined;
   private readonly sources: readonly ExtentSource[];
   /** Extent → generation of the clone's origin object (none for a volume that is not a clone). */
   private readonly base = new Map<number, number>();
@@ -156,6 +162,7 @@ export class ObjectExtents implements ExtentObjects {
     this.census = census;
     this.codec = options.codec ?? rawCodec;
     this.volumeId = options.volumeId ?? '';
+    this.log = options.log;
     this.sources = options.sources ?? [];
     this.complete = options.complete ?? true;
     this.collecting = !fixed && (options.collect ?? true);
@@ -337,19 +344,42 @@ export class ObjectExtents implements ExtentObjects {
     while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
     this.fetching++;
     try {
-      // A clone's origin object: its store, its codec, and its volume's id bound in its checksum.
-      const from = name.source ? this.sourceOf(name.index, name.source) : undefined;
-      const codec = from ? from.codec ?? rawCodec : this.codec;
-      const body = await (from?.objects ?? this.objects).get(keyOf(name), codec.maxBodyBytes(this.extentSize));
-      if (body === undefined) return undefined;
-      const data = await codec.decode({ volumeId: from?.volumeId ?? this.volumeId, index: name.index, generation: name.generation }, body);
-      if (data.length !== this.extentSize) {
+      const data = await this.getDecoded(name);
+      if (data !== undefined && data.length !== this.extentSize) {
         throw new StorageError('EIO', `extent ${name.index} has ${data.length} bytes, expected ${this.extentSize}`);
       }
       return data;
     } finally {
       this.fetching--;
       this.fetchQueue.shift()?.();
+    }
+  }
+
+  /**
+   * The object, decoded. A body that fails the codec's check (damaged in the store or on the
+   * way, or another extent's object) is fetched once more, in case it was the way; if the
+   * second fails too, the read fails with EIO and one error line names the key.
+   */
+  private async getDecoded(name: ExtentObjectName): Promise<Buffer | undefined> {
+    const key = keyOf(name);
+    // A clone's origin object: its store, its codec, and its volume's id bound in its checksum.
+    const from = name.source ? this.sourceOf(name.index, name.source) : undefined;
+    const codec = from ? from.codec ?? rawCodec : this.codec;
+    const id = { volumeId: from?.volumeId ?? this.volumeId, index: name.index, generation: name.generation };
+    for (let attempt = 1; ; attempt++) {
+      const body = await (from?.objects ?? this.objects).get(key, codec.maxBodyBytes(this.extentSize));
+      if (body === undefined) return undefined;
+      try {
+        return await codec.decode(id, body);
+      } catch (err) {
+        if (!(err instanceof StorageError) || attempt >= 2) {
+          const reason = (err as Error).message;
+          this.log?.error({ code: LogCodes.objectCorrupt, key, extent: name.index, generation: name.generation, bytes: body.length, reason },
+            'extent object failed its check twice: the read fails with EIO (the object is never served as data)');
+          throw new StorageError('EIO', `extent object ${key} failed its check: ${reason}`);
+        }
+        this.log?.warn({ key, extent: name.index, reason: err.message }, 'extent object failed its check: fetching it again');
+      }
     }
   }
 

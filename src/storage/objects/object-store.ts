@@ -15,6 +15,23 @@ export interface TaggedObject {
   readonly tag: string;
 }
 
+/** One version of a key, in a store that keeps them (S3 with versioning or Object Lock). */
+export interface ObjectVersion {
+  readonly key: string;
+  readonly versionId: string;
+  /** A delete marker: the key reads as absent while this is its current version. */
+  readonly deleteMarker: boolean;
+  /** The key's current version. */
+  readonly latest: boolean;
+  /** When it was written, as the server keeps it (AWS: to the second). */
+  readonly lastModified: Date;
+}
+
+export interface VersionRef {
+  readonly key: string;
+  readonly versionId: string;
+}
+
 export interface ObjectStore {
   /** Where the objects live, safe to log: never contains credentials. */
   readonly description: string;
@@ -61,6 +78,25 @@ export interface ObjectStore {
 
   /** Every key that starts with `prefix`, in no particular order. */
   list(prefix: string): AsyncIterable<string>;
+
+  /**
+   * Every version and delete marker of the keys that start with `prefix`, key by key in the
+   * server's order (all of one key's together, in no particular order among themselves); one
+   * request per 1000 of them, and `onPage` called after each with the number listed so far.
+   * Only stores that keep versions have it (S3); in a bucket without versioning each key has
+   * one version, "null".
+   */
+  listVersions?(prefix: string, onPage?: (listed: number) => void): AsyncIterable<ObjectVersion>;
+
+  /**
+   * Deletes these versions for good, in requests of up to 1000; a version that does not exist
+   * is not an error, one that the server keeps (Object Lock) is. Deleting a delete marker makes
+   * the version below it current again: nothing is copied.
+   */
+  deleteVersions?(versions: readonly VersionRef[]): Promise<void>;
+
+  /** The bytes of one version of the key (not a delete marker), or undefined when there is none; like get(). */
+  getVersion?(key: string, versionId: string, maxBytes?: number): Promise<Buffer | undefined>;
 
   /** Resolves once every put and delete that resolved before the call survives a power loss. */
   flush(): Promise<void>;

@@ -31,6 +31,8 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { Errors, UserError } from '../../errors.ts';
 import type { ExtentSource } from '../extents/extent-objects.ts';
+import type { ExtentCodec } from '../format/extent-codec.ts';
+import { type ObjectRequest, openCodec } from '../format/object-settings.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
 import { type S3Options, absoluteStoreUrl, openObjectStore } from '../objects/store-url.ts';
 import { type Volume, type VolumeOrigin, openVolume, readVolume } from '../volume/volume.ts';
@@ -119,7 +121,7 @@ export const NO_BASE: CloneBase = { sources: [], descriptors: [], base: [], clos
  * snapshot's manifest, and the stores of that manifest's own sources. S3NBD_NO_ORIGIN when
  * the origin volume or its snapshot is gone.
  */
-export async function openCloneBase(volume: Volume, s3: S3Options, log: Logger): Promise<CloneBase> {
+export async function openCloneBase(volume: Volume, s3: S3Options, log: Logger, request?: ObjectRequest): Promise<CloneBase> {
   const origin = volume.origin;
   if (!origin) return NO_BASE;
   const stores: ObjectStore[] = [];
@@ -138,11 +140,15 @@ export async function openCloneBase(volume: Volume, s3: S3Options, log: Logger):
       throw Errors.noOrigin(volume.id, origin, 'holds a snapshot of another geometry under that name');
     }
     const descriptors = [origin, ...manifest.sources.map((s, i) => sourceDescriptor(s, manifest, i))];
-    const sources: ExtentSource[] = [{ objects: originStore, volumeId: origin.volumeId }];
+    // Each source's objects are decoded with its own volume's codec (format, compression).
+    const codecOf = (v: Volume, store: ObjectStore): Promise<ExtentCodec> => openCodec(v, request ? { key: request.key } : undefined, store.description);
+    const sources: ExtentSource[] = [{ objects: originStore, volumeId: origin.volumeId, codec: await codecOf(there.volume, originStore) }];
     for (const d of descriptors.slice(1)) {
       const store = openObjectStore(d.store, s3, log);
       stores.push(store);
-      sources.push({ objects: store, volumeId: d.volumeId });
+      const its = await readVolume(store);
+      if (its?.volume.id !== d.volumeId) throw Errors.noOrigin(volume.id, d, its ? `holds another volume (${its.volume.id})` : 'holds no volume');
+      sources.push({ objects: store, volumeId: d.volumeId, codec: await codecOf(its.volume, store) });
     }
     const base = manifest.references.map((r) => ({ index: r.index, generation: r.generation, source: r.source + 1 }));
     return { sources, descriptors, base, close };
@@ -189,6 +195,8 @@ export async function createClone(request: CloneRequest): Promise<CloneResult> {
   const target = wrap(openObjectStore(request.to, request.s3, request.log));
   try {
     const { volume: originVolume } = await openVolume(origin, { mode: 'open' });
+    // Not yet: the clone would need the origin's data key, re-wrapped for its own id (docs/format.md, "Clones").
+    if (originVolume.objects?.encryption) throw Errors.cloneEncrypted(origin.description);
     const manifest = await new SnapshotRegistry(origin, originVolume).load(request.snapshot);
     if (!manifest) throw Errors.noSnapshot(origin.description, request.snapshot);
     const originUrl = absoluteStoreUrl(request.store);

@@ -35,6 +35,8 @@ export interface IdleVolumeConfig {
   readonly onLost: (by: string) => void;
   /** Wraps the store (test hooks). */
   readonly wrapStore?: (objects: ObjectStore) => ObjectStore;
+  /** Told before waiting `ms` for a dead holder's last requests (collect only, on S3). */
+  readonly onWait?: (ms: number) => void;
 }
 
 export interface IdleVolume {
@@ -65,12 +67,21 @@ export async function openIdleVolume(config: IdleVolumeConfig): Promise<IdleVolu
     const { volume } = await openVolume(objects, { mode: 'open', writer: true });
     let lease: Lease;
     try {
-      lease = await Lease.acquire(objects, { owner: `s3nbd ${config.command}`, ttlMs: config.leaseTtlMs, takeOver: false, log: config.log, onLost: config.onLost });
+      lease = await Lease.acquire(objects, {
+        owner: `s3nbd ${config.command}`, ttlMs: config.leaseTtlMs, takeOver: false, log: config.log, onLost: config.onLost, onlyDeletes: config.collect,
+      });
     } catch (err) {
       if (err instanceof UserError && err.code === 'S3NBD_VOLUME_IN_USE') throw Errors.volumeBusyForSnapshots(err.message);
       throw err;
     }
     closing.push(() => lease.release());
+    // A dead holder's manifest PUT may still land on S3 until lease.lateUntil (lease.ts): what
+    // it names must not be collected, so the manifests are read once it cannot any more.
+    const wait = lease.lateUntil - Date.now();
+    if (config.collect && !noLateWrites && wait > 0) {
+      config.onWait?.(wait);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
     // A clone's origin objects join its census (kept for good), and its snapshots name them.
     const clone = await openCloneBase(volume, config.s3 ?? {}, config.log);
     closing.push(() => clone.close());
@@ -81,7 +92,8 @@ export async function openIdleVolume(config: IdleVolumeConfig): Promise<IdleVolu
     // in flight to a server that may still land them (S3): then zeroed extents keep their
     // tombstones, which the next gateway deletes.
     const previousCrashed = lease.previousHolder !== undefined && !lease.previousHolder.released;
-    const lateUploads = previousCrashed && !noLateWrites;
+    // The same mark covers a dead gateway's extent uploads: after it, the listing sees them all.
+    const lateUploads = !noLateWrites && lease.lateUntil > Date.now();
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, retained, collect: false, complete: !lateUploads,
       sources: clone.sources, base: clone.base,

@@ -19,7 +19,7 @@ export interface SnapshotDevice {
 
 /** `sources`: a clone's origins (Storage.clone.sources), which its snapshots' references of source ≥ 1 name. */
 export function openSnapshotDevice(objects: ObjectStore, volume: Volume, manifest: Manifest, memoryCacheBytes: number,
-  sources: readonly ExtentSource[] = [], codec?: ExtentCodec): SnapshotDevice {
+  codec?: ExtentCodec, sources: readonly ExtentSource[] = []): SnapshotDevice {
   if (manifest.sources.length > sources.length) {
     throw Errors.badSnapshot(objects.description, manifest.name, `it names objects of ${manifest.sources.length} other volumes, of which ${sources.length} are open (is the volume still a clone of the same origin?)`);
   }

@@ -31,6 +31,14 @@
 // for a lease deleted by hand). The writer's uploads carry it in their generations
 // (extents/generations.ts), so a later writer's objects always win over an earlier one's.
 //
+// `lateUntil` is passed on from lease to lease: until then, a request of a holder that died
+// without releasing the lease may still be applied by an S3 server (a manifest PUT of a killed
+// `snapshot create`: registry.ts). Whoever takes a lease that was not released sets it to that
+// lease's expiry plus LATE_WRITE_MS, or keeps the later one it finds; holders that delete
+// objects (the snapshot commands) wait for it first. A holder that only deletes garbage
+// (`onlyDeletes`: `s3nbd gc`, `snapshot delete`) sets no mark when it dies: a late delete of
+// garbage is harmless.
+//
 // One renewal runs at a time (each schedules the next), so renewals never race each other.
 // While no renewal has succeeded for 80% of the lifetime, isValid() is false and nothing may
 // be uploaded: the lease may have expired, and another gateway may legitimately own the
@@ -51,6 +59,8 @@ export const LEASE_KEY = 's3nbd-lease.json';
 
 /** The share of the lifetime after the last renewal during which the lease counts as ours. */
 const VALID_SHARE = 0.8;
+/** How long after a dead holder's lease expired its requests may still be applied (as stack.ts's LATE_UPLOAD_MS). */
+export const LATE_WRITE_MS = 60_000;
 const WARN_EVERY_MS = 30_000;
 
 interface LeaseBody {
@@ -61,6 +71,10 @@ interface LeaseBody {
   readonly lock?: string;
   /** Absent in leases written before epochs existed (format 1): read as 0. */
   readonly epoch?: number;
+  /** See the top of the file; absent when nothing may still land. */
+  readonly lateUntil?: string;
+  /** The holder writes nothing but the lease: its requests landing late are harmless. */
+  readonly onlyDeletes?: boolean;
   readonly host: string;
   readonly pid: number;
   readonly expiresAt: string;
@@ -75,6 +89,8 @@ export interface LeaseOptions {
   readonly takeOver: boolean;
   /** The least epoch this writer may take (one above every epoch in the bucket). */
   readonly minEpoch?: number;
+  /** This holder only deletes garbage (see lateUntil at the top of the file). */
+  readonly onlyDeletes?: boolean;
   readonly log: Logger;
   /** Called once if another gateway took the volume: stop writing. */
   readonly onLost: (by: string) => void;
@@ -85,6 +101,8 @@ export class Lease {
   readonly token: string;
   /** This writer's epoch, in every lease body it writes. */
   readonly epoch: number;
+  /** Wall-clock ms until which a dead holder's requests may still land (0: none); in every body. */
+  readonly lateUntil: number;
   /**
    * Who held the lease before us, and whether it let go of it (a clean stop) rather than
    * letting it lapse (a crash, whose gateway may have left dirty data in its journal).
@@ -108,11 +126,12 @@ export class Lease {
   private readonly objects: ObjectStore;
   private readonly options: LeaseOptions;
 
-  private constructor(objects: ObjectStore, options: LeaseOptions, token: string, epoch: number, tag: string, validFrom: number, notBefore: number) {
+  private constructor(objects: ObjectStore, options: LeaseOptions, token: string, epoch: number, lateUntil: number, tag: string, validFrom: number, notBefore: number) {
     this.objects = objects;
     this.options = options;
     this.token = token;
     this.epoch = epoch;
+    this.lateUntil = lateUntil;
     this.tag = tag;
     this.validFrom = validFrom;
     this.notBefore = notBefore;
@@ -133,15 +152,16 @@ export class Lease {
         if (!mine && !expired) options.log.warn({ previous: holder }, 'taking over the volume from another gateway');
       }
       const epoch = Math.max((current ? parse(current.data)?.epoch ?? 0 : 0) + 1, options.minEpoch ?? 1);
+      const lateUntil = lateWritesUntil(current && parse(current.data));
       const made = performance.now();
-      const tag = await objects.putIf(LEASE_KEY, body(options, token, epoch), current?.tag);
+      const tag = await objects.putIf(LEASE_KEY, body(options, token, epoch, lateUntil), current?.tag);
       if (tag !== undefined) {
         const wait = current ? previousHolderMayUploadFor(parse(current.data), options) : 0;
         if (wait > 0) {
           options.log.warn({ previous: parse(current!.data), waitMs: Math.round(wait) },
             'the previous holder of the lease may still be uploading: uploads start once its lease would have lapsed; writes are acknowledged meanwhile');
         }
-        const lease = new Lease(objects, options, token, epoch, tag, made, made + wait);
+        const lease = new Lease(objects, options, token, epoch, lateUntil, tag, made, made + wait);
         const previous = current && parse(current.data);
         if (previous) {
           const released = Date.parse(previous.expiresAt) <= Date.parse(previous.renewedAt);
@@ -217,7 +237,7 @@ export class Lease {
   private async renew(): Promise<boolean> {
     for (let round = 0; round < 3; round++) {
       const made = performance.now();
-      const tag = await this.objects.putIf(LEASE_KEY, body(this.options, this.token, this.epoch), this.tag);
+      const tag = await this.objects.putIf(LEASE_KEY, body(this.options, this.token, this.epoch, this.lateUntil), this.tag);
       if (this.stopped) return false;
       if (tag !== undefined) {
         this.tag = tag;
@@ -263,7 +283,7 @@ export class Lease {
     this.stopped = true;
     clearTimeout(this.timer);
     if (this.lost) return;
-    const released = { ...JSON.parse(body(this.options, this.token, this.epoch).toString()) as LeaseBody, expiresAt: new Date(0).toISOString() };
+    const released = { ...JSON.parse(body(this.options, this.token, this.epoch, this.lateUntil).toString()) as LeaseBody, expiresAt: new Date(0).toISOString() };
     const data = Buffer.from(JSON.stringify(released));
     let tag = this.tag;
     // Twice at most: a renewal still in flight may have moved the tag (to a body of ours).
@@ -296,13 +316,24 @@ function previousHolderMayUploadFor(holder: LeaseBody | undefined, options: Leas
   return Math.min(Math.max(0, validUntil - Date.now()), options.ttlMs);
 }
 
-function body(options: LeaseOptions, token: string, epoch: number): Buffer {
+/** See the top of the file: the later of the mark the previous lease carries and, if it was not released, its expiry plus LATE_WRITE_MS. */
+function lateWritesUntil(previous: LeaseBody | undefined): number {
+  if (!previous) return 0;
+  const carried = Date.parse(previous.lateUntil ?? '') || 0;
+  const expiresAt = Date.parse(previous.expiresAt);
+  const released = expiresAt <= Date.parse(previous.renewedAt);
+  return released || previous.onlyDeletes === true || !Number.isFinite(expiresAt) ? carried : Math.max(carried, expiresAt + LATE_WRITE_MS);
+}
+
+function body(options: LeaseOptions, token: string, epoch: number, lateUntil: number): Buffer {
   const now = Date.now();
   const lease: LeaseBody = {
     owner: options.owner,
     token,
     ...options.lockId !== undefined ? { lock: options.lockId } : {},
     epoch,
+    ...lateUntil > now ? { lateUntil: new Date(lateUntil).toISOString() } : {},
+    ...options.onlyDeletes === true ? { onlyDeletes: true } : {},
     host: hostname(),
     pid: process.pid,
     expiresAt: new Date(now + options.ttlMs).toISOString(),

@@ -1,18 +1,22 @@
 // A volume is described by one metadata object, written once when the volume is created:
 //
 //   s3nbd-volume.json  {"format":"s3nbd-volume","version":2,"id":"<uuid>","size":<bytes>,
-//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>",
+//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>","objects":{...},
 //                       "origin":{"store":"<URL>","volumeId":"<uuid>","snapshot":"<name>"}}
 //
 // `origin` only for a clone (s3nbd clone, docs/format.md "Clones"): the snapshot whose objects
 // it reads for the extents it has not written, in the volume at that store (an absolute
 // directory path or an s3:// URL, opened with the clone's own S3 options).
 //
-// Version 2 is the bucket format of docs/format.md (immutable extent generations). A volume of
-// version 1 is upgraded when a writer opens it: its metadata is replaced by version 2's with a
-// compare-and-swap, before anything else is written, so that builds of version 1 refuse the
-// volume from then on instead of writing keys version 2 does not read. Its extent objects
-// stay and read as generation 0. Readers (--read-only, info) leave it as it is.
+// `objects` (format 2: every extent object has a header and checksum, and may be compressed
+// and encrypted) is parsed by format/object-settings.ts. Version 2 is also the bucket layout
+// of docs/format.md (immutable extent generations). Version 1 (format 1) has no `objects`:
+// its extents are raw bytes under keys without a generation. A writer that opens a volume of
+// version 1 upgrades it: the metadata is replaced by version 2's (default object settings,
+// no encryption) with a compare-and-swap before anything else is written, so that builds of
+// version 1 refuse the volume from then on instead of writing keys version 2 does not read.
+// Its old extent objects stay, read raw as generation 0. Readers (--read-only, info) leave it
+// as it is. (The volatile memory store's volumes are made version 1 on purpose: raw extents.)
 //
 // It is created with a conditional put, so two gateways racing to create the same volume
 // agree on one description. Serving reads it and checks any size the user asked for. Before
@@ -23,12 +27,13 @@
 import { randomUUID } from 'node:crypto';
 import { Errors, UserError } from '../../errors.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
+import { type ObjectSettings, newObjectSettings, objectSettingsJson, parseObjectSettings } from '../format/object-settings.ts';
 
 export const VOLUME_KEY = 's3nbd-volume.json';
 export const VOLUME_FORMAT = 's3nbd-volume';
 export const VOLUME_VERSION = 2;
-/** Versions this build reads (and upgrades to VOLUME_VERSION when it writes). */
-const READABLE_VERSIONS: readonly unknown[] = [1, 2];
+/** Format 1: no `objects`, raw extents. Still read. */
+export const VOLUME_VERSION_RAW = 1;
 export const DEFAULT_EXTENT_SIZE = 1024 * 1024;
 export const MIN_EXTENT_SIZE = 4096;
 export const MAX_EXTENT_SIZE = 32 * 1024 * 1024;
@@ -39,8 +44,8 @@ export interface Volume {
   readonly size: number;
   readonly extentSize: number;
   readonly createdAt: string;
-  /** The bucket format: 1 until a writer upgrades it (docs/format.md). */
-  readonly version: number;
+  /** How extents are stored (format 2); undefined for a format 1 volume (raw extents). */
+  readonly objects?: ObjectSettings | undefined;
   /** A clone's origin: the snapshot it was made from. */
   readonly origin?: VolumeOrigin;
 }
@@ -64,6 +69,11 @@ export interface VolumeRequest {
   readonly readOnly?: boolean | undefined;
   /** Creating a clone: its id (chosen before its origin records it) and its origin. */
   readonly clone?: { readonly id: string; readonly origin: VolumeOrigin } | undefined;
+  /**
+   * The object settings of a volume about to be created (default: checksum and default
+   * compression, no encryption); undefined makes a volume of format 1 (raw extents).
+   */
+  readonly newObjects?: ((volumeId: string) => Promise<ObjectSettings | undefined>) | undefined;
 }
 
 export function extentCountOf(volume: Volume): number {
@@ -94,8 +104,8 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
     if (existing) {
       const volume = matchRequest(objects, existing.volume, request);
       if (!request.writer) return { volume, created: false };
-      if (volume.version < VOLUME_VERSION) return { volume: await upgrade(objects, existing), created: false };
       await checkConditions(objects, existing.data, false);
+      if (volume.objects === undefined) return { volume: await upgrade(objects, existing), created: false };
       return { volume, created: false };
     }
     if (request.readOnly) throw Errors.noVolumeReadOnly(objects.description);
@@ -104,15 +114,16 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
     throw Errors.noVolume(objects.description);
   }
   await beforeCreate();
+  const id = request.clone?.id ?? randomUUID();
   const volume: Volume = {
-    id: request.clone?.id ?? randomUUID(),
+    id,
     size: request.size,
     extentSize: request.extentSize ?? DEFAULT_EXTENT_SIZE,
     createdAt: new Date().toISOString(),
-    version: VOLUME_VERSION,
+    objects: await (request.newObjects ?? ((volumeId) => newObjectSettings({}, volumeId)))(id),
     ...request.clone ? { origin: request.clone.origin } : {},
   };
-  const body = serialize(volume);
+  const body = volumeBody(volume);
   if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
     await checkConditions(objects, body, true);
     await objects.flush();
@@ -127,30 +138,6 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
   return { volume: matched, created: false };
 }
 
-function serialize(volume: Volume): Buffer {
-  const { version, ...rest } = volume;
-  return Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version, ...rest })}\n`);
-}
-
-/**
- * Replaces a version 1 volume's metadata by version 2's (see the top of the file). The check of
- * conditional writes comes first: the upgrade itself is a compare-and-swap.
- */
-async function upgrade(objects: ObjectStore, existing: { volume: Volume; data: Buffer }): Promise<Volume> {
-  await checkConditions(objects, existing.data, false);
-  const volume: Volume = { ...existing.volume, version: VOLUME_VERSION };
-  const current = await objects.getTagged(VOLUME_KEY);
-  const written = current?.data.equals(existing.data) === true && await objects.putIf(VOLUME_KEY, serialize(volume), current.tag) !== undefined;
-  if (!written) {
-    // Changed since we read it: another gateway of this version upgraded it first, or worse.
-    const now = await readVolume(objects);
-    if (now?.volume.version === VOLUME_VERSION && now.volume.id === existing.volume.id) return now.volume;
-    throw Errors.badVolume(objects.description, 'it changed while being upgraded');
-  }
-  await objects.flush();
-  return volume;
-}
-
 /** See ObjectStore.checkConditionalWrites. A volume this call created is deleted again when the check fails: a refused start leaves nothing behind. */
 async function checkConditions(objects: ObjectStore, data: Buffer, created: boolean): Promise<void> {
   try {
@@ -161,10 +148,31 @@ async function checkConditions(objects: ObjectStore, data: Buffer, created: bool
   }
 }
 
-/** The volume in the store, or undefined when there is none. */
-export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer } | undefined> {
-  const data = await objects.get(VOLUME_KEY);
-  if (!data) return undefined;
+/** Replaces a version 1 volume's metadata by version 2's (see the top of the file), with a compare-and-swap. */
+async function upgrade(objects: ObjectStore, existing: { volume: Volume; tag: string }): Promise<Volume> {
+  const volume: Volume = { ...existing.volume, objects: await newObjectSettings({}, existing.volume.id) };
+  if (await objects.putIf(VOLUME_KEY, volumeBody(volume), existing.tag) === undefined) {
+    // Changed since we read it: another gateway of this version upgraded it first, or worse.
+    const now = await readVolume(objects);
+    if (now?.volume.objects !== undefined && now.volume.id === existing.volume.id) return now.volume;
+    throw Errors.badVolume(objects.description, 'it changed while being upgraded');
+  }
+  await objects.flush();
+  return volume;
+}
+
+/** The metadata object's bytes. */
+export function volumeBody(volume: Volume): Buffer {
+  const { objects, ...rest } = volume;
+  const version = objects ? VOLUME_VERSION : VOLUME_VERSION_RAW;
+  return Buffer.from(`${JSON.stringify({ format: VOLUME_FORMAT, version, ...rest, ...objects ? { objects: objectSettingsJson(objects) } : {} })}\n`);
+}
+
+/** The volume, its metadata's bytes, and their version tag (for a compare-and-swap: `s3nbd key change`). */
+export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume; data: Buffer; tag: string } | undefined> {
+  const tagged = await objects.getTagged(VOLUME_KEY);
+  if (!tagged) return undefined;
+  const { data, tag } = tagged;
   let meta: Record<string, unknown>;
   try {
     meta = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
@@ -172,8 +180,8 @@ export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not JSON`);
   }
   if (meta.format !== VOLUME_FORMAT) throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not an s3nbd volume`);
-  if (!READABLE_VERSIONS.includes(meta.version)) {
-    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${READABLE_VERSIONS.join(' and ')})`);
+  if (meta.version !== VOLUME_VERSION && meta.version !== VOLUME_VERSION_RAW) {
+    throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION_RAW} and ${VOLUME_VERSION})`);
   }
   const { id, size, extentSize, createdAt, origin } = meta;
   if (typeof id !== 'string' || typeof size !== 'number' || typeof extentSize !== 'number' || typeof createdAt !== 'string') {
@@ -184,8 +192,15 @@ export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume
   if (o !== undefined && (typeof o !== 'object' || typeof o.store !== 'string' || typeof o.volumeId !== 'string' || typeof o.snapshot !== 'string')) {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY}'s origin lacks store, volumeId or snapshot`);
   }
-  const volume: Volume = { id, size, extentSize, createdAt, version: meta.version as number };
-  return { volume: o ? { ...volume, origin: { store: o.store as string, volumeId: o.volumeId as string, snapshot: o.snapshot as string } } : volume, data };
+  const cloneOf = o ? { origin: { store: o.store as string, volumeId: o.volumeId as string, snapshot: o.snapshot as string } } : {};
+  if (meta.version === VOLUME_VERSION_RAW) return { volume: { id, size, extentSize, createdAt, ...cloneOf }, data, tag };
+  let settings: ObjectSettings;
+  try {
+    settings = parseObjectSettings(meta.objects);
+  } catch (err) {
+    throw Errors.badVolume(objects.description, `${VOLUME_KEY}: ${(err as Error).message}`);
+  }
+  return { volume: { id, size, extentSize, createdAt, objects: settings, ...cloneOf }, data, tag };
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {

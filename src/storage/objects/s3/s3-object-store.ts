@@ -18,13 +18,18 @@
 // The retry loop is in s3-retry.ts; which failures it retries is decided in s3-errors.ts.
 // A PUT that S3 acknowledged is durable, so flush() has nothing to do. Against an explicit
 // path-style endpoint, plain GETs and PUTs (the hot paths) skip the SDK's pipeline (s3-direct.ts).
+// In a bucket that keeps versions (versioning, Object Lock), listVersions(), deleteVersions()
+// and getVersion() are what `s3nbd undelete` (../undelete.ts) works with.
 
-import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectsCommand, ListObjectsV2Command, ListObjectVersionsCommand, type ListObjectVersionsCommandOutput, PutObjectCommand, type S3Client, type S3ClientConfig,
+} from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import type { Clock } from '../../../clock.ts';
 import { Errors } from '../../../errors.ts';
-import { MAX_OBJECT_BYTES, type ObjectStore, type TaggedObject } from '../object-store.ts';
-import { DirectS3 } from './s3-direct.ts';
+import { StorageError } from '../../storage-error.ts';
+import { MAX_OBJECT_BYTES, type ObjectStore, type ObjectVersion, type TaggedObject, type VersionRef } from '../object-store.ts';
+import { crc32Base64, DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
 import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
 import { createSdkClient, safeEndpoint, sdkGet } from './sdk-client.ts';
@@ -151,7 +156,7 @@ export class S3ObjectStore implements ObjectStore {
       put: (key, data) => this.putWith(key, data, policy),
       putIf: (key, data, expectedTag) => this.putIfWith(key, data, expectedTag, policy),
       checkConditionalWrites: (key, data) => this.checkConditionsWith(key, data, policy),
-      deleteMany: (keys) => this.deleteWith(keys, policy),
+      deleteMany: (keys) => this.deleteWith(keys.map((key) => ({ key })), policy),
       list: (prefix) => this.listWith(prefix, policy),
       flush: () => this.flush(),
       close: () => Promise.resolve(),
@@ -175,11 +180,57 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   deleteMany(keys: readonly string[]): Promise<void> {
-    return this.deleteWith(keys, this.policy);
+    return this.deleteWith(keys.map((key) => ({ key })), this.policy);
   }
 
   list(prefix: string): AsyncIterable<string> {
     return this.listWith(prefix, this.policy);
+  }
+
+  async *listVersions(prefix: string, onPage?: (listed: number) => void): AsyncIterable<ObjectVersion> {
+    const Prefix = this.keyPrefix + prefix;
+    let from: { KeyMarker?: string | undefined; VersionIdMarker?: string | undefined } | undefined = {};
+    let listed = 0;
+    while (from !== undefined) {
+      const { KeyMarker, VersionIdMarker } = from;
+      const output: ListObjectVersionsCommandOutput = await this.retry.run('list', `LIST versions ${this.url(Prefix)}`, this.policy, (signal) => this.client.send(new ListObjectVersionsCommand({
+        Bucket: this.bucket, Prefix, KeyMarker, VersionIdMarker,
+      }), { abortSignal: signal }));
+      // The answer lists the versions and the delete markers apart, each by key: merge them
+      // so that every key's entries come together.
+      const page: ObjectVersion[] = [];
+      const add = (entries: typeof output.Versions, deleteMarker: boolean): void => {
+        for (const e of entries ?? []) {
+          if (e.Key === undefined || !e.Key.startsWith(this.keyPrefix) || e.VersionId === undefined) continue;
+          page.push({ key: e.Key.slice(this.keyPrefix.length), versionId: e.VersionId, deleteMarker, latest: e.IsLatest === true, lastModified: e.LastModified ?? new Date(0) });
+        }
+      };
+      add(output.Versions, false);
+      add(output.DeleteMarkers, true);
+      page.sort((a, b) => Buffer.compare(Buffer.from(a.key), Buffer.from(b.key)));
+      yield* page;
+      listed += page.length;
+      onPage?.(listed);
+      if (output.IsTruncated && output.NextKeyMarker === undefined) throw new StorageError('EIO', `LIST versions ${this.url(Prefix)}: a truncated answer without NextKeyMarker`);
+      from = output.IsTruncated ? { KeyMarker: output.NextKeyMarker, VersionIdMarker: output.NextVersionIdMarker } : undefined;
+    }
+  }
+
+  deleteVersions(versions: readonly VersionRef[]): Promise<void> {
+    return this.deleteWith(versions, this.policy);
+  }
+
+  async getVersion(key: string, versionId: string, maxBytes = MAX_OBJECT_BYTES): Promise<Buffer | undefined> {
+    const Key = this.keyPrefix + key;
+    const object = await this.retry.run('get', `GET ${this.url(Key)} version ${versionId}`, this.readPolicy, async (signal) => {
+      try {
+        return await sdkGet(this.client, this.bucket, Key, signal, maxBytes, versionId);
+      } catch (err) {
+        if (statusOf(err) === 404 && ['NoSuchKey', 'NoSuchVersion'].includes(codeOf(err) ?? (err as Error).name)) return undefined;
+        throw err;
+      }
+    });
+    return object?.data;
   }
 
   flush(): Promise<void> {
@@ -211,7 +262,7 @@ export class S3ObjectStore implements ObjectStore {
     const Key = this.keyPrefix + key;
     await this.retry.run('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
       if (this.direct) await this.direct.put(Key, data, signal);
-      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: signal });
+      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data) }), { abortSignal: signal });
     });
   }
 
@@ -223,9 +274,7 @@ export class S3ObjectStore implements ObjectStore {
     const tag = await this.retry.run('put', `conditional PUT ${this.url(Key)}`, policy, async (signal) => {
       attempts++;
       try {
-        const output = await this.client.send(new PutObjectCommand({
-          Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition,
-        }), { abortSignal: signal });
+        const output = await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data), ...condition }), { abortSignal: signal });
         if (output.ETag === undefined) throw new Error('the response has no ETag');
         return output.ETag;
       } catch (err) {
@@ -273,7 +322,7 @@ export class S3ObjectStore implements ObjectStore {
       const header = Object.keys(condition)[0] === 'IfNoneMatch' ? 'If-None-Match: *' : 'If-Match';
       const accepted = await this.retry.run('put', `conditional-write check (${header}) PUT ${this.url(Key)}`, policy, async (signal) => {
         try {
-          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: signal });
+          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data), ...condition }), { abortSignal: signal });
           return true;
         } catch (err) {
           if (statusOf(err) === 412) return false;
@@ -289,19 +338,21 @@ export class S3ObjectStore implements ObjectStore {
     }
   }
 
-  private async deleteWith(keys: readonly string[], policy: Policy): Promise<void> {
-    for (let start = 0; start < keys.length; start += DELETE_BATCH) {
-      let pending = keys.slice(start, start + DELETE_BATCH).map((key) => this.keyPrefix + key);
-      await this.retry.run('delete', `DELETE ${pending.length} keys from ${this.url('')}`, policy, async (signal) => {
+  /** DeleteObjects: of the keys' current versions (adding a delete marker where the bucket keeps versions), or of the versions named. */
+  private async deleteWith(objects: ReadonlyArray<{ readonly key: string; readonly versionId?: string }>, policy: Policy): Promise<void> {
+    for (let start = 0; start < objects.length; start += DELETE_BATCH) {
+      let pending = objects.slice(start, start + DELETE_BATCH).map((o) => ({ Key: this.keyPrefix + o.key, VersionId: o.versionId }));
+      const what = pending.some((o) => o.VersionId !== undefined) ? 'versions' : 'keys';
+      await this.retry.run('delete', `DELETE ${pending.length} ${what} from ${this.url('')}`, policy, async (signal) => {
         const output = await this.client.send(new DeleteObjectsCommand({
           Bucket: this.bucket,
-          Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true },
+          Delete: { Objects: pending, Quiet: true },
         }), { abortSignal: signal });
-        // Quiet: only the failures are listed. Missing keys are not failures.
-        const errors = (output.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+        // Quiet: only the failures are listed. Missing keys and versions are not failures.
+        const errors = (output.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey' && e.Code !== 'NoSuchVersion');
         if (errors.length === 0) return;
         // Try again with only the keys that failed, if retrying can help them at all.
-        pending = errors.map((e) => e.Key ?? '').filter((k) => k !== '');
+        pending = errors.flatMap((e) => e.Key ? [{ Key: e.Key, VersionId: e.VersionId }] : []);
         const first = errors[0]!;
         throw Object.assign(new Error(`${errors.length} keys not deleted, e.g. ${first.Key}: ${first.Code} ${first.Message}`), {
           Code: errors.find((e) => !isTransientCode(e.Code))?.Code ?? first.Code,
@@ -328,6 +379,14 @@ export class S3ObjectStore implements ObjectStore {
   private url(key: string): string {
     return `s3://${this.bucket}/${key}`;
   }
+}
+
+/**
+ * A PutObject's body, with its CRC-32 (x-amz-checksum-crc32), which S3 checks: AWS refuses a
+ * PUT without a checksum in a bucket with Object Lock, and the direct path sends the same.
+ */
+function body(data: Buffer): { Body: Buffer; ContentLength: number; ChecksumCRC32: string } {
+  return { Body: data, ContentLength: data.length, ChecksumCRC32: crc32Base64(data) };
 }
 
 /** The prefix with single slashes and none at either end ('' for none). */

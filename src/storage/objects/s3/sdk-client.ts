@@ -29,8 +29,9 @@ export function createSdkClient(options: SdkClientOptions): S3Client {
     forcePathStyle: options.forcePathStyle,
     credentials: options.credentials,
     maxAttempts: 1,
-    // Checksums only where S3 insists (DeleteObjects): TCP and TLS already protect the bytes,
-    // and S3-compatible servers differ in which checksum headers they accept.
+    // The SDK computes checksums only where S3 insists (DeleteObjects), and the store adds
+    // its own CRC-32 to PutObject (s3-object-store.ts); S3-compatible servers differ in which
+    // other checksum headers they accept.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     // With 100-continue the SDK gives every PUT over 2 MB a fresh, unpooled connection
@@ -49,9 +50,9 @@ export function createSdkClient(options: SdkClientOptions): S3Client {
   return client;
 }
 
-/** GetObject through the SDK: the whole body and its ETag. */
-export async function sdkGet(client: S3Client, Bucket: string, Key: string, signal: AbortSignal, maxBytes: number): Promise<TaggedObject> {
-  const output = await client.send(new GetObjectCommand({ Bucket, Key }), { abortSignal: signal });
+/** GetObject through the SDK: the whole body and its ETag; of one version of the key with `VersionId`. */
+export async function sdkGet(client: S3Client, Bucket: string, Key: string, signal: AbortSignal, maxBytes: number, VersionId?: string): Promise<TaggedObject> {
+  const output = await client.send(new GetObjectCommand({ Bucket, Key, VersionId }), { abortSignal: signal });
   const data = await readBody(output.Body, output.ContentLength, maxBytes, signal);
   if (output.ETag === undefined) throw new Error('the response has no ETag');
   return { data, tag: output.ETag };
