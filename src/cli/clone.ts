@@ -5,6 +5,7 @@
 
 import { createClone } from '../storage/snapshots/clone.ts';
 import { absoluteStoreUrl } from '../storage/objects/store-url.ts';
+import { readKeySource } from '../storage/format/volume-keys.ts';
 import { formatBytes } from './parse.ts';
 import { quiet } from './snapshot.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
@@ -13,12 +14,16 @@ import { withKillHook } from './test-hooks.ts';
 interface CloneOptions extends StoreOptions {
   snapshot: string;
   to: string;
+  passphraseFile?: string;
+  keyFile?: string;
 }
 
 export async function runClone(raw: Record<string, unknown>): Promise<void> {
   const opts = raw as unknown as CloneOptions;
+  // An encrypted origin's key (S3NBD_PASSPHRASE, --passphrase-file, --key-file): the clone shares its data key.
+  const key = await readKeySource(opts, process.env);
   const { volume, created, manifest } = await createClone({
-    store: opts.store, snapshot: opts.snapshot, to: opts.to, s3: s3OptionsOf(opts), log: quiet, wrapStore: withKillHook,
+    store: opts.store, snapshot: opts.snapshot, to: opts.to, s3: s3OptionsOf(opts), log: quiet, wrapStore: withKillHook, key,
   });
   const what = `volume ${volume.id} (${formatBytes(volume.size)}, ${manifest.references.length} extents read from snapshot ${manifest.name} of ${absoluteStoreUrl(opts.store)})`;
   process.stdout.write(`${created ? 'cloned' : 'already cloned'}: ${what} in ${absoluteStoreUrl(opts.to)}; serve it with: s3nbd serve --store ${opts.to} --cache-dir DIR\n`);

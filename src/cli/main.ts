@@ -64,8 +64,16 @@ function addObjectOptions(cmd: Command): Command {
         if (!(ENCRYPTION_CHOICES as readonly string[]).includes(text)) throw Errors.badChoice('--encryption', text, ENCRYPTION_CHOICES);
         return text;
       }))
-    .addOption(new Option('--passphrase-file <file>', 'the passphrase of an encrypted volume, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE'))
-    .addOption(new Option('--key-file <file>', 'instead of a passphrase: a 32-byte key (or 64 hex digits) in a file').env('S3NBD_KEY_FILE'));
+    .addOption(passphraseFileOption())
+    .addOption(keyFileOption());
+}
+
+const passphraseFileOption = (): Option => new Option('--passphrase-file <file>', 'the passphrase of an encrypted volume, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE');
+const keyFileOption = (): Option => new Option('--key-file <file>', 'instead of a passphrase: a 32-byte key (or 64 hex digits) in a file').env('S3NBD_KEY_FILE');
+
+/** The key options alone (clone: the clone takes the origin's settings and shares its key). */
+function addKeyOptions(cmd: Command): Command {
+  return cmd.addOption(passphraseFileOption()).addOption(keyFileOption());
 }
 
 const program = new Command('s3nbd')
@@ -175,7 +183,7 @@ keepOptions(idleCommand(snapshot.command('prune')), false)
     await runSnapshotPrune(opts);
   });
 
-addStoreOptions(program.command('clone'))
+addKeyOptions(addStoreOptions(program.command('clone')))
   .description('make a new writable volume at --to from a snapshot, copying nothing: it reads what it has not written from the snapshot')
   .requiredOption('--snapshot <name>', 'the snapshot of the volume at --store to clone')
   .requiredOption('--to <url>', 'where the clone goes: a store that holds no volume (same forms as --store; same --s3-* options)')

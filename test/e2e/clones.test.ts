@@ -3,8 +3,8 @@
 // gateway, reads as s1, is written to, snapshotted (@c1) and read back after a restart; the
 // origin volume, s1 and s2 read back unchanged throughout, and after the origin is collected;
 // deleting s1 is refused (through the origin's running gateway, and on the idle volume) with
-// one line naming the clone. A clone killed halfway is finished by running it again. An
-// encrypted volume is refused (S3NBD_CLONE_ENCRYPTED).
+// one line naming the clone. A clone killed halfway is finished by running it again. A clone
+// of an encrypted volume shares its key: it needs it to be made, and opens with it.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -126,16 +126,32 @@ describe('clones', () => {
     }
   });
 
+  it('clones an encrypted volume with its key, and the clone opens with the same key', async () => {
+    const secret = join(dir.path, 'secret');
+    const secretClone = join(dir.path, 'secret-clone');
+    const pass = { S3NBD_PASSPHRASE: 'a passphrase for the clone test' };
+    const made = await cli(['create', '--store', secret, '--size', String(4 * MiB), '--extent-size', String(EXTENT), '--encryption', 'aes-256-gcm'], pass);
+    assert.equal(made.code, 0, made.stderr);
+    const sock = join(dir.path, 'secret.sock');
+    const gw = await startGateway(['--store', secret], { socket: sock, env: pass });
+    await runOk('nbdcopy', ['--flush', file('first'), gw.uri]);
+    assert.equal(await gw.stop(), 0, gw.logs());
+    assert.equal((await cli(['snapshot', 'create', 'x', '--store', secret])).code, 0);
+    assertUserError(await cli(['clone', '--store', secret, '--snapshot', 'x', '--to', secretClone]), 'S3NBD_KEY_REQUIRED');
+    const cloned = await cli(['clone', '--store', secret, '--snapshot', 'x', '--to', secretClone], pass);
+    assert.equal(cloned.code, 0, cloned.stderr);
+    const cloneGw = await startGateway(['--store', secretClone], { socket: join(dir.path, 'secret-clone.sock'), env: pass });
+    try {
+      assert.ok((await image(cloneGw.uri, 'secret-clone-image')).equals(readFileSync(file('first'))), 'the encrypted clone reads as the snapshot');
+    } finally {
+      assert.equal(await cloneGw.stop(), 0, cloneGw.logs());
+    }
+  });
+
   it('refuses to delete s1 on the idle origin too, and collections of the origin and of the clone leave both whole', async () => {
     assertUserError(await cli(['snapshot', 'delete', 's1', '--store', origin]), 'S3NBD_SNAPSHOT_HAS_CLONES', /--forget-missing-clones/);
     // The clone is there: --forget-missing-clones forgets nothing.
     assertUserError(await cli(['snapshot', 'delete', 's1', '--store', origin, '--forget-missing-clones']), 'S3NBD_SNAPSHOT_HAS_CLONES');
-    // An encrypted volume is not cloned (yet): the clone would need its data key.
-    const secret = join(dir.path, 'secret');
-    const made = await cli(['create', '--store', secret, '--size', String(MiB), '--encryption', 'aes-256-gcm'], { S3NBD_PASSPHRASE: 'a passphrase for the test' });
-    assert.equal(made.code, 0, made.stderr);
-    assert.equal((await cli(['snapshot', 'create', 'x', '--store', secret])).code, 0);
-    assertUserError(await cli(['clone', '--store', secret, '--snapshot', 'x', '--to', join(dir.path, 'secret-clone')]), 'S3NBD_CLONE_ENCRYPTED');
     const gc = await cli(['gc', '--store', origin]);
     assert.equal(gc.code, 0, gc.stderr);
     // The clone's own collection never touches the origin's objects, nor its tombstones above them.

@@ -32,7 +32,8 @@ import type { Logger } from 'pino';
 import { Errors, UserError } from '../../errors.ts';
 import type { ExtentSource } from '../extents/extent-objects.ts';
 import type { ExtentCodec } from '../format/extent-codec.ts';
-import { type ObjectRequest, openCodec } from '../format/object-settings.ts';
+import { type ObjectRequest, type ObjectSettings, newObjectSettings, openCodec, unlock } from '../format/object-settings.ts';
+import { type KeySource, wrapDataKey } from '../format/volume-keys.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
 import { type S3Options, absoluteStoreUrl, openObjectStore } from '../objects/store-url.ts';
 import { type Volume, type VolumeOrigin, openVolume, readVolume } from '../volume/volume.ts';
@@ -176,6 +177,8 @@ export interface CloneRequest {
   readonly to: string;
   readonly s3: S3Options;
   readonly log: Logger;
+  /** The origin's key, when it is encrypted: the clone shares its data key. */
+  readonly key?: KeySource | undefined;
   /** Wraps the stores (test hooks). */
   readonly wrapStore?: (objects: ObjectStore) => ObjectStore;
 }
@@ -195,8 +198,6 @@ export async function createClone(request: CloneRequest): Promise<CloneResult> {
   const target = wrap(openObjectStore(request.to, request.s3, request.log));
   try {
     const { volume: originVolume } = await openVolume(origin, { mode: 'open' });
-    // Not yet: the clone would need the origin's data key, re-wrapped for its own id (docs/format.md, "Clones").
-    if (originVolume.objects?.encryption) throw Errors.cloneEncrypted(origin.description);
     const manifest = await new SnapshotRegistry(origin, originVolume).load(request.snapshot);
     if (!manifest) throw Errors.noSnapshot(origin.description, request.snapshot);
     const originUrl = absoluteStoreUrl(request.store);
@@ -211,6 +212,8 @@ export async function createClone(request: CloneRequest): Promise<CloneResult> {
     const stale = (await listClones(origin, request.snapshot)).filter((c) => c.store === toUrl);
     if (stale.length > 0) await origin.deleteMany(stale.map((c) => c.key));
     const id = randomUUID();
+    // Checked before anything is written: a missing or wrong key changes nothing.
+    const objects = await cloneObjectSettings(originVolume, id, request.key, origin.description);
     const key = cloneMarkerKey(request.snapshot, id);
     await origin.put(key, Buffer.from(`${JSON.stringify({ format: CLONE_FORMAT, store: toUrl, volumeId: id, createdAt: new Date().toISOString() })}\n`));
     await origin.flush();
@@ -223,7 +226,7 @@ export async function createClone(request: CloneRequest): Promise<CloneResult> {
     }
     try {
       const { volume } = await openVolume(target, {
-        mode: 'create', size: manifest.size, extentSize: manifest.extentSize, writer: true,
+        mode: 'create', size: manifest.size, extentSize: manifest.extentSize, writer: true, newObjects: () => Promise.resolve(objects),
         clone: { id, origin: { store: originUrl, volumeId: originVolume.id, snapshot: request.snapshot } },
       });
       return { volume, created: true, manifest };
@@ -235,6 +238,22 @@ export async function createClone(request: CloneRequest): Promise<CloneResult> {
     await origin.close();
     await target.close();
   }
+}
+
+/**
+ * The clone's object settings: the origin's (compression, cipher, KEK parameters), and for an
+ * encrypted origin its data key, unwrapped with `key` and wrapped again for the clone's id (the
+ * wrapping binds the volume id), so that the one key opens both volumes. A format 1 origin:
+ * a new volume's defaults.
+ */
+async function cloneObjectSettings(origin: Volume, cloneId: string, key: KeySource | undefined, store: string): Promise<ObjectSettings | undefined> {
+  const s = origin.objects;
+  if (!s) return newObjectSettings({}, cloneId);
+  if (!s.encryption) return s;
+  const dataKey = await unlock(s.encryption, origin.id, key, store);
+  const wrappedKey = wrapDataKey(await key!.kek(s.encryption.kek), dataKey, { volumeId: cloneId, cipher: s.encryption.cipher });
+  dataKey.fill(0);
+  return { ...s, encryption: { ...s.encryption, wrappedKey } };
 }
 
 /** True when `body` is the manifest of the same snapshot (not another one made under the name since). */
