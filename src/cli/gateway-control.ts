@@ -5,10 +5,13 @@
 import type { Logger } from 'pino';
 import type { ControlHandler } from '../control/control-socket.ts';
 import { Errors } from '../errors.ts';
+import type { S3Options } from '../storage/objects/store-url.ts';
+import { missingClones } from '../storage/snapshots/clone.ts';
 import { checkSnapshotName, summaryOf } from '../storage/snapshots/manifest.ts';
 import type { Storage } from '../storage/stack.ts';
 
-export function gatewayControl(storage: Storage, log: Logger): ControlHandler {
+/** `s3`: the gateway's S3 options, to look for the clones a deletion may forget. */
+export function gatewayControl(storage: Storage, log: Logger, s3: S3Options = {}): ControlHandler {
   const { extents, snapshots, objects } = storage;
   return async (request) => {
     switch (request.op) {
@@ -29,10 +32,12 @@ export function gatewayControl(storage: Storage, log: Logger): ControlHandler {
           cache.releaseSnapshot(refs); // the registry keeps its own count of the objects
         }
       }
+      case 'hello':
+        return { pid: process.pid };
       case 'snapshot.delete': {
         const name = checkSnapshotName(String(request.name));
         const before = extents.garbage.deleted;
-        await snapshots.delete(extents, name);
+        await snapshots.delete(extents, name, request.forgetMissingClones === true ? (clones) => missingClones(clones, s3, log) : undefined);
         log.info({ snapshot: name }, 'snapshot deleted');
         return extents.garbage.deleted - before;
       }

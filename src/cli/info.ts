@@ -126,6 +126,8 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
       storedBytes: stored * volume.extentSize,
       createdAt: volume.createdAt,
       objects: describeObjectSettings(volume.objects),
+      // A clone: the snapshot it reads what it has not written from (its stored extents count those).
+      ...volume.origin ? { origin: volume.origin } : {},
     };
   } catch (err) {
     // Without a cache dir there is nothing else to show: the error is all there is.
@@ -142,7 +144,7 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   } else if (storeInfo) {
     const info = storeInfo as { store: string; id: string; size: number; extentSize: number; extents: number; storedExtents: number; storedBytes: number; createdAt: string;
-      objects: ReturnType<typeof describeObjectSettings> };
+      objects: ReturnType<typeof describeObjectSettings>; origin?: { store: string; volumeId: string; snapshot: string } };
     const o = info.objects;
     const lines = [
       `store:            ${info.store}`,
@@ -151,6 +153,7 @@ export async function runInfo(raw: Record<string, unknown>): Promise<void> {
       `extent size:      ${formatBytes(info.extentSize)}`,
       `stored extents:   ${info.storedExtents} of ${info.extents} (${formatBytes(info.storedBytes)})`,
       `created:          ${info.createdAt}`,
+      ...info.origin ? [`clone of:         snapshot ${info.origin.snapshot} of volume ${info.origin.volumeId} in ${info.origin.store}`] : [],
       `format:           ${o.format}${o.format === 1 ? ' (raw extents, no object header or checksum)' : ` (object header, ${o.checksum} checksum)`}`,
       `compression:      ${o.compression}`,
       `encryption:       ${o.encryption}${o.key ? `, data key wrapped by a ${o.key}` : ''}`,

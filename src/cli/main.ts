@@ -13,6 +13,8 @@ import { runCreate, runInfo } from './info.ts';
 import { runKeyChange } from './key.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
+import { runClone } from './clone.ts';
+import { runSnapshotPrune } from './prune.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
 import { runUndelete } from './undelete.ts';
 import { versionText } from './version.ts';
@@ -62,8 +64,16 @@ function addObjectOptions(cmd: Command): Command {
         if (!(ENCRYPTION_CHOICES as readonly string[]).includes(text)) throw Errors.badChoice('--encryption', text, ENCRYPTION_CHOICES);
         return text;
       }))
-    .addOption(new Option('--passphrase-file <file>', 'the passphrase of an encrypted volume, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE'))
-    .addOption(new Option('--key-file <file>', 'instead of a passphrase: a 32-byte key (or 64 hex digits) in a file').env('S3NBD_KEY_FILE'));
+    .addOption(passphraseFileOption())
+    .addOption(keyFileOption());
+}
+
+const passphraseFileOption = (): Option => new Option('--passphrase-file <file>', 'the passphrase of an encrypted volume, in a file (or set S3NBD_PASSPHRASE)').env('S3NBD_PASSPHRASE_FILE');
+const keyFileOption = (): Option => new Option('--key-file <file>', 'instead of a passphrase: a 32-byte key (or 64 hex digits) in a file').env('S3NBD_KEY_FILE');
+
+/** The key options alone (clone: the clone takes the origin's settings and shares its key). */
+function addKeyOptions(cmd: Command): Command {
+  return cmd.addOption(passphraseFileOption()).addOption(keyFileOption());
 }
 
 const program = new Command('s3nbd')
@@ -72,7 +82,7 @@ const program = new Command('s3nbd')
   .showHelpAfterError('(run with --help for usage)')
   .configureOutput({ outputError: (text, write) => write(text) });
 
-addObjectOptions(addStoreOptions(program.command('serve')))
+const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .description('serve a volume over NBD (creating it first when --size is given and none exists)')
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G; creates the volume if there is none', 'S3NBD_SIZE'))
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object for a new volume (default 1M)', 'S3NBD_EXTENT_SIZE'))
@@ -97,6 +107,8 @@ addObjectOptions(addStoreOptions(program.command('serve')))
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
+  .addOption(new Option('--snapshot-every <duration>', 'take a snapshot auto-<UTC time> this often (e.g. 1h, 15m), pruned by the --keep-* options').env('S3NBD_SNAPSHOT_EVERY'));
+keepOptions(serve, true)
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     await runServe(opts, cmd);
   });
@@ -130,8 +142,8 @@ function idleCommand(cmd: Command): Command {
 const snapshot = program.command('snapshot').description('create, list and delete snapshots of a volume (see docs/format.md)');
 
 /** `snapshot create NAME` and `snapshot delete NAME`. */
-function namedSnapshotCommand(verb: string, description: string, run: (name: string, opts: Record<string, unknown>) => Promise<void>): void {
-  idleCommand(snapshot.command(verb))
+function namedSnapshotCommand(verb: string, description: string, run: (name: string, opts: Record<string, unknown>) => Promise<void>): Command {
+  return idleCommand(snapshot.command(verb))
     .description(description)
     .argument('<name>', 'the snapshot\'s name: letters, digits, dots, dashes, underscores')
     .action(run);
@@ -146,7 +158,38 @@ addStoreOptions(snapshot.command('list'))
     await runSnapshotList(opts);
   });
 
-namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept', runSnapshotDelete);
+namedSnapshotCommand('delete', 'delete a snapshot, and the objects only it kept (refused while clones read it)', runSnapshotDelete)
+  .option('--forget-missing-clones', 'forget the clones of the snapshot that are gone (no such volume at their store any more), then delete it');
+
+/** The --keep-* options of `snapshot prune` and `serve` (restic's forget rules), and their variables. */
+function keepOptions(cmd: Command, forServe: boolean): Command {
+  const rules = [
+    ['--keep-last <n>', 'the N most recent snapshots', forServe ? 'S3NBD_KEEP_LAST' : 'S3NBD_PRUNE_KEEP_LAST'],
+    ['--keep-hourly <n>', 'the newest snapshot of each of the last N hours that have one', forServe ? 'S3NBD_KEEP_HOURLY' : 'S3NBD_PRUNE_KEEP_HOURLY'],
+    ['--keep-daily <n>', 'the same per day (UTC)', forServe ? 'S3NBD_KEEP_DAILY' : 'S3NBD_PRUNE_KEEP_DAILY'],
+    ['--keep-weekly <n>', 'the same per ISO week', forServe ? 'S3NBD_KEEP_WEEKLY' : 'S3NBD_PRUNE_KEEP_WEEKLY'],
+    ['--keep-monthly <n>', 'the same per month', forServe ? 'S3NBD_KEEP_MONTHLY' : 'S3NBD_PRUNE_KEEP_MONTHLY'],
+  ] as const;
+  for (const [flags, what, env] of rules) cmd.addOption(countOption(flags, `keep ${what}`, env, 0, 1_000_000));
+  return cmd;
+}
+
+keepOptions(idleCommand(snapshot.command('prune')), false)
+  .description('delete the snapshots a retention policy does not keep (the rules of restic\'s forget), one at a time')
+  .option('--prefix <prefix>', 'consider only snapshots whose names start with this (e.g. auto-); default: all')
+  .option('--dry-run', 'print what would be kept and deleted, and why, and delete nothing')
+  .option('--forget-missing-clones', 'forget clones that are gone (see snapshot delete)')
+  .action(async (opts: Record<string, unknown>) => {
+    await runSnapshotPrune(opts);
+  });
+
+addKeyOptions(addStoreOptions(program.command('clone')))
+  .description('make a new writable volume at --to from a snapshot, copying nothing: it reads what it has not written from the snapshot')
+  .requiredOption('--snapshot <name>', 'the snapshot of the volume at --store to clone')
+  .requiredOption('--to <url>', 'where the clone goes: a store that holds no volume (same forms as --store; same --s3-* options)')
+  .action(async (opts: Record<string, unknown>) => {
+    await runClone(opts);
+  });
 
 addStoreOptions(snapshot.command('restore'))
   .description('bring back a snapshot whose objects were deleted, in a bucket that keeps versions (Object Lock): its manifest, the volume metadata and every object it names')

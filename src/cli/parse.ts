@@ -41,3 +41,14 @@ export function formatBytes(bytes: number): string {
   }
   return `${bytes} bytes`;
 }
+
+const DURATION_UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "1h", "15m", "1h30m", "2d" -> milliseconds; at least `minMs`. */
+export function parseDuration(option: string, text: string, minMs: number): number {
+  const parts = /^(?:\d+[smhd])+$/.test(text.trim()) ? [...text.trim().matchAll(/(\d+)([smhd])/g)] : [];
+  const ms = parts.reduce((sum, m) => sum + Number(m[1]) * DURATION_UNITS[m[2]!]!, 0);
+  const min = minMs % 60_000 === 0 ? `${minMs / 60_000}m` : `${minMs / 1000}s`;
+  if (parts.length === 0 || !Number.isSafeInteger(ms) || ms < minMs) throw Errors.badDuration(option, text, min);
+  return ms;
+}

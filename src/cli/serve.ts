@@ -25,7 +25,11 @@ import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts
 import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
 import { listenControl } from '../control/control-socket.ts';
 import { gatewayControl } from './gateway-control.ts';
-import { formatBytes, parseFlag, parseListen } from './parse.ts';
+import { realClock } from '../clock.ts';
+import { hasRules } from '../storage/snapshots/retention.ts';
+import { startAutoSnapshots } from './auto-snapshots.ts';
+import { formatBytes, parseDuration, parseFlag, parseListen } from './parse.ts';
+import { policyOf } from './prune.ts';
 import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { describeObjectSettings } from '../storage/format/object-settings.ts';
@@ -63,6 +67,29 @@ interface ServeOptions extends StoreOptions, ObjectOptions {
   tlsCertificates?: string;
   tlsPsk?: string;
   tlsVerifyPeer?: boolean;
+  snapshotEvery?: string;
+  keepLast?: number;
+  keepHourly?: number;
+  keepDaily?: number;
+  keepWeekly?: number;
+  keepMonthly?: number;
+}
+
+/** The shortest --snapshot-every; S3NBD_TEST_SHORT_SNAPSHOT_EVERY=1 (tests only) allows a second. */
+const MIN_SNAPSHOT_EVERY_MS = 60_000;
+
+/** --snapshot-every in ms (undefined: none), refused where it cannot work; before anything is opened. */
+function snapshotSchedule(opts: ServeOptions, readOnly: boolean): number | undefined {
+  const keeps = hasRules(policyOf(opts));
+  if (opts.snapshotEvery === undefined) {
+    if (keeps) throw Errors.badSnapshotSchedule('--keep-* options were given without --snapshot-every');
+    return undefined;
+  }
+  const min = process.env.S3NBD_TEST_SHORT_SNAPSHOT_EVERY === '1' ? 1000 : MIN_SNAPSHOT_EVERY_MS;
+  const everyMs = parseDuration('--snapshot-every', opts.snapshotEvery, min);
+  if (readOnly) throw Errors.badSnapshotSchedule(opts.snapshot !== undefined ? 'serving a snapshot (--snapshot) writes nothing' : '--read-only writes nothing');
+  if (opts.store === 'memory:') throw Errors.badSnapshotSchedule('a memory: store keeps no snapshots past the process');
+  return everyMs;
 }
 
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
@@ -83,6 +110,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   if (tls?.auth === 'psk' && (opts.tlsCertificates !== undefined || verifyPeer)) {
     log.warn('--tls-psk overrides --tls-certificates and --tls-verify-peer (as in nbdkit): clients authenticate with a pre-shared key');
   }
+  const snapshotEveryMs = snapshotSchedule(opts, readOnly);
 
   // TCP unless only a socket was asked for; both when both were.
   const endpoints: Endpoint[] = [];
@@ -162,7 +190,12 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
   // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
-  const closeControl = storage.cache ? await listenControl(opts.cacheDir, gatewayControl(storage, log), log) : undefined;
+  const control = gatewayControl(storage, log, s3OptionsOf(opts));
+  const closeControl = storage.cache ? await listenControl(opts.cacheDir, control, log) : undefined;
+  // serve --snapshot-every: snapshots of its own, pruned by the --keep-* policy.
+  const stopAutoSnapshots = snapshotEveryMs !== undefined && storage.cache
+    ? startAutoSnapshots({ clock: realClock, everyMs: snapshotEveryMs, policy: policyOf(opts), control, list: () => storage.snapshots.loadAll(), log })
+    : undefined;
 
   // What the gateway is doing, for `s3nbd info --cache-dir`.
   const statusPath = join(opts.cacheDir, 'status.json');
@@ -191,6 +224,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     void (async () => {
       try {
         await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
+        await stopAutoSnapshots?.();
         await closeControl?.();
         clearInterval(statusTimer);
         const drained = await storage.close(Math.max(0, deadline - Date.now()));

@@ -11,6 +11,7 @@
 
 import { pino } from 'pino';
 import { type ControlRequest, callGateway } from '../control/control-socket.ts';
+import { missingClones } from '../storage/snapshots/clone.ts';
 import { type SnapshotSummary, summaryOf } from '../storage/snapshots/manifest.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { type IdleVolume, openIdleVolume } from '../storage/snapshots/idle-volume.ts';
@@ -23,23 +24,24 @@ import { showProgress } from './progress.ts';
 import { withKillHook } from './test-hooks.ts';
 import { type StoreOptions, s3OptionsOf } from './store-options.ts';
 
-const quiet = pino({ level: 'silent' });
+export const quiet = pino({ level: 'silent' });
 const EXIT_FENCED = 3;
 const EXIT_INTERRUPTED = 130;
 
-interface IdleOptions extends StoreOptions {
+export interface IdleOptions extends StoreOptions {
   leaseTtl: number;
   cacheDir: string;
   json?: boolean;
+  forgetMissingClones?: boolean;
 }
 
 /** What the gateway serving the volume on --cache-dir answered, or undefined when none does. */
-function viaGateway<T>(raw: Record<string, unknown>, request: ControlRequest): Promise<T | undefined> {
+export function viaGateway<T>(raw: Record<string, unknown>, request: ControlRequest): Promise<T | undefined> {
   return callGateway((raw as unknown as IdleOptions).cacheDir, request) as Promise<T | undefined>;
 }
 
 /** Opens the idle volume for `command`, runs `work`, and closes it however `work` ends. */
-async function onIdleVolume<T>(raw: Record<string, unknown>, command: string, collect: boolean, work: (v: IdleVolume) => Promise<T>): Promise<T> {
+export async function onIdleVolume<T>(raw: Record<string, unknown>, command: string, collect: boolean, work: (v: IdleVolume) => Promise<T>): Promise<T> {
   const opts = raw as unknown as IdleOptions;
   const volume = await openIdleVolume({
     store: opts.store, s3: s3OptionsOf(opts), log: quiet, command, leaseTtlMs: opts.leaseTtl * 1000, collect, wrapStore: withKillHook,
@@ -82,10 +84,12 @@ export async function runSnapshotCreate(name: string, raw: Record<string, unknow
 
 export async function runSnapshotDelete(name: string, raw: Record<string, unknown>): Promise<void> {
   checkSnapshotName(name);
-  const deleted = await viaGateway<number>(raw, { op: 'snapshot.delete', name }) ?? await onIdleVolume(raw, 'snapshot delete', true, async (v) => {
+  const opts = raw as unknown as IdleOptions;
+  const forgetMissingClones = opts.forgetMissingClones === true;
+  const deleted = await viaGateway<number>(raw, { op: 'snapshot.delete', name, forgetMissingClones }) ?? await onIdleVolume(raw, 'snapshot delete', true, async (v) => {
     const progress = showProgress(() => `deleting snapshot ${name}: ${v.extents.garbage.deleted} objects deleted, ${v.extents.garbage.pending} to go`);
     try {
-      await v.snapshots.delete(v.extents, name);
+      await v.snapshots.delete(v.extents, name, forgetMissingClones ? (clones) => missingClones(clones, s3OptionsOf(opts), quiet) : undefined);
     } finally {
       progress.done();
     }

@@ -30,6 +30,7 @@ import { DirectExtentStore } from './extents/direct-extent-store.ts';
 import { ObjectExtents } from './extents/extent-objects.ts';
 import { RetainedObjects } from './extents/retained-objects.ts';
 import { SnapshotRegistry } from './snapshots/registry.ts';
+import { type CloneBase, openCloneBase } from './snapshots/clone.ts';
 import { type SnapshotDevice, openSnapshotDevice } from './snapshots/snapshot-device.ts';
 import type { Manifest } from './snapshots/manifest.ts';
 import type { ObjectStore } from './objects/object-store.ts';
@@ -80,6 +81,8 @@ export interface Storage {
   openSnapshot(manifest: Manifest, memoryCacheBytes: number): SnapshotDevice;
   /** The volume's snapshots; a writer's has counted every one in extents.retained. */
   readonly snapshots: SnapshotRegistry;
+  /** A clone's origins (none for a volume that is not one): its snapshots read through them too. */
+  readonly clone: CloneBase;
   /** Present when writes go through the write-back cache. */
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
@@ -199,14 +202,18 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     if (previous && c && previous.volume !== volume.id) throw Errors.cacheDirMismatch(c.dir, previous.volume, volume.id);
     // The key is checked here, before the lease is taken: a wrong one changes nothing.
     const codec = await openCodec(volume, config.objects, objects.description);
-    const snapshots = new SnapshotRegistry(objects, volume);
-    const openSnapshot = (manifest: Manifest, memoryCacheBytes: number): SnapshotDevice => openSnapshotDevice(objects, volume, manifest, memoryCacheBytes, codec);
+    // A clone reads what it has not written from its origin's snapshot (snapshots/clone.ts).
+    const clone = await openCloneBase(volume, config.s3 ?? {}, log, config.objects);
+    opened.push(() => clone.close());
+    const snapshots = new SnapshotRegistry(objects, volume, clone.descriptors);
+    const openSnapshot = (manifest: Manifest, memoryCacheBytes: number): SnapshotDevice =>
+      openSnapshotDevice(objects, volume, manifest, memoryCacheBytes, codec, clone.sources);
     if (config.snapshot !== undefined) {
       const manifest = await snapshots.load(config.snapshot);
       if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
       const snapshot = openSnapshot(manifest, config.memoryCacheBytes);
       return {
-        objects, volume, created, extents: snapshot.extents, snapshots, openSnapshot, cache: undefined, identity: undefined, device: snapshot.device,
+        objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, device: snapshot.device,
         async close() {
           await closeAll();
           return true;
@@ -218,7 +225,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // garbage only once it holds the lease and has counted every snapshot (below); readers never.
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
-      retained: new RetainedObjects(), collect: false, codec, log,
+      retained: new RetainedObjects(), collect: false, codec, log, sources: clone.sources, base: clone.base,
     });
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
@@ -263,7 +270,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
-      objects, volume, created, extents, snapshots, openSnapshot, cache, identity, device,
+      objects, volume, created, extents, snapshots, clone, openSnapshot, cache, identity, device,
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;

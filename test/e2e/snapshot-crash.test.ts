@@ -1,4 +1,4 @@
-// kill -9 during `s3nbd snapshot create`, `snapshot delete` and `gc`, at several points each,
+// kill -9 during `s3nbd snapshot create`, `snapshot delete`, `gc` and `snapshot prune`, at several points each,
 // on a directory store: every snapshot stays whole, and a full collection leaves exactly the
 // objects the volume and its snapshots name (test/helpers/snapshot-crash.ts; on MinIO:
 // test/integration/snapshot-crash-s3.test.ts).
@@ -15,6 +15,6 @@ describe('kill -9 during snapshot create, delete and gc (directory store)', () =
 
   it('leaves every snapshot whole whatever the point of the kill, and a full collection leaves exactly what is named', async () => {
     const store = join(dir.path, 'store');
-    await crashScenario({ objects: new FileObjectStore(store), args: ['--store', store], env: {} });
+    await crashScenario({ objects: new FileObjectStore(store), args: ['--store', store], env: {}, prune: true });
   });
 });

@@ -46,6 +46,8 @@ export interface CrashTarget {
   /** --store and any other arguments every command needs (--s3-endpoint). */
   readonly args: readonly string[];
   readonly env: NodeJS.ProcessEnv;
+  /** Then `snapshot prune`: its --dry-run, and kills at four points (pruneScenario below). */
+  readonly prune?: boolean;
 }
 
 /** The extent objects in the store, and those the volume and its snapshots name. */
@@ -180,4 +182,50 @@ export async function crashScenario(target: CrashTarget): Promise<void> {
   assert.equal(stored.length, 3500 + 3000, `${stored.length} objects`);
   await checkAll(['s3']);
   console.log(`# after the full collection: ${stored.length} extent objects, ${referenced.length} named (gc: ${gc.stdout.trim()})`);
+  if (!target.prune) return;
+
+  /** The snapshots in the store: all of `keep`, some of `mayGo`, each reading back identical. */
+  const checkLeft = async (keep: readonly string[], mayGo: readonly string[]): Promise<string[]> => {
+    const names = await new SnapshotRegistry(objects, volume).names();
+    for (const k of keep) assert.ok(names.includes(k), `${k} is kept (${names.join(' ')})`);
+    for (const n of names) assert.ok(keep.includes(n) || mayGo.includes(n), `${n} was expected gone (${names.join(' ')})`);
+    await checkAll(names);
+    return names;
+  };
+  // snapshot prune: p1 … p5, each after a round of writes over 1500 extents, 500 further along each time.
+  for (let k = 1; k <= 5; k++) {
+    await write((k - 1) * 500, (k - 1) * 500 + 1500, 10 + k);
+    await create(`p${k}`);
+  }
+  const all = ['p1', 'p2', 'p3', 'p4', 'p5', 's3'];
+  const prune = ['snapshot', 'prune', '--keep-last', '2'];
+  const dry = await s3nbd([...prune, '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(dry.stdout.trim().split('\n').map((l) => l.split(/\s+/).slice(0, 2).join(' ')),
+    ['keep p5', 'keep p4', 'forget p3', 'forget p2', 'forget p1', 'forget s3', 'dry run:']);
+  assert.match(dry.stdout, /keep +p5 +\S+ +last 1\n/);
+  assert.match(dry.stdout, /dry run: would delete 4 of 6 snapshots\n$/);
+  await checkLeft(all, []);
+  // Deleted one at a time, newest first: killed before the first manifest goes, right after it
+  // went, after the second, and after a batch of objects.
+  await killed(prune, 'before:deleteMany:snapshots/:1');
+  await checkLeft(all, []);
+  await killed(prune, 'after:deleteMany:snapshots/:1');
+  assert.deepEqual(await checkLeft(['p1', 'p2', 'p4', 'p5', 's3'], []), ['p1', 'p2', 'p4', 'p5', 's3']);
+  await killed(prune, 'after:deleteMany:snapshots/:2');
+  assert.deepEqual(await checkLeft(['p4', 'p5', 's3'], []), ['p4', 'p5', 's3']);
+  await killed(prune, 'after:deleteMany:extents/:1');
+  // s3's manifest went before that batch, unless the batch was garbage the earlier kills left
+  // (the collector may start on it as soon as the lease is taken).
+  const s3Left = (await checkLeft(['p4', 'p5'], ['s3'])).includes('s3');
+  const done = await s3nbd(prune);
+  assert.equal(done.code, 0, done.stderr);
+  assert.match(done.stdout, s3Left ? /deleted snapshot s3\npruned: 1 snapshots deleted; \d+ objects nothing needs any more deleted\n$/ : /nothing to delete/);
+  assert.deepEqual(await checkLeft(['p4', 'p5'], []), ['p4', 'p5']);
+  const again = await s3nbd(prune);
+  assert.match(again.stdout, /nothing to delete: the policy keeps all 2 snapshots/);
+  const gcAfter = await s3nbd(['gc']);
+  assert.equal(gcAfter.code, 0, gcAfter.stderr);
+  const named = await namedObjects(objects, volume);
+  assert.deepEqual(named.stored, named.referenced, 'a full collection leaves what the volume, p4 and p5 name');
 }

@@ -22,6 +22,11 @@ export interface ExtentObjectName {
   readonly generation: number;
   /** A tombstone: the extent reads as zeros from this generation on. */
   readonly zero: boolean;
+  /**
+   * Absent or 0: an object of this volume. i ≥ 1: a clone's origin object, in the store of its
+   * i-th source (extent-objects.ts); the key is the same, the store another.
+   */
+  readonly source?: number;
 }
 
 function spread(index: number): string {

@@ -16,6 +16,15 @@
 // recount() lists the store again once such uploads cannot still land (the stack calls it a
 // lease lifetime and a request timeout after taking the lease); until then, tombstones.
 //
+// A clone (docs/format.md, "Clones") reads the extents it has not written from its origin
+// snapshot's objects, in other stores: its `base`, one object per extent, each of a `source`
+// (1: the origin volume; 2, …: the origin's own origins, for a clone of a clone's snapshot).
+// They join the census as the oldest objects of their extents (the clone's epochs are above
+// every epoch they carry, as its lease's epoch is above the census's highest), and are kept
+// for good in `retained`: so the collector never deletes one (they are not ours), never
+// deletes a tombstone above one (that would bring it back), and zeroing such an extent writes
+// a tombstone. Fetching one decodes it with its own volume's id, which its checksum binds.
+//
 // Failures arrive as the object store's StorageErrors (each backend translates its own) and
 // pass through unchanged. No per-extent lock here: each caller already runs one put or delete per extent at a time
 // (the cache's flusher one upload per extent, DirectExtentStore under its own lock), and a
@@ -96,6 +105,10 @@ export interface ObjectExtentsOptions {
   readonly log?: Logger | undefined;
   /** The objects snapshots keep (default: none). */
   readonly retained?: RetainedObjects;
+  /** A clone's origins: source i is sources[i - 1] (see the top of the file). */
+  readonly sources?: readonly ExtentSource[];
+  /** A clone's origin objects, one per extent at most, each of a source ≥ 1 (open() only). */
+  readonly base?: Iterable<{ readonly index: number; readonly generation: number; readonly source: number }>;
   /**
    * False where an earlier writer's uploads may still land after the listing at open (a
    * gateway taking the lease): until recount(), zeroed extents get tombstones. Default true.
@@ -107,6 +120,13 @@ export interface ObjectExtentsOptions {
    * not know a snapshot taken since it listed the store). Default true (tests, volatile stores).
    */
   readonly collect?: boolean;
+}
+
+/** Another volume whose objects a clone reads: its store, and the id its objects' checksums bind. */
+export interface ExtentSource {
+  readonly objects: ObjectStore;
+  readonly volumeId: string;
+  readonly codec?: ExtentCodec;
 }
 
 /** Tombstones put at once by one deleteExtents() call. */
@@ -122,6 +142,9 @@ export class ObjectExtents implements ExtentObjects {
   private readonly codec: ExtentCodec;
   private readonly volumeId: string;
   private readonly log: Logger | undefined;
+  private readonly sources: readonly ExtentSource[];
+  /** Extent → generation of the clone's origin object (none for a volume that is not a clone). */
+  private readonly base = new Map<number, number>();
   readonly retained: RetainedObjects;
   private complete: boolean;
   private collecting: boolean;
@@ -140,6 +163,7 @@ export class ObjectExtents implements ExtentObjects {
     this.codec = options.codec ?? rawCodec;
     this.volumeId = options.volumeId ?? '';
     this.log = options.log;
+    this.sources = options.sources ?? [];
     this.complete = options.complete ?? true;
     this.collecting = !fixed && (options.collect ?? true);
     this.fixed = fixed;
@@ -153,7 +177,11 @@ export class ObjectExtents implements ExtentObjects {
   static async open(objects: ObjectStore, options: ObjectExtentsOptions): Promise<ObjectExtents> {
     const census = new ObjectCensus(options.extentCount);
     await listInto(objects, census, options.extentCount);
+    const base = [...options.base ?? []];
+    // Before the layer is made: its generations start above every epoch in the census, the base's too.
+    for (const { index, generation, source } of base) census.add({ index, generation, zero: false, source });
     const layer = new ObjectExtents(objects, options, census);
+    for (const ref of base) layer.addBase(ref);
     for (const index of census.mayHaveGarbage()) layer.consider(index);
     return layer;
   }
@@ -163,10 +191,39 @@ export class ObjectExtents implements ExtentObjects {
    * object of this volume), nothing is listed, and nothing is ever put, deleted or collected.
    * An object the manifest names but the store lacks fails the read with EIO.
    */
-  static ofSnapshot(objects: ObjectStore, options: ObjectExtentsOptions, references: Iterable<{ index: number; generation: number }>): ObjectExtents {
+  static ofSnapshot(objects: ObjectStore, options: ObjectExtentsOptions,
+    references: ReadonlyArray<{ index: number; generation: number; source?: number }>): ObjectExtents {
     const census = new ObjectCensus(options.extentCount);
-    for (const { index, generation } of references) census.add({ index, generation, zero: false });
-    return new ObjectExtents(objects, options, census, true);
+    for (const { index, generation, source } of references) census.add({ index, generation, zero: false, ...source ? { source } : {} });
+    const layer = new ObjectExtents(objects, options, census, true);
+    for (const { index, generation, source } of references) {
+      if (!source) continue;
+      layer.sourceOf(index, source);
+      layer.base.set(index, generation);
+    }
+    return layer;
+  }
+
+  /** A clone's origin object (in the census already): the extent's oldest, kept for good (see the top of the file). */
+  private addBase(ref: { index: number; generation: number; source: number }): void {
+    this.sourceOf(ref.index, ref.source);
+    this.base.set(ref.index, ref.generation);
+    this.retained.add(ref.index, ref.generation);
+  }
+
+  /** The store an object of `source` is in; throws for a source this layer was not given. */
+  private sourceOf(index: number, source: number): ExtentSource {
+    const found = this.sources[source - 1];
+    if (source < 1 || !found) throw new StorageError('EIO', `extent ${index}: its object is in source ${source}, which is not open`);
+    return found;
+  }
+
+  /** 0 when the object is this volume's, i ≥ 1 when it is the clone's origin object of source i. */
+  referenceSource(index: number, generation: number): number {
+    if (this.base.get(index) !== generation) return 0;
+    const current = this.census.current(index);
+    if (current?.generation === generation) return current.source ?? 0;
+    return this.census.others(index).find((o) => o.generation === generation)?.source ?? 0;
   }
 
   /** Starts collecting garbage (the stack calls it once it holds the lease and knows every snapshot). */
@@ -180,7 +237,7 @@ export class ObjectExtents implements ExtentObjects {
     if (this.collecting) this.collector.consider(index);
   }
 
-  /** The current data object of every stored extent (not tombstones), ascending: what a snapshot holds. */
+  /** The current data object of every stored extent (not tombstones), ascending, with its source: what a snapshot holds. */
   currentObjects(): ExtentObjectName[] {
     const names: ExtentObjectName[] = [];
     for (const index of this.census.stored.allocatedIn(0, this.extentCount)) {
@@ -267,6 +324,7 @@ export class ObjectExtents implements ExtentObjects {
       if (!current || current.zero) return undefined;
       const data = await this.fetchObject(current);
       if (data !== undefined) return data;
+      if (current.source) throw new StorageError('EIO', `extent ${index}'s object ${keyOf(current)} in the clone's origin ${this.sourceOf(index, current.source).objects.description} is missing`);
       if (this.fixed) throw new StorageError('EIO', `extent ${index}'s object ${keyOf(current)}, which the snapshot holds, is missing from the store`);
       // Superseded and collected while we asked for it: ask for the newer one.
       if (this.census.current(index) !== current) continue;
@@ -277,7 +335,8 @@ export class ObjectExtents implements ExtentObjects {
   }
 
   fetchGeneration(index: number, generation: number): Promise<Buffer | undefined> {
-    return this.fetchObject({ index, generation, zero: false });
+    const source = this.base.get(index) === generation ? this.referenceSource(index, generation) : 0;
+    return this.fetchObject({ index, generation, zero: false, ...source ? { source } : {} });
   }
 
   /** One object's extent, or undefined when the object is not there; waits for its turn (MAX_FETCH_BYTES). */
@@ -303,12 +362,15 @@ export class ObjectExtents implements ExtentObjects {
    */
   private async getDecoded(name: ExtentObjectName): Promise<Buffer | undefined> {
     const key = keyOf(name);
-    const id = { volumeId: this.volumeId, index: name.index, generation: name.generation };
+    // A clone's origin object: its store, its codec, and its volume's id bound in its checksum.
+    const from = name.source ? this.sourceOf(name.index, name.source) : undefined;
+    const codec = from ? from.codec ?? rawCodec : this.codec;
+    const id = { volumeId: from?.volumeId ?? this.volumeId, index: name.index, generation: name.generation };
     for (let attempt = 1; ; attempt++) {
-      const body = await this.objects.get(key, this.codec.maxBodyBytes(this.extentSize));
+      const body = await (from?.objects ?? this.objects).get(key, codec.maxBodyBytes(this.extentSize));
       if (body === undefined) return undefined;
       try {
-        return await this.codec.decode(id, body);
+        return await codec.decode(id, body);
       } catch (err) {
         if (!(err instanceof StorageError) || attempt >= 2) {
           const reason = (err as Error).message;

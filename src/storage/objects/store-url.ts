@@ -63,6 +63,16 @@ export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger):
 }
 
 /**
+ * The store as another process, run elsewhere, names it (a clone's record of its origin): a
+ * directory as an absolute path, an s3:// URL as it is.
+ */
+export function absoluteStoreUrl(spec: string): string {
+  if (/^s3:/i.test(spec) || spec === 'memory:') return spec;
+  const store = openObjectStore(spec);
+  return store instanceof FileObjectStore ? store.root : spec;
+}
+
+/**
  * An endpoint must be an http:// or https:// URL. "127.0.0.1:9000" or "minio:9000" would
  * otherwise fail later with the SDK's "Invalid URL", or be read as a URL of scheme "minio:".
  */

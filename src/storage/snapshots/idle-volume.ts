@@ -19,6 +19,7 @@ import { type S3Options, openObjectStore } from '../objects/store-url.ts';
 import { explain } from '../stack.ts';
 import { Lease } from '../volume/lease.ts';
 import { type Volume, extentCountOf, openVolume } from '../volume/volume.ts';
+import { openCloneBase } from './clone.ts';
 import { SnapshotRegistry } from './registry.ts';
 
 export interface IdleVolumeConfig {
@@ -81,7 +82,10 @@ export async function openIdleVolume(config: IdleVolumeConfig): Promise<IdleVolu
       config.onWait?.(wait);
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
-    const snapshots = new SnapshotRegistry(objects, volume);
+    // A clone's origin objects join its census (kept for good), and its snapshots name them.
+    const clone = await openCloneBase(volume, config.s3 ?? {}, config.log);
+    closing.push(() => clone.close());
+    const snapshots = new SnapshotRegistry(objects, volume, clone.descriptors);
     const retained = new RetainedObjects();
     await snapshots.retainAll(retained);
     // Every object is known after the listing unless an earlier writer crashed with uploads
@@ -92,6 +96,7 @@ export async function openIdleVolume(config: IdleVolumeConfig): Promise<IdleVolu
     const lateUploads = !noLateWrites && lease.lateUntil > Date.now();
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, retained, collect: false, complete: !lateUploads,
+      sources: clone.sources, base: clone.base,
     });
     closing.push(() => extents.close());
     if (config.collect) extents.startCollecting();

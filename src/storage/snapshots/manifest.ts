@@ -24,9 +24,9 @@
 //
 // A reference names the object extents/<hh>/<index>.<generation> (extent-keys.ts), generation
 // = epoch × 2^32 + sequence (generations.ts). Extents without a reference read as zeros.
-// `sources` is empty in this version; it is the room left for clones, whose manifests will
-// name objects of another volume (each source an object naming that volume: its id and where
-// it lives). A reader meets a source it does not know as an error, never as zeros.
+// `sources` is empty but for a clone's snapshots (clone.ts), which may name objects of its
+// origins: each source {"store":"<URL>","volumeId":"…","snapshot":"…"}, source i ≥ 1 being
+// sources[i - 1]. A reader meets a source it has not opened as an error, never as zeros.
 //
 // Deltas keep the columns small (consecutive extents written in one run differ by 1 in index
 // and sequence) and DEFLATE takes the rest: 100,000 references make a body of 6 KB (extents
@@ -52,7 +52,7 @@ const MAX_VARINT_BYTES = 6;
 export interface SnapshotReference {
   readonly index: number;
   readonly generation: number;
-  /** 0: this volume's object; i: header.sources[i - 1]'s (clones; none in version 1). */
+  /** 0: this volume's object; i: header.sources[i - 1]'s (a clone's origins). */
   readonly source: number;
 }
 
@@ -62,7 +62,7 @@ export interface ManifestHeader {
   readonly createdAt: string;
   readonly size: number;
   readonly extentSize: number;
-  /** Other volumes whose objects references may name (clones); empty in version 1. */
+  /** Other volumes whose objects references may name (a clone's origins, clone.ts); else empty. */
   readonly sources: readonly unknown[];
 }
 

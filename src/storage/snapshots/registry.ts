@@ -11,7 +11,9 @@
 //   create: keep the objects (in memory), then PUT the manifest (If-None-Match: *). Killed
 //           before the PUT: no snapshot, nothing changed. After: the snapshot is whole, and
 //           the next holder finds it before it collects anything.
-//   delete: DELETE the manifest (and make that durable), then let go of its objects and delete
+//   delete: refuse while the snapshot has clones (clone.ts: markers under clones/<name>/), then
+//           DELETE the manifest (and make that durable), look for clones again (one made
+//           meanwhile: PUT the manifest back and refuse), then let go of its objects and delete
 //           those now garbage: superseded, and named by no other manifest. Killed in between:
 //           the objects are garbage that the next collection finds (any start of a writer,
 //           or `s3nbd gc`, lists the bucket and deletes what is superseded and unnamed).
@@ -19,6 +21,8 @@
 // Manifests never change once written, so each is fetched once per process and kept.
 
 import { Errors } from '../../errors.ts';
+import type { VolumeOrigin } from '../volume/volume.ts';
+import { type CloneMarker, describeClones, listClones } from './clone.ts';
 import type { ObjectExtents } from '../extents/extent-objects.ts';
 import type { RetainedObjects } from '../extents/retained-objects.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
@@ -32,15 +36,16 @@ import {
 const LOAD_CONCURRENCY = 16;
 
 /**
- * Writes the manifest of snapshot `name` holding `references` (this volume's objects), once:
- * resolves false when the name is taken. The caller keeps the objects from collection
- * meanwhile (SnapshotRegistry.create does). Resolves once the manifest is durable.
+ * Writes the manifest of snapshot `name` holding `references` (this volume's objects, or, for
+ * a clone, its origins' of `sources`), once: resolves undefined when the name is taken. The
+ * caller keeps the objects from collection meanwhile (SnapshotRegistry.create does). Resolves
+ * once the manifest is durable.
  */
 export async function writeSnapshot(objects: ObjectStore, volume: Volume, name: string,
-  references: ReadonlyArray<{ index: number; generation: number }>): Promise<Manifest | undefined> {
+  references: readonly SnapshotReference[], sources: readonly VolumeOrigin[] = []): Promise<Manifest | undefined> {
   const manifest: Manifest = {
     name: checkSnapshotName(name), volumeId: volume.id, createdAt: new Date().toISOString(), size: volume.size,
-    extentSize: volume.extentSize, sources: [], references: references.map((r) => ({ index: r.index, generation: r.generation, source: 0 })),
+    extentSize: volume.extentSize, sources: references.some((r) => r.source > 0) ? sources : [], references,
   };
   const body = encodeManifest(manifest);
   if (await objects.putIf(manifestKey(name), body, undefined) === undefined) {
@@ -59,10 +64,13 @@ export class SnapshotRegistry {
   /** Snapshots whose objects were counted in `retained` by this registry (so may be released). */
   private readonly counted = new Set<string>();
   private retained: RetainedObjects | undefined;
+  /** A clone's origins, as its snapshots' manifests name them (clone.ts). */
+  private readonly sources: readonly VolumeOrigin[];
 
-  constructor(objects: ObjectStore, volume: Volume) {
+  constructor(objects: ObjectStore, volume: Volume, sources: readonly VolumeOrigin[] = []) {
     this.objects = objects;
     this.volume = volume;
+    this.sources = sources;
   }
 
   /** The names of the snapshots in the bucket, sorted (one LIST per 1000). */
@@ -135,7 +143,8 @@ export class SnapshotRegistry {
     for (const ref of references) extents.retained.add(ref.index, ref.generation);
     // A failure (thrown) keeps the objects: the manifest may have landed all the same, and the
     // next start, which reads the manifests, lets go of them if it did not.
-    const manifest = await writeSnapshot(this.objects, this.volume, name, references);
+    const sourced = references.map((r) => ({ index: r.index, generation: r.generation, source: extents.referenceSource(r.index, r.generation) }));
+    const manifest = await writeSnapshot(this.objects, this.volume, name, sourced, this.sources);
     if (!manifest) {
       this.release(extents, references);
       throw Errors.snapshotExists(this.objects.description, name);
@@ -148,13 +157,28 @@ export class SnapshotRegistry {
   /**
    * Deletes snapshot `name`: its manifest first, then the objects only it kept (superseded, and
    * named by no other snapshot), through `extents`' garbage collector. S3NBD_NO_SNAPSHOT when
-   * there is no such snapshot.
+   * there is no such snapshot, S3NBD_SNAPSHOT_HAS_CLONES while clones read it; `forgettable`
+   * picks the clones that are gone (their markers are deleted first).
    */
-  async delete(extents: ObjectExtents, name: string): Promise<Manifest> {
+  async delete(extents: ObjectExtents, name: string, forgettable?: (clones: CloneMarker[]) => Promise<CloneMarker[]>): Promise<Manifest> {
     const manifest = await this.load(name);
     if (!manifest) throw Errors.noSnapshot(this.objects.description, name);
+    let clones = await listClones(this.objects, name);
+    const gone = clones.length > 0 && forgettable ? await forgettable(clones) : [];
+    if (gone.length > 0) {
+      await this.objects.deleteMany(gone.map((c) => c.key));
+      clones = clones.filter((c) => !gone.includes(c));
+    }
+    if (clones.length > 0) throw Errors.snapshotHasClones(this.objects.description, name, describeClones(clones));
     await this.objects.deleteMany([manifestKey(name)]);
     await this.objects.flush();
+    const late = await listClones(this.objects, name);
+    if (late.length > 0) {
+      // A clone made while we deleted: it read the manifest before we deleted it. Put it back.
+      await this.objects.put(manifestKey(name), encodeManifest(manifest));
+      await this.objects.flush();
+      throw Errors.snapshotHasClones(this.objects.description, name, describeClones(late));
+    }
     this.manifests.delete(name);
     // A snapshot this registry never counted (none, for the lease holder) keeps nothing here:
     // releasing it would let go of another snapshot's count. Its objects wait for the next start.

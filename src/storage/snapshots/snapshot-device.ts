@@ -5,7 +5,7 @@
 import { Errors } from '../../errors.ts';
 import { ExtentDevice } from '../extent-device.ts';
 import { DirectExtentStore } from '../extents/direct-extent-store.ts';
-import { ObjectExtents } from '../extents/extent-objects.ts';
+import { type ExtentSource, ObjectExtents } from '../extents/extent-objects.ts';
 import type { ExtentCodec } from '../format/extent-codec.ts';
 import type { ObjectStore } from '../objects/object-store.ts';
 import { type Volume, extentCountOf } from '../volume/volume.ts';
@@ -17,13 +17,14 @@ export interface SnapshotDevice {
   readonly device: ExtentDevice;
 }
 
+/** `sources`: a clone's origins (Storage.clone.sources), which its snapshots' references of source ≥ 1 name. */
 export function openSnapshotDevice(objects: ObjectStore, volume: Volume, manifest: Manifest, memoryCacheBytes: number,
-  codec?: ExtentCodec): SnapshotDevice {
-  if (manifest.references.some((r) => r.source !== 0)) {
-    throw Errors.badSnapshot(objects.description, manifest.name, 'it names objects of another volume (a clone\'s), which this build cannot read');
+  codec?: ExtentCodec, sources: readonly ExtentSource[] = []): SnapshotDevice {
+  if (manifest.sources.length > sources.length) {
+    throw Errors.badSnapshot(objects.description, manifest.name, `it names objects of ${manifest.sources.length} other volumes, of which ${sources.length} are open (is the volume still a clone of the same origin?)`);
   }
   const extents = ObjectExtents.ofSnapshot(objects, {
-    extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, ...codec ? { codec } : {},
+    extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, sources, ...codec ? { codec } : {},
   }, manifest.references);
   const device = new ExtentDevice(new DirectExtentStore(extents, memoryCacheBytes), manifest.size, true);
   return { manifest, extents, device };

@@ -1,7 +1,12 @@
 // A volume is described by one metadata object, written once when the volume is created:
 //
 //   s3nbd-volume.json  {"format":"s3nbd-volume","version":2,"id":"<uuid>","size":<bytes>,
-//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>","objects":{...}}
+//                       "extentSize":<bytes>,"createdAt":"<ISO 8601>","objects":{...},
+//                       "origin":{"store":"<URL>","volumeId":"<uuid>","snapshot":"<name>"}}
+//
+// `origin` only for a clone (s3nbd clone, docs/format.md "Clones"): the snapshot whose objects
+// it reads for the extents it has not written, in the volume at that store (an absolute
+// directory path or an s3:// URL, opened with the clone's own S3 options).
 //
 // `objects` (format 2: every extent object has a header and checksum, and may be compressed
 // and encrypted) is parsed by format/object-settings.ts. Version 2 is also the bucket layout
@@ -41,6 +46,15 @@ export interface Volume {
   readonly createdAt: string;
   /** How extents are stored (format 2); undefined for a format 1 volume (raw extents). */
   readonly objects?: ObjectSettings | undefined;
+  /** A clone's origin: the snapshot it was made from. */
+  readonly origin?: VolumeOrigin;
+}
+
+export interface VolumeOrigin {
+  /** Where the origin volume lives: an absolute directory path or an s3:// URL. */
+  readonly store: string;
+  readonly volumeId: string;
+  readonly snapshot: string;
 }
 
 export interface VolumeRequest {
@@ -53,6 +67,8 @@ export interface VolumeRequest {
   readonly writer?: boolean | undefined;
   /** Serving --read-only: never create (that would write to the store), whatever the mode. */
   readonly readOnly?: boolean | undefined;
+  /** Creating a clone: its id (chosen before its origin records it) and its origin. */
+  readonly clone?: { readonly id: string; readonly origin: VolumeOrigin } | undefined;
   /**
    * The object settings of a volume about to be created (default: checksum and default
    * compression, no encryption); undefined makes a volume of format 1 (raw extents).
@@ -98,13 +114,14 @@ export async function openVolume(objects: ObjectStore, request: VolumeRequest,
     throw Errors.noVolume(objects.description);
   }
   await beforeCreate();
-  const id = randomUUID();
+  const id = request.clone?.id ?? randomUUID();
   const volume: Volume = {
     id,
     size: request.size,
     extentSize: request.extentSize ?? DEFAULT_EXTENT_SIZE,
     createdAt: new Date().toISOString(),
     objects: await (request.newObjects ?? ((volumeId) => newObjectSettings({}, volumeId)))(id),
+    ...request.clone ? { origin: request.clone.origin } : {},
   };
   const body = volumeBody(volume);
   if (await objects.putIf(VOLUME_KEY, body, undefined) !== undefined) {
@@ -166,19 +183,24 @@ export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume
   if (meta.version !== VOLUME_VERSION && meta.version !== VOLUME_VERSION_RAW) {
     throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION_RAW} and ${VOLUME_VERSION})`);
   }
-  const { id, size, extentSize, createdAt } = meta;
+  const { id, size, extentSize, createdAt, origin } = meta;
   if (typeof id !== 'string' || typeof size !== 'number' || typeof extentSize !== 'number' || typeof createdAt !== 'string') {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} lacks id, size, extentSize or createdAt`);
   }
   checkGeometry(size, extentSize);
-  if (meta.version === VOLUME_VERSION_RAW) return { volume: { id, size, extentSize, createdAt }, data, tag };
+  const o = origin as Record<string, unknown> | undefined;
+  if (o !== undefined && (typeof o !== 'object' || typeof o.store !== 'string' || typeof o.volumeId !== 'string' || typeof o.snapshot !== 'string')) {
+    throw Errors.badVolume(objects.description, `${VOLUME_KEY}'s origin lacks store, volumeId or snapshot`);
+  }
+  const cloneOf = o ? { origin: { store: o.store as string, volumeId: o.volumeId as string, snapshot: o.snapshot as string } } : {};
+  if (meta.version === VOLUME_VERSION_RAW) return { volume: { id, size, extentSize, createdAt, ...cloneOf }, data, tag };
   let settings: ObjectSettings;
   try {
     settings = parseObjectSettings(meta.objects);
   } catch (err) {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY}: ${(err as Error).message}`);
   }
-  return { volume: { id, size, extentSize, createdAt, objects: settings }, data, tag };
+  return { volume: { id, size, extentSize, createdAt, objects: settings, ...cloneOf }, data, tag };
 }
 
 function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeRequest): Volume {
