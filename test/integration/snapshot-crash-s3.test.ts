@@ -21,7 +21,7 @@ describe('kill -9 during snapshot create, delete and gc (MinIO)', () => {
     await s3?.stop();
   });
 
-  it('leaves every snapshot whole whatever the point of the kill, and a full collection leaves exactly what is named', { timeout: 600_000 }, async () => {
+  it('leaves every snapshot whole whatever the point of the kill (create, delete, gc, prune), and a full collection leaves exactly what is named', { timeout: 900_000 }, async () => {
     const objects = new S3ObjectStore({
       bucket, prefix: 'vol', endpoint: s3.endpoint, region: s3.region,
       credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
@@ -31,6 +31,7 @@ describe('kill -9 during snapshot create, delete and gc (MinIO)', () => {
         objects,
         args: ['--store', `s3://${bucket}/vol`, '--s3-endpoint', s3.endpoint],
         env: { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region },
+        prune: true,
       });
     } finally {
       await objects.close();

@@ -107,8 +107,10 @@ describe('WriteBackCache', () => {
     await first.dev.flush();
     await first.cache.close();
 
-    // Memory for 4 extents, so a stream window of 2 x READ_AHEAD = 16 extents.
-    const { dev, cache } = await open(objects, size, `${dir.path}/stream-b`);
+    // Memory for 4 extents, so a stream window of 2 x READ_AHEAD = 16 extents. Uploads wait for
+    // the FLUSH: with the helper's 5 ms delay, a loaded machine uploaded the written extents
+    // before they were read back, and the read then had to GET them ("no GET for dirty extents").
+    const { dev, cache } = await open(objects, size, `${dir.path}/stream-b`, { uploadDelayMs: 3_600_000 });
     try {
       let gets = objects.calls.get;
       assertSameBytes(await readAll(dev, 0, size), model, 'a sequential read');
