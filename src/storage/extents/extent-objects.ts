@@ -31,12 +31,12 @@
 // second lock in this layer only doubled the work on the upload path.
 
 import type { Logger } from 'pino';
-import { LogCodes } from '../../errors.ts';
 import { type ExtentCodec, rawCodec } from '../format/extent-codec.ts';
 import { EXTENT_PREFIX, type ExtentObjectName, parseExtentKey } from './extent-keys.ts';
 import { DELETE_BATCH, GarbageCollector } from './garbage-collector.ts';
 import { GenerationCounter } from './generations.ts';
 import { ObjectCensus, keyOf } from './object-census.ts';
+import { type ExtentSource, ObjectReader } from './object-reader.ts';
 import { RetainedObjects } from './retained-objects.ts';
 import type { ExtentRun } from '../extent-store.ts';
 import { StorageError } from '../storage-error.ts';
@@ -86,13 +86,7 @@ export interface ExtentObjects {
   flush(): Promise<void>;
 }
 
-/**
- * Whole extents being fetched from the store at once, in bytes (at least 8 extents). A read
- * of one byte fetches a whole extent, so the NBD in-flight budget, which counts the bytes
- * asked for, did not bound them (256 one-byte reads per connection, 256 extents in memory);
- * nor did anything bound the write-back cache's read-ahead. More fetches wait their turn.
- */
-export const MAX_FETCH_BYTES = 64 * 1024 * 1024;
+export { MAX_FETCH_BYTES, type ExtentSource } from './object-reader.ts';
 
 export interface ObjectExtentsOptions {
   readonly extentSize: number;
@@ -122,13 +116,6 @@ export interface ObjectExtentsOptions {
   readonly collect?: boolean;
 }
 
-/** Another volume whose objects a clone reads: its store, and the id its objects' checksums bind. */
-export interface ExtentSource {
-  readonly objects: ObjectStore;
-  readonly volumeId: string;
-  readonly codec?: ExtentCodec;
-}
-
 /** Tombstones put at once by one deleteExtents() call. */
 const TOMBSTONE_CONCURRENCY = 16;
 
@@ -141,8 +128,7 @@ export class ObjectExtents implements ExtentObjects {
   private readonly collector: GarbageCollector;
   private readonly codec: ExtentCodec;
   private readonly volumeId: string;
-  private readonly log: Logger | undefined;
-  private readonly sources: readonly ExtentSource[];
+  private readonly reader: ObjectReader;
   /** Extent → generation of the clone's origin object (none for a volume that is not a clone). */
   private readonly base = new Map<number, number>();
   readonly retained: RetainedObjects;
@@ -150,10 +136,6 @@ export class ObjectExtents implements ExtentObjects {
   private collecting: boolean;
   /** A snapshot's extents (ofSnapshot): the census is the manifest's, and a missing object is an error, not zeros. */
   private readonly fixed: boolean;
-  /** Fetches running (see MAX_FETCH_BYTES), and those waiting for their turn. */
-  private fetching = 0;
-  private readonly maxFetches: number;
-  private readonly fetchQueue: Array<() => void> = [];
 
   private constructor(objects: ObjectStore, options: ObjectExtentsOptions, census: ObjectCensus, fixed = false) {
     this.objects = objects;
@@ -162,15 +144,15 @@ export class ObjectExtents implements ExtentObjects {
     this.census = census;
     this.codec = options.codec ?? rawCodec;
     this.volumeId = options.volumeId ?? '';
-    this.log = options.log;
-    this.sources = options.sources ?? [];
+    this.reader = new ObjectReader({
+      extentSize: options.extentSize, own: { objects, volumeId: this.volumeId, codec: this.codec }, sources: options.sources ?? [], log: options.log,
+    });
     this.complete = options.complete ?? true;
     this.collecting = !fixed && (options.collect ?? true);
     this.fixed = fixed;
     this.generations = new GenerationCounter(census.maxEpoch + 1);
     this.retained = options.retained ?? new RetainedObjects();
-    this.collector = new GarbageCollector(objects, census, this.retained, () => this.complete);
-    this.maxFetches = Math.max(8, Math.floor(MAX_FETCH_BYTES / options.extentSize));
+    this.collector = new GarbageCollector(objects, census, this.retained, () => this.complete, options.log);
   }
 
   /** Opens the layer, listing the store once to learn which objects exist; queues the garbage found. */
@@ -198,7 +180,7 @@ export class ObjectExtents implements ExtentObjects {
     const layer = new ObjectExtents(objects, options, census, true);
     for (const { index, generation, source } of references) {
       if (!source) continue;
-      layer.sourceOf(index, source);
+      layer.reader.sourceOf(index, source);
       layer.base.set(index, generation);
     }
     return layer;
@@ -206,16 +188,9 @@ export class ObjectExtents implements ExtentObjects {
 
   /** A clone's origin object (in the census already): the extent's oldest, kept for good (see the top of the file). */
   private addBase(ref: { index: number; generation: number; source: number }): void {
-    this.sourceOf(ref.index, ref.source);
+    this.reader.sourceOf(ref.index, ref.source);
     this.base.set(ref.index, ref.generation);
     this.retained.add(ref.index, ref.generation);
-  }
-
-  /** The store an object of `source` is in; throws for a source this layer was not given. */
-  private sourceOf(index: number, source: number): ExtentSource {
-    const found = this.sources[source - 1];
-    if (source < 1 || !found) throw new StorageError('EIO', `extent ${index}: its object is in source ${source}, which is not open`);
-    return found;
   }
 
   /** 0 when the object is this volume's, i ≥ 1 when it is the clone's origin object of source i. */
@@ -298,7 +273,7 @@ export class ObjectExtents implements ExtentObjects {
   }
 
   get fetchesFull(): boolean {
-    return this.fetching >= this.maxFetches;
+    return this.reader.full;
   }
 
   get allocatedCount(): number {
@@ -322,9 +297,9 @@ export class ObjectExtents implements ExtentObjects {
     for (;;) {
       const current = this.census.current(index);
       if (!current || current.zero) return undefined;
-      const data = await this.fetchObject(current);
+      const data = await this.reader.read(current);
       if (data !== undefined) return data;
-      if (current.source) throw new StorageError('EIO', `extent ${index}'s object ${keyOf(current)} in the clone's origin ${this.sourceOf(index, current.source).objects.description} is missing`);
+      if (current.source) throw new StorageError('EIO', `extent ${index}'s object ${keyOf(current)} in the clone's origin ${this.reader.sourceOf(index, current.source).objects.description} is missing`);
       if (this.fixed) throw new StorageError('EIO', `extent ${index}'s object ${keyOf(current)}, which the snapshot holds, is missing from the store`);
       // Superseded and collected while we asked for it: ask for the newer one.
       if (this.census.current(index) !== current) continue;
@@ -336,51 +311,7 @@ export class ObjectExtents implements ExtentObjects {
 
   fetchGeneration(index: number, generation: number): Promise<Buffer | undefined> {
     const source = this.base.get(index) === generation ? this.referenceSource(index, generation) : 0;
-    return this.fetchObject({ index, generation, zero: false, ...source ? { source } : {} });
-  }
-
-  /** One object's extent, or undefined when the object is not there; waits for its turn (MAX_FETCH_BYTES). */
-  private async fetchObject(name: ExtentObjectName): Promise<Buffer | undefined> {
-    while (this.fetching >= this.maxFetches) await new Promise<void>((resolve) => this.fetchQueue.push(resolve));
-    this.fetching++;
-    try {
-      const data = await this.getDecoded(name);
-      if (data !== undefined && data.length !== this.extentSize) {
-        throw new StorageError('EIO', `extent ${name.index} has ${data.length} bytes, expected ${this.extentSize}`);
-      }
-      return data;
-    } finally {
-      this.fetching--;
-      this.fetchQueue.shift()?.();
-    }
-  }
-
-  /**
-   * The object, decoded. A body that fails the codec's check (damaged in the store or on the
-   * way, or another extent's object) is fetched once more, in case it was the way; if the
-   * second fails too, the read fails with EIO and one error line names the key.
-   */
-  private async getDecoded(name: ExtentObjectName): Promise<Buffer | undefined> {
-    const key = keyOf(name);
-    // A clone's origin object: its store, its codec, and its volume's id bound in its checksum.
-    const from = name.source ? this.sourceOf(name.index, name.source) : undefined;
-    const codec = from ? from.codec ?? rawCodec : this.codec;
-    const id = { volumeId: from?.volumeId ?? this.volumeId, index: name.index, generation: name.generation };
-    for (let attempt = 1; ; attempt++) {
-      const body = await (from?.objects ?? this.objects).get(key, codec.maxBodyBytes(this.extentSize));
-      if (body === undefined) return undefined;
-      try {
-        return await codec.decode(id, body);
-      } catch (err) {
-        if (!(err instanceof StorageError) || attempt >= 2) {
-          const reason = (err as Error).message;
-          this.log?.error({ code: LogCodes.objectCorrupt, key, extent: name.index, generation: name.generation, bytes: body.length, reason },
-            'extent object failed its check twice: the read fails with EIO (the object is never served as data)');
-          throw new StorageError('EIO', `extent object ${key} failed its check: ${reason}`);
-        }
-        this.log?.warn({ key, extent: name.index, reason: err.message }, 'extent object failed its check: fetching it again');
-      }
-    }
+    return this.reader.read({ index, generation, zero: false, ...source ? { source } : {} });
   }
 
   reserveCopyGeneration(): number {
