@@ -13,6 +13,7 @@ import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { LEASE_KEY, Lease } from '../../src/storage/volume/lease.ts';
 import { VOLUME_KEY, openVolume } from '../../src/storage/volume/volume.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
+import { until } from '../helpers/manual-clock.ts';
 
 const E = 4096;
 const COUNT = 16;
@@ -117,6 +118,23 @@ describe('extent generations', () => {
     const left = await keys(inner);
     assert.equal(left.length, 1);
     assert.ok(parseExtentKey(left[0]!)!.generation > 0);
+  });
+
+  it('says once that deleting garbage fails, and once that it works again', async () => {
+    const inner = new MemoryObjectStore();
+    const store = new FaultyStore(inner);
+    const lines: Array<{ level: number; msg: string }> = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => { lines.push(JSON.parse(line) as { level: number; msg: string }); } });
+    const layer = await ObjectExtents.open(store, { extentSize: E, extentCount: COUNT, log });
+    store.failAll('deleteMany');
+    await layer.put(0, fill(1));
+    await layer.put(0, fill(2)); // the first object is garbage: its batch goes out within 2 s, and fails
+    await until(() => lines.some((l) => l.level === 40), 'the failure is logged', 10_000);
+    store.failAll('deleteMany', false);
+    await until(() => lines.some((l) => l.level === 30), 'the recovery is logged', 30_000);
+    assert.deepEqual(lines.map((l) => l.level), [40, 30], 'one warning, one line when it works again');
+    assert.equal((await keys(inner)).length, 1);
+    await layer.close();
   });
 
   it('finds the garbage a crash left behind at the next start', async () => {

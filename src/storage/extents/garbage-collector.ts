@@ -11,6 +11,7 @@
 // per 1000 objects, not one per upload. A failed batch stays queued and is tried again
 // later: garbage left behind is harmless, and the next start finds it in its listing.
 
+import type { Logger } from 'pino';
 import type { ExtentObjectName } from './extent-keys.ts';
 import { type ObjectCensus, keyOf } from './object-census.ts';
 import type { RetainedObjects } from './retained-objects.ts';
@@ -34,7 +35,12 @@ export class GarbageCollector {
   private readonly retained: RetainedObjects;
   private readonly complete: () => boolean;
 
-  constructor(objects: ObjectStore, census: ObjectCensus, retained: RetainedObjects, complete: () => boolean) {
+  /** Set while batches fail (said once, and once more when they work again). */
+  private failing = false;
+  private readonly log: Logger | undefined;
+
+  constructor(objects: ObjectStore, census: ObjectCensus, retained: RetainedObjects, complete: () => boolean, log?: Logger) {
+    this.log = log;
     this.objects = objects;
     this.census = census;
     this.retained = retained;
@@ -77,7 +83,18 @@ export class GarbageCollector {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      void this.run().then(() => this.schedule(BATCH_DELAY_MS), () => this.schedule(RETRY_DELAY_MS));
+      void this.run().then(() => {
+        if (this.failing) this.log?.info({ pending: this.queue.size }, 'deleting superseded objects works again');
+        this.failing = false;
+        this.schedule(BATCH_DELAY_MS);
+      }, (err: unknown) => {
+        if (!this.failing) {
+          this.log?.warn({ err: (err as Error).message, pending: this.queue.size },
+            `deleting superseded objects failed; retrying every ${RETRY_DELAY_MS / 1000} s (what is left costs storage, not data)`);
+        }
+        this.failing = true;
+        this.schedule(RETRY_DELAY_MS);
+      });
     }, ms);
     this.timer.unref();
   }
