@@ -65,6 +65,8 @@ export const TOOL_PACKAGES = {
   'radosgw-admin': 'ceph-common',
   monmaptool: 'ceph-base',
   ceph: 'ceph-common',
+  // The status page's tests drive it through puppeteer-core (test/helpers/chromium.ts).
+  chromium: 'chromium',
 } as const;
 
 export type Tool = keyof typeof TOOL_PACKAGES;
