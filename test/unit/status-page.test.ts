@@ -114,7 +114,7 @@ describe('status page against a stand-in admin endpoint', () => {
 
     assert.equal(shown.connection, 'ok');
     assert.equal(shown.banner, null);
-    assert.match(shown.gateway, /version s3nbd 0\.1\.0 .* · up 1 h 2 min · 2 volumes/);
+    assert.match(shown.gateway, /^s3nbd 0\.1\.0 \(commit abc1234\) · up 1 h 2 min · 2 volumes$/);
     const [vm1, html] = shown.volumes;
     assert.equal(vm1!.name, 'vm1');
     assert.deepEqual(

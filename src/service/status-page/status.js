@@ -187,7 +187,8 @@
     const g = status.gateway || {};
     const uptime = g.uptimeSeconds ?? g.uptime;
     $('gateway').textContent = [
-      g.version ? `version ${g.version}` : '',
+      // `s3nbd --version`'s text: "s3nbd 0.1.0 (commit abc1234)".
+      g.version || '',
       typeof uptime === 'number' ? `up ${duration(uptime)}` : '',
       `${status.volumes.length} volume${status.volumes.length === 1 ? '' : 's'}`,
     ].filter(Boolean).join(' · ');

@@ -1,0 +1,202 @@
+// The status page of a real gateway (dist/, a directory store, the write-back cache) in Debian's
+// headless Chromium: it loads with no console error and no failed request, shows every volume
+// that /api/status lists, and while a libnbd client writes, the numbers move (connections,
+// dirty data, uploaded bytes) and the upload chart gets points; a screenshot of it is kept as a
+// test artifact. With --admin-token-file the page asks for the token and then shows the volumes.
+
+import assert from 'node:assert/strict';
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Page } from 'puppeteer-core';
+import type { VolumeStatus } from '../../src/service/gateway-view.ts';
+import { artifactDir, type Chromium, launchChromium, type PageProblems, pngSize, watchedPage } from '../helpers/chromium.ts';
+import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
+import { keepOutput, registerSecret } from '../helpers/log-sweep.ts';
+import { type ShownPage, type ShownVolume, untilShown } from '../helpers/status-page.ts';
+import { freePort, requireTool, TOOL_ENV } from '../helpers/tools.ts';
+
+// Writes 1 MiB about every 100 ms until its stdin closes, then FLUSHes: the test decides how
+// long the write lasts by what the page shows, not by a clock.
+const WRITER = String.raw`
+import nbd, os, select, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+size = h.get_size()
+chunk = os.urandom(1 << 20)
+off = 0
+print('CONNECTED', flush=True)
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], 0.1)
+    if ready and not sys.stdin.read(1):
+        break
+    h.pwrite(chunk, off)
+    off = (off + len(chunk)) % size
+h.flush()
+h.shutdown()
+print('DONE', flush=True)
+`;
+
+interface Writer {
+  readonly child: ChildProcessWithoutNullStreams;
+  /** Closes its stdin; resolves with its exit code once it has flushed and gone. */
+  stop(): Promise<number | null>;
+}
+
+function startWriter(uri: string): Writer {
+  const child = spawn('python3', ['-c', WRITER, uri], { env: TOOL_ENV });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => { output += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { output += d.toString(); });
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => {
+    keepOutput('status-page writer', output);
+    resolve(code);
+  }));
+  return {
+    child,
+    async stop() {
+      child.stdin.end();
+      const code = await exited;
+      assert.equal(code, 0, `the writer failed:\n${output}`);
+      return code;
+    },
+  };
+}
+
+/** The admin endpoint's own answer, as a script would read it. */
+async function apiStatus(base: string, token?: string): Promise<{ volumes: VolumeStatus[] }> {
+  const res = await fetch(`${base}api/status`, token ? { headers: { authorization: `Bearer ${token}` } } : {});
+  assert.equal(res.status, 200);
+  return await res.json() as { volumes: VolumeStatus[] };
+}
+
+async function startAdminGateway(dir: string, extra: readonly string[]): Promise<{ gw: Gateway; base: string }> {
+  const port = await freePort();
+  const gw = await startGateway(
+    // Uploads wait 2 s: while the client writes, there is always dirty data to see.
+    ['--store', join(dir, 'store'), '--size', '1G', '--upload-delay', '2000', '--admin-listen', `127.0.0.1:${port}`, ...extra],
+    { socket: join(dir, 'sock') },
+  );
+  return { gw, base: `http://127.0.0.1:${port}/` };
+}
+
+const byName = (shown: ShownPage, name: string): ShownVolume | undefined => shown.volumes.find((v) => v.name === name);
+const nonZero = (text: string | undefined): boolean => text !== undefined && !/^0 B\b/.test(text);
+
+describe('the status page of a real gateway in headless Chromium', () => {
+  const dir = tempDir('status-page');
+  let chromium: Chromium | undefined;
+  let gw: Gateway | undefined;
+  let base = '';
+  let page: Page;
+  let problems: PageProblems;
+  const writers: Writer[] = [];
+  before(async () => {
+    requireTool('nbdsh');
+    ({ gw, base } = await startAdminGateway(dir.path, []));
+    chromium = await launchChromium();
+  });
+  after(async () => {
+    for (const w of writers) w.child.kill('SIGKILL');
+    await chromium?.close();
+    await gw?.stop();
+    dir.remove();
+  });
+
+  it('loads without console errors or failed requests and shows every volume /api/status lists', async () => {
+    const names = (await apiStatus(base)).volumes.map((v) => v.name).sort();
+    assert.ok(names.length >= 1);
+    ({ page, problems } = await watchedPage(chromium!.browser));
+    await page.setViewport({ width: 1280, height: 800 });
+    await page.goto(base, { waitUntil: 'load' });
+    const shown = await untilShown(page, 'every volume', (s) => s.volumes.length === names.length);
+    assert.deepEqual(shown.volumes.map((v) => v.name).sort(), names);
+    assert.equal(shown.connection, 'ok');
+    assert.match(shown.gateway, /^s3nbd \d+\.\d+\.\d+.* · up \d+ s · \d+ volumes?$/);
+    for (const v of shown.volumes) {
+      assert.equal(v.fields.lease, 'lease held');
+      assert.equal(v.fields.size, '1.00 GiB · 4.00 MiB extents · 0 stored');
+      assert.equal(v.fields.connections, '0');
+    }
+    assert.deepEqual(problems, { consoleErrors: [], failedRequests: [] });
+  });
+
+  it('shows the numbers moving while a client writes, draws the chart, and keeps a screenshot', async (t) => {
+    const names = (await apiStatus(base)).volumes.map((v) => v.name);
+    // One volume (--store): its export is the default one.
+    writers.push(startWriter(gw!.uri));
+    // What each volume was seen to show while the writer ran: the numbers must move.
+    const seen = new Map(names.map((n) => [n, { dirty: false, uploaded: new Set<string>(), rate: false }]));
+    const during = await untilShown(page, 'connections, dirty data, uploads and the chart moving on every volume', (s) => names.every((n) => {
+      const v = byName(s, n);
+      const mark = seen.get(n)!;
+      if (!v || v.fields.connections !== '1') return false;
+      mark.dirty ||= nonZero(v.fields.dirty);
+      mark.uploaded.add(v.fields.uploaded!);
+      mark.rate ||= nonZero(v.fields.throughput);
+      // Two different uploaded totals seen, both non-zero: uploads happened while we watched.
+      const uploads = [...mark.uploaded].filter(nonZero).length >= 2;
+      return mark.dirty && uploads && mark.rate && v.chartPoints >= 3;
+    }), 180_000);
+
+    const path = join(artifactDir(), `status-page-${process.pid}.png`);
+    await page.screenshot({ path, fullPage: true });
+    t.diagnostic(`screenshot of the status page during the write: ${path}`);
+    const png = pngSize(path);
+    assert.ok(png.width >= 1280 && png.height >= 400, `${png.width}x${png.height}`);
+    // A blank page compresses to a few KiB; cards, text and a chart do not.
+    assert.ok(png.bytes > 20_000, `${png.bytes} bytes`);
+
+    for (const w of writers.splice(0)) await w.stop();
+    // Client gone, its FLUSH done and everything uploaded: the page says so.
+    const quiet = await untilShown(page, 'no connection and no dirty data', (s) => names.every((n) => {
+      const v = byName(s, n);
+      return v?.fields.connections === '0' && v.fields.dirty === '0 B in 0 extents' && v.fields['uploads-in-flight'] === '0';
+    }), 120_000);
+    for (const n of names) {
+      const before = during.volumes.find((v) => v.name === n)!;
+      const now = byName(quiet, n)!;
+      assert.match(now.fields.size!, /^1\.00 GiB · 4\.00 MiB extents · [1-9]\d* stored$/);
+      assert.notEqual(now.fields.uploaded, before.fields.uploaded);
+      assert.ok(now.chartPoints >= before.chartPoints);
+    }
+    assert.deepEqual(problems, { consoleErrors: [], failedRequests: [] });
+  });
+});
+
+describe('the status page of a gateway with an admin token', () => {
+  const dir = tempDir('status-page-token');
+  const token = `status-page-token-${process.pid}-0123456789`;
+  let chromium: Chromium | undefined;
+  let gw: Gateway | undefined;
+  let base = '';
+  before(async () => {
+    registerSecret('status page admin token', token);
+    const tokenFile = join(dir.path, 'admin-token');
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    ({ gw, base } = await startAdminGateway(dir.path, ['--admin-token-file', tokenFile]));
+    chromium = await launchChromium();
+  });
+  after(async () => {
+    await chromium?.close();
+    await gw?.stop();
+    dir.remove();
+  });
+
+  it('asks for the token, then shows the volumes', async () => {
+    const names = (await apiStatus(base, token)).volumes.map((v) => v.name).sort();
+    const { page, problems } = await watchedPage(chromium!.browser);
+    await page.goto(base, { waitUntil: 'load' });
+    const asked = await untilShown(page, 'the token form', (s) => s.tokenForm.visible);
+    assert.equal(asked.volumes.length, 0);
+    await page.type('#token-input', token);
+    await page.click('button[type="submit"]');
+    const shown = await untilShown(page, 'the volumes', (s) => s.volumes.length === names.length);
+    assert.equal(shown.tokenForm.visible, false);
+    assert.deepEqual(shown.volumes.map((v) => v.name).sort(), names);
+    // The page's files come without the token; only the first status request was refused.
+    assert.deepEqual(problems.failedRequests, [`${base}api/status: HTTP 401`]);
+    assert.deepEqual(problems.consoleErrors.filter((e) => !/status of 401/.test(e)), []);
+  });
+});
