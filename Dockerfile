@@ -17,7 +17,7 @@ FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 COPY src/ src/
-COPY scripts/image-build.sh scripts/build-info.mjs scripts/
+COPY scripts/image-build.sh scripts/build-info.mjs scripts/copy-assets.mjs scripts/
 # The build context has no .git: `docker build --build-arg S3NBD_COMMIT=$(git rev-parse --short=12 HEAD)`
 # puts the commit into `s3nbd --version`.
 ARG S3NBD_COMMIT=unknown

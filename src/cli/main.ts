@@ -107,6 +107,8 @@ const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
+  .addOption(new Option('--admin-listen <[host:]port>', 'serve health checks, Prometheus metrics, status and the status page over HTTP here (a bare port: 127.0.0.1; see docs/monitoring.md)').env('S3NBD_ADMIN_LISTEN'))
+  .addOption(new Option('--admin-token-file <file>', 'a secret the admin endpoint requires as "Authorization: Bearer" (required beyond loopback; or set S3NBD_ADMIN_TOKEN)').env('S3NBD_ADMIN_TOKEN_FILE'))
   .addOption(new Option('--snapshot-every <duration>', 'take a snapshot auto-<UTC time> this often (e.g. 1h, 15m), pruned by the --keep-* options').env('S3NBD_SNAPSHOT_EVERY'));
 keepOptions(serve, true)
   .action(async (opts: Record<string, unknown>, cmd: Command) => {

@@ -86,6 +86,8 @@ export interface Storage {
   /** Present when writes go through the write-back cache. */
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
+  /** The writer lease, held while the write-back cache is used; undefined without one. */
+  readonly lease: Lease | undefined;
   readonly device: BlockDevice;
   /**
    * Uploads dirty data for up to `timeoutMs`, then closes everything, in about that time
@@ -213,7 +215,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
       const snapshot = openSnapshot(manifest, config.memoryCacheBytes);
       return {
-        objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, device: snapshot.device,
+        objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, lease: undefined, device: snapshot.device,
         async close() {
           await closeAll();
           return true;
@@ -230,6 +232,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
     let identity: CacheIdentity | undefined;
+    let heldLease: Lease | undefined;
     if (writeBack && c) {
       checkCacheSize(volume.extentSize);
       identity = await claimCacheDir(c.dir, volume);
@@ -240,6 +243,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
           config.onFenced?.(by);
         },
       });
+      heldLease = lease;
       opened.push(() => lease.release());
       extents.useEpoch(lease.epoch);
       await snapshots.retainAll(extents.retained);
@@ -270,7 +274,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
     return {
-      objects, volume, created, extents, snapshots, clone, openSnapshot, cache, identity, device,
+      objects, volume, created, extents, snapshots, clone, openSnapshot, cache, identity, lease: heldLease, device,
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;

@@ -58,6 +58,8 @@ export interface CacheStatus {
   readonly journalBytes: number;
   readonly uploadedExtents: number;
   readonly uploadFailures: number;
+  /** Seconds since the oldest dirty extent became dirty (0 when none is): uploads that stall show here. */
+  readonly oldestDirtySeconds: number;
 }
 
 export class WriteBackCache implements ExtentStore {
@@ -135,7 +137,11 @@ export class WriteBackCache implements ExtentStore {
 
   status(): CacheStatus {
     let pendingDeletes = 0;
-    for (const e of this.table.dirty.values()) if (e.zeros) pendingDeletes++;
+    let oldest = Infinity;
+    for (const e of this.table.dirty.values()) {
+      if (e.zeros) pendingDeletes++;
+      oldest = Math.min(oldest, e.dirtySince);
+    }
     const { slots, journal } = this.ctx;
     return {
       dirtyExtents: this.table.dirtySlots,
@@ -147,6 +153,7 @@ export class WriteBackCache implements ExtentStore {
       journalBytes: journal.bytes,
       uploadedExtents: this.flusher.uploadedExtents,
       uploadFailures: this.flusher.uploadFailures,
+      oldestDirtySeconds: oldest === Infinity ? 0 : Math.max(0, (this.ctx.clock.now() - oldest) / 1000),
     };
   }
 
