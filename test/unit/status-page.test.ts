@@ -21,6 +21,8 @@ const PAGE_DIR = join(REPO, 'src/service/status-page');
 const TYPES: Record<string, string> = { html: 'text/html', js: 'text/javascript', css: 'text/css', svg: 'image/svg+xml' };
 const MiB = 1024 * 1024;
 
+const ago = (seconds: number): string => new Date(Date.now() - seconds * 1000).toISOString();
+
 function volume(name: string, changes: Partial<VolumeStatus> = {}): VolumeStatus {
   return {
     name, volumeId: `id-${name}`, store: `file:///srv/volumes/${name}`, size: 10 * 1024 * MiB, extentSize: 4 * MiB, readOnly: false,
@@ -31,7 +33,8 @@ function volume(name: string, changes: Partial<VolumeStatus> = {}): VolumeStatus
     },
     reads: { memory: 50, disk: 30, miss: 20 },
     s3: { requests: 1234, errors: 5, retries: 3 },
-    snapshots: [{ name: 'nightly-1', createdAt: '2026-12-01T02:00:00Z' }, { name: 'nightly-2', createdAt: '2026-12-02T02:00:00Z' }],
+    // The newest 3 d 4 h 30 min ago: shown as "3 d 4 h ago" for the next half hour.
+    snapshots: [{ name: 'nightly-1', createdAt: ago(4 * 86400) }, { name: 'nightly-2', createdAt: ago(3 * 86400 + 4.5 * 3600) }],
     ...changes,
   };
 }
@@ -124,7 +127,7 @@ describe('status page against a stand-in admin endpoint', () => {
         connections: '2', dirty: '12.0 MiB in 3 extents', 'dirty-age': '1 min 15 s', 'uploads-in-flight': '4',
         uploaded: '40.0 MiB in 10 extents', throughput: '0 B/s',
         reads: 'memory 50.0 % · disk 30.0 % · miss 20.0 % (100)', s3: '1,234 · 5 errors · 3 retries',
-        journal: '13.0 MiB · 20 of 256 slots', snapshots: `2 · newest nightly-2 (${new Date('2026-12-02T02:00:00Z').toLocaleString('en-GB')})`,
+        journal: '13.0 MiB · 20 of 256 slots', snapshots: '2 · newest nightly-2, 3 d 4 h ago',
         chart: '', 'chart-caption': 'upload rate, last 5 minutes · peak 0 B/s',
       },
     );

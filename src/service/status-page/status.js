@@ -107,14 +107,15 @@
     chart.setAttribute('preserveAspectRatio', 'none');
     chart.setAttribute('role', 'img');
     chart.dataset.field = 'chart';
+    const area = document.createElementNS(SVG, 'polygon');
     const line = document.createElementNS(SVG, 'polyline');
-    chart.append(line);
+    chart.append(area, line);
     const caption = el('figcaption', 'muted');
     caption.dataset.field = 'chart-caption';
     chartBox.append(chart, caption);
 
     card.append(head, grid, chartBox);
-    return { card, fields, hitParts, chart, line, caption, samples: [] };
+    return { card, fields, hitParts, chart, area, line, caption, samples: [] };
   }
 
   // ---- updating it on every poll ----
@@ -128,12 +129,10 @@
       rates.push({ t: b.t, rate: ((b.bytes - a.bytes) * 1000) / Math.max(1, b.t - a.t) });
     }
     const max = Math.max(1, ...rates.map((r) => r.rate));
-    const points = rates.map((r) => {
-      const x = CHART_W - ((now - r.t) / HISTORY_MS) * CHART_W;
-      const y = CHART_H - 2 - (r.rate / max) * (CHART_H - 4);
-      return `${x.toFixed(1)},${y.toFixed(1)}`;
-    });
+    const xs = rates.map((r) => (CHART_W - ((now - r.t) / HISTORY_MS) * CHART_W).toFixed(1));
+    const points = rates.map((r, i) => `${xs[i]},${(CHART_H - 2 - (r.rate / max) * (CHART_H - 4)).toFixed(1)}`);
     v.line.setAttribute('points', points.join(' '));
+    v.area.setAttribute('points', points.length ? `${xs[0]},${CHART_H} ${points.join(' ')} ${xs[xs.length - 1]},${CHART_H}` : '');
     v.chart.dataset.points = String(points.length);
     const peak = rates.length ? Math.max(...rates.map((r) => r.rate)) : 0;
     v.caption.textContent = `upload rate, last ${HISTORY_MS / 60000} minutes · peak ${bytes(peak)}/s`;
@@ -179,7 +178,7 @@
 
     const newest = s.snapshots[s.snapshots.length - 1];
     f.snapshots.textContent = newest
-      ? `${count(s.snapshots.length)} · newest ${newest.name} (${new Date(newest.createdAt).toLocaleString('en-GB')})`
+      ? `${count(s.snapshots.length)} · newest ${newest.name}, ${duration(Math.max(0, (now - Date.parse(newest.createdAt)) / 1000))} ago`
       : 'none';
   }
 
