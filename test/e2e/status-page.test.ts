@@ -155,11 +155,11 @@ describe('the status page of a real gateway in headless Chromium', () => {
       return v?.fields.connections === '0' && v.fields.dirty === '0 B in 0 extents' && v.fields['uploads-in-flight'] === '0';
     }), 120_000);
     for (const n of names) {
-      const before = during.volumes.find((v) => v.name === n)!;
       const now = byName(quiet, n)!;
       assert.match(now.fields.size!, /^1\.00 GiB · [\d.]+ [KM]iB extents · [1-9][\d,]* stored$/);
-      assert.notEqual(now.fields.uploaded, before.fields.uploaded);
-      assert.ok(now.chartPoints >= before.chartPoints);
+      assert.ok(nonZero(now.fields.uploaded), now.fields.uploaded);
+      // The chart keeps its points (5 minutes of them) after the write.
+      assert.ok(now.chartPoints >= byName(during, n)!.chartPoints);
     }
     assert.deepEqual(problems, { consoleErrors: [], failedRequests: [] });
   });
