@@ -9,19 +9,7 @@ import { describe, it } from 'node:test';
 import type { GatewayView, VolumeStatus, VolumeView } from '../../src/service/gateway-view.ts';
 import { Metrics } from '../../src/service/metrics.ts';
 import { REPO } from '../helpers/tools.ts';
-
-/** Sample lines of the text format: name{labels} value, as a map from `name{labels}` (labels sorted) to the value. */
-export function parseMetrics(text: string): Map<string, number> {
-  const samples = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not a sample line: ${line}`);
-    const labels = m[2] ? [...m[2].matchAll(/([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"/g)].map((l) => `${l[1]}="${l[2]}"`).sort().join(',') : '';
-    samples.set(labels ? `${m[1]}{${labels}}` : m[1]!, Number(m[3]));
-  }
-  return samples;
-}
+import { parseMetrics } from '../helpers/admin.ts';
 
 function status(name: string, overrides: Partial<VolumeStatus> = {}): VolumeStatus {
   return {
