@@ -129,6 +129,8 @@ export const Errors = {
   adminTokenRequired: (where: string) => new UserError('S3NBD_ADMIN_TOKEN_REQUIRED',
     `--admin-listen ${where} is reachable beyond this machine, and no token protects it`,
     'pass --admin-token-file FILE (or set S3NBD_ADMIN_TOKEN) with a secret of at least 16 characters, or listen on 127.0.0.1'),
+  noAdminAddress: () => new UserError('S3NBD_NO_ADMIN_LISTEN',
+    'no admin endpoint to ask: neither --admin nor S3NBD_ADMIN_LISTEN was given', 'pass --admin 127.0.0.1:PORT (the gateway\'s --admin-listen), or set S3NBD_ADMIN_LISTEN as the gateway has it'),
   badAdminToken: (source: string, reason: string) => new UserError('S3NBD_BAD_ADMIN_TOKEN',
     `${source}: ${reason}`, 'put a secret of at least 16 printable characters (e.g. from: openssl rand -hex 32) in the file, or in S3NBD_ADMIN_TOKEN'),
   // ---- First-run errors: sizes, the endpoint, S3's answers, local paths ----

@@ -13,6 +13,7 @@ import { runCreate, runInfo } from './info.ts';
 import { runKeyChange } from './key.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
+import { runHealth } from './health.ts';
 import { runClone } from './clone.ts';
 import { runSnapshotPrune } from './prune.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
@@ -210,6 +211,16 @@ addStoreOptions(program.command('undelete'))
   .option('--dry-run', 'list what would be restored, and change nothing')
   .action(async (opts: Record<string, unknown>) => {
     await runUndelete(opts);
+  });
+
+program.command('health')
+  .description('ask a running gateway\'s admin endpoint whether it is alive (or with --ready, ready); exit 0 if so, else 1 (the image\'s HEALTHCHECK)')
+  .addOption(new Option('--admin <url|host:port>', 'the admin endpoint (default: S3NBD_ADMIN_LISTEN, as the gateway has it)'))
+  .option('--ready', 'ask /readyz (volumes open, leases held, S3 answering) instead of /healthz (the process answers)')
+  .addOption(new Option('--admin-token-file <file>', 'the admin token, for --ready (or S3NBD_ADMIN_TOKEN)').env('S3NBD_ADMIN_TOKEN_FILE'))
+  .addOption(countOption('--timeout <seconds>', 'how long to wait for the answer', 'S3NBD_HEALTH_TIMEOUT', 1, 600).default(5))
+  .action(async (opts: Record<string, unknown>) => {
+    await runHealth(opts);
   });
 
 addStoreOptions(program.command('key').command('change'))

@@ -38,6 +38,7 @@ import { adminConfigOf } from '../service/admin-config.ts';
 import { listenAdmin } from '../service/admin-start.ts';
 import { SingleVolumeGateway, servedVolumeView, volumeLabel } from '../service/single-gateway.ts';
 import { VolumeCounters } from '../service/volume-counters.ts';
+import { Metrics } from '../service/metrics.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -150,10 +151,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // The admin endpoint listens now too, and shows the volume as opening until it is open.
   const exportLabel = volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`);
   const gateway = new SingleVolumeGateway(exportLabel);
-  const counters = new VolumeCounters();
+  const metrics = adminConfig && new Metrics({ gateway });
+  const telemetry = metrics?.forVolume(exportLabel);
   let admin: Awaited<ReturnType<typeof listenAdmin>> | undefined;
   try {
-    admin = adminConfig && await listenAdmin(adminConfig, { gateway, log });
+    admin = adminConfig && await listenAdmin(adminConfig, { gateway, metrics, log });
   } catch (err) {
     ready(false);
     await server.shutdown(0);
@@ -180,6 +182,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
         flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
       },
       log,
+      telemetry,
       onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
       onJournalFailed: (err) => {
         journalFailed = err;
@@ -195,11 +198,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const { volume } = storage;
   let exp: Export;
   if (opts.snapshot === undefined) {
-    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device };
+    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device, ...telemetry ? { telemetry } : {} };
     served.exports = new GatewayExports(exp, storage, log);
   } else {
     const manifest = (await storage.snapshots.load(opts.snapshot))!;
-    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device };
+    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device, ...telemetry ? { telemetry } : {} };
     const alone = exp;
     served.exports = { find: (name) => (name === '' || name === alone.name ? alone : undefined), list: () => [alone] };
   }
@@ -210,7 +213,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   }) + (storage.objects instanceof MemoryObjectStore ? volume.size : 0); // the volatile store is Buffers too
   governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
-  gateway.opened(servedVolumeView({ name: exportLabel, storage, counters, connections: () => server.connectionCount, stopping: () => stopping }));
+  gateway.opened(servedVolumeView({ name: exportLabel, storage, counters: telemetry?.counters ?? new VolumeCounters(), connections: () => server.connectionCount, stopping: () => stopping }));
   // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
   const control = gatewayControl(storage, log, s3OptionsOf(opts));
   const closeControl = storage.cache ? await listenControl(opts.cacheDir, control, log) : undefined;

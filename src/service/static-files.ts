@@ -42,7 +42,7 @@ export async function sendStatic(res: ServerResponse, dir: string, name: string)
     const data = await readFile(path);
     res.writeHead(200, {
       'content-type': type, 'content-length': data.length, 'cache-control': 'no-cache',
-      'x-content-type-options': 'nosniff', 'content-security-policy': "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+      'x-content-type-options': 'nosniff', 'content-security-policy': "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
     });
     res.end(data);
     return true;

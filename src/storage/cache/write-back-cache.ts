@@ -158,11 +158,26 @@ export class WriteBackCache implements ExtentStore {
   }
 
   async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {
+    // Each read is told once to the telemetry, by where it found its extent first.
+    let told = false;
+    const tell = (where: 'memory' | 'disk' | 'miss'): void => {
+      if (told) return;
+      told = true;
+      this.ctx.options.telemetry?.cacheLookup(where);
+    };
+    return this.readExtent(index, offset, length, tell);
+  }
+
+  private async readExtent(index: number, offset: number, length: number, tell: (where: 'memory' | 'disk' | 'miss') => void): Promise<Buffer | undefined> {
     const sequential = this.clean.readAhead(index);
     const remembered = this.clean.get(index);
-    if (remembered) return remembered.subarray(offset, offset + length);
+    if (remembered) {
+      tell('memory');
+      return remembered.subarray(offset, offset + length);
+    }
     if (!this.table.has(index)) {
       if (!this.ctx.lower.isStored(index)) return undefined;
+      tell('miss');
       const data = await this.clean.fetch(index, !sequential);
       if (data) return data.subarray(offset, offset + length);
       // The extent changed while we fetched it: read it as it is now.
@@ -174,13 +189,16 @@ export class WriteBackCache implements ExtentStore {
         if (e.zeros) return { data: undefined };
         if (e.valid.covers(offset, offset + length)) {
           this.table.touch(e);
+          tell('disk');
           return { data: await this.bytes.read(e, offset, length) };
         }
         return { needBase: true } as const;
       });
       if ('data' in result) return result.data;
-      if ('needBase' in result) await this.bytes.completeFromStore(index);
-      else return this.read(index, offset, length);
+      if ('needBase' in result) {
+        tell('miss');
+        await this.bytes.completeFromStore(index);
+      } else return this.readExtent(index, offset, length, tell);
     }
   }
 
