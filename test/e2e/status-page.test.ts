@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Page } from 'puppeteer-core';
 import type { VolumeStatus } from '../../src/service/gateway-view.ts';
+import { adminGet } from '../helpers/admin.ts';
 import { artifactDir, type Chromium, launchChromium, type PageProblems, pngSize, watchedPage } from '../helpers/chromium.ts';
 import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { keepOutput, registerSecret } from '../helpers/log-sweep.ts';
@@ -66,9 +67,9 @@ function startWriter(uri: string): Writer {
 
 /** The admin endpoint's own answer, as a script would read it. */
 async function apiStatus(base: string, token?: string): Promise<{ volumes: VolumeStatus[] }> {
-  const res = await fetch(`${base}api/status`, token ? { headers: { authorization: `Bearer ${token}` } } : {});
-  assert.equal(res.status, 200);
-  return await res.json() as { volumes: VolumeStatus[] };
+  const answer = await adminGet(base, 'api/status', token);
+  assert.equal(answer.status, 200, answer.text);
+  return answer.json<{ volumes: VolumeStatus[] }>();
 }
 
 async function startAdminGateway(dir: string, extra: readonly string[]): Promise<{ gw: Gateway; base: string }> {

@@ -128,7 +128,7 @@ describe('status page against a stand-in admin endpoint', () => {
         uploaded: '40.0 MiB in 10 extents', throughput: '0 B/s',
         reads: 'memory 50.0 % · disk 30.0 % · miss 20.0 % (100)', s3: '1,234 · 5 errors · 3 retries',
         journal: '13.0 MiB · 20 of 256 slots', snapshots: '2 · newest nightly-2, 3 d 4 h ago',
-        chart: '', 'chart-caption': 'upload rate, last 5 minutes · peak 0 B/s',
+        chart: '', 'chart-caption': 'upload rate: from the next answer on',
       },
     );
     // The name is shown as text, never parsed as HTML.
@@ -158,7 +158,7 @@ describe('status page against a stand-in admin endpoint', () => {
       const shown = await untilShown(page, 'three points on a\'s chart and a non-zero rate',
         (s) => s.volumes[0]!.chartPoints >= 3 && !/^0 B\/s$/.test(s.volumes[0]!.fields.throughput!));
       assert.match(shown.volumes[0]!.fields.throughput!, /^[\d.]+ (KiB|MiB)\/s$/);
-      assert.match(shown.volumes[0]!.fields['chart-caption']!, /peak [\d.]+ (KiB|MiB)\/s/);
+      assert.match(shown.volumes[0]!.fields['chart-caption']!, /^upload rate over the last (\d+ min )?\d+ s · peak [\d.]+ (KiB|MiB)\/s$/);
     } finally {
       clearInterval(grow);
     }

@@ -120,7 +120,11 @@
 
   // ---- updating it on every poll ----
 
-  /** Upload rates (bytes/s) between consecutive samples, as chart points. */
+  /**
+   * Upload rates (bytes/s) between consecutive samples, as chart points. The chart spans the
+   * samples kept, up to HISTORY_MS: a page opened a minute ago shows that minute across its
+   * whole width rather than as a sliver at the right edge.
+   */
   function drawChart(v, now) {
     const rates = [];
     for (let i = 1; i < v.samples.length; i++) {
@@ -129,13 +133,16 @@
       rates.push({ t: b.t, rate: ((b.bytes - a.bytes) * 1000) / Math.max(1, b.t - a.t) });
     }
     const max = Math.max(1, ...rates.map((r) => r.rate));
-    const xs = rates.map((r) => (CHART_W - ((now - r.t) / HISTORY_MS) * CHART_W).toFixed(1));
+    const span = rates.length ? Math.max(1, now - v.samples[0].t) : HISTORY_MS;
+    const xs = rates.map((r) => (CHART_W - ((now - r.t) / span) * CHART_W).toFixed(1));
     const points = rates.map((r, i) => `${xs[i]},${(CHART_H - 2 - (r.rate / max) * (CHART_H - 4)).toFixed(1)}`);
     v.line.setAttribute('points', points.join(' '));
     v.area.setAttribute('points', points.length ? `${xs[0]},${CHART_H} ${points.join(' ')} ${xs[xs.length - 1]},${CHART_H}` : '');
     v.chart.dataset.points = String(points.length);
     const peak = rates.length ? Math.max(...rates.map((r) => r.rate)) : 0;
-    v.caption.textContent = `upload rate, last ${HISTORY_MS / 60000} minutes · peak ${bytes(peak)}/s`;
+    v.caption.textContent = rates.length
+      ? `upload rate over the last ${duration(span / 1000)} · peak ${bytes(peak)}/s`
+      : 'upload rate: from the next answer on';
     return rates.length ? rates[rates.length - 1].rate : 0;
   }
 
