@@ -72,14 +72,27 @@ async function apiStatus(base: string, token?: string): Promise<{ volumes: Volum
   return answer.json<{ volumes: VolumeStatus[] }>();
 }
 
-async function startAdminGateway(dir: string, extra: readonly string[]): Promise<{ gw: Gateway; base: string }> {
+interface AdminGateway {
+  readonly gw: Gateway;
+  /** The admin endpoint, http://127.0.0.1:PORT/. */
+  readonly base: string;
+  /** The NBD URI of the volume /api/status calls `name`. */
+  uriOf(name: string): string;
+}
+
+/**
+ * A gateway on a directory store with the write-back cache and its admin endpoint. One volume
+ * (--store), served as the default export; the tests check every volume /api/status lists, so a
+ * gateway serving several (--volumes) needs only another uriOf.
+ */
+async function startAdminGateway(dir: string, extra: readonly string[]): Promise<AdminGateway> {
   const port = await freePort();
   const gw = await startGateway(
     // Uploads wait 2 s: while the client writes, there is always dirty data to see.
     ['--store', join(dir, 'store'), '--size', '1G', '--upload-delay', '2000', '--admin-listen', `127.0.0.1:${port}`, ...extra],
     { socket: join(dir, 'sock') },
   );
-  return { gw, base: `http://127.0.0.1:${port}/` };
+  return { gw, base: `http://127.0.0.1:${port}/`, uriOf: () => gw.uri };
 }
 
 const byName = (shown: ShownPage, name: string): ShownVolume | undefined => shown.volumes.find((v) => v.name === name);
@@ -88,20 +101,21 @@ const nonZero = (text: string | undefined): boolean => text !== undefined && !/^
 describe('the status page of a real gateway in headless Chromium', () => {
   const dir = tempDir('status-page');
   let chromium: Chromium | undefined;
-  let gw: Gateway | undefined;
+  let gateway: AdminGateway | undefined;
   let base = '';
   let page: Page;
   let problems: PageProblems;
   const writers: Writer[] = [];
   before(async () => {
     requireTool('nbdsh');
-    ({ gw, base } = await startAdminGateway(dir.path, []));
+    gateway = await startAdminGateway(dir.path, []);
+    base = gateway.base;
     chromium = await launchChromium();
   });
   after(async () => {
     for (const w of writers) w.child.kill('SIGKILL');
     await chromium?.close();
-    await gw?.stop();
+    await gateway?.gw.stop();
     dir.remove();
   });
 
@@ -125,14 +139,14 @@ describe('the status page of a real gateway in headless Chromium', () => {
 
   it('shows the numbers moving while a client writes, draws the chart, and keeps a screenshot', async (t) => {
     const names = (await apiStatus(base)).volumes.map((v) => v.name);
-    // One volume (--store): its export is the default one.
-    writers.push(startWriter(gw!.uri));
+    // A client on each volume, all at once.
+    for (const n of names) writers.push(startWriter(gateway!.uriOf(n)));
     // What each volume was seen to show while the writer ran: the numbers must move.
     const seen = new Map(names.map((n) => [n, { dirty: false, uploaded: new Set<string>(), rate: false }]));
     const during = await untilShown(page, 'connections, dirty data, uploads and the chart moving on every volume', (s) => names.every((n) => {
       const v = byName(s, n);
       const mark = seen.get(n)!;
-      if (!v || v.fields.connections !== '1') return false;
+      if (v?.fields.connections !== '1') return false;
       mark.dirty ||= nonZero(v.fields.dirty);
       mark.uploaded.add(v.fields.uploaded!);
       mark.rate ||= nonZero(v.fields.throughput);

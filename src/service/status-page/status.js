@@ -133,7 +133,7 @@
       rates.push({ t: b.t, rate: ((b.bytes - a.bytes) * 1000) / Math.max(1, b.t - a.t) });
     }
     const max = Math.max(1, ...rates.map((r) => r.rate));
-    const span = rates.length ? Math.max(1, now - v.samples[0].t) : HISTORY_MS;
+    const span = rates.length ? Math.max(1, now - rates[0].t) : HISTORY_MS;
     const xs = rates.map((r) => (CHART_W - ((now - r.t) / span) * CHART_W).toFixed(1));
     const points = rates.map((r, i) => `${xs[i]},${(CHART_H - 2 - (r.rate / max) * (CHART_H - 4)).toFixed(1)}`);
     v.line.setAttribute('points', points.join(' '));
