@@ -28,7 +28,7 @@ function volume(name: string, changes: Partial<VolumeStatus> = {}): VolumeStatus
     name, volumeId: `id-${name}`, store: `file:///srv/volumes/${name}`, size: 10 * 1024 * MiB, extentSize: 4 * MiB, readOnly: false,
     lease: 'held', connections: 2, storedExtents: 100,
     cache: {
-      dirtyBytes: 12 * MiB, dirtyExtents: 3, oldestDirtySeconds: 75, uploadsInFlight: 4, uploadedExtents: 10, uploadedBytes: 40 * MiB,
+      dirtyBytes: 12 * MiB, dirtyExtents: 3, oldestDirtySeconds: 75, uploadsInFlight: 4, uploadedExtents: 10, uploadedBytes: 400 * MiB,
       uploadFailures: 0, journalBytes: 13 * MiB, cachedExtents: 20, cacheSlots: 256,
     },
     reads: { memory: 50, disk: 30, miss: 20 },
@@ -125,8 +125,8 @@ describe('status page against a stand-in admin endpoint', () => {
       {
         name: 'vm1', lease: 'lease held', size: '10.0 GiB · 4.00 MiB extents · 100 stored', store: 'file:///srv/volumes/vm1',
         connections: '2', dirty: '12.0 MiB in 3 extents', 'dirty-age': '1 min 15 s', 'uploads-in-flight': '4',
-        uploaded: '40.0 MiB in 10 extents', throughput: '0 B/s',
-        reads: 'memory 50.0 % · disk 30.0 % · miss 20.0 % (100)', s3: '1,234 · 5 errors · 3 retries',
+        uploaded: '400 MiB in 10 extents', throughput: '0 B/s',
+        reads: 'memory 50.0% · disk 30.0% · miss 20.0% (100)', s3: '1,234 · 5 errors · 3 retries',
         journal: '13.0 MiB · 20 of 256 slots', snapshots: '2 · newest nightly-2, 3 d 4 h ago',
         chart: '', 'chart-caption': 'upload rate: from the next answer on',
       },
@@ -149,7 +149,7 @@ describe('status page against a stand-in admin endpoint', () => {
     const { page, problems } = await open();
     await untilShown(page, 'both volumes', (s) => s.volumes.length === 2);
     // 1 MiB more on every answer the page gets: a steady, non-zero rate.
-    let bytes = 40 * MiB;
+    let bytes = 400 * MiB;
     const grow = setInterval(() => {
       bytes += MiB;
       admin.status.volumes[0] = volume('a', { cache: { ...volume('a').cache!, uploadedBytes: bytes } });

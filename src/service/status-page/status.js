@@ -29,7 +29,8 @@
       v /= 1024;
       i++;
     }
-    return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+    // Three significant digits: 1.25 MiB, 12.5 MiB, 125 MiB.
+    return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
   }
 
   function duration(seconds) {
@@ -41,7 +42,7 @@
   }
 
   const count = (n) => n.toLocaleString('en');
-  const percent = (part, whole) => (whole > 0 ? `${((100 * part) / whole).toFixed(1)} %` : '–');
+  const percent = (part, whole) => (whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '–');
   const clock = (t) => new Date(t).toLocaleTimeString('en-GB');
 
   // ---- building a volume's card once ----
