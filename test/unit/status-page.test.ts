@@ -142,7 +142,7 @@ describe('status page against a stand-in admin endpoint', () => {
     assert.deepEqual(problems, { consoleErrors: [], failedRequests: [] });
   });
 
-  it('draws the upload rate from the growth of uploadedBytes, and drops a volume that goes away', async () => {
+  it('draws the upload rate from the growth of uploadedBytes, starts again when it goes back, and drops a volume that goes away', async () => {
     admin.token = undefined;
     admin.status.skipped = [];
     admin.status.volumes = [volume('a'), volume('b')];
@@ -163,7 +163,15 @@ describe('status page against a stand-in admin endpoint', () => {
       clearInterval(grow);
     }
     const polyline = await page.evaluate(`document.querySelector('[data-volume="a"] polyline').getAttribute('points')`) as string;
-    assert.ok(polyline.split(' ').length >= 3, `points: ${polyline}`);
+    const drawn = polyline.split(' ').length;
+    assert.ok(drawn >= 3, `points: ${polyline}`);
+
+    // The gateway restarted: its total starts again from 0. The chart starts again too, rather
+    // than drawing a negative rate.
+    admin.status.volumes[0] = volume('a', { cache: { ...volume('a').cache!, uploadedBytes: MiB } });
+    const restarted = await untilShown(page, 'a\'s chart started again', (s) => s.volumes[0]!.chartPoints < drawn);
+    assert.equal(restarted.volumes[0]!.fields.throughput, '0 B/s');
+    assert.doesNotMatch(restarted.volumes[0]!.fields['chart-caption']!, /-/);
 
     admin.status.volumes = [volume('b')];
     const after = await untilShown(page, 'only b', (s) => s.volumes.length === 1);
