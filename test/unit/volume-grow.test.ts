@@ -6,6 +6,9 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { UserError } from '../../src/errors.ts';
+import { Cmd, NbdErrno } from '../../src/protocol/constants.ts';
+import type { Export } from '../../src/protocol/handshake.ts';
+import { NbdServer } from '../../src/protocol/server.ts';
 import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { AllocationMap } from '../../src/storage/extents/allocation-map.ts';
 import { DirectExtentStore } from '../../src/storage/extents/direct-extent-store.ts';
@@ -16,6 +19,7 @@ import { openStorage } from '../../src/storage/stack.ts';
 import { readVolume } from '../../src/storage/volume/volume.ts';
 import { E, log, open, storeContents } from '../helpers/cache.ts';
 import { tempDir } from '../helpers/gateway.ts';
+import { RawClient } from '../helpers/raw-client.ts';
 import { pattern, readAll } from '../helpers/model.ts';
 
 const code = (c: string) => (err: unknown) => err instanceof UserError && err.code === c;
@@ -126,14 +130,30 @@ describe('growing a volume', () => {
     }
   });
 
-  it('a memory-store volume grows without a lease', async () => {
+  it('a memory-store volume grows without a lease; an open connection keeps its size, a new one gets the new size; snapshots record it', async () => {
     const storage = await openStorage({ log, store: 'memory:', volume: { mode: 'open-or-create', size: 1 << 20 }, readOnly: false, memoryCacheBytes: 1 << 20 });
+    const exp: Export = { name: 'disk', description: 'test disk', device: storage.device };
+    const server = new NbdServer({ exports: { find: () => exp, list: () => [exp] }, log });
+    const port = Number((await server.listen({ host: '127.0.0.1', port: 0 })).split(':').pop());
     try {
+      const before = await RawClient.connect(port);
+      await before.go();
       await storage.grow(2 << 20);
-      await storage.device.write((2 << 20) - 4, Buffer.from('tail'), false);
+      before.request(Cmd.WRITE, 1 << 20, 4, 0, 1, Buffer.from('late'));
+      assert.deepEqual(await before.simpleReply(), { errno: NbdErrno.ENOSPC, handle: 1 }, 'past the size this connection negotiated');
+      const after = await RawClient.connect(port);
+      await after.go();
+      after.request(Cmd.WRITE, (2 << 20) - 4, 4, 0, 2, Buffer.from('tail'));
+      assert.deepEqual(await after.simpleReply(), { errno: 0, handle: 2 });
+      for (const c of [before, after]) {
+        c.request(Cmd.DISC, 0, 0);
+        await c.closed();
+      }
       assert.deepEqual(await readAll(storage.device, (2 << 20) - 4, 4), Buffer.from('tail'));
       assert.equal(storage.extents.extentCount, 2);
+      assert.equal((await storage.snapshots.create(storage.extents, 's1')).size, 2 << 20, 'a snapshot taken after the growth has the new size');
     } finally {
+      await server.shutdown(1000);
       await storage.close();
     }
   });
