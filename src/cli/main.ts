@@ -18,6 +18,7 @@ import { runClone } from './clone.ts';
 import { runSnapshotPrune } from './prune.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
 import { runUndelete } from './undelete.ts';
+import { runVolumeCreate, runVolumeDelete, runVolumeList, runVolumeResize } from './volume.ts';
 import { versionText } from './version.ts';
 
 export const DEFAULT_CACHE_DIR = './s3nbd-cache';
@@ -45,8 +46,13 @@ function choiceOption(flags: string, description: string, env: string, choices: 
 
 /** Where the volume lives: shared by every command. */
 function addStoreOptions(cmd: Command): Command {
+  return addS3Options(cmd
+    .addOption(new Option('--store <url>', 's3://BUCKET/PREFIX, a directory, file:///path, or memory:').env('S3NBD_STORE').default(DEFAULT_STORE)));
+}
+
+/** How to reach S3: every command that opens a store. */
+function addS3Options(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--store <url>', 's3://BUCKET/PREFIX, a directory, file:///path, or memory:').env('S3NBD_STORE').default(DEFAULT_STORE))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS, or AWS_ENDPOINT_URL_S3)').env('S3NBD_S3_ENDPOINT'))
     .addOption(new Option('--s3-region <region>', 'S3 region (default: AWS_REGION, the profile, or us-east-1 with an endpoint)').env('S3NBD_S3_REGION'))
     .addOption(new Option('--s3-force-path-style', 'bucket in the URL path, not the host name (default with --s3-endpoint; env S3NBD_S3_FORCE_PATH_STYLE=1)'));
@@ -232,6 +238,37 @@ addStoreOptions(program.command('key').command('change'))
   .action(async (opts: Record<string, unknown>) => {
     await runKeyChange(opts);
   });
+
+const volume = program.command('volume').description('create, list, grow and delete the volumes under a store prefix (serve --volumes; see docs/volumes.md)');
+
+/** `volume …`: the prefix, the S3 options, and the gateway that may carry the command out. */
+function volumeCommand(verb: string, description: string): Command {
+  return addS3Options(volume.command(verb).description(description)
+    .addOption(new Option('--volumes <url>', 'the store prefix holding the volumes: s3://BUCKET/PREFIX or a directory (volume NAME is URL/NAME)').env('S3NBD_VOLUMES').makeOptionMandatory()))
+    .addOption(new Option('--cache-dir <dir>', 'the cache directory of the gateway serving --volumes, if one runs: it carries the command out').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
+    .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp())
+    .option('--json', 'print JSON');
+}
+
+const volumeName = (cmd: Command): Command => cmd.argument('<name>', 'the volume\'s name: 1-63 letters, digits, dots, dashes, underscores (its export name too)');
+
+addObjectOptions(volumeName(volumeCommand('create', 'create a volume under --volumes (a gateway serving --volumes serves it at once)')))
+  .addOption(sizeOption('--size <size>', 'device size, e.g. 10G', 'S3NBD_SIZE').makeOptionMandatory())
+  .addOption(sizeOption('--extent-size <size>', 'size of each stored object (default 1M)', 'S3NBD_EXTENT_SIZE'))
+  .action(runVolumeCreate);
+
+volumeCommand('list', 'list the volumes under --volumes: name, size, id, snapshots, and who holds each one\'s lease')
+  .action(async (opts: Record<string, unknown>) => {
+    await runVolumeList(opts);
+  });
+
+volumeName(volumeCommand('resize', 'grow a volume (never shrink); a gateway serving it grows it live: new connections see the new size'))
+  .addOption(sizeOption('--size <size>', 'the new size, e.g. 20G: at least the current one', 'S3NBD_SIZE').makeOptionMandatory())
+  .action(runVolumeResize);
+
+volumeName(volumeCommand('delete', 'delete a volume and every object of it (refused while it has snapshots, unless --with-snapshots, or clones)'))
+  .option('--with-snapshots', 'delete its snapshots too (a backup target\'s history: only when you mean it)')
+  .action(runVolumeDelete);
 
 try {
   await program.parseAsync(process.argv);

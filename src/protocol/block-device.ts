@@ -17,7 +17,10 @@ export interface AllocationRun {
 }
 
 export interface BlockDevice {
-  /** Size in bytes. Never changes while served. */
+  /**
+   * Size in bytes, read at each handshake. It may grow while served (a volume resized at
+   * runtime); a session keeps the size it negotiated.
+   */
   readonly size: number;
   /** Size a client should align to for efficiency: the storage extent size. */
   readonly preferredBlockSize: number;

@@ -157,6 +157,8 @@ export class Session {
   private readonly log: Logger;
   private readonly failedRequests: LogThrottle;
   private readonly telemetry: VolumeTelemetry;
+  /** The device's size when this connection negotiated it. */
+  private readonly size: number;
 
   /**
    * `failedRequests` carries the one line per interval for requests that fail with EIO (every
@@ -171,6 +173,9 @@ export class Session {
     this.failedRequests = failedRequests;
     this.device = negotiated.export.device;
     this.telemetry = negotiated.export.telemetry ?? noTelemetry;
+    // NBD cannot tell a client that the export grew (a volume resized at runtime): requests are
+    // checked against the size this connection negotiated, and a new connection sees the new one.
+    this.size = this.device.size;
     this.inFlight = new InFlight(limits, shared);
   }
 
@@ -236,7 +241,7 @@ export class Session {
     const ranged = (allowed: number, outOfRange: 'EINVAL' | 'ENOSPC'): void => {
       if ((req.flags & ~allowed) !== 0) throw new CommandError('EINVAL', `unsupported flags 0x${req.flags.toString(16)}`);
       if (req.length === 0) throw new CommandError('EINVAL', 'zero-length request');
-      if (end > dev.size) throw new CommandError(outOfRange, `request [${req.offset}, ${end}) is beyond the ${dev.size}-byte device`);
+      if (end > this.size) throw new CommandError(outOfRange, `request [${req.offset}, ${end}) is beyond the ${this.size}-byte device`);
     };
     const writing = (): void => {
       if (dev.readOnly) throw new CommandError('EPERM', 'export is read-only');

@@ -63,7 +63,12 @@ export interface VolumeAdmin {
   create(name: string, size: number, extentSize?: number): Promise<VolumeStatus>;
   /** Grow only. */
   resize(name: string, size: number): Promise<VolumeStatus>;
-  delete(name: string): Promise<void>;
+  /**
+   * Stops serving the volume and deletes it (service/volume-ops.ts deleteVolume). A volume with
+   * snapshots is refused (S3NBD_VOLUME_HAS_SNAPSHOTS) unless `withSnapshots`; check with
+   * checkDeletable() before it stops being served.
+   */
+  delete(name: string, options?: { readonly withSnapshots?: boolean }): Promise<void>;
 }
 
 export interface GatewayView {

@@ -28,6 +28,8 @@ export class VolumeReadiness {
   private probing: Promise<Readiness> | undefined;
   /** performance.now() of the last probe that the store answered. */
   private probedOkAt = -Infinity;
+  /** The last failure a successful probe came after: it is answered for. */
+  private coveredFailureAt = -Infinity;
   private readonly freshMs: number;
   private readonly probeTimeoutMs: number;
 
@@ -43,7 +45,8 @@ export class VolumeReadiness {
     const now = (this.source.now ?? (() => performance.now()))();
     const { lastSuccessAt, lastFailureAt } = this.source.counters;
     const answered = Math.max(lastSuccessAt, this.probedOkAt);
-    if (now - answered < this.freshMs && answered >= lastFailureAt) return { ready: true };
+    const failing = lastFailureAt > this.coveredFailureAt && lastFailureAt >= lastSuccessAt;
+    if (now - answered < this.freshMs && !failing) return { ready: true };
     this.probing ??= this.probe().finally(() => { this.probing = undefined; });
     return await this.probing;
   }
@@ -54,13 +57,16 @@ export class VolumeReadiness {
     const timeout = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => {
         const err = new Error(`no answer within ${this.probeTimeoutMs / 1000} s`);
-        abort.abort(err);
+        // Rejected first: the aborted probe's own rejection must not win the race.
         reject(err);
+        abort.abort(err);
       }, this.probeTimeoutMs);
     });
     try {
+      const failureBefore = this.source.counters.lastFailureAt;
       await Promise.race([this.source.probe(abort.signal), timeout]);
       this.probedOkAt = (this.source.now ?? (() => performance.now()))();
+      this.coveredFailureAt = failureBefore;
       return { ready: true };
     } catch (err) {
       return { ready: false, reason: `S3 unreachable: ${(err as Error).message.split('\n')[0]}` };

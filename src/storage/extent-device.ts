@@ -18,7 +18,7 @@ interface Piece {
 }
 
 export class ExtentDevice implements BlockDevice {
-  readonly size: number;
+  private bytes: number;
   readonly readOnly: boolean;
   readonly preferredBlockSize: number;
   private readonly store: ExtentStore;
@@ -26,10 +26,22 @@ export class ExtentDevice implements BlockDevice {
 
   constructor(store: ExtentStore, size: number, readOnly: boolean) {
     this.store = store;
-    this.size = size;
+    this.bytes = size;
     this.readOnly = readOnly;
     this.extentSize = store.extentSize;
     this.preferredBlockSize = store.extentSize;
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  /**
+   * The volume grew (Storage.grow, after the store below learnt it): new connections negotiate
+   * the new size; a session keeps the one it negotiated (NBD cannot tell a client of a change).
+   */
+  grow(size: number): void {
+    if (size > this.bytes) this.bytes = size;
   }
 
   async read(offset: number, length: number): Promise<ReadPiece[]> {

@@ -37,7 +37,7 @@ import type { Manifest } from './snapshots/manifest.ts';
 import type { ObjectStore } from './objects/object-store.ts';
 import { S3ObjectStore } from './objects/s3/s3-object-store.ts';
 import { type S3Options, openObjectStore, parseS3Url } from './objects/store-url.ts';
-import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, openVolume } from './volume/volume.ts';
+import { DEFAULT_EXTENT_SIZE, type Volume, type VolumeRequest, extentCountOf, growVolume, openVolume } from './volume/volume.ts';
 import { WriteBackCache, type WriteBackOptions } from './cache/write-back-cache.ts';
 import { type ObjectRequest, newObjectSettings, openCodec } from './format/object-settings.ts';
 
@@ -77,6 +77,7 @@ export interface StorageConfig {
 
 export interface Storage {
   readonly objects: ObjectStore;
+  /** The volume's metadata as this gateway knows it: its size changes with grow(). */
   readonly volume: Volume;
   readonly created: boolean;
   readonly extents: ObjectExtents;
@@ -92,6 +93,12 @@ export interface Storage {
   /** The writer lease, held while the write-back cache is used; undefined without one. */
   readonly lease: Lease | undefined;
   readonly device: BlockDevice;
+  /**
+   * Grows the live volume to `size` bytes without a restart (see growStorage()); resolves the
+   * volume as it is now. The current size changes nothing; a smaller one is refused
+   * (S3NBD_VOLUME_SHRINK), as is a volume this process does not write (S3NBD_VOLUME_NOT_WRITABLE).
+   */
+  grow(size: number): Promise<Volume>;
   /**
    * Uploads dirty data for up to `timeoutMs`, then closes everything, in about that time
    * (plus at most RELEASE_MIN_MS for the lease) whatever S3 does. Resolves true if all was
@@ -219,6 +226,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       const snapshot = openSnapshot(manifest, config.memoryCacheBytes);
       return {
         objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, lease: undefined, device: snapshot.device,
+        grow: () => Promise.reject(Errors.volumeNotWritable(objects.description, 'this gateway serves a snapshot, which never changes')),
         async close() {
           await closeAll();
           return true;
@@ -246,8 +254,8 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
           config.onFenced?.(by);
         },
       });
-      heldLease = lease;
       opened.push(() => lease.release());
+      heldLease = lease;
       extents.useEpoch(lease.epoch);
       await snapshots.retainAll(extents.retained);
       // On S3 a dead holder's manifest PUT may still land until lease.lateUntil (a `snapshot
@@ -276,8 +284,24 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     const stackTop: ExtentStore = cache ?? new DirectExtentStore(extents, config.memoryCacheBytes);
     const device = new ExtentDevice(stackTop, volume.size, config.readOnly);
     const openedCache = cache;
+    let current = volume;
+    let growing: Promise<unknown> = Promise.resolve();
+    const grow = (size: number): Promise<Volume> => {
+      // One at a time: each reads the metadata the one before wrote.
+      const done = growing.then(async () => {
+        if (config.readOnly) throw Errors.volumeNotWritable(objects.description, 'this gateway serves it --read-only');
+        if (heldLease && !heldLease.isValid()) throw Errors.volumeNotWritable(objects.description, 'this gateway does not hold its lease now (lost, or not renewed lately)');
+        current = await growStorage({ objects, volume: current, extents, snapshots, device }, size);
+        return current;
+      });
+      growing = done.catch(() => undefined);
+      return done;
+    };
     return {
-      objects, volume, created, extents, snapshots, clone, openSnapshot, cache, identity, lease: heldLease, device,
+      objects, created, extents, snapshots, clone, openSnapshot, cache, identity, lease: heldLease, device, grow,
+      get volume() {
+        return current;
+      },
       async close(drainTimeoutMs = 0) {
         const deadline = Date.now() + drainTimeoutMs;
         let drained = true;
@@ -307,6 +331,25 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     await closeAll();
     throw await explain(err, config, objects, firstContact.signal.aborted);
   }
+}
+
+/**
+ * Grows a live volume. The order is what makes a crash anywhere in it safe: first the metadata
+ * (a compare-and-swap, durable before anything else), then the layers bottom up, the extent
+ * layer's census and allocation map, then the device, whose size new connections negotiate.
+ * Until the device grows, no request reaches the new extents, so the journal never holds a
+ * record past the end the metadata gives: killed before the metadata is durable, the volume
+ * is as it was; killed after, it opens at the new size with every acknowledged write (the
+ * journal's records carry extent indexes and replay against whatever size the volume has,
+ * and it never shrinks). The write-back cache and DirectExtentStore take their extent count
+ * from the extent layer, so they learn it at once.
+ */
+async function growStorage(parts: { objects: ObjectStore; volume: Volume; extents: ObjectExtents; snapshots: SnapshotRegistry; device: ExtentDevice }, size: number): Promise<Volume> {
+  const grown = await growVolume(parts.objects, parts.volume.id, size);
+  parts.extents.grow(extentCountOf(grown));
+  parts.snapshots.grew(grown);
+  parts.device.grow(grown.size);
+  return grown;
 }
 
 /** The error as users should read it: a UserError with its fix where the failure is a known first-run one. */

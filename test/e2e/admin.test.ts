@@ -3,7 +3,7 @@
 // loopback without one, 401 without it, never in the log), `s3nbd health`, and a clean stop.
 
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { VolumeStatus } from '../../src/service/gateway-view.ts';
@@ -83,6 +83,7 @@ describe('the admin endpoint of a running gateway', () => {
     assertUserError(r, 'S3NBD_ADMIN_TOKEN_REQUIRED', /--admin-listen 0\.0\.0\.0:\d+/, /--admin-token-file/);
     const bad = await cli(['serve', '--store', join(dir.path, 'store2'), '--size', '64M', '--socket', socket, '--cache-dir', join(dir.path, 'c2'), '--admin-listen', 'nine'], {});
     assertUserError(bad, 'S3NBD_BAD_ADMIN_LISTEN');
+    assert.ok(!existsSync(socket), 'the NBD socket was never made');
     const info = await cli(['info', '--store', join(dir.path, 'store2')]);
     assert.notEqual(info.code, 0, 'no volume was created');
     assert.match(info.stderr, /S3NBD_NO_VOLUME/);

@@ -28,11 +28,16 @@ export function parseMetrics(text: string): Map<string, number> {
   return samples;
 }
 
-/** Polls `condition` (real time) until it resolves true; fails after `ms`, naming `what` and the last value seen. */
+/** Polls `condition` (real time) until it resolves true; a rejection counts as false (a server still starting). Fails after `ms`. */
 export async function waitFor(condition: () => Promise<boolean>, what: string, ms: number, everyMs = 200): Promise<void> {
+  let last = '';
   for (const deadline = Date.now() + ms; ;) {
-    if (await condition()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting until ${what}`);
+    try {
+      if (await condition()) return;
+    } catch (err) {
+      last = `: last error ${(err as Error).message}`;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting until ${what}${last}`);
     await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
 }

@@ -65,6 +65,9 @@ export const TOOL_PACKAGES = {
   'radosgw-admin': 'ceph-common',
   monmaptool: 'ceph-base',
   ceph: 'ceph-common',
+  // A real Prometheus scraping the admin endpoint (test/integration/monitoring.test.ts).
+  prometheus: 'prometheus',
+  promtool: 'prometheus',
   // The status page's tests drive it through puppeteer-core (test/helpers/chromium.ts).
   chromium: 'chromium',
 } as const;

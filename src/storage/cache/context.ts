@@ -45,7 +45,11 @@ export const REPEAT_LOG_INTERVAL_MS = 10_000;
 
 export class CacheContext {
   readonly extentSize: number;
-  readonly extentCount: number;
+  /** The layer below's: it grows with the volume (ObjectExtents.grow); the journal's records carry indexes, not a count. */
+  get extentCount(): number {
+    return this.lower.extentCount;
+  }
+
   /** Aborted when close() begins: no upload starts or retries from then on, and their waits end. */
   private readonly closing = new AbortController();
   /** Set when another gateway took the volume over: changes are refused, uploads stop. */
@@ -66,7 +70,6 @@ export class CacheContext {
     this.locks = locks;
     this.clock = clock;
     this.extentSize = lower.extentSize;
-    this.extentCount = lower.extentCount;
   }
 
   get log(): Logger {

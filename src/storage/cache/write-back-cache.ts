@@ -64,7 +64,10 @@ export interface CacheStatus {
 
 export class WriteBackCache implements ExtentStore {
   readonly extentSize: number;
-  readonly extentCount: number;
+  get extentCount(): number {
+    return this.ctx.extentCount;
+  }
+
 
   private readonly ctx: CacheContext;
   private readonly table: EntryTable;
@@ -85,7 +88,6 @@ export class WriteBackCache implements ExtentStore {
     this.changes = parts.changes;
     this.cuts = parts.cuts;
     this.extentSize = ctx.extentSize;
-    this.extentCount = ctx.extentCount;
   }
 
   /** Opens the cache directory, replays the journal, and starts uploading what it recovered. */

@@ -4,13 +4,27 @@
 import type { ExtentRun } from '../extent-store.ts';
 
 export class AllocationMap {
-  private readonly bits: Uint8Array;
+  private bits: Uint8Array;
   private allocated = 0;
-  readonly size: number;
+  private extents: number;
 
   constructor(size: number) {
-    this.size = size;
+    this.extents = size;
     this.bits = new Uint8Array(Math.ceil(size / 8));
+  }
+
+  /** Number of extents the map covers. */
+  get size(): number {
+    return this.extents;
+  }
+
+  /** Covers `size` extents from now on (a volume grown at runtime); the new ones are not allocated. */
+  grow(size: number): void {
+    if (size <= this.extents) return;
+    const bits = new Uint8Array(Math.ceil(size / 8));
+    bits.set(this.bits);
+    this.bits = bits;
+    this.extents = size;
   }
 
   /** Number of extents marked allocated. */

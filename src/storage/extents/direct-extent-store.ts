@@ -22,7 +22,11 @@ const DISCARD_BATCH = 1000;
 
 export class DirectExtentStore implements ExtentStore {
   readonly extentSize: number;
-  readonly extentCount: number;
+  /** The layer below's: it grows with the volume (ObjectExtents.grow). */
+  get extentCount(): number {
+    return this.lower.extentCount;
+  }
+
   private readonly lower: ExtentObjects;
   private readonly cache: LRUCache<number, Buffer>;
   private readonly locks = new ExtentLocks();
@@ -31,7 +35,6 @@ export class DirectExtentStore implements ExtentStore {
   constructor(lower: ExtentObjects, cacheBytes: number) {
     this.lower = lower;
     this.extentSize = lower.extentSize;
-    this.extentCount = lower.extentCount;
     this.cache = extentMemory(cacheBytes, lower.extentSize);
   }
 

@@ -124,7 +124,7 @@ const TOMBSTONE_CONCURRENCY = 16;
 
 export class ObjectExtents implements ExtentObjects {
   readonly extentSize: number;
-  readonly extentCount: number;
+  private extents: number;
   private readonly objects: ObjectStore;
   private readonly census: ObjectCensus;
   private readonly generations: GenerationCounter;
@@ -143,7 +143,7 @@ export class ObjectExtents implements ExtentObjects {
   private constructor(objects: ObjectStore, options: ObjectExtentsOptions, census: ObjectCensus, fixed = false) {
     this.objects = objects;
     this.extentSize = options.extentSize;
-    this.extentCount = options.extentCount;
+    this.extents = options.extentCount;
     this.census = census;
     this.codec = options.codec ?? rawCodec;
     this.volumeId = options.volumeId ?? '';
@@ -202,6 +202,23 @@ export class ObjectExtents implements ExtentObjects {
     const current = this.census.current(index);
     if (current?.generation === generation) return current.source ?? 0;
     return this.census.others(index).find((o) => o.generation === generation)?.source ?? 0;
+  }
+
+  /** Extents in the volume; grows with the volume (grow()), never shrinks. */
+  get extentCount(): number {
+    return this.extents;
+  }
+
+  /**
+   * The volume grew to `extentCount` extents (Storage.grow, once its metadata says so): the
+   * new extents are holes, and recount() lists them too from now on. A snapshot's layer
+   * keeps the size it was taken with.
+   */
+  grow(extentCount: number): void {
+    if (this.fixed) throw new Error('a snapshot does not grow');
+    if (extentCount <= this.extents) return;
+    this.census.grow(extentCount);
+    this.extents = extentCount;
   }
 
   /** Starts collecting garbage (the stack calls it once it holds the lease and knows every snapshot). */

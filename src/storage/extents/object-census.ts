@@ -29,6 +29,11 @@ export class ObjectCensus {
     this.stored = new AllocationMap(extentCount);
   }
 
+  /** The volume grew to `extentCount` extents: the new ones have no objects yet. */
+  grow(extentCount: number): void {
+    this.stored.grow(extentCount);
+  }
+
   current(index: number): ExtentObjectName | undefined {
     return this.currents.get(index);
   }

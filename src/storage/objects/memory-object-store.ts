@@ -42,6 +42,16 @@ export class MemoryObjectStore implements ObjectStore {
     for (const key of [...this.objects.keys()]) if (key.startsWith(prefix)) yield key;
   }
 
+  async *listPrefixes(prefix: string): AsyncIterable<string> {
+    await Promise.resolve();
+    const names = new Set<string>();
+    for (const key of this.objects.keys()) {
+      const slash = key.indexOf('/', prefix.length);
+      if (key.startsWith(prefix) && slash > prefix.length) names.add(key.slice(prefix.length, slash));
+    }
+    yield* names;
+  }
+
   /** Number of objects held (for tests). */
   get size(): number {
     return this.objects.size;

@@ -80,6 +80,15 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<string>;
 
   /**
+   * The names one level below `prefix` ('' or ending in '/') that hold keys: for the key
+   * `prefix` + "a/b", "a". One LIST request per 1000 names on S3 (a delimiter listing: the
+   * keys below each name are not listed), one readdir in a directory. Stores without it are
+   * listed in full (volume-ops.ts, for `volume list`). A directory store may also give names
+   * of empty directories.
+   */
+  listPrefixes?(prefix: string): AsyncIterable<string>;
+
+  /**
    * Every version and delete marker of the keys that start with `prefix`, key by key in the
    * server's order (all of one key's together, in no particular order among themselves); one
    * request per 1000 of them, and `onPage` called after each with the number listed so far.

@@ -56,8 +56,16 @@ export function cloneMarkerKey(snapshot: string, cloneId: string): string {
 }
 
 /** The clones of snapshot `name` that its volume knows of. */
-export async function listClones(objects: ObjectStore, name: string): Promise<CloneMarker[]> {
-  const prefix = `${CLONE_PREFIX}${checkSnapshotName(name)}/`;
+export function listClones(objects: ObjectStore, name: string): Promise<CloneMarker[]> {
+  return markersUnder(objects, `${CLONE_PREFIX}${checkSnapshotName(name)}/`);
+}
+
+/** The clones of every snapshot of the volume (deleting the volume: volume-ops.ts). */
+export function listClonesAll(objects: ObjectStore): Promise<CloneMarker[]> {
+  return markersUnder(objects, CLONE_PREFIX);
+}
+
+async function markersUnder(objects: ObjectStore, prefix: string): Promise<CloneMarker[]> {
   const markers: CloneMarker[] = [];
   for await (const key of objects.list(prefix)) {
     const body = await objects.get(key, 64 * 1024);
@@ -71,7 +79,7 @@ export async function listClones(objects: ObjectStore, name: string): Promise<Cl
     markers.push({
       key,
       store: typeof m.store === 'string' ? m.store : '(unreadable marker)',
-      volumeId: typeof m.volumeId === 'string' ? m.volumeId : key.slice(prefix.length),
+      volumeId: typeof m.volumeId === 'string' ? m.volumeId : key.slice(key.lastIndexOf('/') + 1),
       createdAt: typeof m.createdAt === 'string' ? m.createdAt : '',
     });
   }
@@ -137,7 +145,8 @@ export async function openCloneBase(volume: Volume, s3: S3Options, log: Logger, 
     if (there.volume.id !== origin.volumeId) throw Errors.noOrigin(volume.id, origin, `holds another volume (${there.volume.id})`);
     const manifest = await new SnapshotRegistry(originStore, there.volume).load(origin.snapshot);
     if (!manifest) throw Errors.noOrigin(volume.id, origin, `has no snapshot "${origin.snapshot}" any more`);
-    if (manifest.extentSize !== volume.extentSize || manifest.size !== volume.size) {
+    // A clone may have grown since (volume resize): it reads its origin only below the snapshot's size.
+    if (manifest.extentSize !== volume.extentSize || manifest.size > volume.size) {
       throw Errors.noOrigin(volume.id, origin, 'holds a snapshot of another geometry under that name');
     }
     const descriptors = [origin, ...manifest.sources.map((s, i) => sourceDescriptor(s, manifest, i))];

@@ -59,7 +59,7 @@ export async function writeSnapshot(objects: ObjectStore, volume: Volume, name: 
 
 export class SnapshotRegistry {
   private readonly objects: ObjectStore;
-  private readonly volume: Volume;
+  private volume: Volume;
   private readonly manifests = new Map<string, Manifest>();
   /** Snapshots whose objects were counted in `retained` by this registry (so may be released). */
   private readonly counted = new Set<string>();
@@ -71,6 +71,11 @@ export class SnapshotRegistry {
     this.objects = objects;
     this.volume = volume;
     this.sources = sources;
+  }
+
+  /** The volume grew (Storage.grow): snapshots taken from now on record its new size. */
+  grew(volume: Volume): void {
+    if (volume.id === this.volume.id && volume.size > this.volume.size) this.volume = volume;
   }
 
   /** The names of the snapshots in the bucket, sorted (one LIST per 1000). */

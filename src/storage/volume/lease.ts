@@ -356,3 +356,11 @@ function parse(data: Buffer): LeaseBody | undefined {
   }
   return undefined;
 }
+
+/** Who holds the volume's lease now, if anyone: its holder while unexpired (for `volume list`). */
+export async function leaseHolder(objects: ObjectStore): Promise<{ owner: string; host: string; pid: number; expiresAt: string } | undefined> {
+  const data = await objects.get(LEASE_KEY);
+  const lease = data && parse(data);
+  if (!lease || Date.parse(lease.expiresAt) <= Date.now()) return undefined;
+  return { owner: lease.owner, host: lease.host, pid: lease.pid, expiresAt: lease.expiresAt };
+}

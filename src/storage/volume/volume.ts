@@ -31,6 +31,13 @@ import { type ObjectSettings, newObjectSettings, objectSettingsJson, parseObject
 
 export const VOLUME_KEY = 's3nbd-volume.json';
 export const VOLUME_FORMAT = 's3nbd-volume';
+/**
+ * The metadata of a volume being deleted (service/volume-ops.ts): written over the volume's
+ * before anything else is deleted, and deleted last, so that a deletion killed halfway leaves a
+ * volume that every build refuses to open (this one says how to finish it), never one that
+ * looks whole with its data gone. `{"format":"s3nbd-volume-deleting","id":"<uuid>","deletingSince":"<ISO 8601>"}`
+ */
+export const VOLUME_DELETING_FORMAT = 's3nbd-volume-deleting';
 export const VOLUME_VERSION = 2;
 /** Format 1: no `objects`, raw extents. Still read. */
 export const VOLUME_VERSION_RAW = 1;
@@ -179,6 +186,7 @@ export async function readVolume(objects: ObjectStore): Promise<{ volume: Volume
   } catch {
     throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not JSON`);
   }
+  if (meta.format === VOLUME_DELETING_FORMAT) throw Errors.volumeDeleting(objects.description);
   if (meta.format !== VOLUME_FORMAT) throw Errors.badVolume(objects.description, `${VOLUME_KEY} is not an s3nbd volume`);
   if (meta.version !== VOLUME_VERSION && meta.version !== VOLUME_VERSION_RAW) {
     throw Errors.badVolume(objects.description, `format version ${String(meta.version)} is not supported (this build reads ${VOLUME_VERSION_RAW} and ${VOLUME_VERSION})`);
@@ -211,4 +219,31 @@ function matchRequest(objects: ObjectStore, volume: Volume, request: VolumeReque
     throw Errors.volumeConflict(objects.description, 'extent size', volume.extentSize, request.extentSize);
   }
   return volume;
+}
+
+/**
+ * Rewrites the metadata with a larger size (a volume grown at runtime), by compare-and-swap on
+ * the metadata's tag, so that a concurrent change (`s3nbd key change`) is never overwritten;
+ * then makes it durable. The caller holds the lease. Asking for the current size changes
+ * nothing (a retried resize); a smaller one is refused (S3NBD_VOLUME_SHRINK). Only the size
+ * changes: which extents exist is derived from it, and objects past the old end cannot exist
+ * (nothing writes there before the metadata says the volume reaches that far).
+ */
+export async function growVolume(objects: ObjectStore, volumeId: string, size: number): Promise<Volume> {
+  checkGeometry(size, undefined);
+  for (let attempt = 0; ; attempt++) {
+    const existing = await readVolume(objects);
+    if (!existing) throw Errors.noVolume(objects.description);
+    if (existing.volume.id !== volumeId) throw Errors.badVolume(objects.description, `it is now volume ${existing.volume.id}, not ${volumeId}`);
+    const { volume } = existing;
+    if (size < volume.size) throw Errors.volumeShrink(objects.description, volume.size, size);
+    if (size === volume.size) return volume;
+    const grown: Volume = { ...volume, size };
+    if (await objects.putIf(VOLUME_KEY, volumeBody(grown), existing.tag) !== undefined) {
+      await objects.flush();
+      return grown;
+    }
+    // Changed between our read and our write: read it again, a few times at most.
+    if (attempt >= 3) throw Errors.badVolume(objects.description, 'its metadata kept changing while it was being resized');
+  }
 }

@@ -190,6 +190,22 @@ export class S3ObjectStore implements ObjectStore {
     return this.listWith(prefix, this.policy);
   }
 
+  async *listPrefixes(prefix: string): AsyncIterable<string> {
+    const Prefix = this.keyPrefix + prefix;
+    let token: string | undefined;
+    do {
+      const ContinuationToken = token;
+      const output = await this.retry.run('list', `LIST ${this.url(Prefix)} /`, this.policy, (signal) => this.client.send(new ListObjectsV2Command({
+        Bucket: this.bucket, Prefix, Delimiter: '/', ContinuationToken,
+      }), { abortSignal: signal }));
+      for (const common of output.CommonPrefixes ?? []) {
+        const name = common.Prefix?.slice(Prefix.length).replace(/\/$/, '');
+        if (common.Prefix?.startsWith(Prefix) && name) yield name;
+      }
+      token = output.IsTruncated ? output.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
   async *listVersions(prefix: string, onPage?: (listed: number) => void): AsyncIterable<ObjectVersion> {
     const Prefix = this.keyPrefix + prefix;
     let from: { KeyMarker?: string | undefined; VersionIdMarker?: string | undefined } | undefined = {};
