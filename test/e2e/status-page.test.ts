@@ -155,7 +155,7 @@ describe('the status page of a real gateway in headless Chromium', () => {
       return mark.dirty && uploads && mark.rate && v.chartPoints >= 3;
     }), 180_000);
 
-    const path = join(artifactDir(), `status-page-${process.pid}.png`);
+    const path = join(artifactDir(), 'status-page-during-write.png');
     await page.screenshot({ path, fullPage: true });
     t.diagnostic(`screenshot of the status page during the write: ${path}`);
     const png = pngSize(path);

@@ -65,9 +65,12 @@ export async function watchedPage(browser: Browser): Promise<{ page: Page; probl
   return { page, problems };
 }
 
-/** Where screenshots go: beside the suite's kept outputs when scripts/test.sh runs it, else test-artifacts/ (ignored by git). */
+/**
+ * Where screenshots go: test-artifacts/ in the checkout (ignored by git), kept after the run.
+ * Not $S3NBD_TEST_LOG_DIR: scripts/test.sh removes that when the suite ends.
+ */
 export function artifactDir(): string {
-  const dir = process.env.S3NBD_TEST_LOG_DIR ?? join(REPO, 'test-artifacts');
+  const dir = join(REPO, 'test-artifacts');
   mkdirSync(dir, { recursive: true });
   return dir;
 }
