@@ -178,6 +178,18 @@ describe('the status page of a real gateway in headless Chromium', () => {
     }
     assert.deepEqual(problems, { consoleErrors: [], failedRequests: [] });
   });
+
+  it('says the connection is lost when the gateway stops, and keeps the last numbers', async () => {
+    const before = await untilShown(page, 'the connection up', (s) => s.connection === 'ok');
+    assert.equal(await gateway!.gw.stop(), 0);
+    const lost = await untilShown(page, 'the connection lost', (s) => s.connection === 'lost');
+    assert.match(lost.banner ?? '', /^Connection lost since \d\d:\d\d:\d\d: Failed to fetch\. Retrying every second…$/);
+    assert.deepEqual(lost.volumes.map((v) => v.name), before.volumes.map((v) => v.name));
+    // Only status requests failed, refused (or cut off, if one was under way as the gateway closed).
+    assert.ok(problems.failedRequests.length > 0);
+    assert.deepEqual(problems.failedRequests.filter((f) => !f.startsWith(`${base}api/status: net::ERR_`)), []);
+    assert.ok(problems.failedRequests.includes(`${base}api/status: net::ERR_CONNECTION_REFUSED`), problems.failedRequests.join('\n'));
+  });
 });
 
 describe('the status page of a gateway with an admin token', () => {
