@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # second S3 server (scripts/install-ceph.sh). gcc and libc6-dev build the fsync-failing shim
 # of test/e2e/journal-failure.test.ts; its `cc` is gcc-12's compiler behind gcc's link.
 # gnutls-bin: certtool and psktool make the TLS tests' certificates and pre-shared keys.
+# prometheus: the real Prometheus (and promtool) of test/integration/monitoring.test.ts.
 APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl gnutls-bin
   qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev git
-  radosgw ceph-mon ceph-osd ceph-base ceph-common)
+  radosgw ceph-mon ceph-osd ceph-base ceph-common prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

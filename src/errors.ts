@@ -123,6 +123,16 @@ export const Errors = {
   tlsBadPsk: (path: string, reason: string) => new UserError('S3NBD_TLS_BAD_PSK',
     `--tls-psk ${path}: ${reason}`,
     'write the file with psktool -u NAME -p FILE, or by hand as lines of username:hexkey'),
+  // ---- The admin endpoint (src/service/admin-*.ts) ----
+  badAdminListen: (text: string) => new UserError('S3NBD_BAD_ADMIN_LISTEN',
+    `--admin-listen "${text}" is not HOST:PORT or PORT`, 'use e.g. --admin-listen 9101 (127.0.0.1:9101), 127.0.0.1:9101 or 0.0.0.0:9101 with --admin-token-file'),
+  adminTokenRequired: (where: string) => new UserError('S3NBD_ADMIN_TOKEN_REQUIRED',
+    `--admin-listen ${where} is reachable beyond this machine, and no token protects it`,
+    'pass --admin-token-file FILE (or set S3NBD_ADMIN_TOKEN) with a secret of at least 16 characters, or listen on 127.0.0.1'),
+  noAdminAddress: () => new UserError('S3NBD_NO_ADMIN_LISTEN',
+    'no admin endpoint to ask: neither --admin nor S3NBD_ADMIN_LISTEN was given', 'pass --admin 127.0.0.1:PORT (the gateway\'s --admin-listen), or set S3NBD_ADMIN_LISTEN as the gateway has it'),
+  badAdminToken: (source: string, reason: string) => new UserError('S3NBD_BAD_ADMIN_TOKEN',
+    `${source}: ${reason}`, 'put a secret of at least 16 printable characters (e.g. from: openssl rand -hex 32) in the file, or in S3NBD_ADMIN_TOKEN'),
   // ---- First-run errors: sizes, the endpoint, S3's answers, local paths ----
   sizeTooLarge: (option: string, text: string, max: string) => new UserError(option === '--size' ? 'S3NBD_BAD_DEVICE_SIZE' : 'S3NBD_BAD_SIZE',
     `${option} "${text}" is larger than the ${max} maximum`, `choose a size up to ${max}, e.g. 10G`),

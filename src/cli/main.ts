@@ -13,6 +13,7 @@ import { runCreate, runInfo } from './info.ts';
 import { runKeyChange } from './key.ts';
 import { formatBytes, parseSize } from './parse.ts';
 import { runServe } from './serve.ts';
+import { runHealth } from './health.ts';
 import { runClone } from './clone.ts';
 import { runSnapshotPrune } from './prune.ts';
 import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapshotRestore } from './snapshot.ts';
@@ -113,6 +114,8 @@ const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
+  .addOption(new Option('--admin-listen <[host:]port>', 'serve health checks, Prometheus metrics, status and the status page over HTTP here (a bare port: 127.0.0.1; see docs/monitoring.md)').env('S3NBD_ADMIN_LISTEN'))
+  .addOption(new Option('--admin-token-file <file>', 'a secret the admin endpoint requires as "Authorization: Bearer" (required beyond loopback; or set S3NBD_ADMIN_TOKEN)').env('S3NBD_ADMIN_TOKEN_FILE'))
   .addOption(new Option('--snapshot-every <duration>', 'take a snapshot auto-<UTC time> this often (e.g. 1h, 15m), pruned by the --keep-* options').env('S3NBD_SNAPSHOT_EVERY'));
 keepOptions(serve, true)
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
@@ -214,6 +217,16 @@ addStoreOptions(program.command('undelete'))
   .option('--dry-run', 'list what would be restored, and change nothing')
   .action(async (opts: Record<string, unknown>) => {
     await runUndelete(opts);
+  });
+
+program.command('health')
+  .description('ask a running gateway\'s admin endpoint whether it is alive (or with --ready, ready); exit 0 if so, else 1 (the image\'s HEALTHCHECK)')
+  .addOption(new Option('--admin <url|host:port>', 'the admin endpoint (default: S3NBD_ADMIN_LISTEN, as the gateway has it)'))
+  .option('--ready', 'ask /readyz (volumes open, leases held, S3 answering) instead of /healthz (the process answers)')
+  .addOption(new Option('--admin-token-file <file>', 'the admin token, for --ready (or S3NBD_ADMIN_TOKEN)').env('S3NBD_ADMIN_TOKEN_FILE'))
+  .addOption(countOption('--timeout <seconds>', 'how long to wait for the answer', 'S3NBD_HEALTH_TIMEOUT', 1, 600).default(5))
+  .action(async (opts: Record<string, unknown>) => {
+    await runHealth(opts);
   });
 
 addStoreOptions(program.command('key').command('change'))

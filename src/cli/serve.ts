@@ -34,6 +34,11 @@ import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { describeObjectSettings } from '../storage/format/object-settings.ts';
 import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
+import { adminConfigOf } from '../service/admin-config.ts';
+import { listenAdmin } from '../service/admin-start.ts';
+import { SingleVolumeGateway, servedVolumeView, volumeLabel } from '../service/single-gateway.ts';
+import { VolumeCounters } from '../service/volume-counters.ts';
+import { Metrics } from '../service/metrics.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -73,6 +78,8 @@ interface ServeOptions extends StoreOptions, ObjectOptions {
   keepDaily?: number;
   keepWeekly?: number;
   keepMonthly?: number;
+  adminListen?: string;
+  adminTokenFile?: string;
 }
 
 /** The shortest --snapshot-every; S3NBD_TEST_SHORT_SNAPSHOT_EVERY=1 (tests only) allows a second. */
@@ -111,6 +118,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     log.warn('--tls-psk overrides --tls-certificates and --tls-verify-peer (as in nbdkit): clients authenticate with a pre-shared key');
   }
   const snapshotEveryMs = snapshotSchedule(opts, readOnly);
+  // The admin endpoint's address and token are checked before anything listens.
+  const adminConfig = await adminConfigOf(opts.adminListen, opts.adminTokenFile, process.env);
 
   // TCP unless only a socket was asked for; both when both were.
   const endpoints: Endpoint[] = [];
@@ -139,6 +148,19 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       throw await listenError(endpoint, err);
     }
   }
+  // The admin endpoint listens now too, and shows the volume as opening until it is open.
+  const exportLabel = volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`);
+  const gateway = new SingleVolumeGateway(exportLabel);
+  const metrics = adminConfig && new Metrics({ gateway });
+  const telemetry = metrics?.forVolume(exportLabel);
+  let admin: Awaited<ReturnType<typeof listenAdmin>> | undefined;
+  try {
+    admin = adminConfig && await listenAdmin(adminConfig, { gateway, metrics, log });
+  } catch (err) {
+    ready(false);
+    await server.shutdown(0);
+    throw err;
+  }
 
   let stop: (reason: string, exitCode: number) => void = () => undefined;
   let stopping = false;
@@ -160,6 +182,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
         flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
       },
       log,
+      telemetry,
       onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
       onJournalFailed: (err) => {
         journalFailed = err;
@@ -169,16 +192,17 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   } catch (err) {
     ready(false);
     await server.shutdown(0);
+    await admin?.close();
     throw err;
   }
   const { volume } = storage;
   let exp: Export;
   if (opts.snapshot === undefined) {
-    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device };
+    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device, ...telemetry ? { telemetry } : {} };
     served.exports = new GatewayExports(exp, storage, log);
   } else {
     const manifest = (await storage.snapshots.load(opts.snapshot))!;
-    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device };
+    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device, ...telemetry ? { telemetry } : {} };
     const alone = exp;
     served.exports = { find: (name) => (name === '' || name === alone.name ? alone : undefined), list: () => [alone] };
   }
@@ -189,6 +213,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   }) + (storage.objects instanceof MemoryObjectStore ? volume.size : 0); // the volatile store is Buffers too
   governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
+  gateway.opened(servedVolumeView({ name: exportLabel, storage, counters: telemetry?.counters ?? new VolumeCounters(), connections: () => server.connectionCount, stopping: () => stopping }));
   // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
   const control = gatewayControl(storage, log, s3OptionsOf(opts));
   const closeControl = storage.cache ? await listenControl(opts.cacheDir, control, log) : undefined;
@@ -229,6 +254,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
         clearInterval(statusTimer);
         const drained = await storage.close(Math.max(0, deadline - Date.now()));
         await rm(statusPath, { force: true });
+        // Last: monitoring can watch the drain until it ends (/readyz says "shutting down").
+        await admin?.close();
         const code = journalFailed ? EXIT_JOURNAL_FAILED : exitCode;
         log.info({ exitCode: code, drained }, 'stopped');
         process.exitCode = code;
@@ -247,6 +274,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize, objects: describeObjectSettings(volume.objects),
     created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
+    ...admin ? { admin: `http://${admin.address}/` } : {},
     ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
     tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },

@@ -17,6 +17,7 @@
 
 import type { Socket } from 'node:net';
 import type { BlockDevice } from './block-device.ts';
+import type { VolumeTelemetry } from '../telemetry.ts';
 import {
   BASE_ALLOCATION, BASE_ALLOCATION_ID, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_CAN_MULTI_CONN,
   FLAG_FIXED_NEWSTYLE, FLAG_HAS_FLAGS, FLAG_NO_ZEROES, FLAG_READ_ONLY, FLAG_SEND_CACHE, FLAG_SEND_DF,
@@ -30,6 +31,8 @@ export interface Export {
   readonly name: string;
   readonly description: string;
   readonly device: BlockDevice;
+  /** Told of every request answered (the admin endpoint's metrics); none by default. */
+  readonly telemetry?: VolumeTelemetry;
 }
 
 /** An export as NBD_OPT_LIST shows it. */

@@ -8,6 +8,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { LogThrottle } from '../log-throttle.ts';
+import { noTelemetry, type VolumeTelemetry } from '../telemetry.ts';
 import type { BlockDevice, ReadPiece } from './block-device.ts';
 import {
   BASE_ALLOCATION_ID, CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, Cmd,
@@ -141,6 +142,10 @@ class InFlight {
   }
 }
 
+/** Names for the metrics: the command as the NBD spec spells it, in lower case; errnos by name. */
+const COMMAND_NAMES = new Map<number, string>(Object.entries(Cmd).map(([name, n]) => [n, name.toLowerCase()]));
+const ERRNO_NAMES = new Map<number, string>(Object.entries(NbdErrno).map(([name, n]) => [n, name]));
+
 export class Session {
   private readonly device: BlockDevice;
   private readonly inFlight: InFlight;
@@ -151,6 +156,7 @@ export class Session {
   private readonly negotiated: Negotiated;
   private readonly log: Logger;
   private readonly failedRequests: LogThrottle;
+  private readonly telemetry: VolumeTelemetry;
   /** The device's size when this connection negotiated it. */
   private readonly size: number;
 
@@ -166,6 +172,7 @@ export class Session {
     this.log = log;
     this.failedRequests = failedRequests;
     this.device = negotiated.export.device;
+    this.telemetry = negotiated.export.telemetry ?? noTelemetry;
     // NBD cannot tell a client that the export grew (a volume resized at runtime): requests are
     // checked against the size this connection negotiated, and a new connection sees the new one.
     this.size = this.device.size;
@@ -209,12 +216,17 @@ export class Session {
 
   private async serve(req: Request, payload: Payload | undefined, cost: number): Promise<void> {
     let reply: Buffer[];
+    const started = performance.now();
+    let result = 'ok';
     try {
       this.validate(req);
       reply = await this.execute(req, payload);
     } catch (err) {
+      result = ERRNO_NAMES.get(nbdErrnoOf(err)) ?? 'EIO';
       reply = this.errorReply(req, err);
     }
+    const moved = result === 'ok' && (req.type === Cmd.READ || req.type === Cmd.WRITE) ? req.length : 0;
+    this.telemetry.nbdRequest(COMMAND_NAMES.get(req.type) ?? 'unknown', result, (performance.now() - started) / 1000, moved);
     if (payload?.recyclable) payloadPool.release(payload.data);
     // The budget is returned once the reply has left our process, so it bounds queued output too.
     this.send(reply, () => this.inFlight.release(cost));

@@ -16,6 +16,7 @@
 // for inspection (`s3nbd info`, which may run beside a gateway on its cache directory).
 
 import type { Logger } from 'pino';
+import type { VolumeTelemetry } from '../telemetry.ts';
 import { Errors, UserError } from '../errors.ts';
 import type { BlockDevice } from '../protocol/block-device.ts';
 import { type CacheIdentity, claimCacheDir, prepareCacheDir } from './volume/cache-dir.ts';
@@ -70,6 +71,8 @@ export interface StorageConfig {
   readonly firstContactMs?: number;
   /** Serve this snapshot, read-only, instead of the volume (no cache, no lease). */
   readonly snapshot?: string | undefined;
+  /** Told what the layers do (S3 requests, uploads, fetches, cache lookups): the admin endpoint's metrics. Default none. */
+  readonly telemetry?: VolumeTelemetry | undefined;
 }
 
 export interface Storage {
@@ -87,6 +90,8 @@ export interface Storage {
   /** Present when writes go through the write-back cache. */
   readonly cache: WriteBackCache | undefined;
   readonly identity: CacheIdentity | undefined;
+  /** The writer lease, held while the write-back cache is used; undefined without one. */
+  readonly lease: Lease | undefined;
   readonly device: BlockDevice;
   /**
    * Grows the live volume to `size` bytes without a restart (see growStorage()); resolves the
@@ -161,7 +166,7 @@ export function s3ConnectionsFor(uploadConcurrency = 16): number {
 
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   const { log } = config;
-  const objects = openObjectStore(config.store, { maxSockets: s3ConnectionsFor(config.cache?.uploadConcurrency), ...config.s3 }, log);
+  const objects = openObjectStore(config.store, { maxSockets: s3ConnectionsFor(config.cache?.uploadConcurrency), ...config.s3, telemetry: config.telemetry }, log);
   const opened: Array<() => Promise<unknown>> = [() => objects.close()];
   /** Closes in reverse order of opening; each step (the lease release) may take until `deadline`. */
   const closeAll = async (deadline = Infinity): Promise<void> => {
@@ -220,7 +225,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       if (!manifest) throw Errors.noSnapshot(objects.description, config.snapshot);
       const snapshot = openSnapshot(manifest, config.memoryCacheBytes);
       return {
-        objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, device: snapshot.device,
+        objects, volume, created, extents: snapshot.extents, snapshots, clone, openSnapshot, cache: undefined, identity: undefined, lease: undefined, device: snapshot.device,
         grow: () => Promise.reject(Errors.volumeNotWritable(objects.description, 'this gateway serves a snapshot, which never changes')),
         async close() {
           await closeAll();
@@ -233,7 +238,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     // garbage only once it holds the lease and has counted every snapshot (below); readers never.
     const extents = await ObjectExtents.open(objects, {
       extentSize: volume.extentSize, extentCount: extentCountOf(volume), volumeId: volume.id, complete: !writeBack,
-      retained: new RetainedObjects(), collect: false, codec, log, sources: clone.sources, base: clone.base,
+      retained: new RetainedObjects(), collect: false, codec, log, telemetry: config.telemetry, sources: clone.sources, base: clone.base,
     });
     opened.push(() => extents.close());
     let cache: WriteBackCache | undefined;
@@ -267,7 +272,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       cache = await WriteBackCache.open(extents, {
         cacheDir: c.dir, cacheBytes: c.cacheBytes, memoryCacheBytes: config.memoryCacheBytes,
         maxDirtyBytes: c.maxDirtyBytes, uploadConcurrency: c.uploadConcurrency, flushMode: c.flushMode,
-        uploadDelayMs: c.uploadDelayMs, log, mayUpload: () => lease.isValid(),
+        uploadDelayMs: c.uploadDelayMs, log, telemetry: config.telemetry, mayUpload: () => lease.isValid(),
         ...config.onJournalFailed ? { onFailed: config.onJournalFailed } : {},
       });
     }
@@ -293,7 +298,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
       return done;
     };
     return {
-      objects, created, extents, snapshots, clone, openSnapshot, cache, identity, device, grow,
+      objects, created, extents, snapshots, clone, openSnapshot, cache, identity, lease: heldLease, device, grow,
       get volume() {
         return current;
       },

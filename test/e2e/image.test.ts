@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -58,6 +58,11 @@ describe('the container image, built and started by its own scripts', () => {
     assert.ok(readFileSync(join(app, 'dist/cli/main.js')).length > 0, 'built from the context');
     assert.match(await runOk(process.execPath, [join(app, 'dist/cli/main.js'), '--version']), /^s3nbd \d+\.\d+\.\d+ \(commit feedc0ffee12\)\n$/);
     assert.throws(() => readFileSync(join(app, 'node_modules/typescript/package.json')), 'no dev dependencies in the image');
+    // The status page's files (not compiled by tsc) are in the image, where the admin endpoint looks.
+    const page = join(REPO, 'src/service/status-page');
+    for (const file of existsSync(page) ? readdirSync(page, { withFileTypes: true }).filter((f) => f.isFile()) : []) {
+      assert.deepEqual(readFileSync(join(app, 'dist/service/status-page', file.name)), readFileSync(join(REPO, 'src/service/status-page', file.name)), file.name);
+    }
     mkdirSync(join(app, 'scripts'), { recursive: true });
     cpSync(join(REPO, 'scripts/image-start.sh'), join(app, 'scripts/image-start.sh'));
 
@@ -74,10 +79,16 @@ describe('the container image, built and started by its own scripts', () => {
     const cmd = JSON.parse(runtime.find((i) => i[0] === 'CMD')!.slice(1).join(' ')) as string[];
     assert.deepEqual(entrypoint, ['/app/scripts/image-start.sh']);
     const port = await freePort();
+    // The admin endpoint is on by default, on loopback only, for the HEALTHCHECK.
+    assert.equal(env.S3NBD_ADMIN_LISTEN, '127.0.0.1:9101');
+    const healthcheck = runtime.find((i) => i[0] === 'HEALTHCHECK')!;
+    const check = (JSON.parse(healthcheck.slice(healthcheck.indexOf('CMD') + 1).join(' ')) as string[])
+      .map((a) => a.replace(/^\/app\//, `${app}/`));
     const container = {
       ...process.env, ...env,
       // What `docker run -p 127.0.0.1:PORT:10809 -v ... -e S3NBD_SIZE=64M` would map:
       S3NBD_LISTEN: `127.0.0.1:${port}`, S3NBD_CACHE_DIR: join(dir.path, 'cache'), S3NBD_STORE: join(dir.path, 'data'), S3NBD_SIZE: '64M',
+      S3NBD_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
     };
     const child = spawn(join(app, 'scripts/image-start.sh'), cmd, {
       env: container,
@@ -100,9 +111,16 @@ describe('the container image, built and started by its own scripts', () => {
       assert.equal(made.code, 0, made.stderr);
       assert.match(made.stdout, /^created snapshot s1: 1 extents/);
       assert.match(logs, /"msg":"snapshot created"/);
+      // The HEALTHCHECK's command, without curl: healthy while the gateway runs.
+      const healthy = await run(check[0]!, check.slice(1), { env: container, timeoutMs: 15_000 });
+      assert.equal(healthy.code, 0, healthy.stdout + healthy.stderr);
+      assert.match(healthy.stdout, /^s3nbd health: alive \(http:\/\/127\.0\.0\.1:\d+\/healthz\)\n$/);
     } finally {
       child.kill('SIGTERM');
     }
     assert.equal(await exited, 0, logs);
+    const gone = await run(check[0]!, check.slice(1), { env: container, timeoutMs: 15_000 });
+    assert.equal(gone.code, 1, 'unhealthy once the gateway is gone');
+    assert.match(gone.stderr, /^s3nbd health: not alive \(http:\/\/127\.0\.0\.1:\d+\/healthz\): connect ECONNREFUSED/);
   });
 });

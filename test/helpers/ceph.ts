@@ -120,8 +120,9 @@ class CephCluster implements S3TestServer {
     process.kill(this.rgwPid(), 'SIGCONT');
   }
 
-  async restart(): Promise<void> {
+  async restart(whileDown?: () => Promise<void>): Promise<void> {
     await this.killRgw();
+    await whileDown?.();
     await this.startRgw(Date.now() + START_TIMEOUT_MS);
   }
 

@@ -37,8 +37,11 @@ export interface S3TestServer {
   pause(): Promise<void>;
   /** SIGCONT after pause(). */
   resume(): void;
-  /** Stops the server and starts it again on the same port and data directory. */
-  restart(): Promise<void>;
+  /**
+   * Stops the server (SIGKILL) and starts it again on the same port and data directory;
+   * `whileDown` runs in between (a test watching what the gateway does while S3 is gone).
+   */
+  restart(whileDown?: () => Promise<void>): Promise<void>;
   /** Kills the server and removes its data. A no-op for an external server, so after() hooks can always call it. */
   stop(): Promise<void>;
 }
@@ -173,8 +176,9 @@ class LocalMinio implements S3TestServer {
     this.signal('SIGCONT');
   }
 
-  async restart(): Promise<void> {
+  async restart(whileDown?: () => Promise<void>): Promise<void> {
     await this.kill();
+    await whileDown?.();
     await this.start();
   }
 

@@ -65,6 +65,9 @@ export const TOOL_PACKAGES = {
   'radosgw-admin': 'ceph-common',
   monmaptool: 'ceph-base',
   ceph: 'ceph-common',
+  // A real Prometheus scraping the admin endpoint (test/integration/monitoring.test.ts).
+  prometheus: 'prometheus',
+  promtool: 'prometheus',
 } as const;
 
 export type Tool = keyof typeof TOOL_PACKAGES;

@@ -5,6 +5,7 @@
 
 import type { Logger } from 'pino';
 import type { Clock } from '../../clock.ts';
+import type { VolumeTelemetry } from '../../telemetry.ts';
 import type { ExtentLocks } from '../extents/extent-locks.ts';
 import type { ExtentObjects } from '../extents/extent-objects.ts';
 import { StorageError } from '../storage-error.ts';
@@ -35,6 +36,8 @@ export interface WriteBackOptions {
   readonly onFailed?: (err: Error) => void;
   /** Time and randomness for the flusher; tests pass a manual clock. Default: the real ones. */
   readonly clock?: Clock;
+  /** Told of uploads and of where reads found their extents (the admin endpoint's metrics). */
+  readonly telemetry?: VolumeTelemetry | undefined;
 }
 
 /** Lines about a condition that repeats with every request (a full disk, failing uploads): one per this many ms. */

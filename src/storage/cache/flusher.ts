@@ -170,8 +170,13 @@ export class Flusher {
     const zero = isAllZero(data);
     let generation: number | undefined;
     await this.retrying(`upload extent ${index}`, async () => {
-      if (zero) await lower.deleteExtents([index]);
-      else generation = await lower.put(index, data);
+      if (zero) {
+        await lower.deleteExtents([index]);
+        return;
+      }
+      const started = performance.now();
+      generation = await lower.put(index, data);
+      this.ctx.options.telemetry?.upload((performance.now() - started) / 1000, data.length);
     });
     await locks.with(index, () => {
       this.finishUpload(index, gen, zero ? undefined : data);

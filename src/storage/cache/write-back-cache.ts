@@ -58,6 +58,8 @@ export interface CacheStatus {
   readonly journalBytes: number;
   readonly uploadedExtents: number;
   readonly uploadFailures: number;
+  /** Seconds since the oldest dirty extent became dirty (0 when none is): uploads that stall show here. */
+  readonly oldestDirtySeconds: number;
 }
 
 export class WriteBackCache implements ExtentStore {
@@ -137,7 +139,11 @@ export class WriteBackCache implements ExtentStore {
 
   status(): CacheStatus {
     let pendingDeletes = 0;
-    for (const e of this.table.dirty.values()) if (e.zeros) pendingDeletes++;
+    let oldest = Infinity;
+    for (const e of this.table.dirty.values()) {
+      if (e.zeros) pendingDeletes++;
+      oldest = Math.min(oldest, e.dirtySince);
+    }
     const { slots, journal } = this.ctx;
     return {
       dirtyExtents: this.table.dirtySlots,
@@ -149,15 +155,31 @@ export class WriteBackCache implements ExtentStore {
       journalBytes: journal.bytes,
       uploadedExtents: this.flusher.uploadedExtents,
       uploadFailures: this.flusher.uploadFailures,
+      oldestDirtySeconds: oldest === Infinity ? 0 : Math.max(0, (this.ctx.clock.now() - oldest) / 1000),
     };
   }
 
   async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {
+    // Each read is told once to the telemetry, by where it found its extent first.
+    let told = false;
+    const tell = (where: 'memory' | 'disk' | 'miss'): void => {
+      if (told) return;
+      told = true;
+      this.ctx.options.telemetry?.cacheLookup(where);
+    };
+    return this.readExtent(index, offset, length, tell);
+  }
+
+  private async readExtent(index: number, offset: number, length: number, tell: (where: 'memory' | 'disk' | 'miss') => void): Promise<Buffer | undefined> {
     const sequential = this.clean.readAhead(index);
     const remembered = this.clean.get(index);
-    if (remembered) return remembered.subarray(offset, offset + length);
+    if (remembered) {
+      tell('memory');
+      return remembered.subarray(offset, offset + length);
+    }
     if (!this.table.has(index)) {
       if (!this.ctx.lower.isStored(index)) return undefined;
+      tell('miss');
       const data = await this.clean.fetch(index, !sequential);
       if (data) return data.subarray(offset, offset + length);
       // The extent changed while we fetched it: read it as it is now.
@@ -169,13 +191,16 @@ export class WriteBackCache implements ExtentStore {
         if (e.zeros) return { data: undefined };
         if (e.valid.covers(offset, offset + length)) {
           this.table.touch(e);
+          tell('disk');
           return { data: await this.bytes.read(e, offset, length) };
         }
         return { needBase: true } as const;
       });
       if ('data' in result) return result.data;
-      if ('needBase' in result) await this.bytes.completeFromStore(index);
-      else return this.read(index, offset, length);
+      if ('needBase' in result) {
+        tell('miss');
+        await this.bytes.completeFromStore(index);
+      } else return this.readExtent(index, offset, length, tell);
     }
   }
 

@@ -31,6 +31,7 @@
 // second lock in this layer only doubled the work on the upload path.
 
 import type { Logger } from 'pino';
+import type { VolumeTelemetry } from '../../telemetry.ts';
 import { type ExtentCodec, rawCodec } from '../format/extent-codec.ts';
 import { EXTENT_PREFIX, type ExtentObjectName, parseExtentKey } from './extent-keys.ts';
 import { DELETE_BATCH, GarbageCollector } from './garbage-collector.ts';
@@ -97,6 +98,8 @@ export interface ObjectExtentsOptions {
   readonly codec?: ExtentCodec;
   /** Where an object that fails its check twice is reported. */
   readonly log?: Logger | undefined;
+  /** Told of every extent fetched (the admin endpoint's metrics). */
+  readonly telemetry?: VolumeTelemetry | undefined;
   /** The objects snapshots keep (default: none). */
   readonly retained?: RetainedObjects;
   /** A clone's origins: source i is sources[i - 1] (see the top of the file). */
@@ -145,7 +148,7 @@ export class ObjectExtents implements ExtentObjects {
     this.codec = options.codec ?? rawCodec;
     this.volumeId = options.volumeId ?? '';
     this.reader = new ObjectReader({
-      extentSize: options.extentSize, own: { objects, volumeId: this.volumeId, codec: this.codec }, sources: options.sources ?? [], log: options.log,
+      extentSize: options.extentSize, own: { objects, volumeId: this.volumeId, codec: this.codec }, sources: options.sources ?? [], log: options.log, telemetry: options.telemetry,
     });
     this.complete = options.complete ?? true;
     this.collecting = !fixed && (options.collect ?? true);

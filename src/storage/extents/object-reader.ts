@@ -4,6 +4,7 @@
 
 import type { Logger } from 'pino';
 import { LogCodes } from '../../errors.ts';
+import type { VolumeTelemetry } from '../../telemetry.ts';
 import { type ExtentCodec, rawCodec } from '../format/extent-codec.ts';
 import type { ExtentObjectName } from './extent-keys.ts';
 import { keyOf } from './object-census.ts';
@@ -33,6 +34,8 @@ export interface ObjectReaderOptions {
   readonly sources: readonly ExtentSource[];
   /** Where an object that fails its check twice is reported. */
   readonly log?: Logger | undefined;
+  /** Told of every object fetched and decoded (the admin endpoint's metrics). */
+  readonly telemetry?: VolumeTelemetry | undefined;
 }
 
 export class ObjectReader {
@@ -89,10 +92,13 @@ export class ObjectReader {
     const id = { volumeId: from.volumeId, index: name.index, generation: name.generation };
     const { log } = this.options;
     for (let attempt = 1; ; attempt++) {
+      const started = performance.now();
       const body = await from.objects.get(key, codec.maxBodyBytes(this.options.extentSize));
       if (body === undefined) return undefined;
       try {
-        return await codec.decode(id, body);
+        const data = await codec.decode(id, body);
+        this.options.telemetry?.fetch((performance.now() - started) / 1000, body.length);
+        return data;
       } catch (err) {
         if (!(err instanceof StorageError) || attempt >= 2) {
           const reason = (err as Error).message;

@@ -8,6 +8,7 @@
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
+import type { VolumeTelemetry } from '../../telemetry.ts';
 import { Errors } from '../../errors.ts';
 import { FileObjectStore } from './file-object-store.ts';
 import { MemoryObjectStore } from './memory-object-store.ts';
@@ -24,6 +25,8 @@ export interface S3Options {
   readonly maxSockets?: number | undefined;
   /** How long a read may wait on S3, retries included, before it fails with EIO (--read-timeout). */
   readonly readTimeoutMs?: number | undefined;
+  /** Told of every S3 request (the admin endpoint's metrics). */
+  readonly telemetry?: VolumeTelemetry | undefined;
 }
 
 export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger): ObjectStore {
@@ -43,6 +46,7 @@ export function openObjectStore(spec: string, s3: S3Options = {}, log?: Logger):
       ...(s3.forcePathStyle !== undefined ? { forcePathStyle: s3.forcePathStyle } : {}),
       ...(s3.maxSockets !== undefined ? { maxSockets: s3.maxSockets } : {}),
       ...(s3.readTimeoutMs !== undefined ? { readTimeoutMs: s3.readTimeoutMs } : {}),
+      ...(s3.telemetry ? { telemetry: s3.telemetry } : {}),
       ...(log ? { log } : {}),
     });
   }

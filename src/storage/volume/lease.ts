@@ -175,6 +175,11 @@ export class Lease {
     throw Errors.volumeInUse(objects.description, 'another gateway (the lease keeps changing)', 'unknown');
   }
 
+  /** Another gateway took the lease over: this one is fenced off for good. */
+  get fenced(): boolean {
+    return this.lost;
+  }
+
   /** True while our last renewal is recent enough that nobody else can have taken over. */
   isValid(): boolean {
     if (this.lost || this.stopped) return false;

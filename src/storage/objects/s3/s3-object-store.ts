@@ -33,6 +33,7 @@ import { crc32Base64, DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
 import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
 import { createSdkClient, safeEndpoint, sdkGet } from './sdk-client.ts';
+import type { VolumeTelemetry } from '../../../telemetry.ts';
 
 export interface S3ObjectStoreConfig {
   readonly bucket: string;
@@ -63,6 +64,8 @@ export interface S3ObjectStoreConfig {
   readonly retryCapMs?: number;
   /** For deterministic tests: the retry loop's waits, jitter and time budgets. Default: the real clock. */
   readonly clock?: Clock;
+  /** Told of every request (the admin endpoint's metrics). */
+  readonly telemetry?: VolumeTelemetry | undefined;
 }
 
 /**
@@ -117,7 +120,7 @@ export class S3ObjectStore implements ObjectStore {
       stallWarnMs: config.stallWarnMs ?? DEFAULTS.stallWarnMs,
       retryBaseMs: config.retryBaseMs ?? DEFAULTS.retryBaseMs,
       retryCapMs: config.retryCapMs ?? DEFAULTS.retryCapMs,
-      log: config.log, clock: config.clock,
+      log: config.log, clock: config.clock, telemetry: config.telemetry,
     });
     this.log = config.log;
     // The SDK reads AWS_ENDPOINT_URL_S3 itself; it is read here only to say where we are.

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import { type Clock, realClock } from '../../../clock.ts';
 import { LogThrottle } from '../../../log-throttle.ts';
 import { StorageError } from '../../storage-error.ts';
-import { classify, type Failure } from './s3-errors.ts';
+import { classify, codeOf, type Failure, statusOf } from './s3-errors.ts';
+import type { VolumeTelemetry } from '../../../telemetry.ts';
 
 /** Requests sent (every attempt counts), and how they went. */
 export interface S3RequestStats {
@@ -27,6 +28,17 @@ export interface S3RequestStats {
 }
 
 export type Operation = 'get' | 'put' | 'delete' | 'list';
+
+/** The S3 API's names of the operations, for the metrics. */
+const API_NAMES: Readonly<Record<Operation, string>> = { get: 'GetObject', put: 'PutObject', delete: 'DeleteObjects', list: 'ListObjectsV2' };
+
+/** A failed attempt's status for the metrics: the HTTP status, else the error's code ("timeout" when it took too long). */
+function failedStatus(err: unknown, timedOut: boolean): string {
+  if (timedOut) return 'timeout';
+  const status = statusOf(err);
+  if (status !== undefined) return String(status);
+  return codeOf(err) ?? (err instanceof Error ? err.name : 'error');
+}
 
 /** How one operation retries. */
 export interface Policy {
@@ -53,6 +65,8 @@ export interface S3RetryOptions {
   readonly log?: Logger | undefined;
   /** Backoff waits, jitter and time budgets. Default: the real clock. */
   readonly clock?: Clock | undefined;
+  /** Told of every attempt: operation, status, time, whether it was a retry. */
+  readonly telemetry?: VolumeTelemetry | undefined;
 }
 
 /** At most one "waiting for S3" line per this many ms, however many requests wait. */
@@ -98,9 +112,15 @@ export class S3Retry {
         const limitMs = Math.max(1, Math.min(requestTimeoutMs, deadline - this.clock.now()));
         const timer = setTimeout(() => timeout.abort(), limitMs);
         let failure: Failure;
+        const sent = performance.now();
         try {
-          return await attempt(AbortSignal.any([timeout.signal, stop]));
+          const result = await attempt(AbortSignal.any([timeout.signal, stop]));
+          // The SDK hides a success's status; every success is a 2xx.
+          this.options.telemetry?.s3Request(API_NAMES[operation], '200', (performance.now() - sent) / 1000, n > 1);
+          return result;
         } catch (err) {
+          this.options.telemetry?.s3Request(API_NAMES[operation], stop.aborted ? 'aborted' : failedStatus(err, timeout.signal.aborted),
+            (performance.now() - sent) / 1000, n > 1);
           if (stop.aborted) throw new StorageError('EIO', `${what}: ${reasonOf(stop)}`, { cause: err });
           failure = classify(err, timeout.signal.aborted, limitMs);
           lastError = failure.text;
