@@ -15,7 +15,7 @@
   const CHART_H = 60;
 
   const $ = (id) => document.getElementById(id);
-  /** name -> { card, fields, chart, samples: [{ t, bytes }] } */
+  /** name -> its card's elements (newCard) and its uploadedBytes samples [{ t, bytes }] */
   const volumes = new Map();
   let lostSince = 0;
 
@@ -30,7 +30,7 @@
       i++;
     }
     // Three significant digits: 1.25 MiB, 12.5 MiB, 125 MiB.
-    return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
+    return `${i === 0 ? Math.round(v) : v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
   }
 
   function duration(seconds) {
