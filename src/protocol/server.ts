@@ -41,7 +41,8 @@ const REFUSED_WARN_EVERY_MS = 60_000;
  * Where to listen: a TCP address, a Unix socket's path, or a socket already listening that the
  * process inherited (systemd socket activation: cli/socket-activation.ts).
  */
-export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string } | { readonly fd: number };
+export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string }
+  | { readonly fd: number; readonly socketPath?: string | undefined };
 
 export interface ServerOptions {
   readonly exports: ExportRegistry;
@@ -66,6 +67,7 @@ export interface ServerOptions {
 export class NbdServer {
   /** One listener per endpoint (a net.Server listens on one address only). */
   private readonly listeners: net.Server[] = [];
+  private readonly bound: Array<net.AddressInfo | string> = [];
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<Session>();
   private shuttingDown = false;
@@ -113,13 +115,15 @@ export class NbdServer {
       else listener.listen(endpoint.port, endpoint.host, done);
     });
     this.listeners.push(listener);
-    const addr = listener.address();
-    return typeof addr === 'string' || addr === null ? String(addr) : `${addr.address}:${addr.port}`;
+    // Node knows no path for an inherited Unix socket: the caller found it (socket-activation.ts).
+    const addr = listener.address() ?? ('fd' in endpoint ? endpoint.socketPath ?? `inherited socket ${endpoint.fd}` : '');
+    this.bound.push(addr);
+    return typeof addr === 'string' ? addr : `${addr.address}:${addr.port}`;
   }
 
   /** What each listener is bound to: the TCP address, or a Unix socket's path. */
   boundAddresses(): Array<net.AddressInfo | string> {
-    return this.listeners.flatMap((l) => l.address() ?? []);
+    return [...this.bound];
   }
 
   get connectionCount(): number {
