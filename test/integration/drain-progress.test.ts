@@ -70,4 +70,23 @@ describe('drain progress on SIGTERM', () => {
     assert.ok(back.every((r) => r.ok && r.match), JSON.stringify(back));
     assert.equal(await fresh.stop('SIGTERM'), 0);
   });
+
+  it('a second signal during the drain exits 130 at once, and its line is not lost', { timeout: 180_000 }, async () => {
+    const bucket = `drain2-${randomBytes(4).toString('hex')}`;
+    await minio.createBucket(bucket);
+    const gw = await startGateway(['--store', `s3://${bucket}/vol`, '--s3-endpoint', proxy.endpoint, '--size', '64M', '--extent-size', '1M',
+      '--upload-delay', '600000', '--upload-concurrency', '1', '--drain-timeout', '300'], { socket: join(dir.path, 'b.sock'), env, timeoutMs: 60_000 });
+    assert.ok((await nbdOps(gw.uri, [['write', 0, 4 * MIB, 77]])).every((r) => r.ok));
+    proxy.delayNext(4, 20_000, kindIs('PUT object', 'extents/'));
+    gw.process.kill('SIGTERM');
+    // A progress line says the drain is under way; then the second signal.
+    for (const deadline = Date.now() + 60_000; !gw.logs().includes('"msg":"draining: ');) {
+      if (Date.now() > deadline) throw new Error(`no progress line:\n${gw.logs().slice(-3000)}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(await gw.stop('SIGTERM'), 130);
+    const last = gw.logs().trimEnd().split('\n').at(-1)!;
+    assert.match(last, /"msg":"second signal: exiting without waiting/, 'written before process.exit(130)');
+    proxy.clearFaults();
+  });
 });
