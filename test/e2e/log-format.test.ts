@@ -39,7 +39,12 @@ function onTerminal(args: readonly string[], env: NodeJS.ProcessEnv = {}): Termi
   }));
   return {
     output: () => output,
-    pid: () => Number(readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(' ')[0]),
+    pid: () => {
+      const pid = Number(readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(' ')[0]);
+      // Never 0: process.kill(0) would signal the test runner's whole process group.
+      if (!(pid > 0)) throw new Error(`script has no child process yet:\n${output}`);
+      return pid;
+    },
     exited,
   };
 }
