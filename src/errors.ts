@@ -43,6 +43,8 @@ export const Errors = {
     `--log-level "${text}" is not a log level`, 'use one of fatal, error, warn, info, debug, trace, silent'),
   listenFailed: (where: string, reason: string, fix = 'stop the other server using it, or pick another --listen address or --socket path') => new UserError('S3NBD_LISTEN_FAILED',
     `cannot listen on ${where}: ${reason}`, fix),
+  socketActivation: (problem: string, fix: string) => new UserError('S3NBD_SOCKET_ACTIVATION',
+    `systemd socket activation: ${problem}`, fix),
   badExportName: (name: string) => new UserError('S3NBD_BAD_EXPORT_NAME',
     `--export-name "${name}" is longer than 4096 bytes`, 'use a short name'),
   gatewayStopped: (socket: string) => new UserError('S3NBD_GATEWAY_STOPPED',

@@ -8,6 +8,7 @@ import { Errors, UserError } from '../errors.ts';
 import { DEFAULT_MEMORY_CACHE } from '../storage/stack.ts';
 import { DEFAULT_STORE } from '../storage/objects/store-url.ts';
 import { TLS_MODES } from '../protocol/tls.ts';
+import { LOG_FORMATS } from '../log.ts';
 import { COMPRESSION_CHOICES, ENCRYPTION_CHOICES, parseCompression } from '../storage/format/object-settings.ts';
 import { runCreate, runInfo } from './info.ts';
 import { runKeyChange } from './key.ts';
@@ -112,6 +113,7 @@ const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .addOption(countOption('--lease-ttl <seconds>', 'writer lease lifetime', 'S3NBD_LEASE_TTL', 3, 3600).default(30).hideHelp())
   .addOption(countOption('--upload-delay <ms>', 'how long a dirty extent waits before upload', 'S3NBD_UPLOAD_DELAY', 0, 3_600_000).default(200).hideHelp())
   .addOption(new Option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent').env('S3NBD_LOG_LEVEL').default('info'))
+  .addOption(choiceOption('--log-format <format>', 'auto (readable lines on a terminal, JSON lines otherwise), json or pretty', 'S3NBD_LOG_FORMAT', LOG_FORMATS))
   .addOption(countOption('--read-timeout <seconds>', 'how long a read may wait on S3, retries included, before it fails with EIO', 'S3NBD_READ_TIMEOUT', 1, 86_400).default(60))
   .addOption(new Option('--snapshot <name>', 'serve this snapshot of the volume alone, read-only (export EXPORT@NAME, and "")').env('S3NBD_SNAPSHOT'))
   .addOption(new Option('--admin-listen <[host:]port>', 'serve health checks, Prometheus metrics, status and the status page over HTTP here (a bare port: 127.0.0.1; see docs/monitoring.md)').env('S3NBD_ADMIN_LISTEN'))

@@ -10,6 +10,7 @@
 // cache disk); 130 a second signal.
 
 import { rm } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { Errors, type UserError } from '../errors.ts';
@@ -28,6 +29,9 @@ import { gatewayControl } from './gateway-control.ts';
 import { realClock } from '../clock.ts';
 import { hasRules } from '../storage/snapshots/retention.ts';
 import { startAutoSnapshots } from './auto-snapshots.ts';
+import { connectHint } from './connect-hint.ts';
+import { withDrainProgress } from './drain-progress.ts';
+import { activatedEndpoints } from './socket-activation.ts';
 import { formatBytes, parseDuration, parseFlag, parseListen } from './parse.ts';
 import { policyOf } from './prune.ts';
 import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
@@ -67,6 +71,7 @@ interface ServeOptions extends StoreOptions, ObjectOptions {
   leaseTtl: number;
   uploadDelay: number;
   logLevel: string;
+  logFormat: string;
   snapshot?: string;
   tls: TlsMode;
   tlsCertificates?: string;
@@ -101,7 +106,7 @@ function snapshotSchedule(opts: ServeOptions, readOnly: boolean): number | undef
 
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
   const opts = raw as unknown as ServeOptions;
-  const log = createLogger(opts.logLevel);
+  const log = createLogger(opts.logLevel, opts.logFormat);
   // A snapshot is served alone and read-only: no cache directory, no lease.
   if (opts.snapshot !== undefined) checkSnapshotName(opts.snapshot);
   const readOnly = opts.snapshot !== undefined || (opts.readOnly ?? parseFlag('S3NBD_READ_ONLY', process.env.S3NBD_READ_ONLY) ?? false);
@@ -121,11 +126,12 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // The admin endpoint's address and token are checked before anything listens.
   const adminConfig = await adminConfigOf(opts.adminListen, opts.adminTokenFile, process.env);
 
-  // TCP unless only a socket was asked for; both when both were.
-  const endpoints: Endpoint[] = [];
+  // The sockets systemd passed (socket activation); else TCP unless only a socket was asked
+  // for, both when both were.
   const listenGiven = cmd.getOptionValueSource('listen') !== 'default';
-  if (opts.socket !== undefined) endpoints.push({ path: opts.socket });
-  if (opts.socket === undefined || listenGiven) endpoints.push(parseListen(opts.listen));
+  const endpoints: Endpoint[] = activatedEndpoints(explicitListenOptions(cmd));
+  if (endpoints.length === 0 && opts.socket !== undefined) endpoints.push({ path: opts.socket });
+  if (endpoints.length === 0 || (opts.socket !== undefined && listenGiven)) endpoints.push(parseListen(opts.listen));
 
   // Listening comes first: a start refused because the address or socket cannot be used then
   // has touched no storage (no volume created, no lease taken). Connections that arrive while
@@ -252,7 +258,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
         await stopAutoSnapshots?.();
         await closeControl?.();
         clearInterval(statusTimer);
-        const drained = await storage.close(Math.max(0, deadline - Date.now()));
+        const drained = await withDrainProgress({ clock: realClock, dirtyBytes: () => storage.cache?.status().dirtyBytes ?? 0, log },
+          () => storage.close(Math.max(0, deadline - Date.now())));
         await rm(statusPath, { force: true });
         // Last: monitoring can watch the drain until it ends (/readyz says "shutting down").
         await admin?.close();
@@ -279,12 +286,24 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
+  const hint = connectHint({ addresses: server.boundAddresses(), exportName: exp.name, tls, hostname: hostname() });
+  log.info({ connect: { export: hint.export, uris: hint.uris, nbdClient: hint.nbdClient } }, hint.message);
+}
+
+/** --listen and --socket where the user set them (flag or variable), by the name they used. */
+function explicitListenOptions(cmd: Command): string[] {
+  return (['listen', 'socket'] as const).flatMap((option) => {
+    const source = cmd.getOptionValueSource(option);
+    if (source === 'cli') return [`--${option}`];
+    return source === 'env' ? [`S3NBD_${option.toUpperCase()}`] : [];
+  });
 }
 
 /** A listen() failure as the user should read it: what is wrong with the address or socket, and the fix. */
 async function listenError(endpoint: Endpoint, err: unknown): Promise<UserError> {
   const code = (err as NodeJS.ErrnoException).code;
   const message = err instanceof Error ? err.message : String(err);
+  if ('fd' in endpoint) return Errors.socketActivation(`cannot listen on inherited file descriptor ${endpoint.fd}: ${message}`, 'check the ListenStream= lines of the .socket unit');
   if ('path' in endpoint) {
     if (code === 'EADDRINUSE') return Errors.listenFailed(endpoint.path, 'another server is listening on it');
     if (code === 'EEXIST') return Errors.listenFailed(endpoint.path, 'it exists and is not a socket', 'move the file away, or pick another --socket path');

@@ -37,7 +37,12 @@ export const HANDSHAKE_HIGH_WATER_MARK = 2 * MAX_OPTION_LENGTH;
 export const DEFAULT_MAX_CONNECTIONS = 128;
 const REFUSED_WARN_EVERY_MS = 60_000;
 
-export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string };
+/**
+ * Where to listen: a TCP address, a Unix socket's path, or a socket already listening that the
+ * process inherited (systemd socket activation: cli/socket-activation.ts).
+ */
+export type Endpoint = { readonly host: string; readonly port: number } | { readonly path: string }
+  | { readonly fd: number; readonly socketPath?: string | undefined };
 
 export interface ServerOptions {
   readonly exports: ExportRegistry;
@@ -62,6 +67,7 @@ export interface ServerOptions {
 export class NbdServer {
   /** One listener per endpoint (a net.Server listens on one address only). */
   private readonly listeners: net.Server[] = [];
+  private readonly bound: Array<net.AddressInfo | string> = [];
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<Session>();
   private shuttingDown = false;
@@ -103,11 +109,21 @@ export class NbdServer {
         resolve();
       };
       if ('path' in endpoint) listener.listen(endpoint.path, done);
+      // An inherited socket may hold connections already (systemd starts the service on the
+      // first one): accept() takes them as soon as the listener is up.
+      else if ('fd' in endpoint) listener.listen({ fd: endpoint.fd }, done);
       else listener.listen(endpoint.port, endpoint.host, done);
     });
     this.listeners.push(listener);
-    const addr = listener.address();
-    return typeof addr === 'string' || addr === null ? String(addr) : `${addr.address}:${addr.port}`;
+    // Node knows no path for an inherited Unix socket: the caller found it (socket-activation.ts).
+    const addr = listener.address() ?? ('fd' in endpoint ? endpoint.socketPath ?? `inherited socket ${endpoint.fd}` : '');
+    this.bound.push(addr);
+    return typeof addr === 'string' ? addr : `${addr.address}:${addr.port}`;
+  }
+
+  /** What each listener is bound to: the TCP address, or a Unix socket's path. */
+  boundAddresses(): Array<net.AddressInfo | string> {
+    return [...this.bound];
   }
 
   get connectionCount(): number {

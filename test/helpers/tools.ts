@@ -45,6 +45,11 @@ export const TOOL_PACKAGES = {
   unshare: 'util-linux',
   setpriv: 'util-linux',
   git: 'git',
+  // systemd's tools: socket activation of the gateway, and checking the unit files of docs/systemd.md.
+  'systemd-socket-activate': 'systemd',
+  'systemd-analyze': 'systemd',
+  // A pseudo-terminal for the readable log lines (test/e2e/log-format.test.ts).
+  script: 'bsdutils',
   mount: 'mount',
   umount: 'mount',
   timeout: 'coreutils',
