@@ -200,6 +200,23 @@ export const Errors = {
   volumeChanged: (store: string) => new UserError('S3NBD_VOLUME_CHANGED',
     `the volume metadata in ${store} changed while the key was being changed (another key change?); nothing was written`,
     'run s3nbd key change again'),
+  badVolumeName: (name: string) => new UserError('S3NBD_BAD_VOLUME_NAME',
+    `"${name}" cannot name a volume`, 'use 1 to 64 letters, digits, dots, dashes and underscores, starting with a letter or digit, e.g. laptop-anna'),
+  conflictingOptions: (a: string, b: string) => new UserError('S3NBD_CONFLICTING_OPTIONS',
+    `${a} cannot be combined with ${b}`, `drop ${b}: --volumes serves every volume under a prefix (create them with the gateway's control socket), --store serves one`),
+  badVolumes: (url: string, reason: string, fix: string) => new UserError('S3NBD_BAD_VOLUMES',
+    `--volumes "${url}" cannot hold volumes: ${reason}`, fix),
+  noSuchVolume: (name: string) => new UserError('S3NBD_NO_SUCH_VOLUME',
+    `this gateway serves no volume named "${name}"`, 'list the volumes it serves (NBD_OPT_LIST: nbdinfo --list), and check the name'),
+  volumeBusy: (name: string, connections: number) => new UserError('S3NBD_VOLUME_BUSY',
+    `volume "${name}" has ${connections} client connection(s)`, 'disconnect its clients first, or force the deletion (they then get errors)'),
+  tooManyVolumes: (max: number) => new UserError('S3NBD_TOO_MANY_VOLUMES',
+    `this gateway already serves --max-volumes ${max} volumes`, 'delete a volume, or restart the gateway with a larger --max-volumes (each volume then gets a smaller share of the budgets)'),
+  badCacheShare: (cacheBytes: number, maxDirty: number, maxVolumes: number, extentSize: number) => new UserError('S3NBD_BAD_CACHE_SIZE',
+    `--cache-size ${cacheBytes} leaves each of --max-volumes ${maxVolumes} volumes less than its share of --max-dirty ${maxDirty} plus two extents (${2 * extentSize} bytes)`,
+    'raise --cache-size, lower --max-dirty, or lower --max-volumes'),
+  notYet: (what: string) => new UserError('S3NBD_NOT_YET',
+    `${what} is not available in this build yet`, 'restart the gateway to pick up the change, or use a build that has it'),
 } as const;
 
 /**

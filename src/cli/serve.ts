@@ -9,28 +9,22 @@
 // 3 fenced off by another gateway; 4 the journal failed (a failed fsync or a write error of the
 // cache disk); 130 a second signal.
 
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import { Errors, type UserError } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
-import type { Export, ExportRegistry } from '../protocol/handshake.ts';
+import type { ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { loadTls, type TlsMode } from '../protocol/tls.ts';
-import { writeAtomically } from '../storage/volume/cache-dir.ts';
-import { MemoryObjectStore } from '../storage/objects/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
-import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
-import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
-import { listenControl } from '../control/control-socket.ts';
-import { gatewayControl } from './gateway-control.ts';
-import { realClock } from '../clock.ts';
+import { governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
+import { controlSocketPath, listenControl } from '../control/control-socket.ts';
 import { hasRules } from '../storage/snapshots/retention.ts';
-import { startAutoSnapshots } from './auto-snapshots.ts';
-import { formatBytes, parseDuration, parseFlag, parseListen } from './parse.ts';
+import { lockCacheDir } from '../storage/volume/cache-lock.ts';
+import { ServedVolume } from '../service/served-volume.ts';
+import { VolumeSet, volumeSetControl } from '../service/volume-set.ts';
+import { parseDuration, parseFlag, parseListen } from './parse.ts';
 import { policyOf } from './prune.ts';
-import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { describeObjectSettings } from '../storage/format/object-settings.ts';
 import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
@@ -41,9 +35,11 @@ const SHUTDOWN_GRACE_MS = 30_000;
 export const SHUTDOWN_MARGIN_MS = 5_000;
 export const EXIT_FENCED = 3;
 export const EXIT_JOURNAL_FAILED = 4;
-const STATUS_INTERVAL_MS = 2_000;
 
 interface ServeOptions extends StoreOptions, ObjectOptions {
+  /** Serve every volume under this prefix (in place of --store). */
+  volumes?: string;
+  maxVolumes: number;
   size?: number;
   extentSize?: number;
   listen: string;
@@ -92,8 +88,22 @@ function snapshotSchedule(opts: ServeOptions, readOnly: boolean): number | undef
   return everyMs;
 }
 
+/**
+ * --volumes (or S3NBD_VOLUMES), refused with the options that name one volume: one gateway
+ * serves either one volume (--store) or every volume under a prefix.
+ */
+function volumesOf(opts: ServeOptions, cmd: Command): string | undefined {
+  if (opts.volumes === undefined) return undefined;
+  const given = (name: string): boolean => cmd.getOptionValueSource(name) !== undefined && cmd.getOptionValueSource(name) !== 'default';
+  for (const [name, flag] of [['store', '--store'], ['size', '--size'], ['snapshot', '--snapshot'], ['exportName', '--export-name']] as const) {
+    if (given(name)) throw Errors.conflictingOptions('--volumes', flag);
+  }
+  return opts.volumes;
+}
+
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
   const opts = raw as unknown as ServeOptions;
+  const volumesUrl = volumesOf(opts, cmd);
   const log = createLogger(opts.logLevel);
   // A snapshot is served alone and read-only: no cache directory, no lease.
   if (opts.snapshot !== undefined) checkSnapshotName(opts.snapshot);
@@ -121,7 +131,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Listening comes first: a start refused because the address or socket cannot be used then
   // has touched no storage (no volume created, no lease taken). Connections that arrive while
   // the storage opens wait for their greeting until it is ready.
-  // Until the storage is open, no export; then the volume's and its snapshots' (GatewayExports).
+  // Until the storage is open, no export; then the volume's and its snapshots' (GatewayExports),
+  // or with --volumes every volume's (VolumeSet).
   const served: { exports?: ExportRegistry } = {};
   const exports: ExportRegistry = {
     find: (name) => served.exports?.find(name),
@@ -145,65 +156,53 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Told at once and stopped soon after (in a later tick: openStorage may still be running),
   // unless a shutdown is already under way (then it only changes the exit status).
   let journalFailed: Error | undefined;
-  let storage: Storage;
+  const s3 = { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 };
+  const cache = { flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver };
+  const totals = { memoryCacheBytes: opts.memoryCache, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency };
+  const autoSnapshots = snapshotEveryMs !== undefined ? { everyMs: snapshotEveryMs, policy: policyOf(opts) } : undefined;
+  let gateway: ServedVolume | VolumeSet;
+  let closeGatewayControl: (() => Promise<void>) | undefined;
   try {
-    storage = await openStorage({
-      store: opts.store,
-      s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
-      volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
-      objects: objectRequest,
-      readOnly,
-      snapshot: opts.snapshot,
-      memoryCacheBytes: opts.memoryCache,
-      cache: {
-        dir: opts.cacheDir, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency,
-        flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
-      },
-      log,
-      onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
-      onJournalFailed: (err) => {
-        journalFailed = err;
-        setImmediate(() => { if (!stopping) stop('the journal failed', EXIT_JOURNAL_FAILED); });
-      },
-    });
+    if (volumesUrl !== undefined) {
+      // The gateway's own cache directory: its lock keeps a second gateway off (and off its
+      // control socket); each volume's cache directory is volumes/<name> in it.
+      const lock = await lockCacheDir(opts.cacheDir);
+      const set = await VolumeSet.open({
+        url: volumesUrl, s3, objects: objectRequest, readOnly, totals, maxVolumes: opts.maxVolumes, cacheDir: opts.cacheDir, cache, autoSnapshots, log,
+      }).catch(async (err: unknown) => {
+        await lock.release();
+        throw err;
+      });
+      gateway = set;
+      const control = await listenControl(opts.cacheDir, volumeSetControl(set), log);
+      closeGatewayControl = async () => {
+        await control?.();
+        await lock.release();
+      };
+    } else {
+      gateway = await ServedVolume.open({
+        name: opts.exportName, store: opts.store, s3, volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
+        objects: objectRequest, readOnly, snapshot: opts.snapshot, budgets: totals, cache: { ...cache, dir: opts.cacheDir }, answersDefault: true, autoSnapshots, log,
+        onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
+        onJournalFailed: (err) => {
+          journalFailed = err;
+          setImmediate(() => { if (!stopping) stop('the journal failed', EXIT_JOURNAL_FAILED); });
+        },
+      });
+    }
   } catch (err) {
     ready(false);
     await server.shutdown(0);
     throw err;
   }
-  const { volume } = storage;
-  let exp: Export;
-  if (opts.snapshot === undefined) {
-    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device };
-    served.exports = new GatewayExports(exp, storage, log);
-  } else {
-    const manifest = (await storage.snapshots.load(opts.snapshot))!;
-    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device };
-    const alone = exp;
-    served.exports = { find: (name) => (name === '' || name === alone.name ? alone : undefined), list: () => [alone] };
-  }
+  served.exports = gateway.exports;
   // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
-  const buffers = bufferBudgetBytes({
-    memoryCacheBytes: opts.memoryCache, extentSize: volume.extentSize, uploadConcurrency: opts.uploadConcurrency,
-    s3Connections: /^s3:\/\//i.test(opts.store) ? s3ConnectionsFor(opts.uploadConcurrency) : 0, inFlightBytes: server.inFlight.limit,
-  }) + (storage.objects instanceof MemoryObjectStore ? volume.size : 0); // the volatile store is Buffers too
-  governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
+  const opened = gateway;
+  governMemory(() => opened.bufferBytes(server.inFlight.limit) + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
-  // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
-  const control = gatewayControl(storage, log, s3OptionsOf(opts));
-  const closeControl = storage.cache ? await listenControl(opts.cacheDir, control, log) : undefined;
-  // serve --snapshot-every: snapshots of its own, pruned by the --keep-* policy.
-  const stopAutoSnapshots = snapshotEveryMs !== undefined && storage.cache
-    ? startAutoSnapshots({ clock: realClock, everyMs: snapshotEveryMs, policy: policyOf(opts), control, list: () => storage.snapshots.loadAll(), log })
-    : undefined;
-
-  // What the gateway is doing, for `s3nbd info --cache-dir`.
-  const statusPath = join(opts.cacheDir, 'status.json');
-  const statusTimer = storage.cache && setInterval(() => {
-    const status = { pid: process.pid, updatedAt: new Date().toISOString(), ...storage.cache!.status() };
-    writeAtomically(statusPath, `${JSON.stringify(status)}\n`).catch(() => undefined);
-  }, STATUS_INTERVAL_MS);
-  statusTimer?.unref();
+  // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act; serve
+  // --snapshot-every takes snapshots of its own; status.json tells `s3nbd info --cache-dir`.
+  if (gateway instanceof ServedVolume) await gateway.start();
 
   stop = (reason: string, exitCode: number): void => {
     if (stopping) {
@@ -224,11 +223,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     void (async () => {
       try {
         await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
-        await stopAutoSnapshots?.();
-        await closeControl?.();
-        clearInterval(statusTimer);
-        const drained = await storage.close(Math.max(0, deadline - Date.now()));
-        await rm(statusPath, { force: true });
+        await closeGatewayControl?.();
+        const drained = await opened.close(Math.max(0, deadline - Date.now()));
         const code = journalFailed ? EXIT_JOURNAL_FAILED : exitCode;
         log.info({ exitCode: code, drained }, 'stopped');
         process.exitCode = code;
@@ -245,8 +241,16 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Logged once listening worked, so a failure to listen prints nothing but its one-line error;
   // and once the signal handlers are in place: the line can reach a watcher (pino writes it from
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
+  if (gateway instanceof VolumeSet) {
+    log.info({ volumes: volumesUrl, addresses, exports: gateway.volumes().map((v) => v.name), skipped: gateway.skipped().map((v) => v.name),
+      maxVolumes: opts.maxVolumes, perVolume: gateway.shares, readOnly, tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
+      controlSocket: controlSocketPath(opts.cacheDir) }, 'volumes opened');
+    return;
+  }
+  const { storage } = gateway;
+  const { volume } = storage;
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize, objects: describeObjectSettings(volume.objects),
-    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
+    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: gateway.main.name, readOnly,
     ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
     tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },

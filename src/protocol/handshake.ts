@@ -30,6 +30,12 @@ export interface Export {
   readonly name: string;
   readonly description: string;
   readonly device: BlockDevice;
+  /**
+   * Called when a connection starts transmission on it, with a function that drops that
+   * connection; returns what to call when the connection ends. (serve --volumes counts each
+   * volume's clients, and drops them when the volume is deleted by force.)
+   */
+  readonly attach?: (drop: () => void) => () => void;
 }
 
 /** An export as NBD_OPT_LIST shows it. */

@@ -63,7 +63,8 @@ export interface VolumeAdmin {
   create(name: string, size: number, extentSize?: number): Promise<VolumeStatus>;
   /** Grow only. */
   resize(name: string, size: number): Promise<VolumeStatus>;
-  delete(name: string): Promise<void>;
+  /** Stops serving the volume and deletes its objects; refused (S3NBD_VOLUME_BUSY) while clients are connected unless forced (they are dropped). */
+  delete(name: string, options?: { readonly force?: boolean }): Promise<void>;
 }
 
 export interface GatewayView {

@@ -166,6 +166,17 @@ export class FileObjectStore implements ObjectStore {
     }
   }
 
+  async *listChildren(prefix: string): AsyncIterable<string> {
+    let entries;
+    try {
+      entries = await readdir(prefix === '' ? this.root : this.path(prefix.replace(/\/$/, '')), { withFileTypes: true });
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw this.failure('list', `names under "${prefix}"`, err);
+    }
+    for (const entry of entries) if (entry.isDirectory() && !entry.name.startsWith(TEMP_PREFIX)) yield entry.name;
+  }
+
   flush(): Promise<void> {
     return this.translated('flush', 'of changed directories', async () => {
       const dirs = this.dirtyDirs;

@@ -80,6 +80,14 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<string>;
 
   /**
+   * The names one level below `prefix` ('' or ending in '/'): the first '/'-separated part of
+   * the rest of every key under it, each once, without listing every key (S3: a LIST with a
+   * delimiter). What `serve --volumes` finds its volumes with. Optional: without it, callers
+   * fall back to list().
+   */
+  listChildren?(prefix: string): AsyncIterable<string>;
+
+  /**
    * Every version and delete marker of the keys that start with `prefix`, key by key in the
    * server's order (all of one key's together, in no particular order among themselves); one
    * request per 1000 of them, and `onPage` called after each with the number listed so far.

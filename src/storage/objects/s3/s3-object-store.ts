@@ -187,6 +187,21 @@ export class S3ObjectStore implements ObjectStore {
     return this.listWith(prefix, this.policy);
   }
 
+  async *listChildren(prefix: string): AsyncIterable<string> {
+    const Prefix = this.keyPrefix + prefix;
+    let token: string | undefined;
+    do {
+      const ContinuationToken = token;
+      const output = await this.retry.run('list', `LIST ${this.url(Prefix)} (delimiter /)`, this.policy, (signal) => this.client.send(new ListObjectsV2Command({
+        Bucket: this.bucket, Prefix, Delimiter: '/', ContinuationToken,
+      }), { abortSignal: signal }));
+      for (const common of output.CommonPrefixes ?? []) {
+        if (common.Prefix?.startsWith(Prefix)) yield common.Prefix.slice(Prefix.length).replace(/\/$/, '');
+      }
+      token = output.IsTruncated ? output.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
   async *listVersions(prefix: string, onPage?: (listed: number) => void): AsyncIterable<ObjectVersion> {
     const Prefix = this.keyPrefix + prefix;
     let from: { KeyMarker?: string | undefined; VersionIdMarker?: string | undefined } | undefined = {};
