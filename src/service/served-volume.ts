@@ -105,10 +105,16 @@ export class ServedVolume implements VolumeView {
       registry = { find: (name) => ((name === '' && config.answersDefault) || name === alone.name ? alone : undefined), list: () => [alone] };
     }
     // Snapshot exports are counted as the volume's connections too (a deletion drops them).
+    // One wrapper per export: the handshake knows an export again by identity (the meta
+    // contexts a client set for it).
+    const wrapped = new WeakMap<Export, Export>();
     const exports: ExportRegistry = {
       find: async (name) => {
         const exp = await registry.find(name);
-        return exp && exp !== main ? counted(exp) : exp;
+        if (!exp || exp === main) return exp;
+        let outer = wrapped.get(exp);
+        if (!outer) wrapped.set(exp, outer = counted(exp));
+        return outer;
       },
       list: (): Promise<readonly ExportListing[]> => Promise.resolve(registry.list()),
     };
