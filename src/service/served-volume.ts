@@ -23,7 +23,7 @@ import type { RetentionPolicy } from '../storage/snapshots/retention.ts';
 import { type CacheConfig, type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
 import { writeAtomically } from '../storage/volume/cache-dir.ts';
 import type { VolumeRequest } from '../storage/volume/volume.ts';
-import type { Readiness, VolumeStatus, VolumeView } from './gateway-view.ts';
+import type { GatewayView, Readiness, VolumeStatus, VolumeView } from './gateway-view.ts';
 import type { VolumeBudgets } from './volume-shares.ts';
 
 const STATUS_INTERVAL_MS = 2_000;
@@ -224,4 +224,9 @@ export class ServedVolume implements VolumeView {
 function stripTimeout(s3: S3Options): S3Options {
   const { readTimeoutMs: _, ...rest } = s3;
   return rest;
+}
+
+/** What the admin endpoint sees of a gateway serving one volume (serve --store): that volume, no volume operations. */
+export function singleVolumeView(volume: ServedVolume): GatewayView {
+  return { volumes: () => [volume], skipped: () => [] };
 }

@@ -95,18 +95,29 @@ describe('many volumes served by one gateway on MinIO', () => {
         const report = file(`fio-${name}.json`);
         await runOk('fio', [
           '--output-format=json', `--output=${report}`, '--ioengine=nbd', `--uri=nbd+unix:///${name}?socket=${socket}`,
-          `--name=${name}`, '--rw=randwrite', '--bsrange=4k-256k', '--size=48M', '--offset=0', '--iodepth=8',
+          // Writes at 3 MiB/s at most: the clients are still writing while a volume is created and another deleted.
+          `--name=${name}`, '--rw=randwrite', '--bsrange=4k-256k', '--size=48M', '--offset=0', '--iodepth=8', '--rate=,3m',
           '--verify=crc32c', '--verify_state_save=0', '--verify_fatal=1', '--do_verify=1',
         ], { timeoutMs: 600_000 });
         return (JSON.parse(readFileSync(report, 'utf8')) as { jobs: FioJob[] }).jobs;
       });
 
-      // Meanwhile: a volume created (and written), another deleted, through the gateway's control socket.
+      // Meanwhile (once the three clients are connected): a volume created and written, another
+      // deleted, through the gateway's control socket.
+      const connections = async (): Promise<Record<string, number>> => {
+        const { volumes } = await callGateway(cacheDir, { op: 'volume.list' }) as { volumes: Array<{ name: string; connections: number }> };
+        return Object.fromEntries(volumes.map((v) => [v.name, v.connections]));
+      };
+      const writing = (c: Record<string, number>): boolean => ['vm1', 'vm2', 'vm3'].every((name) => (c[name] ?? 0) > 0);
+      for (let deadline = Date.now() + 60_000; !writing(await connections());) {
+        if (Date.now() > deadline) throw new Error('the fio clients did not connect');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
       const created = await callGateway(cacheDir, { op: 'volume.create', name: 'new', size: 24 * MiB }) as { name: string; volumeId: string; size: number };
       assert.equal(created.name, 'new');
       assert.equal(created.size, 24 * MiB);
       ids.new = created.volumeId;
-      const image = randomBytes(20 * MiB);
+      const image = randomBytes(8 * MiB);
       writeFileSync(file('new-data'), image);
       await runOk('nbdcopy', ['--flush', file('new-data'), `nbd+unix:///new?socket=${socket}`]);
       assert.deepEqual(await callGateway(cacheDir, { op: 'volume.delete', name: 'old' }), { deleted: 'old' });
@@ -114,6 +125,7 @@ describe('many volumes served by one gateway on MinIO', () => {
       // A deleted volume is no export any more.
       const refused = await run('nbdinfo', [`nbd+unix:///old?socket=${socket}`]);
       assert.notEqual(refused.code, 0);
+      assert.ok(writing(await connections()), 'the three fio clients were writing all along');
 
       for (const jobs of await Promise.all(fio)) {
         assert.equal(jobs.length, 1);

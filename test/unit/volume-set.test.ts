@@ -15,6 +15,7 @@ import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store
 import { openObjectStore } from '../../src/storage/objects/store-url.ts';
 import { checkVolumeName, checkVolumesStore, discoverVolumes, isVolumeName, volumeStoreUrl } from '../../src/storage/volume/volume-names.ts';
 import { openVolume, VOLUME_KEY } from '../../src/storage/volume/volume.ts';
+import { singleVolumeView } from '../../src/service/served-volume.ts';
 import { VolumeSet, type VolumeSetConfig } from '../../src/service/volume-set.ts';
 import { shareOf } from '../../src/service/volume-shares.ts';
 
@@ -137,6 +138,13 @@ describe('a volume set on a directory', () => {
         assert.deepEqual([options.memoryCacheBytes, options.maxDirtyBytes, options.uploadConcurrency], [16 * MiB, 8 * MiB, 2]);
         assert.equal(options.cacheDir, join(cfg.cacheDir, 'volumes', volume.name));
       }
+      // A volume's view for the admin endpoint: live status, readiness.
+      const a = set.volumes()[0]!;
+      const status = await a.status();
+      assert.deepEqual([status.name, status.volumeId, status.size, status.lease, status.connections, status.readOnly], ['a', ids.a, 16 * MiB, 'held', 0, false]);
+      assert.equal(status.cache?.cacheSlots, 32);
+      assert.deepEqual(await a.readiness(), { ready: true });
+      assert.deepEqual(singleVolumeView(a).volumes(), [a]);
       assert.equal(set.bufferBytes(64 * MiB), gatewayBufferBytes(set.volumes().map((v) => v.memoryOptions()), 64 * MiB));
       // Exports: by name, with descriptions; "" names none.
       assert.deepEqual((await set.exports.list()).map(({ name, description }) => ({ name, description })), [
