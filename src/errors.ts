@@ -202,8 +202,8 @@ export const Errors = {
     'run s3nbd key change again'),
   badVolumeName: (name: string) => new UserError('S3NBD_BAD_VOLUME_NAME',
     `"${name}" cannot name a volume`, 'use 1 to 64 letters, digits, dots, dashes and underscores, starting with a letter or digit, e.g. laptop-anna'),
-  conflictingOptions: (a: string, b: string) => new UserError('S3NBD_CONFLICTING_OPTIONS',
-    `${a} cannot be combined with ${b}`, `drop ${b}: --volumes serves every volume under a prefix (create them with the gateway's control socket), --store serves one`),
+  conflictingOptions: (a: string, b: string, fix = `drop ${b}: --volumes serves every volume under a prefix, each as the export of its name; --store serves one`) =>
+    new UserError('S3NBD_CONFLICTING_OPTIONS', `${a} cannot be combined with ${b}`, fix),
   badVolumes: (url: string, reason: string, fix: string) => new UserError('S3NBD_BAD_VOLUMES',
     `--volumes "${url}" cannot hold volumes: ${reason}`, fix),
   noSuchVolume: (name: string) => new UserError('S3NBD_NO_SUCH_VOLUME',

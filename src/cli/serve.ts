@@ -90,12 +90,14 @@ function snapshotSchedule(opts: ServeOptions, readOnly: boolean): number | undef
 
 /**
  * --volumes (or S3NBD_VOLUMES), refused with the options that name one volume: one gateway
- * serves either one volume (--store) or every volume under a prefix.
+ * serves either one volume (--store) or every volume under a prefix. S3NBD_STORE alone is
+ * ignored: the container image sets it as its default.
  */
 function volumesOf(opts: ServeOptions, cmd: Command): string | undefined {
   if (opts.volumes === undefined) return undefined;
   const given = (name: string): boolean => cmd.getOptionValueSource(name) !== undefined && cmd.getOptionValueSource(name) !== 'default';
-  for (const [name, flag] of [['store', '--store'], ['size', '--size'], ['snapshot', '--snapshot'], ['exportName', '--export-name']] as const) {
+  if (cmd.getOptionValueSource('store') === 'cli') throw Errors.conflictingOptions('--volumes', '--store');
+  for (const [name, flag] of [['size', '--size'], ['snapshot', '--snapshot'], ['exportName', '--export-name']] as const) {
     if (given(name)) throw Errors.conflictingOptions('--volumes', flag);
   }
   return opts.volumes;

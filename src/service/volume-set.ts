@@ -180,7 +180,7 @@ export class VolumeSet implements GatewayView {
 
   private async create(name: string, size: number, extentSize?: number): Promise<VolumeStatus> {
     checkVolumeName(name);
-    if (this.config.readOnly) throw Errors.conflictingOptions('creating a volume', '--read-only');
+    if (this.config.readOnly) throw Errors.conflictingOptions('creating a volume', '--read-only', 'restart the gateway without --read-only to create volumes');
     if (this.served.has(name) || this.busy.has(name)) throw Errors.volumeExists(this.storeOf(name));
     if (this.served.size + this.busy.size >= this.config.maxVolumes) throw Errors.tooManyVolumes(this.config.maxVolumes);
     this.busy.add(name);

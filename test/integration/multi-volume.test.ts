@@ -64,8 +64,10 @@ describe('many volumes served by one gateway on MinIO', () => {
     assert.equal(made.code, 0, made.stderr);
     return /created volume ([0-9a-f-]{36})/.exec(made.stdout + made.stderr)![1]!;
   };
+  // S3NBD_STORE (the container image sets one) is ignored beside --volumes.
   const serve = (socket: string, cacheDir: string, under = prefix): Promise<Gateway> =>
-    startGateway(['--volumes', under, '--s3-endpoint', s3.endpoint, '--cache-dir', cacheDir, '--max-volumes', '6'], { socket, env, readyLine: READY, timeoutMs: 60_000 });
+    startGateway(['--volumes', under, '--s3-endpoint', s3.endpoint, '--cache-dir', cacheDir, '--max-volumes', '6'],
+      { socket, env: { ...env, S3NBD_STORE: file('not-used') }, readyLine: READY, timeoutMs: 60_000 });
   const keys = async (under: string): Promise<string[]> => {
     const out = await sdkClient(s3).send(new ListObjectsV2Command({ Bucket: 'backups', Prefix: under }));
     return (out.Contents ?? []).map((o) => o.Key!);
@@ -204,8 +206,8 @@ describe('many volumes served by one gateway on MinIO', () => {
     }
   });
 
-  it('refuses --volumes with --store, --size or --snapshot in one line', async () => {
-    for (const extra of [['--store', '/tmp/x'], ['--size', '1G'], ['--snapshot', 's1']]) {
+  it('refuses --volumes with --store, --size, --snapshot or --export-name in one line', async () => {
+    for (const extra of [['--store', '/tmp/x'], ['--size', '1G'], ['--snapshot', 's1'], ['--export-name', 'x']]) {
       const result = await cli(['serve', '--volumes', prefix, ...extra], env);
       assertUserError(result, 'S3NBD_CONFLICTING_OPTIONS', new RegExp(`--volumes cannot be combined with ${extra[0]!}`));
     }
