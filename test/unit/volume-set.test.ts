@@ -13,6 +13,7 @@ import { bufferBudgetBytes, gatewayBufferBytes } from '../../src/memory-budget.t
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
 import { openObjectStore } from '../../src/storage/objects/store-url.ts';
+import { openStorage } from '../../src/storage/stack.ts';
 import { checkVolumeName, checkVolumesStore, discoverVolumes, isVolumeName, volumeStoreUrl } from '../../src/storage/volume/volume-names.ts';
 import { openVolume, VOLUME_KEY } from '../../src/storage/volume/volume.ts';
 import { singleVolumeView } from '../../src/service/served-volume.ts';
@@ -185,6 +186,43 @@ describe('a volume set on a directory', () => {
       assert.deepEqual((await discoverVolumes(new FileObjectStore(root))).volumes, ['a', 'broken', 'c', 'd']);
     } finally {
       assert.equal(await set.close(1000), true);
+    }
+  });
+
+  it('stops serving a volume another gateway takes over, and goes on serving the others', async () => {
+    const root = tempDir();
+    for (const name of ['p', 'q']) await makeVolume(root, name);
+    const cfg = { ...config(root, 2), cache: { flushMode: 's3' as const, uploadDelayMs: 0, leaseTtlMs: 3000, takeOver: false } };
+    const set = await VolumeSet.open(cfg);
+    try {
+      assert.deepEqual(set.volumes().map((v) => v.name), ['p', 'q']);
+      const p = set.volumes()[0]!;
+      let dropped = 0;
+      const detach = p.main.attach!(() => { dropped++; });
+      // Another gateway takes p over (--take-over), with its own cache directory.
+      const other = await openStorage({
+        store: join(root, 'p'), volume: { mode: 'open' }, objects: {}, readOnly: false, memoryCacheBytes: 16 * MiB, log,
+        cache: { dir: tempDir(), cacheBytes: 32 * MiB, maxDirtyBytes: 8 * MiB, uploadConcurrency: 2, flushMode: 's3', uploadDelayMs: 0, leaseTtlMs: 3000, takeOver: true },
+      });
+      try {
+        // p's next renewal (every second) finds the lease taken.
+        for (const deadline = Date.now() + 20_000; set.volumes().length > 1;) {
+          if (Date.now() > deadline) throw new Error('p was not retired');
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        detach();
+        assert.deepEqual(set.volumes().map((v) => v.name), ['q']);
+        assert.equal(dropped, 1, 'its clients were dropped');
+        assert.deepEqual(set.skipped().map((v) => v.name), ['p']);
+        assert.match(set.skipped()[0]!.error, /S3NBD_VOLUME_IN_USE/);
+        assert.equal(await set.exports.find('p'), undefined);
+        assert.ok(await set.exports.find('q'));
+        assert.deepEqual(await set.volumes()[0]!.readiness(), { ready: true });
+      } finally {
+        await other.close(0);
+      }
+    } finally {
+      await set.close(0);
     }
   });
 
