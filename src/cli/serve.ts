@@ -18,11 +18,10 @@ import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { loadTls, type TlsMode } from '../protocol/tls.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
 import { governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
-import { controlSocketPath, listenControl } from '../control/control-socket.ts';
+import { controlSocketPath } from '../control/control-socket.ts';
 import { hasRules } from '../storage/snapshots/retention.ts';
-import { lockCacheDir } from '../storage/volume/cache-lock.ts';
 import { ServedVolume } from '../service/served-volume.ts';
-import { VolumeSet, volumeSetControl } from '../service/volume-set.ts';
+import { VolumeSet } from '../service/volume-set.ts';
 import { parseDuration, parseFlag, parseListen } from './parse.ts';
 import { policyOf } from './prune.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
@@ -163,24 +162,12 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   const totals = { memoryCacheBytes: opts.memoryCache, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency };
   const autoSnapshots = snapshotEveryMs !== undefined ? { everyMs: snapshotEveryMs, policy: policyOf(opts) } : undefined;
   let gateway: ServedVolume | VolumeSet;
-  let closeGatewayControl: (() => Promise<void>) | undefined;
   try {
     if (volumesUrl !== undefined) {
-      // The gateway's own cache directory: its lock keeps a second gateway off (and off its
-      // control socket); each volume's cache directory is volumes/<name> in it.
-      const lock = await lockCacheDir(opts.cacheDir);
-      const set = await VolumeSet.open({
+      // Each volume's cache directory is volumes/<name> in --cache-dir; the gateway's control socket is in it.
+      gateway = await VolumeSet.open({
         url: volumesUrl, s3, objects: objectRequest, readOnly, totals, maxVolumes: opts.maxVolumes, cacheDir: opts.cacheDir, cache, autoSnapshots, log,
-      }).catch(async (err: unknown) => {
-        await lock.release();
-        throw err;
       });
-      gateway = set;
-      const control = await listenControl(opts.cacheDir, volumeSetControl(set), log);
-      closeGatewayControl = async () => {
-        await control?.();
-        await lock.release();
-      };
     } else {
       gateway = await ServedVolume.open({
         name: opts.exportName, store: opts.store, s3, volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
@@ -225,7 +212,6 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     void (async () => {
       try {
         await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
-        await closeGatewayControl?.();
         const drained = await opened.close(Math.max(0, deadline - Date.now()));
         const code = journalFailed ? EXIT_JOURNAL_FAILED : exitCode;
         log.info({ exitCode: code, drained }, 'stopped');

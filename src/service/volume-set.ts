@@ -12,7 +12,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { ControlHandler } from '../control/control-socket.ts';
+import { type ControlHandler, listenControl } from '../control/control-socket.ts';
 import { Errors, UserError } from '../errors.ts';
 import { gatewayBufferBytes } from '../memory-budget.ts';
 import type { ExportRegistry } from '../protocol/handshake.ts';
@@ -21,6 +21,7 @@ import type { ObjectStore } from '../storage/objects/object-store.ts';
 import { openObjectStore, type S3Options } from '../storage/objects/store-url.ts';
 import type { RetentionPolicy } from '../storage/snapshots/retention.ts';
 import type { CacheConfig } from '../storage/stack.ts';
+import { lockCacheDir } from '../storage/volume/cache-lock.ts';
 import { checkVolumeName, checkVolumesStore, discoverVolumes, volumeStoreUrl } from '../storage/volume/volume-names.ts';
 import { DEFAULT_EXTENT_SIZE } from '../storage/volume/volume.ts';
 import type { GatewayView, SkippedVolume, VolumeAdmin, VolumeStatus } from './gateway-view.ts';
@@ -43,6 +44,11 @@ export interface VolumeSetConfig {
   readonly cache: Omit<CacheConfig, 'dir' | 'cacheBytes' | 'maxDirtyBytes' | 'uploadConcurrency'>;
   readonly autoSnapshots?: { readonly everyMs: number; readonly policy: RetentionPolicy } | undefined;
   readonly log: Logger;
+  /**
+   * What the gateway's control socket `<cache-dir>/control.sock` answers (the volume commands
+   * reach the gateway there); default volumeSetControl.
+   */
+  readonly control?: (set: VolumeSet) => ControlHandler;
 }
 
 export class VolumeSet implements GatewayView {
@@ -56,6 +62,7 @@ export class VolumeSet implements GatewayView {
   /** Names being created or deleted: a second operation on one is refused meanwhile. */
   private readonly busy = new Set<string>();
   private closing = false;
+  private closeControl: (() => Promise<void>) | undefined;
 
   private constructor(config: VolumeSetConfig, store: ObjectStore) {
     this.config = config;
@@ -76,13 +83,23 @@ export class VolumeSet implements GatewayView {
     };
   }
 
-  /** Finds the volumes under the prefix and opens each; resolves once all were opened or skipped. */
+  /**
+   * Locks the gateway's cache directory, finds the volumes under the prefix and opens each,
+   * then listens on the gateway's control socket; resolves once every volume was opened or
+   * skipped.
+   */
   static async open(config: VolumeSetConfig): Promise<VolumeSet> {
     const { cacheBytes, maxDirtyBytes } = config.totals;
     const share = shareOf(config.totals, config.maxVolumes);
     if (share.cacheBytes < share.maxDirtyBytes + 2 * DEFAULT_EXTENT_SIZE) throw Errors.badCacheShare(cacheBytes, maxDirtyBytes, config.maxVolumes, DEFAULT_EXTENT_SIZE);
     const store = openObjectStore(config.url, config.s3, config.log);
+    // The gateway's own lock: one gateway per cache directory (and its control socket).
+    const lock = await lockCacheDir(config.cacheDir).catch(async (err: unknown) => {
+      await store.close();
+      throw err;
+    });
     const set = new VolumeSet(config, store);
+    set.closeControl = () => lock.release();
     try {
       await checkVolumesStore(config.url, store);
       const found = await discoverVolumes(store);
@@ -96,6 +113,11 @@ export class VolumeSet implements GatewayView {
           set.skip(name, err);
         }
       }));
+      const control = await listenControl(config.cacheDir, (config.control ?? volumeSetControl)(set), config.log);
+      set.closeControl = async () => {
+        await control?.();
+        await lock.release();
+      };
     } catch (err) {
       await set.close(0);
       throw err;
@@ -125,6 +147,9 @@ export class VolumeSet implements GatewayView {
   /** Closes every volume at once, each uploading its dirty data for up to `drainMs`; resolves true if all was uploaded. */
   async close(drainMs: number): Promise<boolean> {
     this.closing = true;
+    // No more volume operations: a request still waiting hears that the gateway stopped.
+    await this.closeControl?.();
+    this.closeControl = undefined;
     const volumes = [...this.served.values()];
     this.served.clear();
     const drained = await Promise.all(volumes.map((v) => v.close(drainMs).catch((err: unknown) => {

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
+import { callGateway } from '../../src/control/control-socket.ts';
 import { UserError } from '../../src/errors.ts';
 import { bufferBudgetBytes, gatewayBufferBytes } from '../../src/memory-budget.ts';
 import { FileObjectStore } from '../../src/storage/objects/file-object-store.ts';
@@ -16,6 +17,7 @@ import { openObjectStore } from '../../src/storage/objects/store-url.ts';
 import { openStorage } from '../../src/storage/stack.ts';
 import { checkVolumeName, checkVolumesStore, discoverVolumes, isVolumeName, volumeStoreUrl } from '../../src/storage/volume/volume-names.ts';
 import { openVolume, VOLUME_KEY } from '../../src/storage/volume/volume.ts';
+import type { VolumeStatus } from '../../src/service/gateway-view.ts';
 import { singleVolumeView } from '../../src/service/served-volume.ts';
 import { VolumeSet, type VolumeSetConfig } from '../../src/service/volume-set.ts';
 import { shareOf } from '../../src/service/volume-shares.ts';
@@ -157,7 +159,9 @@ describe('a volume set on a directory', () => {
       assert.equal((await set.exports.find('b'))?.device.size, 32 * MiB);
       assert.equal(await set.exports.find('c'), undefined);
 
-      const created = await set.admin.create('c', 8 * MiB);
+      // Through the gateway's control socket, as the volume commands reach it; a second gateway on the cache directory is refused.
+      const created = await callGateway(cfg.cacheDir, { op: 'volume.create', name: 'c', size: 8 * MiB }) as VolumeStatus;
+      await assert.rejects(VolumeSet.open(cfg), code('S3NBD_CACHE_DIR_LOCKED'));
       assert.equal(created.name, 'c');
       assert.equal(created.size, 8 * MiB);
       assert.equal((await set.exports.find('c'))?.device.size, 8 * MiB);
@@ -174,7 +178,7 @@ describe('a volume set on a directory', () => {
       let dropped = 0;
       const detach = b.main.attach!(() => { dropped++; });
       assert.equal(b.connections, 1);
-      await assert.rejects(set.admin.delete('b'), code('S3NBD_VOLUME_BUSY'));
+      await assert.rejects(callGateway(cfg.cacheDir, { op: 'volume.delete', name: 'b' }), code('S3NBD_VOLUME_BUSY'));
       await set.admin.delete('b', { force: true });
       detach();
       assert.equal(dropped, 1);
@@ -187,6 +191,7 @@ describe('a volume set on a directory', () => {
     } finally {
       assert.equal(await set.close(1000), true);
     }
+    assert.equal(await callGateway(cfg.cacheDir, { op: 'hello' }), undefined, 'the control socket is closed with the set');
   });
 
   it('stops serving a volume another gateway takes over, and goes on serving the others', async () => {
