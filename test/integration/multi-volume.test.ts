@@ -2,8 +2,9 @@
 // serves three volumes, each written by its own fio client at the same time with crc32c
 // verification; a fourth is created and a fifth deleted meanwhile (through the gateway's
 // control socket) while the fio clients go on; `nbdinfo --list` shows the exports with their
-// descriptions; after a drained SIGTERM, each volume read through a fresh gateway on an empty
-// cache directory is byte-identical to what the first gateway returned. And a bad volume (a
+// descriptions, a snapshot taken through one volume's cache directory among them; after a
+// drained SIGTERM, each volume read through a fresh gateway on an empty cache directory is
+// byte-identical to what the first gateway returned. And a bad volume (a
 // corrupt metadata object, a lease another gateway holds) is reported and skipped while the
 // others are served.
 
@@ -74,7 +75,7 @@ describe('many volumes served by one gateway on MinIO', () => {
   };
   /** SHA-256 of the whole export, read with nbdcopy. */
   const hashOf = async (socket: string, name: string): Promise<string> => {
-    const out = file(`${name}.img`);
+    const out = file(`${name.replace('@', '-at-')}.img`);
     await runOk('nbdcopy', [`nbd+unix:///${name}?socket=${socket}`, out], { timeoutMs: 300_000 });
     const hash = createHash('sha256');
     for await (const chunk of createReadStream(out)) hash.update(chunk as Buffer);
@@ -137,14 +138,28 @@ describe('many volumes served by one gateway on MinIO', () => {
         assert.equal(job.read.io_bytes, job.write.io_bytes, `${job.jobname} verified everything it wrote`);
       }
 
+      // A snapshot of vm1, taken by the gateway through vm1's own cache directory, is the export vm1@s1.
+      const snapped = await cli(['snapshot', 'create', '--store', `${prefix}/vm1`, '--s3-endpoint', s3.endpoint, '--cache-dir', join(cacheDir, 'volumes', 'vm1'), 's1'], env);
+      assert.equal(snapped.code, 0, snapped.stderr);
+      const info = await cli(['info', '--store', `${prefix}/vm2`, '--s3-endpoint', s3.endpoint, '--cache-dir', join(cacheDir, 'volumes', 'vm2'), '--json'], env);
+      assert.equal(info.code, 0, info.stderr);
+      assert.match(info.stdout, new RegExp(ids.vm2!));
+      // vm2's status.json, in its own cache directory (written every 2 s; the clients have written for longer).
+      assert.deepEqual((JSON.parse(info.stdout) as { gateway?: { pid: number; running: boolean } }).gateway?.running, true);
+      assert.equal((JSON.parse(info.stdout) as { gateway: { pid: number } }).gateway.pid, gw.process.pid);
+
       const listed = await listExports(socket);
-      assert.deepEqual(listed, [
+      const s1 = listed.find((e) => e.name === 'vm1@s1');
+      assert.match(s1?.description ?? '', new RegExp(`^snapshot s1 of s3nbd volume ${ids.vm1}, taken .*, 96 MiB, read-only$`));
+      assert.deepEqual(listed.filter((e) => e !== s1), [
         { name: 'new', description: `s3nbd volume ${ids.new}, 24 MiB` },
         { name: 'vm1', description: `s3nbd volume ${ids.vm1}, 96 MiB` },
         { name: 'vm2', description: `s3nbd volume ${ids.vm2}, 96 MiB` },
         { name: 'vm3', description: `s3nbd volume ${ids.vm3}, 96 MiB` },
       ]);
-      for (const name of ['new', 'vm1', 'vm2', 'vm3']) hashes[name] = await hashOf(socket, name);
+      for (const name of ['new', 'vm1', 'vm2', 'vm3', 'vm1@s1']) hashes[name] = await hashOf(socket, name);
+      assert.equal(hashes['vm1@s1'], hashes.vm1, 'the snapshot reads as the volume it was taken of');
+      delete hashes['vm1@s1'];
       const copy = Buffer.alloc(24 * MiB);
       image.copy(copy);
       assert.equal(hashes.new, createHash('sha256').update(copy).digest('hex'), 'the created volume reads as written');
@@ -157,8 +172,9 @@ describe('many volumes served by one gateway on MinIO', () => {
     // A fresh gateway, empty cache directory: everything comes from the bucket.
     const fresh = await serve(file('fresh.sock'), file('fresh-cache'));
     try {
-      assert.deepEqual((await listExports(file('fresh.sock'))).map((e) => e.name), ['new', 'vm1', 'vm2', 'vm3']);
+      assert.deepEqual((await listExports(file('fresh.sock'))).map((e) => e.name), ['new', 'vm1', 'vm1@s1', 'vm2', 'vm3']);
       for (const name of Object.keys(hashes)) assert.equal(await hashOf(file('fresh.sock'), name), hashes[name], `${name} restored identically`);
+      assert.equal(await hashOf(file('fresh.sock'), 'vm1@s1'), hashes.vm1, 'and vm1@s1');
     } finally {
       assert.equal(await fresh.stop(), 0, fresh.logs());
     }
