@@ -21,6 +21,7 @@ import type { ObjectStore } from '../storage/objects/object-store.ts';
 import { openObjectStore, type S3Options } from '../storage/objects/store-url.ts';
 import type { RetentionPolicy } from '../storage/snapshots/retention.ts';
 import type { CacheConfig } from '../storage/stack.ts';
+import { describeClones, listClones } from '../storage/snapshots/clone.ts';
 import { lockCacheDir } from '../storage/volume/cache-lock.ts';
 import { checkVolumeName, checkVolumesStore, discoverVolumes, volumeStoreUrl } from '../storage/volume/volume-names.ts';
 import { DEFAULT_EXTENT_SIZE } from '../storage/volume/volume.ts';
@@ -240,6 +241,12 @@ export class VolumeSet implements GatewayView {
     if (volume.connections > 0 && !force) throw Errors.volumeBusy(name, volume.connections);
     this.busy.add(name);
     try {
+      // A clone reads the objects of its origin's snapshot: deleting them would break it.
+      const { snapshots, objects } = volume.storage;
+      for (const snapshot of await snapshots.names()) {
+        const clones = await listClones(objects, snapshot);
+        if (clones.length > 0) throw Errors.snapshotHasClones(objects.description, snapshot, describeClones(clones));
+      }
       // No new connections from here on; the open ones are dropped; nothing is uploaded (it is deleted).
       this.served.delete(name);
       volume.dropConnections();

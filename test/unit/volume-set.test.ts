@@ -173,6 +173,13 @@ describe('a volume set on a directory', () => {
       await assert.rejects(set.admin.resize('a', 64 * MiB), (err) => err instanceof UserError && (err.code === 'S3NBD_NOT_YET'));
       await assert.rejects(set.admin.resize('zz', 64 * MiB), code('S3NBD_NO_SUCH_VOLUME'));
 
+      // A snapshot of a through a's own control socket; a clone of it keeps a from deletion.
+      await callGateway(join(cfg.cacheDir, 'volumes', 'a'), { op: 'snapshot.create', name: 's1' });
+      assert.ok(await set.exports.find('a@s1'));
+      await new FileObjectStore(join(root, 'a')).put('clones/s1/0f0e6a1c-8f3e-4a57-9d5e-2b1c0d9e8f7a', Buffer.from('{"format":"s3nbd-clone","store":"/elsewhere","volumeId":"0f0e6a1c-8f3e-4a57-9d5e-2b1c0d9e8f7a"}'));
+      await assert.rejects(set.admin.delete('a'), code('S3NBD_SNAPSHOT_HAS_CLONES'));
+      assert.ok(await set.exports.find('a'), 'a is still served');
+
       // A client on b: deleting it is refused unless forced, and then the client is dropped.
       const b = set.volumes().find((v) => v.name === 'b')!;
       let dropped = 0;
