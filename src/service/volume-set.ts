@@ -93,7 +93,7 @@ export class VolumeSet implements GatewayView {
     const { cacheBytes, maxDirtyBytes } = config.totals;
     const share = shareOf(config.totals, config.maxVolumes);
     if (share.cacheBytes < share.maxDirtyBytes + 2 * DEFAULT_EXTENT_SIZE) throw Errors.badCacheShare(cacheBytes, maxDirtyBytes, config.maxVolumes, DEFAULT_EXTENT_SIZE);
-    const store = openObjectStore(config.url, config.s3, config.log);
+    const store = openVolumesStore(config);
     // The gateway's own lock: one gateway per cache directory (and its control socket).
     const lock = await lockCacheDir(config.cacheDir).catch(async (err: unknown) => {
       await store.close();
@@ -257,6 +257,16 @@ export class VolumeSet implements GatewayView {
     } finally {
       this.busy.delete(name);
     }
+  }
+}
+
+/** The store at --volumes; a URL it refuses is named as --volumes (the store's errors say --store). */
+function openVolumesStore(config: VolumeSetConfig): ObjectStore {
+  try {
+    return openObjectStore(config.url, config.s3, config.log);
+  } catch (err) {
+    if (err instanceof UserError) throw new UserError(err.code, err.message.replace(/^--store /, '--volumes '), err.fix);
+    throw err;
   }
 }
 

@@ -222,10 +222,14 @@ describe('many volumes served by one gateway on MinIO', () => {
     }
   });
 
-  it('refuses --volumes with --store, --size, --snapshot or --export-name in one line', async () => {
+  it('refuses --volumes with --store, --size, --snapshot or --export-name, a bad URL, memory: and a volume, in one line each', async () => {
     for (const extra of [['--store', '/tmp/x'], ['--size', '1G'], ['--snapshot', 's1'], ['--export-name', 'x']]) {
       const result = await cli(['serve', '--volumes', prefix, ...extra], env);
       assertUserError(result, 'S3NBD_CONFLICTING_OPTIONS', new RegExp(`--volumes cannot be combined with ${extra[0]!}`));
     }
+    const socket = ['--socket', file('refused.sock'), '--cache-dir', file('refused-cache')];
+    assertUserError(await cli(['serve', '--volumes', 's3://', ...socket], env), 'S3NBD_BAD_S3_URL', /^s3nbd: --volumes "s3:\/\/"/);
+    assertUserError(await cli(['serve', '--volumes', 'memory:', ...socket], env), 'S3NBD_BAD_VOLUMES');
+    assertUserError(await cli(['serve', '--volumes', `${prefix}/vm1`, '--s3-endpoint', s3.endpoint, ...socket], env), 'S3NBD_BAD_VOLUMES', /it is a volume itself/);
   });
 });
