@@ -167,7 +167,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     }
   }
   // The admin endpoint listens now too, and shows the volume (or the prefix) as opening until it is open.
-  const view = new OpeningGateway(volumesUrl ?? volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`));
+  const label = volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`);
+  const view = new OpeningGateway(volumesUrl ?? label);
   const metrics = adminConfig && new Metrics({ gateway: view });
   let admin: Awaited<ReturnType<typeof listenAdmin>> | undefined;
   try {
@@ -198,7 +199,7 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       gateway = await ServedVolume.open({
         name: opts.exportName, store: opts.store, s3, volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
         objects: objectRequest, readOnly, snapshot: opts.snapshot, budgets: totals, cache: { ...cache, dir: opts.cacheDir }, answersDefault: true, autoSnapshots, log,
-        telemetry: metrics?.forVolume(volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`)),
+        telemetry: metrics?.forVolume(label),
         onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
         onJournalFailed: (err) => {
           journalFailed = err;
