@@ -26,7 +26,7 @@ import { VolumeSet } from '../service/volume-set.ts';
 import { adminConfigOf } from '../service/admin-config.ts';
 import { listenAdmin } from '../service/admin-start.ts';
 import { Metrics } from '../service/metrics.ts';
-import { OpeningGateway, volumeLabel } from '../service/single-gateway.ts';
+import { OpeningGateway, volumeLabel } from '../service/volume-view.ts';
 import { realClock } from '../clock.ts';
 import { connectHint } from './connect-hint.ts';
 import { withDrainProgress } from './drain-progress.ts';

@@ -25,7 +25,7 @@ import { writeAtomically } from '../storage/volume/cache-dir.ts';
 import type { VolumeRequest } from '../storage/volume/volume.ts';
 import type { Readiness, VolumeStatus, VolumeView } from './gateway-view.ts';
 import type { VolumeMetrics } from './metrics.ts';
-import { servedVolumeView, volumeLabel } from './single-gateway.ts';
+import { servedVolumeView, volumeLabel } from './volume-view.ts';
 import { VolumeCounters } from './volume-counters.ts';
 import type { VolumeBudgets } from './volume-shares.ts';
 
