@@ -240,6 +240,17 @@ export const Errors = {
   volumeBusy: (inUse: string, command: string) => new UserError('S3NBD_VOLUME_IN_USE',
     `${inUse}, and no gateway answered on --cache-dir`,
     `run s3nbd volume ${command} with the --cache-dir of the gateway serving --volumes (it then acts itself), or stop that gateway`),
+  conflictingOptions: (a: string, b: string, fix = `drop ${b}: --volumes serves every volume under a prefix, each as the export of its name; --store serves one`) =>
+    new UserError('S3NBD_CONFLICTING_OPTIONS', `${a} cannot be combined with ${b}`, fix),
+  badVolumes: (url: string, reason: string, fix: string) => new UserError('S3NBD_BAD_VOLUMES',
+    `--volumes "${url}" cannot hold volumes: ${reason}`, fix),
+  volumeHasClients: (name: string, connections: number) => new UserError('S3NBD_VOLUME_BUSY',
+    `volume "${name}" has ${connections} client connection(s)`, 'disconnect its clients first, or force the deletion (they then get errors)'),
+  tooManyVolumes: (max: number) => new UserError('S3NBD_TOO_MANY_VOLUMES',
+    `this gateway already serves --max-volumes ${max} volumes`, 'delete a volume, or restart the gateway with a larger --max-volumes (each volume then gets a smaller share of the budgets)'),
+  badCacheShare: (cacheBytes: number, maxDirty: number, maxVolumes: number, extentSize: number) => new UserError('S3NBD_BAD_CACHE_SIZE',
+    `--cache-size ${cacheBytes} leaves each of --max-volumes ${maxVolumes} volumes less than its share of --max-dirty ${maxDirty} plus two extents (${2 * extentSize} bytes)`,
+    'raise --cache-size, lower --max-dirty, or lower --max-volumes'),
 } as const;
 
 /**

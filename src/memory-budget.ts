@@ -69,6 +69,20 @@ export function bufferBudgetBytes(o: MemoryOptions): number {
 }
 
 /**
+ * The buffer budget of a gateway serving several volumes (serve --volumes): each volume's
+ * terms, with the server's (in-flight payloads and their pool, shared by every connection
+ * whatever its volume) counted once. With one volume it is bufferBudgetBytes().
+ */
+export function gatewayBufferBytes(volumes: readonly MemoryOptions[], inFlightBytes?: number): number {
+  const shared = (o: Pick<MemoryOptions, 'inFlightBytes'>): number => {
+    const terms = bufferBudget({ memoryCacheBytes: 0, extentSize: 0, uploadConcurrency: 0, s3Connections: 0, ...o });
+    return terms.inFlight! + terms.payloadPool!;
+  };
+  const server = shared({ inFlightBytes });
+  return volumes.reduce((sum, v) => sum + bufferBudgetBytes({ ...v, inFlightBytes }) - server, server);
+}
+
+/**
  * Buffers allocated between two checks of the governor, and glibc's fragmentation, on top of
  * the budget: a tenth of it.
  */

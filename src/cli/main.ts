@@ -21,6 +21,7 @@ import { runGc, runSnapshotCreate, runSnapshotDelete, runSnapshotList, runSnapsh
 import { runUndelete } from './undelete.ts';
 import { runVolumeCreate, runVolumeDelete, runVolumeList, runVolumeResize } from './volume.ts';
 import { versionText } from './version.ts';
+import { DEFAULT_MAX_VOLUMES, MAX_MAX_VOLUMES } from '../service/volume-shares.ts';
 
 export const DEFAULT_CACHE_DIR = './s3nbd-cache';
 
@@ -92,6 +93,9 @@ const program = new Command('s3nbd')
 
 const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .description('serve a volume over NBD (creating it first when --size is given and none exists)')
+  .addOption(new Option('--volumes <url>', 'instead of --store: serve every volume under this prefix (s3://BUCKET/PREFIX or a directory), volume NAME at <url>/NAME as export NAME').env('S3NBD_VOLUMES'))
+  .addOption(countOption('--max-volumes <n>', 'with --volumes: volumes served at most; each gets 1/n of --memory-cache, --cache-size, --max-dirty and --upload-concurrency (at least 1)',
+    'S3NBD_MAX_VOLUMES', 1, MAX_MAX_VOLUMES).default(DEFAULT_MAX_VOLUMES))
   .addOption(sizeOption('--size <size>', 'device size, e.g. 10G; creates the volume if there is none', 'S3NBD_SIZE'))
   .addOption(sizeOption('--extent-size <size>', 'size of each stored object for a new volume (default 1M)', 'S3NBD_EXTENT_SIZE'))
   .addOption(new Option('--listen <host:port>', 'TCP address to listen on').env('S3NBD_LISTEN').default('127.0.0.1:10809'))
@@ -102,7 +106,7 @@ const serve = addObjectOptions(addStoreOptions(program.command('serve')))
   .addOption(new Option('--tls-certificates <dir>', 'X.509 files: server-cert.pem, server-key.pem (and ca-cert.pem for --tls-verify-peer)').env('S3NBD_TLS_CERTIFICATES'))
   .addOption(new Option('--tls-psk <file>', 'pre-shared keys as psktool writes them (username:hexkey lines); overrides --tls-certificates').env('S3NBD_TLS_PSK'))
   .addOption(new Option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (env S3NBD_TLS_VERIFY_PEER=1)'))
-  .addOption(new Option('--cache-dir <dir>', 'local directory for the journal and the disk cache (one per volume)').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
+  .addOption(new Option('--cache-dir <dir>', 'local directory for the journal and the disk cache (one per volume; with --volumes, the gateway\'s: volumes/NAME in it for each)').env('S3NBD_CACHE_DIR').default(DEFAULT_CACHE_DIR))
   .addOption(sizeOption('--cache-size <size>', 'disk space for cached extents, dirty and clean', 'S3NBD_CACHE_SIZE').default(4 * 2 ** 30, '4G'))
   .addOption(sizeOption('--max-dirty <size>', 'dirty data before writes wait for uploads', 'S3NBD_MAX_DIRTY').default(2 ** 30, '1G'))
   .addOption(sizeOption('--memory-cache <size>', 'memory for clean extents', 'S3NBD_MEMORY_CACHE').default(DEFAULT_MEMORY_CACHE, formatBytes(DEFAULT_MEMORY_CACHE)))
@@ -270,6 +274,7 @@ volumeName(volumeCommand('resize', 'grow a volume (never shrink); a gateway serv
 
 volumeName(volumeCommand('delete', 'delete a volume and every object of it (refused while it has snapshots, unless --with-snapshots, or clones)'))
   .option('--with-snapshots', 'delete its snapshots too (a backup target\'s history: only when you mean it)')
+  .option('--force', 'through a running gateway: delete it even while clients are connected (their connections are dropped)')
   .action(runVolumeDelete);
 
 try {

@@ -9,40 +9,33 @@
 // 3 fenced off by another gateway; 4 the journal failed (a failed fsync or a write error of the
 // cache disk); 130 a second signal.
 
-import { rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import { Errors, type UserError } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { MAX_STRING_LENGTH } from '../protocol/constants.ts';
-import type { Export, ExportRegistry } from '../protocol/handshake.ts';
+import type { ExportRegistry } from '../protocol/handshake.ts';
 import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { loadTls, type TlsMode } from '../protocol/tls.ts';
-import { writeAtomically } from '../storage/volume/cache-dir.ts';
-import { MemoryObjectStore } from '../storage/objects/memory-object-store.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
-import { type Storage, openStorage, s3ConnectionsFor } from '../storage/stack.ts';
-import { bufferBudgetBytes, governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
-import { listenControl } from '../control/control-socket.ts';
-import { gatewayControl } from './gateway-control.ts';
-import { realClock } from '../clock.ts';
+import { governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
+import { controlSocketPath } from '../control/control-socket.ts';
 import { hasRules } from '../storage/snapshots/retention.ts';
-import { startAutoSnapshots } from './auto-snapshots.ts';
+import { ServedVolume } from '../service/served-volume.ts';
+import { VolumeSet } from '../service/volume-set.ts';
+import { adminConfigOf } from '../service/admin-config.ts';
+import { listenAdmin } from '../service/admin-start.ts';
+import { Metrics } from '../service/metrics.ts';
+import { OpeningGateway, volumeLabel } from '../service/volume-view.ts';
+import { realClock } from '../clock.ts';
 import { connectHint } from './connect-hint.ts';
 import { withDrainProgress } from './drain-progress.ts';
 import { activatedEndpoints } from './socket-activation.ts';
-import { formatBytes, parseDuration, parseFlag, parseListen } from './parse.ts';
+import { parseDuration, parseFlag, parseListen } from './parse.ts';
 import { policyOf } from './prune.ts';
-import { GatewayExports, snapshotDescription } from './snapshot-exports.ts';
 import { checkSnapshotName } from '../storage/snapshots/manifest.ts';
 import { describeObjectSettings } from '../storage/format/object-settings.ts';
 import { type ObjectOptions, objectRequestOf, type StoreOptions, s3OptionsOf } from './store-options.ts';
-import { adminConfigOf } from '../service/admin-config.ts';
-import { listenAdmin } from '../service/admin-start.ts';
-import { SingleVolumeGateway, servedVolumeView, volumeLabel } from '../service/single-gateway.ts';
-import { VolumeCounters } from '../service/volume-counters.ts';
-import { Metrics } from '../service/metrics.ts';
 
 /** How long a shutdown waits for requests in flight before closing connections anyway (at most the drain timeout). */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -50,9 +43,11 @@ const SHUTDOWN_GRACE_MS = 30_000;
 export const SHUTDOWN_MARGIN_MS = 5_000;
 export const EXIT_FENCED = 3;
 export const EXIT_JOURNAL_FAILED = 4;
-const STATUS_INTERVAL_MS = 2_000;
 
 interface ServeOptions extends StoreOptions, ObjectOptions {
+  /** Serve every volume under this prefix (in place of --store). */
+  volumes?: string;
+  maxVolumes: number;
   size?: number;
   extentSize?: number;
   listen: string;
@@ -104,8 +99,24 @@ function snapshotSchedule(opts: ServeOptions, readOnly: boolean): number | undef
   return everyMs;
 }
 
+/**
+ * --volumes (or S3NBD_VOLUMES), refused with the options that name one volume: one gateway
+ * serves either one volume (--store) or every volume under a prefix. S3NBD_STORE alone is
+ * ignored: the container image sets it as its default.
+ */
+function volumesOf(opts: ServeOptions, cmd: Command): string | undefined {
+  if (opts.volumes === undefined) return undefined;
+  const given = (name: string): boolean => cmd.getOptionValueSource(name) !== undefined && cmd.getOptionValueSource(name) !== 'default';
+  if (cmd.getOptionValueSource('store') === 'cli') throw Errors.conflictingOptions('--volumes', '--store');
+  for (const [name, flag] of [['size', '--size'], ['snapshot', '--snapshot'], ['exportName', '--export-name']] as const) {
+    if (given(name)) throw Errors.conflictingOptions('--volumes', flag);
+  }
+  return opts.volumes;
+}
+
 export async function runServe(raw: Record<string, unknown>, cmd: Command): Promise<void> {
   const opts = raw as unknown as ServeOptions;
+  const volumesUrl = volumesOf(opts, cmd);
   const log = createLogger(opts.logLevel, opts.logFormat);
   // A snapshot is served alone and read-only: no cache directory, no lease.
   if (opts.snapshot !== undefined) checkSnapshotName(opts.snapshot);
@@ -136,7 +147,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Listening comes first: a start refused because the address or socket cannot be used then
   // has touched no storage (no volume created, no lease taken). Connections that arrive while
   // the storage opens wait for their greeting until it is ready.
-  // Until the storage is open, no export; then the volume's and its snapshots' (GatewayExports).
+  // Until the storage is open, no export; then the volume's and its snapshots' (GatewayExports),
+  // or with --volumes every volume's (VolumeSet).
   const served: { exports?: ExportRegistry } = {};
   const exports: ExportRegistry = {
     find: (name) => served.exports?.find(name),
@@ -154,14 +166,13 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
       throw await listenError(endpoint, err);
     }
   }
-  // The admin endpoint listens now too, and shows the volume as opening until it is open.
-  const exportLabel = volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`);
-  const gateway = new SingleVolumeGateway(exportLabel);
-  const metrics = adminConfig && new Metrics({ gateway });
-  const telemetry = metrics?.forVolume(exportLabel);
+  // The admin endpoint listens now too, and shows the volume (or the prefix) as opening until it is open.
+  const label = volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`);
+  const view = new OpeningGateway(volumesUrl ?? label);
+  const metrics = adminConfig && new Metrics({ gateway: view });
   let admin: Awaited<ReturnType<typeof listenAdmin>> | undefined;
   try {
-    admin = adminConfig && await listenAdmin(adminConfig, { gateway, metrics, log });
+    admin = adminConfig && await listenAdmin(adminConfig, { gateway: view, metrics, log });
   } catch (err) {
     ready(false);
     await server.shutdown(0);
@@ -173,68 +184,44 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Told at once and stopped soon after (in a later tick: openStorage may still be running),
   // unless a shutdown is already under way (then it only changes the exit status).
   let journalFailed: Error | undefined;
-  let storage: Storage;
+  const s3 = { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 };
+  const cache = { flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver };
+  const totals = { memoryCacheBytes: opts.memoryCache, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency };
+  const autoSnapshots = snapshotEveryMs !== undefined ? { everyMs: snapshotEveryMs, policy: policyOf(opts) } : undefined;
+  let gateway: ServedVolume | VolumeSet;
   try {
-    storage = await openStorage({
-      store: opts.store,
-      s3: { ...s3OptionsOf(opts), readTimeoutMs: opts.readTimeout * 1000 },
-      volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
-      objects: objectRequest,
-      readOnly,
-      snapshot: opts.snapshot,
-      memoryCacheBytes: opts.memoryCache,
-      cache: {
-        dir: opts.cacheDir, cacheBytes: opts.cacheSize, maxDirtyBytes: opts.maxDirty, uploadConcurrency: opts.uploadConcurrency,
-        flushMode: opts.flushMode, uploadDelayMs: opts.uploadDelay, leaseTtlMs: opts.leaseTtl * 1000, takeOver,
-      },
-      log,
-      telemetry,
-      onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
-      onJournalFailed: (err) => {
-        journalFailed = err;
-        setImmediate(() => { if (!stopping) stop('the journal failed', EXIT_JOURNAL_FAILED); });
-      },
-    });
+    if (volumesUrl !== undefined) {
+      // Each volume's cache directory is volumes/<name> in --cache-dir; the gateway's control socket is in it.
+      gateway = await VolumeSet.open({
+        url: volumesUrl, s3, objects: objectRequest, readOnly, totals, maxVolumes: opts.maxVolumes, cacheDir: opts.cacheDir, cache, autoSnapshots, log, metrics,
+      });
+    } else {
+      gateway = await ServedVolume.open({
+        name: opts.exportName, store: opts.store, s3, volume: { mode: 'open-or-create', size: opts.size, extentSize: opts.extentSize },
+        objects: objectRequest, readOnly, snapshot: opts.snapshot, budgets: totals, cache: { ...cache, dir: opts.cacheDir }, answersDefault: true, autoSnapshots, log,
+        telemetry: metrics?.forVolume(label),
+        onFenced: () => stop('fenced off by another gateway', EXIT_FENCED),
+        onJournalFailed: (err) => {
+          journalFailed = err;
+          setImmediate(() => { if (!stopping) stop('the journal failed', EXIT_JOURNAL_FAILED); });
+        },
+      });
+    }
   } catch (err) {
     ready(false);
     await server.shutdown(0);
     await admin?.close();
     throw err;
   }
-  const { volume } = storage;
-  let exp: Export;
-  if (opts.snapshot === undefined) {
-    exp = { name: opts.exportName, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device, ...telemetry ? { telemetry } : {} };
-    served.exports = new GatewayExports(exp, storage, log);
-  } else {
-    const manifest = (await storage.snapshots.load(opts.snapshot))!;
-    exp = { name: `${opts.exportName}@${opts.snapshot}`, description: snapshotDescription(manifest, volume.id), device: storage.device, ...telemetry ? { telemetry } : {} };
-    const alone = exp;
-    served.exports = { find: (name) => (name === '' || name === alone.name ? alone : undefined), list: () => [alone] };
-  }
+  served.exports = gateway.exports;
+  const opened = gateway;
+  view.opened(opened instanceof VolumeSet ? opened : { volumes: () => [opened], skipped: () => [] });
   // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
-  const buffers = bufferBudgetBytes({
-    memoryCacheBytes: opts.memoryCache, extentSize: volume.extentSize, uploadConcurrency: opts.uploadConcurrency,
-    s3Connections: /^s3:\/\//i.test(opts.store) ? s3ConnectionsFor(opts.uploadConcurrency) : 0, inFlightBytes: server.inFlight.limit,
-  }) + (storage.objects instanceof MemoryObjectStore ? volume.size : 0); // the volatile store is Buffers too
-  governMemory(() => buffers + server.connectionCount * PER_CONNECTION_BYTES, log);
+  governMemory(() => opened.bufferBytes(server.inFlight.limit) + server.connectionCount * PER_CONNECTION_BYTES, log);
   ready(true);
-  gateway.opened(servedVolumeView({ name: exportLabel, storage, counters: telemetry?.counters ?? new VolumeCounters(), connections: () => server.connectionCount, stopping: () => stopping }));
-  // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act.
-  const control = gatewayControl(storage, log, s3OptionsOf(opts));
-  const closeControl = storage.cache ? await listenControl(opts.cacheDir, control, log) : undefined;
-  // serve --snapshot-every: snapshots of its own, pruned by the --keep-* policy.
-  const stopAutoSnapshots = snapshotEveryMs !== undefined && storage.cache
-    ? startAutoSnapshots({ clock: realClock, everyMs: snapshotEveryMs, policy: policyOf(opts), control, list: () => storage.snapshots.loadAll(), log })
-    : undefined;
-
-  // What the gateway is doing, for `s3nbd info --cache-dir`.
-  const statusPath = join(opts.cacheDir, 'status.json');
-  const statusTimer = storage.cache && setInterval(() => {
-    const status = { pid: process.pid, updatedAt: new Date().toISOString(), ...storage.cache!.status() };
-    writeAtomically(statusPath, `${JSON.stringify(status)}\n`).catch(() => undefined);
-  }, STATUS_INTERVAL_MS);
-  statusTimer?.unref();
+  // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act; serve
+  // --snapshot-every takes snapshots of its own; status.json tells `s3nbd info --cache-dir`.
+  if (gateway instanceof ServedVolume) await gateway.start();
 
   stop = (reason: string, exitCode: number): void => {
     if (stopping) {
@@ -255,12 +242,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
     void (async () => {
       try {
         await server.shutdown(Math.min(SHUTDOWN_GRACE_MS, Math.max(drainMs, 1000)));
-        await stopAutoSnapshots?.();
-        await closeControl?.();
-        clearInterval(statusTimer);
-        const drained = await withDrainProgress({ clock: realClock, dirtyBytes: () => storage.cache?.status().dirtyBytes ?? 0, log },
-          () => storage.close(Math.max(0, deadline - Date.now())));
-        await rm(statusPath, { force: true });
+        const drained = await withDrainProgress({ clock: realClock, dirtyBytes: () => opened.dirtyBytes(), log },
+          () => opened.close(Math.max(0, deadline - Date.now())));
         // Last: monitoring can watch the drain until it ends (/readyz says "shutting down").
         await admin?.close();
         const code = journalFailed ? EXIT_JOURNAL_FAILED : exitCode;
@@ -279,15 +262,27 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // Logged once listening worked, so a failure to listen prints nothing but its one-line error;
   // and once the signal handlers are in place: the line can reach a watcher (pino writes it from
   // the thread pool) before the next statement runs, and a SIGTERM sent on seeing it must drain.
+  const adminUrl = admin ? { admin: `http://${admin.address}/` } : {};
+  const connect = (exportName: string): void => {
+    const hint = connectHint({ addresses: server.boundAddresses(), exportName, tls, hostname: hostname() });
+    log.info({ connect: { export: hint.export, uris: hint.uris, nbdClient: hint.nbdClient } }, hint.message);
+  };
+  if (gateway instanceof VolumeSet) {
+    log.info({ volumes: volumesUrl, addresses, ...adminUrl, exports: gateway.volumes().map((v) => v.name), skipped: gateway.skipped().map((v) => v.name),
+      maxVolumes: opts.maxVolumes, perVolume: gateway.shares, readOnly, tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
+      controlSocket: controlSocketPath(opts.cacheDir) }, 'volumes opened');
+    for (const volume of gateway.volumes()) connect(volume.main.name);
+    return;
+  }
+  const { storage } = gateway;
+  const { volume } = storage;
   log.info({ store: storage.objects.description, volume: volume.id, size: volume.size, extentSize: volume.extentSize, objects: describeObjectSettings(volume.objects),
-    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: exp.name, readOnly,
-    ...admin ? { admin: `http://${admin.address}/` } : {},
+    created: storage.created, storedExtents: storage.extents.allocatedCount, addresses, export: gateway.main.name, readOnly, ...adminUrl,
     ...opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {},
     tls: tls ? { mode: tls.mode, auth: tls.auth, verifyPeer: tls.verifyPeer } : 'off',
     writeBack: storage.cache ? { cacheDir: opts.cacheDir, flushMode: opts.flushMode, maxDirty: opts.maxDirty } : false },
   storage.created ? 'volume created' : 'volume opened');
-  const hint = connectHint({ addresses: server.boundAddresses(), exportName: exp.name, tls, hostname: hostname() });
-  log.info({ connect: { export: hint.export, uris: hint.uris, nbdClient: hint.nbdClient } }, hint.message);
+  connect(gateway.main.name);
 }
 
 /** --listen and --socket where the user set them (flag or variable), by the name they used. */

@@ -24,24 +24,27 @@ export class GatewayExports implements ExportRegistry {
   private readonly storage: Storage;
   private readonly log: Logger;
   private readonly memoryCacheBytes: number;
+  /** "" selects the volume and "@SNAPSHOT" its snapshot (one volume per gateway; not with serve --volumes). */
+  private readonly answersDefault: boolean;
   private readonly opened = new Map<string, Promise<Export | undefined>>();
   private listed: { at: number; names: Promise<string[]> } | undefined;
 
-  constructor(main: Export, storage: Storage, log: Logger, memoryCacheBytes = SNAPSHOT_MEMORY_CACHE) {
+  constructor(main: Export, storage: Storage, log: Logger, memoryCacheBytes = SNAPSHOT_MEMORY_CACHE, answersDefault = true) {
     this.main = main;
     this.storage = storage;
     this.log = log;
     this.memoryCacheBytes = memoryCacheBytes;
+    this.answersDefault = answersDefault;
   }
 
   /** The snapshot an export name asks for, or undefined when it names no snapshot. */
   private snapshotOf(name: string): string | undefined {
-    for (const base of [`${this.main.name}@`, '@']) if (name.startsWith(base) && name.length > base.length) return name.slice(base.length);
+    for (const base of this.answersDefault ? [`${this.main.name}@`, '@'] : [`${this.main.name}@`]) if (name.startsWith(base) && name.length > base.length) return name.slice(base.length);
     return undefined;
   }
 
   find(name: string): Export | undefined | Promise<Export | undefined> {
-    if (name === '' || name === this.main.name) return this.main;
+    if ((name === '' && this.answersDefault) || name === this.main.name) return this.main;
     const snapshot = this.snapshotOf(name);
     if (snapshot === undefined) return undefined;
     let exp = this.opened.get(snapshot);

@@ -10,11 +10,12 @@ import { type ControlRequest, callGateway } from '../control/control-socket.ts';
 import { Errors, UserError } from '../errors.ts';
 import type { VolumeStatus } from '../service/gateway-view.ts';
 import {
-  type VolumeListing, type VolumePrefix, checkVolumeName, createVolume, deleteVolume, listVolumes, openVolumePrefix, resizeVolume,
+  type VolumeListing, type VolumePrefix, createVolume, deleteVolume, listVolumes, openVolumePrefix, resizeVolume,
 } from '../service/volume-ops.ts';
 import { openObjectStore } from '../storage/objects/store-url.ts';
 import { explain } from '../storage/stack.ts';
 import { checkGeometry } from '../storage/volume/volume.ts';
+import { checkVolumeName } from '../storage/volume/volume-names.ts';
 import { formatBytes } from './parse.ts';
 import { type ObjectOptions, type StoreOptions, objectRequestOf, s3OptionsOf } from './store-options.ts';
 
@@ -28,6 +29,7 @@ interface VolumeOptions extends Omit<StoreOptions, 'store'>, ObjectOptions {
   extentSize?: number;
   json?: boolean;
   withSnapshots?: boolean;
+  force?: boolean;
 }
 
 /** The gateway on --cache-dir's answer, or undefined when none listens there. */
@@ -97,7 +99,7 @@ export async function runVolumeDelete(name: string, raw: Record<string, unknown>
   const opts = raw as unknown as VolumeOptions;
   checkVolumeName(name);
   const withSnapshots = opts.withSnapshots === true;
-  const asked = await viaGateway<unknown>(opts, { op: 'volume.delete', name, withSnapshots });
+  const asked = await viaGateway<unknown>(opts, { op: 'volume.delete', name, withSnapshots, force: opts.force === true });
   if (asked !== undefined) {
     say(opts, { name, deleted: true }, `deleted volume ${name} (the gateway on ${opts.cacheDir} stopped serving it)`);
     return;

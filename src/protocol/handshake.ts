@@ -33,6 +33,12 @@ export interface Export {
   readonly device: BlockDevice;
   /** Told of every request answered (the admin endpoint's metrics); none by default. */
   readonly telemetry?: VolumeTelemetry;
+  /**
+   * Called when a connection starts transmission on it, with a function that drops that
+   * connection; returns what to call when the connection ends. (serve --volumes counts each
+   * volume's clients, and drops them when the volume is deleted by force.)
+   */
+  readonly attach?: (drop: () => void) => () => void;
 }
 
 /** An export as NBD_OPT_LIST shows it. */

@@ -169,6 +169,7 @@ export class NbdServer {
       () => this.shuttingDown, this.tlsOffer);
     let timedOut = false;
     let session: Session | undefined;
+    let detach: (() => void) | undefined;
     try {
       if (this.options.ready && !(await this.options.ready)) {
         socket.destroy();
@@ -195,6 +196,7 @@ export class NbdServer {
       const secure = connection instanceof tls.TLSSocket ? `${connection.getProtocol()} ${connection.getCipher().name}` : false;
       log.debug({ export: negotiated.export.name, structured: negotiated.structuredReplies, tls: secure }, 'transmission started');
       reader.setHighWaterMark(READER_HIGH_WATER_MARK);
+      detach = negotiated.export.attach?.(() => connection.destroy());
       session = new Session(connection, reader, negotiated, log, this.options.limits ?? DEFAULT_SESSION_LIMITS, this.inFlight, this.failedRequests);
       this.sessions.add(session);
       if (this.shuttingDown) session.beginShutdown();
@@ -224,6 +226,7 @@ export class NbdServer {
           'client did not start TLS, which this server requires: its options were answered NBD_REP_ERR_TLS_REQD');
       }
       if (session) this.sessions.delete(session);
+      detach?.();
       log.debug('connection closed');
     }
   }

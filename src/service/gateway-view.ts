@@ -64,11 +64,11 @@ export interface VolumeAdmin {
   /** Grow only. */
   resize(name: string, size: number): Promise<VolumeStatus>;
   /**
-   * Stops serving the volume and deletes it (service/volume-ops.ts deleteVolume). A volume with
-   * snapshots is refused (S3NBD_VOLUME_HAS_SNAPSHOTS) unless `withSnapshots`; check with
-   * checkDeletable() before it stops being served.
+   * Stops serving the volume and deletes it (service/volume-ops.ts deleteVolume). Refused while
+   * clients are connected (S3NBD_VOLUME_BUSY) unless `force` (they are dropped), and for a volume
+   * with snapshots (S3NBD_VOLUME_HAS_SNAPSHOTS) unless `withSnapshots`.
    */
-  delete(name: string, options?: { readonly withSnapshots?: boolean }): Promise<void>;
+  delete(name: string, options?: { readonly force?: boolean; readonly withSnapshots?: boolean }): Promise<void>;
 }
 
 export interface GatewayView {

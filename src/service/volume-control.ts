@@ -4,7 +4,7 @@
 //
 //   {"op":"volume.create","name":"db","size":10737418240,"extentSize":1048576}  → VolumeStatus
 //   {"op":"volume.resize","name":"db","size":21474836480}                       → VolumeStatus
-//   {"op":"volume.delete","name":"db","withSnapshots":false}                    → null
+//   {"op":"volume.delete","name":"db","withSnapshots":false,"force":false}      → null
 //   {"op":"volume.list"}                                                        → VolumeListing[]
 //
 // Every field is checked here; a bad one is a UserError, which the caller prints as one line.
@@ -13,7 +13,8 @@ import type { ControlHandler, ControlRequest } from '../control/control-socket.t
 import { Errors } from '../errors.ts';
 import { checkGeometry } from '../storage/volume/volume.ts';
 import type { VolumeAdmin } from './gateway-view.ts';
-import { type VolumeListing, checkVolumeName } from './volume-ops.ts';
+import { checkVolumeName } from '../storage/volume/volume-names.ts';
+import type { VolumeListing } from './volume-ops.ts';
 
 /**
  * `list`: the volumes under the prefix (listVolumes); `next` answers every other op (the
@@ -34,7 +35,7 @@ export function volumeControl(admin: VolumeAdmin, list: () => Promise<readonly V
         return await admin.resize(nameOf(request), size);
       }
       case 'volume.delete':
-        await admin.delete(nameOf(request), { withSnapshots: request.withSnapshots === true });
+        await admin.delete(nameOf(request), { withSnapshots: request.withSnapshots === true, force: request.force === true });
         return null;
       case 'volume.list':
         return await list();

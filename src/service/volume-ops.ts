@@ -21,7 +21,6 @@
 // 1 and 2: nothing can open it, and its own lease may be the killed run's).
 
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Errors, UserError } from '../errors.ts';
 import { FileObjectStore } from '../storage/objects/file-object-store.ts';
@@ -33,30 +32,19 @@ import { type ObjectRequest, newObjectSettings } from '../storage/format/object-
 import { cloneMarkerKey, describeClones, listClonesAll } from '../storage/snapshots/clone.ts';
 import { SNAPSHOT_PREFIX } from '../storage/snapshots/manifest.ts';
 import { Lease, leaseHolder } from '../storage/volume/lease.ts';
+import { checkVolumeName, isVolumeName, volumeStoreUrl } from '../storage/volume/volume-names.ts';
 import {
   VOLUME_DELETING_FORMAT, VOLUME_KEY, type Volume, type VolumeOrigin, growVolume, openVolume, readVolume,
 } from '../storage/volume/volume.ts';
 
-/** Volume names: also export names and directory names, so no "/", "@" (EXPORT@SNAPSHOT) or leading dot. */
-const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 /** Keys per DeleteObjects request. */
 const DELETE_BATCH = 1000;
 const DEFAULT_LEASE_TTL_MS = 30_000;
 
-export function checkVolumeName(name: string): string {
-  if (!VOLUME_NAME.test(name)) throw Errors.badVolumeName(name);
-  return name;
-}
-
-/** The store URL of volume `name` under `volumes` (an s3:// URL or a directory), as `--store` takes it. */
-export function volumeUrl(volumes: string, name: string): string {
-  checkVolumeName(name);
-  if (/^s3:/i.test(volumes) || /^file:/i.test(volumes)) return `${volumes.replace(/\/+$/, '')}/${name}`;
-  return join(volumes, name);
-}
-
 /** The stores of the volumes under one prefix. */
 export interface VolumePrefix {
+  /** The store at the prefix itself (what the volumes' names are listed in). */
+  readonly root: ObjectStore;
   /** The prefix, safe to print. */
   readonly description: string;
   /** The store of volume `name` (closed by the caller; closing a view closes nothing shared). */
@@ -71,11 +59,12 @@ export interface VolumePrefix {
 /** `--volumes URL` (s3://, a directory, file://, or memory:). */
 export function openVolumePrefix(volumes: string, s3: S3Options = {}, log?: Logger): VolumePrefix {
   const root = openObjectStore(volumes, s3, log);
-  const url = (name: string): string => (root instanceof FileObjectStore ? join(root.root, checkVolumeName(name)) : volumeUrl(volumes, name));
+  const url = (name: string): string => volumeStoreUrl(volumes, name, root);
   const open = (name: string): ObjectStore => (root instanceof FileObjectStore
     ? new FileObjectStore(url(name))
     : new PrefixedObjectStore(root, `${checkVolumeName(name)}/`, root instanceof MemoryObjectStore ? `memory volume ${name}` : url(name)));
   return {
+    root,
     description: root instanceof FileObjectStore ? `directory ${root.root}` : volumes,
     open, url,
     async names() {
@@ -85,7 +74,7 @@ export function openVolumePrefix(volumes: string, s3: S3Options = {}, log?: Logg
       } else {
         for await (const key of root.list('')) if (key.includes('/')) names.add(key.slice(0, key.indexOf('/')));
       }
-      return [...names].filter((name) => VOLUME_NAME.test(name)).sort();
+      return [...names].filter(isVolumeName).sort();
     },
     close: () => root.close(),
   };

@@ -55,7 +55,7 @@ export async function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}, 
  * Starts `s3nbd serve` on a Unix socket (plus any extra arguments) and waits until it listens.
  * The gateway is killed when the test process exits, whatever happens.
  */
-export async function startGateway(args: readonly string[], options: { socket: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; main?: string }): Promise<Gateway> {
+export async function startGateway(args: readonly string[], options: { socket: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; main?: string; readyLine?: RegExp }): Promise<Gateway> {
   // Each socket gets its own cache directory beside it, unless the test names one (or the
   // environment does): a gateway restarted on the same socket finds its own cache again.
   const cacheDir = args.includes('--cache-dir') || options.env?.S3NBD_CACHE_DIR ? [] : ['--cache-dir', `${options.socket}.cache`];
@@ -80,7 +80,9 @@ export async function startGateway(args: readonly string[], options: { socket: s
 
   const deadline = Date.now() + (options.timeoutMs ?? 20_000);
   // Logged once every endpoint listens.
-  while (!/"msg":"volume (opened|created)"/.test(logs)) {
+  // serve --volumes: "volumes opened" (readyLine).
+  const readyLine = options.readyLine ?? /"msg":"volume (opened|created)"/;
+  while (!readyLine.test(logs)) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`gateway exited early:\n${logs}`);
     if (Date.now() > deadline) {
       child.kill('SIGKILL');

@@ -169,6 +169,22 @@ for (const kind of S3_SERVERS) describe(`S3ObjectStore on a real S3 server: ${ki
     assert.match(root.description, new RegExp(`^s3://${bucket} at `));
   });
 
+  it('lists the names one level below a prefix (serve --volumes), not the keys under them', async () => {
+    const store = open();
+    for (const key of ['vm1/s3nbd-volume.json', 'vm1/extents/0', 'vm1/extents/1', 'vm2/deep/er/x', 'top', 'vm10/y']) await store.put(key, Buffer.from('x'));
+    const names = async (prefix: string): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const name of store.listPrefixes(prefix)) out.push(name);
+      return out.sort();
+    };
+    const lists = store.stats.list;
+    assert.deepEqual(await names(''), ['vm1', 'vm10', 'vm2']);
+    assert.equal(store.stats.list - lists, 1, 'one LIST');
+    assert.deepEqual(await names('vm1/'), ['extents']);
+    assert.deepEqual(await names('vm2/deep/'), ['er']);
+    assert.deepEqual(await names('none/'), []);
+  });
+
   it('fails with EPERM, without retrying, when the credentials are wrong', async () => {
     const store = open({ credentials: { accessKeyId: server.accessKeyId, secretAccessKey: 'not-the-secret' } });
     await rejectsWith(store.get('k'), 'EPERM', /SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId/);

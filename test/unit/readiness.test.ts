@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { VolumeReadiness } from '../../src/service/readiness.ts';
 import { VolumeCounters } from '../../src/service/volume-counters.ts';
 import { volumeStatus } from '../../src/service/volume-status.ts';
-import { servedVolumeView } from '../../src/service/single-gateway.ts';
+import { servedVolumeView } from '../../src/service/volume-view.ts';
 import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';

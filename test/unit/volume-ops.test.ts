@@ -10,7 +10,7 @@ import { pino } from 'pino';
 import { UserError } from '../../src/errors.ts';
 import { volumeControl } from '../../src/service/volume-control.ts';
 import {
-  type VolumePrefix, checkDeletable, createVolume, deleteVolume, listVolumes, openVolumePrefix, resizeVolume, volumeUrl,
+  type VolumePrefix, checkDeletable, createVolume, deleteVolume, listVolumes, openVolumePrefix, resizeVolume,
 } from '../../src/service/volume-ops.ts';
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { openStorage } from '../../src/storage/stack.ts';
@@ -174,13 +174,6 @@ describe('volumes under a store prefix', () => {
       await origins.close();
       await clones.close();
     }
-  });
-
-  it('volumeUrl joins a prefix and a name as --store takes it', () => {
-    assert.equal(volumeUrl('s3://bucket/backups/', 'db'), 's3://bucket/backups/db');
-    assert.equal(volumeUrl('s3://bucket', 'db'), 's3://bucket/db');
-    assert.equal(volumeUrl('/srv/vols', 'db'), '/srv/vols/db');
-    assert.throws(() => volumeUrl('s3://bucket', '../x'), code('S3NBD_BAD_VOLUME_NAME'));
   });
 
   it('volumeControl answers the volume.* requests through a VolumeAdmin, and checks every field', async () => {

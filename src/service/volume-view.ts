@@ -1,11 +1,12 @@
-// The GatewayView of `s3nbd serve --store` (one volume): the admin endpoint listens before the
-// storage opens (like the NBD listener, so a refused address touches no storage), and until
-// then shows the volume as opening: not ready, no status yet.
+// What the admin endpoint sees of a served volume (servedVolumeView), and of the gateway while
+// its volumes open: the admin endpoint listens before the storage opens (like the NBD listener,
+// so a refused address touches no storage), and until then shows the volume as opening: not
+// ready, no status yet (OpeningGateway).
 
 import { S3ObjectStore } from '../storage/objects/s3/s3-object-store.ts';
 import type { ObjectStore } from '../storage/objects/object-store.ts';
 import { VOLUME_KEY } from '../storage/volume/volume.ts';
-import type { GatewayView, SkippedVolume, VolumeView } from './gateway-view.ts';
+import type { GatewayView, SkippedVolume, VolumeAdmin, VolumeView } from './gateway-view.ts';
 import { HttpError } from './admin-http.ts';
 import { VolumeReadiness } from './readiness.ts';
 import { SnapshotList, leaseState, volumeStatus, type VolumeStatusSource } from './volume-status.ts';
@@ -45,23 +46,32 @@ function openingView(name: string): VolumeView {
   };
 }
 
-export class SingleVolumeGateway implements GatewayView {
-  private view: VolumeView;
+/**
+ * The admin endpoint's view of a gateway from before its volumes are open: until opened(), the
+ * volume (or, with --volumes, the prefix) shows as opening, not ready and without a status;
+ * then everything is the opened gateway's.
+ */
+export class OpeningGateway implements GatewayView {
+  private view: GatewayView;
 
   constructor(name: string) {
-    this.view = openingView(name);
+    const opening = openingView(name);
+    this.view = { volumes: () => [opening], skipped: () => [] };
   }
 
-  /** The volume is open: serve its view. */
-  opened(view: VolumeView): void {
+  opened(view: GatewayView): void {
     this.view = view;
   }
 
+  get admin(): VolumeAdmin | undefined {
+    return this.view.admin;
+  }
+
   volumes(): readonly VolumeView[] {
-    return [this.view];
+    return this.view.volumes();
   }
 
   skipped(): readonly SkippedVolume[] {
-    return [];
+    return this.view.skipped();
   }
 }
