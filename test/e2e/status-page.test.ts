@@ -1,19 +1,22 @@
-// The status page of a real gateway (dist/, a directory store, the write-back cache) in Debian's
-// headless Chromium: it loads with no console error and no failed request, shows every volume
-// that /api/status lists, and while a libnbd client writes, the numbers move (connections,
-// dirty data, uploaded bytes) and the upload chart gets points; a screenshot of it is kept as a
-// test artifact. With --admin-token-file the page asks for the token and then shows the volumes.
+// The status page of a real gateway (dist/, directory stores, the write-back cache) in Debian's
+// headless Chromium. A gateway serving --volumes (two volumes and one that cannot be opened):
+// the page loads with no console error and no failed request, shows every volume that
+// /api/status lists and the skipped one with its error, and while a libnbd client writes to each
+// volume, the numbers move (connections, dirty data, uploaded bytes) and the upload charts get
+// points; a screenshot of it is kept as a test artifact; when the gateway stops, the page says
+// the connection is lost. A gateway serving one volume (--store) with --admin-token-file: the
+// page asks for the token and then shows the volume.
 
 import assert from 'node:assert/strict';
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Page } from 'puppeteer-core';
 import type { VolumeStatus } from '../../src/service/gateway-view.ts';
 import { adminGet } from '../helpers/admin.ts';
 import { artifactDir, type Chromium, launchChromium, type PageProblems, pngSize, watchedPage } from '../helpers/chromium.ts';
-import { type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
+import { cli, type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { keepOutput, registerSecret } from '../helpers/log-sweep.ts';
 import { type ShownPage, type ShownVolume, untilShown } from '../helpers/status-page.ts';
 import { freePort, requireTool, TOOL_ENV } from '../helpers/tools.ts';
@@ -65,11 +68,16 @@ function startWriter(uri: string): Writer {
   };
 }
 
+interface ApiStatus {
+  readonly volumes: VolumeStatus[];
+  readonly skipped: Array<{ name: string; error: string }>;
+}
+
 /** The admin endpoint's own answer, as a script would read it. */
-async function apiStatus(base: string, token?: string): Promise<{ volumes: VolumeStatus[] }> {
+async function apiStatus(base: string, token?: string): Promise<ApiStatus> {
   const answer = await adminGet(base, 'api/status', token);
   assert.equal(answer.status, 200, answer.text);
-  return answer.json<{ volumes: VolumeStatus[] }>();
+  return answer.json<ApiStatus>();
 }
 
 interface AdminGateway {
@@ -80,16 +88,29 @@ interface AdminGateway {
   uriOf(name: string): string;
 }
 
-/**
- * A gateway on a directory store with the write-back cache and its admin endpoint. One volume
- * (--store), served as the default export; the tests check every volume /api/status lists, so a
- * gateway serving several (--volumes) needs only another uriOf.
- */
-async function startAdminGateway(dir: string, extra: readonly string[]): Promise<AdminGateway> {
+// Uploads wait 2 s: while a client writes, there is always dirty data to see.
+const UPLOAD_DELAY = ['--upload-delay', '2000'];
+
+/** serve --volumes on a directory: vm1 and vm2 (1 GiB each), and "broken", whose metadata is not JSON. */
+async function startVolumesGateway(dir: string): Promise<AdminGateway> {
+  const volumes = join(dir, 'vols');
+  for (const name of ['vm1', 'vm2']) {
+    const created = await cli(['volume', 'create', name, '--volumes', volumes, '--size', '1G']);
+    assert.equal(created.code, 0, created.stderr);
+  }
+  mkdirSync(join(volumes, 'broken'));
+  writeFileSync(join(volumes, 'broken', 's3nbd-volume.json'), '{not json');
+  const port = await freePort();
+  const socket = join(dir, 'sock');
+  const gw = await startGateway(['--volumes', volumes, ...UPLOAD_DELAY, '--admin-listen', `127.0.0.1:${port}`], { socket, readyLine: /"msg":"volumes opened"/ });
+  return { gw, base: `http://127.0.0.1:${port}/`, uriOf: (name) => `nbd+unix:///${name}?socket=${socket}` };
+}
+
+/** serve --store: one volume, the default export. */
+async function startStoreGateway(dir: string, extra: readonly string[]): Promise<AdminGateway> {
   const port = await freePort();
   const gw = await startGateway(
-    // Uploads wait 2 s: while the client writes, there is always dirty data to see.
-    ['--store', join(dir, 'store'), '--size', '1G', '--upload-delay', '2000', '--admin-listen', `127.0.0.1:${port}`, ...extra],
+    ['--store', join(dir, 'store'), '--size', '1G', ...UPLOAD_DELAY, '--admin-listen', `127.0.0.1:${port}`, ...extra],
     { socket: join(dir, 'sock') },
   );
   return { gw, base: `http://127.0.0.1:${port}/`, uriOf: () => gw.uri };
@@ -108,7 +129,7 @@ describe('the status page of a real gateway in headless Chromium', () => {
   const writers: Writer[] = [];
   before(async () => {
     requireTool('nbdsh');
-    gateway = await startAdminGateway(dir.path, []);
+    gateway = await startVolumesGateway(dir.path);
     base = gateway.base;
     chromium = await launchChromium();
   });
@@ -119,16 +140,20 @@ describe('the status page of a real gateway in headless Chromium', () => {
     dir.remove();
   });
 
-  it('loads without console errors or failed requests and shows every volume /api/status lists', async () => {
-    const names = (await apiStatus(base)).volumes.map((v) => v.name).sort();
-    assert.ok(names.length >= 1);
+  it('loads without console errors or failed requests and shows every volume /api/status lists, and the skipped one', async () => {
+    const status = await apiStatus(base);
+    const names = status.volumes.map((v) => v.name).sort();
+    assert.deepEqual(names, ['vm1', 'vm2']);
+    assert.deepEqual(status.skipped.map((v) => v.name), ['broken']);
     ({ page, problems } = await watchedPage(chromium!.browser));
     await page.setViewport({ width: 1280, height: 800 });
     await page.goto(base, { waitUntil: 'load' });
     const shown = await untilShown(page, 'every volume', (s) => s.volumes.length === names.length);
     assert.deepEqual(shown.volumes.map((v) => v.name).sort(), names);
     assert.equal(shown.connection, 'ok');
-    assert.match(shown.gateway, /^s3nbd \d+\.\d+\.\d+.* · up \d+ s · \d+ volumes?$/);
+    assert.match(shown.gateway, /^s3nbd \d+\.\d+\.\d+.* · up \d+ s · 2 volumes$/);
+    assert.deepEqual(shown.skipped, status.skipped.map((v) => ({ name: v.name, text: `${v.name} ${v.error}` })));
+    assert.match(shown.skipped[0]!.text, /S3NBD_BAD_VOLUME/);
     for (const v of shown.volumes) {
       assert.equal(v.fields.lease, 'lease held');
       assert.match(v.fields.size!, /^1\.00 GiB · [\d.]+ [KM]iB extents · 0 stored$/);
@@ -202,7 +227,7 @@ describe('the status page of a gateway with an admin token', () => {
     registerSecret('status page admin token', token);
     const tokenFile = join(dir.path, 'admin-token');
     writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
-    ({ gw, base } = await startAdminGateway(dir.path, ['--admin-token-file', tokenFile]));
+    ({ gw, base } = await startStoreGateway(dir.path, ['--admin-token-file', tokenFile]));
     chromium = await launchChromium();
   });
   after(async () => {
