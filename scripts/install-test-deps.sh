@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 # prometheus: the real Prometheus (and promtool) of test/integration/monitoring.test.ts.
 # systemd: systemd-socket-activate and systemd-analyze (socket activation, docs/systemd.md's units).
 # bsdutils: script, a pseudo-terminal for the readable log lines (test/e2e/log-format.test.ts).
+# chromium: the headless browser that loads the admin endpoint's status page (puppeteer-core).
 APT_PACKAGES=(nbdkit libnbd-bin python3 python3-libnbd qemu-utils fuse3 fio e2fsprogs util-linux openssl gnutls-bin
   qemu-system-x86 socat linux-image-amd64 busybox-static cpio nbd-client rsync gcc libc6-dev git systemd bsdutils
-  radosgw ceph-mon ceph-osd ceph-base ceph-common prometheus)
+  radosgw ceph-mon ceph-osd ceph-base ceph-common prometheus chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -73,6 +73,8 @@ export const TOOL_PACKAGES = {
   // A real Prometheus scraping the admin endpoint (test/integration/monitoring.test.ts).
   prometheus: 'prometheus',
   promtool: 'prometheus',
+  // The status page's tests drive it through puppeteer-core (test/helpers/chromium.ts).
+  chromium: 'chromium',
 } as const;
 
 export type Tool = keyof typeof TOOL_PACKAGES;
