@@ -25,7 +25,6 @@ import { ServedVolume } from '../service/served-volume.ts';
 import { VolumeSet } from '../service/volume-set.ts';
 import { adminConfigOf } from '../service/admin-config.ts';
 import { listenAdmin } from '../service/admin-start.ts';
-import { Metrics } from '../service/metrics.ts';
 import { OpeningGateway, volumeLabel } from '../service/volume-view.ts';
 import { realClock } from '../clock.ts';
 import { connectHint } from './connect-hint.ts';
@@ -169,7 +168,8 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   // The admin endpoint listens now too, and shows the volume (or the prefix) as opening until it is open.
   const label = volumeLabel(opts.snapshot === undefined ? opts.exportName : `${opts.exportName}@${opts.snapshot}`);
   const view = new OpeningGateway(volumesUrl ?? label);
-  const metrics = adminConfig && new Metrics({ gateway: view });
+  // prom-client is loaded only for the admin endpoint: about 20 MiB of resident memory otherwise unused.
+  const metrics = adminConfig && new (await import('../service/metrics.ts')).Metrics({ gateway: view });
   let admin: Awaited<ReturnType<typeof listenAdmin>> | undefined;
   try {
     admin = adminConfig && await listenAdmin(adminConfig, { gateway: view, metrics, log });
