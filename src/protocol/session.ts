@@ -216,7 +216,8 @@ export class Session {
 
   private async serve(req: Request, payload: Payload | undefined, cost: number): Promise<void> {
     let reply: Buffer[];
-    const started = performance.now();
+    // Timed only for metrics: without them (no admin endpoint) a request costs nothing more.
+    const started = this.telemetry === noTelemetry ? 0 : performance.now();
     let result = 'ok';
     try {
       this.validate(req);
@@ -225,8 +226,10 @@ export class Session {
       result = ERRNO_NAMES.get(nbdErrnoOf(err)) ?? 'EIO';
       reply = this.errorReply(req, err);
     }
-    const moved = result === 'ok' && (req.type === Cmd.READ || req.type === Cmd.WRITE) ? req.length : 0;
-    this.telemetry.nbdRequest(COMMAND_NAMES.get(req.type) ?? 'unknown', result, (performance.now() - started) / 1000, moved);
+    if (started !== 0) {
+      const moved = result === 'ok' && (req.type === Cmd.READ || req.type === Cmd.WRITE) ? req.length : 0;
+      this.telemetry.nbdRequest(COMMAND_NAMES.get(req.type) ?? 'unknown', result, (performance.now() - started) / 1000, moved);
+    }
     if (payload?.recyclable) payloadPool.release(payload.data);
     // The budget is returned once the reply has left our process, so it bounds queued output too.
     this.send(reply, () => this.inFlight.release(cost));

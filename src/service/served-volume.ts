@@ -102,7 +102,8 @@ export class ServedVolume implements VolumeView {
       ...config.onJournalFailed ? { onJournalFailed: config.onJournalFailed } : {},
     });
     const { volume } = storage;
-    const counted = (exp: Export): Export => ({ ...exp, telemetry, attach: (drop) => ref.self!.attach(drop) });
+    // NBD requests are counted by the metrics alone (the status shows none of them).
+    const counted = (exp: Export): Export => ({ ...exp, ...config.telemetry ? { telemetry: config.telemetry } : {}, attach: (drop) => ref.self!.attach(drop) });
     let main: Export;
     let registry: ExportRegistry;
     if (config.snapshot === undefined) {
