@@ -103,11 +103,13 @@ export class ServedVolume implements VolumeView {
     });
     const { volume } = storage;
     // NBD requests are counted by the metrics alone (the status shows none of them).
-    const counted = (exp: Export): Export => ({ ...exp, ...config.telemetry ? { telemetry: config.telemetry } : {}, attach: (drop) => ref.self!.attach(drop) });
+    const extras = { ...config.telemetry ? { telemetry: config.telemetry } : {}, attach: (drop: () => void) => ref.self!.attach(drop) };
+    const counted = (exp: Export): Export => ({ ...exp, ...extras });
     let main: Export;
     let registry: ExportRegistry;
     if (config.snapshot === undefined) {
-      main = counted({ name: config.name, description: `s3nbd volume ${volume.id}, ${formatBytes(volume.size)}`, device: storage.device });
+      // The description is read when a client asks: it gives the size the volume has grown to.
+      main = { name: config.name, get description() { return `s3nbd volume ${volume.id}, ${formatBytes(storage.volume.size)}`; }, device: storage.device, ...extras };
       registry = new GatewayExports(main, storage, config.log, undefined, config.answersDefault);
     } else {
       const manifest = (await storage.snapshots.load(config.snapshot))!;

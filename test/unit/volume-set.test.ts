@@ -171,6 +171,7 @@ describe('a volume set on a directory', () => {
       // Grown while served: new connections see the new size.
       assert.equal((await callGateway(cfg.cacheDir, { op: 'volume.resize', name: 'a', size: 64 * MiB }) as VolumeStatus).size, 64 * MiB);
       assert.equal((await set.exports.find('a'))?.device.size, 64 * MiB);
+      assert.equal((await set.exports.list()).find((e) => e.name === 'a')?.description, `s3nbd volume ${ids.a}, 64 MiB`, 'NBD_OPT_LIST gives the new size');
       await assert.rejects(set.admin.resize('a', 32 * MiB), code('S3NBD_VOLUME_SHRINK'));
       await assert.rejects(set.admin.resize('zz', 64 * MiB), code('S3NBD_NO_VOLUME'));
 
