@@ -32,7 +32,7 @@ import { type ObjectRequest, newObjectSettings } from '../storage/format/object-
 import { cloneMarkerKey, describeClones, listClonesAll } from '../storage/snapshots/clone.ts';
 import { SNAPSHOT_PREFIX } from '../storage/snapshots/manifest.ts';
 import { Lease, leaseHolder } from '../storage/volume/lease.ts';
-import { checkVolumeName, isVolumeName, volumeStoreUrl } from '../storage/volume/volume-names.ts';
+import { checkVolumeName, childNames, isVolumeName, volumeStoreUrl } from '../storage/volume/volume-names.ts';
 import {
   VOLUME_DELETING_FORMAT, VOLUME_KEY, type Volume, type VolumeOrigin, growVolume, openVolume, readVolume,
 } from '../storage/volume/volume.ts';
@@ -67,15 +67,7 @@ export function openVolumePrefix(volumes: string, s3: S3Options = {}, log?: Logg
     root,
     description: root instanceof FileObjectStore ? `directory ${root.root}` : volumes,
     open, url,
-    async names() {
-      const names = new Set<string>();
-      if (root.listPrefixes) {
-        for await (const name of root.listPrefixes('')) names.add(name);
-      } else {
-        for await (const key of root.list('')) if (key.includes('/')) names.add(key.slice(0, key.indexOf('/')));
-      }
-      return [...names].filter(isVolumeName).sort();
-    },
+    names: async () => (await childNames(root)).filter(isVolumeName),
     close: () => root.close(),
   };
 }

@@ -56,19 +56,27 @@ export interface Discovered {
 
 /** The volumes under the store's root: one LIST of names, and one of each name's metadata key. */
 export async function discoverVolumes(store: ObjectStore): Promise<Discovered> {
+  const volumes: string[] = [];
+  const badNames: string[] = [];
+  for (const name of await childNames(store)) {
+    if (!await hasKey(store, `${name}/${VOLUME_KEY}`)) continue;
+    (isVolumeName(name) ? volumes : badNames).push(name);
+  }
+  return { volumes, badNames };
+}
+
+/**
+ * The names one level below the store's root, sorted: one delimiter LIST where the store has
+ * one (listPrefixes), every key listed otherwise.
+ */
+export async function childNames(store: ObjectStore): Promise<string[]> {
   const children = new Set<string>();
   if (store.listPrefixes) {
     for await (const name of store.listPrefixes('')) children.add(name);
   } else {
     for await (const key of store.list('')) if (key.includes('/')) children.add(key.slice(0, key.indexOf('/')));
   }
-  const volumes: string[] = [];
-  const badNames: string[] = [];
-  for (const name of [...children].sort()) {
-    if (!await hasKey(store, `${name}/${VOLUME_KEY}`)) continue;
-    (isVolumeName(name) ? volumes : badNames).push(name);
-  }
-  return { volumes, badNames };
+  return [...children].sort();
 }
 
 /** Whether the key exists, without reading it (a corrupt metadata object may be large). */
