@@ -214,7 +214,8 @@ export class VolumeSet implements GatewayView {
     this.served.delete(name);
     this.skip(name, err);
     volume.dropConnections();
-    void volume.close(0).catch(() => undefined);
+    // Nothing is uploaded (fenced off, or the journal failed): what is not in S3 stays in its journal.
+    void volume.close(0).catch((err: unknown) => this.config.log.error({ volumeName: name, err }, 'closing the retired volume failed'));
     void this.config.metrics?.removeVolume(name);
   }
 
