@@ -257,6 +257,11 @@ function externalServer(endpoint: string): S3TestServer {
 }
 
 /** An SDK client of the server's, with its credentials; destroy() it after use. */
+/** The environment a gateway or command needs to reach `server` with its credentials. */
+export function credentialsEnv(server: S3TestServer): NodeJS.ProcessEnv {
+  return { AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey, AWS_REGION: server.region };
+}
+
 export function sdkClient(server: S3TestServer): S3Client {
   return new S3Client({
     endpoint: server.endpoint,

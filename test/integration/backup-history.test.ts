@@ -41,7 +41,7 @@ import { SnapshotRegistry } from '../../src/storage/snapshots/registry.ts';
 import { openVolume } from '../../src/storage/volume/volume.ts';
 import { cli, type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
 import { attachKernelDisk, type KernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
 import { checksums, makeFirstTree, makeSecondTree, SECOND_TREE } from '../helpers/trees.ts';
 
@@ -154,7 +154,7 @@ describe('the backup journey with history, on MinIO', () => {
     for (const tool of ['nbdfuse', 'nbdcopy', 'nbdinfo', 'losetup', 'mkfs.ext4', 'e2fsck', 'rsync', 'fstrim', 'fsfreeze', 'fusermount3', 'sync'] as const) requireTool(tool);
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
     makeFirstTree(t1);
     makeSecondTree(t1, t2);
     want.set('s1', await checksums(t1));

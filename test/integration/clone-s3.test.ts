@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { requireTool, runOk } from '../helpers/tools.ts';
 import { assertUserError } from '../helpers/user-error.ts';
 
@@ -32,7 +32,7 @@ describe('a clone of a snapshot on MinIO', () => {
   });
 
   it('is written to while the origin volume, s1 and s2 stay as they were', { timeout: 300_000 }, async () => {
-    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const env = credentialsEnv(s3);
     const endpoint = ['--s3-endpoint', s3.endpoint];
     const origin = ['--store', 's3://origin/vol', ...endpoint];
     const originCache = file('origin-cache');

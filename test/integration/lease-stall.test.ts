@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI, type Gateway, startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { type S3FaultProxy, kindIs, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
 
@@ -33,7 +33,7 @@ describe('the writer lease under S3 stalls and lost answers', () => {
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
     proxy = await startFaultProxy(s3.endpoint);
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
   });
   after(async () => {
     await proxy.close();

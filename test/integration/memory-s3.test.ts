@@ -11,7 +11,7 @@ import { peakMemoryBytes } from '../../src/memory-budget.ts';
 import { HEADER_BYTES } from '../../src/storage/format/object-header.ts';
 import { s3ConnectionsFor } from '../../src/storage/stack.ts';
 import { startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { MiB, mib, sampleRss } from '../helpers/rss.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
 
@@ -76,7 +76,7 @@ describe('gateway memory with an S3 server that sends oversized bodies', () => {
     requireTool('qemu-io');
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
   });
   after(async () => {
     await s3.stop();

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { adminGet, parseMetrics, waitFor } from '../helpers/admin.ts';
 import { startGateway, tempDir, type Gateway } from '../helpers/gateway.ts';
 import { keepOutput, registerSecret } from '../helpers/log-sweep.ts';
-import { type S3TestServer, startMinio, watchdog } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio, watchdog } from '../helpers/minio.ts';
 import { freePort, REPO, requireTool, runOk } from '../helpers/tools.ts';
 
 const BUCKET = 's3nbd-monitoring';
@@ -32,7 +32,7 @@ describe('monitoring on MinIO', () => {
     for (const tool of ['fio', 'prometheus', 'promtool'] as const) requireTool(tool);
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
   });
   after(async () => {
     await s3.stop();

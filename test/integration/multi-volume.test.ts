@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { type Gateway, cli, startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, sdkClient, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, sdkClient, startMinio } from '../helpers/minio.ts';
 import { adminGet } from '../helpers/admin.ts';
 import { freePort, requireTool, run, runOk } from '../helpers/tools.ts';
 import { assertUserError } from '../helpers/user-error.ts';
@@ -54,7 +54,7 @@ describe('many volumes served by one gateway on MinIO', () => {
     for (const tool of ['fio', 'nbdinfo', 'nbdcopy'] as const) requireTool(tool);
     s3 = await startMinio();
     await s3.createBucket('backups');
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
   });
   after(async () => {
     await s3?.stop();

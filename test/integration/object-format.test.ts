@@ -20,7 +20,7 @@ import { HEADER_BYTES, MAGIC, readHeader } from '../../src/storage/format/object
 import { parseObjectSettings } from '../../src/storage/format/object-settings.ts';
 import { KeySource, unwrapDataKey } from '../../src/storage/format/volume-keys.ts';
 import { cli, type Gateway, REPO, startGateway, tempDir } from '../helpers/gateway.ts';
-import { startMinio, type S3TestServer } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { ERRNO, nbdOps } from '../helpers/nbd-ops.ts';
 import { requireTool, runOk, TOOL_ENV } from '../helpers/tools.ts';
 import { assertUserError } from '../helpers/user-error.ts';
@@ -58,7 +58,7 @@ describe('object format 2 on MinIO: encryption and integrity', () => {
     for (const tool of ['nbdcopy', 'mkfs.ext4', 'python3'] as const) requireTool(tool);
     s3 = await startMinio();
     await s3.createBucket(BUCKET);
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
     client = new S3Client({ endpoint: s3.endpoint, region: s3.region, forcePathStyle: true,
       credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
     writeFileSync(passFile, `${PASSPHRASE}\n`);

@@ -16,7 +16,7 @@ import { S3ObjectStore } from '../../src/storage/objects/s3/s3-object-store.ts';
 import { undelete } from '../../src/storage/objects/undelete.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
 import { CLI, cli, startGateway, tempDir } from '../helpers/gateway.ts';
-import { createLockedBucket, type S3TestServer, sdkClient } from '../helpers/minio.ts';
+import { createLockedBucket, credentialsEnv, type S3TestServer, sdkClient } from '../helpers/minio.ts';
 import { S3_SERVERS } from '../helpers/s3-servers.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
 
@@ -80,7 +80,7 @@ for (const kind of S3_SERVERS) describe(`Object Lock: ${kind.name}`, () => {
   it('serves a volume through NBD: writes, TRIM, lease renewals, a restart; everything deleted, `s3nbd undelete` brings it back', async () => {
     const name = `vol-${randomBytes(4).toString('hex')}`;
     const args = ['--store', `s3://${BUCKET}/${name}`, '--s3-endpoint', s3.endpoint];
-    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const env = credentialsEnv(s3);
     const socket = (n: string): string => join(dir.path, `${n}.sock`);
     if (kind.name === 'Ceph RGW') {
       // RGW 16 lets an If-None-Match: * PUT replace an object in a versioned bucket: two
@@ -147,7 +147,7 @@ for (const kind of S3_SERVERS) describe(`Object Lock: ${kind.name}`, () => {
     if (kind.name === 'Ceph RGW') return; // RGW 16 refuses such a bucket: the first test asserts the refusal
     const name = `snap-${randomBytes(4).toString('hex')}`;
     const args = ['--store', `s3://${BUCKET}/${name}`, '--s3-endpoint', s3.endpoint];
-    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const env = credentialsEnv(s3);
     const cacheDir = join(dir.path, `${name}-cache`);
     const taken = randomBytes(8 * MiB);
     const later = randomBytes(8 * MiB);

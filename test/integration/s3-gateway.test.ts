@@ -13,6 +13,7 @@ import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { parseExtentKey } from '../../src/storage/extents/extent-keys.ts';
 import { attachKernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
 import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
+import { credentialsEnv } from '../helpers/minio.ts';
 import type { S3TestServer } from '../helpers/minio.ts';
 import { S3_SERVERS } from '../helpers/s3-servers.ts';
 import { requireTool, run, runOk } from '../helpers/tools.ts';
@@ -32,7 +33,7 @@ for (const kind of S3_SERVERS) describe(`s3nbd on a real S3 server: ${kind.name}
     for (const tool of ['nbdcopy', 'fio', 'nbdfuse', 'mkfs.ext4', 'e2fsck'] as const) requireTool(tool);
     s3 = await kind.start();
     await s3.createBucket(BUCKET);
-    env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    env = credentialsEnv(s3);
   });
   after(async () => {
     await s3.stop();

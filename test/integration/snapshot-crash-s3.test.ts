@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { S3ObjectStore } from '../../src/storage/objects/s3/s3-object-store.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { crashScenario } from '../helpers/snapshot-crash.ts';
 
 describe('kill -9 during snapshot create, delete and gc (MinIO)', () => {
@@ -30,7 +30,7 @@ describe('kill -9 during snapshot create, delete and gc (MinIO)', () => {
       await crashScenario({
         objects,
         args: ['--store', `s3://${bucket}/vol`, '--s3-endpoint', s3.endpoint],
-        env: { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region },
+        env: credentialsEnv(s3),
         prune: true,
       });
     } finally {

@@ -15,7 +15,7 @@ import { S3ObjectStore } from '../../src/storage/objects/s3/s3-object-store.ts';
 import { Lease } from '../../src/storage/volume/lease.ts';
 import { openVolume } from '../../src/storage/volume/volume.ts';
 import { cli } from '../helpers/gateway.ts';
-import { type S3TestServer, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, startMinio } from '../helpers/minio.ts';
 import { type RequestKind, type S3FaultProxy, startFaultProxy } from '../helpers/s3-fault-proxy.ts';
 
 const E = 4096;
@@ -45,7 +45,7 @@ describe('snapshot request counts (MinIO, at the proxy)', () => {
     await s3?.stop();
   });
 
-  const env = (): NodeJS.ProcessEnv => ({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region });
+  const env = (): NodeJS.ProcessEnv => (credentialsEnv(s3));
 
   /** Runs the CLI through the proxy; returns what it sent, by kind. */
   async function counted(...args: string[]): Promise<Record<string, number>> {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { cli, startGateway, tempDir } from '../helpers/gateway.ts';
-import { type S3TestServer, sdkClient, startMinio } from '../helpers/minio.ts';
+import { credentialsEnv, type S3TestServer, sdkClient, startMinio } from '../helpers/minio.ts';
 import { nbdOps } from '../helpers/nbd-ops.ts';
 import { requireTool, runOk } from '../helpers/tools.ts';
 import { assertUserError } from '../helpers/user-error.ts';
@@ -41,7 +41,7 @@ describe('s3nbd volume on MinIO', () => {
   };
 
   it('lists, creates, resizes and deletes the volumes under a prefix', { timeout: 300_000 }, async () => {
-    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const env = credentialsEnv(s3);
     const noGateway = ['--volumes', 's3://vols/backups', '--s3-endpoint', s3.endpoint, '--cache-dir', join(dir.path, 'none')];
     const volume = async (...args: string[]) => cli(['volume', ...args, ...noGateway], env);
 
