@@ -258,7 +258,13 @@ export class VolumeSet implements GatewayView {
       this.served.delete(name);
       volume.dropConnections();
       await volume.close(0);
-      await deleteVolume(this.prefix, name, { withSnapshots, log: this.config.log, s3: this.config.s3 });
+      try {
+        await deleteVolume(this.prefix, name, { withSnapshots, log: this.config.log, s3: this.config.s3 });
+      } catch (err) {
+        // Served no more and not deleted: shown as skipped (its error says how to finish), not forgotten.
+        this.skip(name, err);
+        throw err;
+      }
       await rm(this.cacheDirOf(name), { recursive: true, force: true });
       await this.config.metrics?.removeVolume(name);
     } finally {
