@@ -151,6 +151,8 @@ export class Session {
   private readonly inFlight: InFlight;
   private shuttingDown = false;
   private lastRequestAt = 0;
+  /** Set while replies queued this turn wait for one writev (see send()). */
+  private corked = false;
   private readonly socket: Socket;
   private readonly reader: SocketReader;
   private readonly negotiated: Negotiated;
@@ -365,20 +367,31 @@ export class Session {
   }
 
   /**
-   * Writes one reply as a single writev, so replies of concurrent requests never interleave,
-   * and calls `sent` once it has left our process (or the socket is gone).
+   * Queues one reply; its buffers stay together, so replies of concurrent requests never
+   * interleave. Every reply queued in one turn of the event loop leaves in a single writev:
+   * the socket is corked at the first and uncorked once the turn's microtasks have run (a
+   * writev per reply cost a third of the CPU of 4 KiB random writes). `sent` is called once
+   * the reply has left our process (or the socket is gone).
    */
   private send(buffers: Buffer[], sent: () => void): void {
     if (this.socket.destroyed) {
       sent();
       return;
     }
-    this.socket.cork();
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
     const last = buffers.length - 1;
     for (let i = 0; i < last; i++) this.socket.write(buffers[i]!);
     this.socket.write(buffers[last]!, () => sent());
-    this.socket.uncork();
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 }
 
 function pushData(out: Buffer[], piece: ReadPiece): void {

@@ -3,6 +3,7 @@
 // by the spec and stay up for the next connection.
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { Cmd, NbdErrno, Opt, Rep, STRUCTURED_REPLY_MAGIC } from '../../src/protocol/constants.ts';
@@ -126,6 +127,38 @@ describe('NBD server protocol edge cases', () => {
     const payload = await c.reader.read(h.readUInt32BE(16));
     assert.equal(payload.readUInt32BE(0), NbdErrno.EINVAL);
     c.socket.destroy();
+  });
+
+  it('sends the replies of requests that finish in the same turn in one write, in any order', async () => {
+    const c = await RawClient.connect(port);
+    await c.go();
+    // Every socket write of the process from here on: only the server writes until the replies are in.
+    const proto = net.Socket.prototype as unknown as Record<'_write' | '_writev', (...args: unknown[]) => unknown>;
+    const original = { _write: proto._write, _writev: proto._writev };
+    let writes = 0;
+    c.socket.cork();
+    for (let i = 0; i < 32; i++) c.request(Cmd.FLUSH, 0, 0, 0, 100 + i);
+    c.socket.uncork();
+    for (const name of ['_write', '_writev'] as const) {
+      proto[name] = function (this: unknown, ...args: unknown[]) {
+        writes++;
+        return original[name].apply(this, args);
+      };
+    }
+    try {
+      const handles = new Set<number>();
+      for (let i = 0; i < 32; i++) {
+        const r = await c.simpleReply();
+        assert.equal(r.errno, 0);
+        handles.add(r.handle);
+      }
+      assert.equal(handles.size, 32, 'every request answered once');
+      // One request arriving per read from the socket would take 32; a reply per write as well.
+      assert.ok(writes <= 4, `${writes} socket writes for 32 replies`);
+    } finally {
+      Object.assign(proto, original);
+      c.socket.destroy();
+    }
   });
 
   it('bounds the bytes a connection holds in flight', async () => {
