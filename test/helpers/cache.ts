@@ -22,8 +22,8 @@ export async function readScattered(dev: ExtentDevice, size: number): Promise<Bu
   return out;
 }
 
-export async function open(objects: ObjectStore, size: number, cacheDir: string, overrides: Partial<WriteBackOptions> = {}) {
-  const lower = await ObjectExtents.open(objects, { extentSize: E, extentCount: Math.ceil(size / E) });
+export async function open(objects: ObjectStore, size: number, cacheDir: string, overrides: Partial<WriteBackOptions> = {}, extentSize = E) {
+  const lower = await ObjectExtents.open(objects, { extentSize, extentCount: Math.ceil(size / extentSize) });
   const cache = await WriteBackCache.open(lower, {
     cacheDir, cacheBytes: 16 * E, memoryCacheBytes: 4 * E, maxDirtyBytes: 8 * E, uploadConcurrency: 4,
     flushMode: 's3', uploadDelayMs: 5, log, ...overrides,

@@ -1,6 +1,7 @@
 // Clean extents the cache keeps without an entry: the memory cache (least recently used
 // first; what it evicts goes to a disk slot as a CLEAN entry), the stream window (extents read
-// ahead for sequential reads, which bypass both caches: see fetch()), and the fetches in
+// ahead for sequential reads once the memory cache is full, which then bypass both caches:
+// see fetch()), and the fetches in
 // flight, one GET shared by every reader of an extent.
 //
 // Neither the memory cache nor the stream window ever holds stale bytes: every change to an
@@ -126,12 +127,12 @@ export class CleanExtents {
    * Resolves undefined if the extent changed meanwhile.
    *
    * With `keep`, the extent is remembered in the memory cache (and, once evicted, on disk).
-   * Without (a sequential read), it only waits in the stream window until it is read: a
-   * sequential read of a large region (a restore, a copy) would otherwise push every hot
-   * extent out of both caches and write the whole region to the local disk for nothing. On a
-   * fresh gateway, it would also put every byte read into memory never touched before, which
-   * costs more than the copy itself (docs/benchmarks.md). A reader that wants to keep an
-   * extent whose fetch is in flight (or waiting in the window) moves it to the memory cache.
+   * Without (a sequential read), it goes to the memory cache only while that has free room
+   * (hasRoom), else it only waits in the stream window until it is read: a sequential read of
+   * a large region (a restore, a copy) would otherwise push every hot extent out of both
+   * caches and write the whole region to the local disk for nothing. A reader that wants to
+   * keep an extent whose fetch is in flight (or waiting in the window) moves it to the memory
+   * cache.
    */
   fetch(index: number, keep: boolean): Promise<Buffer | undefined> {
     const existing = this.fetches.get(index);
@@ -152,7 +153,7 @@ export class CleanExtents {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
         if (fetch.stale || this.table.has(index)) return undefined;
         const extent = data ?? Buffer.alloc(this.ctx.extentSize);
-        if (fetch.keep) this.remember(index, extent);
+        if (fetch.keep || this.hasRoom()) this.remember(index, extent);
         else this.streamed.set(index, extent);
         return extent;
       }, (err: unknown) => {
@@ -167,6 +168,16 @@ export class CleanExtents {
   /** Disk-cache fills in flight finish (or fail) before the slot file is closed. */
   async close(): Promise<void> {
     await Promise.all(this.fills);
+  }
+
+  /**
+   * Whether the memory cache has room for one more extent without evicting any: a sequential
+   * read keeps what it fetched while it does, so the same data read again (a second pass, a
+   * verify after a backup) comes from memory, and a stream that outgrows the room never pushes
+   * out what was there before it.
+   */
+  private hasRoom(): boolean {
+    return this.memory.calculatedSize + this.ctx.extentSize <= this.memory.maxSize;
   }
 
   /** Keeps a clean extent fetched from the store in the memory cache, and so on disk later. */
