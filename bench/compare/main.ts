@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import { startMinio } from '../../test/helpers/minio.ts';
 import { REPO, runOk } from '../../test/helpers/tools.ts';
 import { type Contender, peer, type Running, type S3Target, s3nbd, startNbdkitMemory } from './contenders.ts';
-import { runLocal } from './local.ts';
+import { LOCAL_DEVICE, runLocal } from './local.ts';
 import { type Usage, watchUsage } from './usage.ts';
 import { LIMITS, LOCAL_WORKLOADS, PEER_LEAD, RSS_HEADROOM_MIB, TARGETS, type Workload, WORKLOADS } from './workload-table.ts';
 import { copyTreeOntoExt4, flushDevice, makeFileSystem, makeTree, MiB, random4k, type Rate, readWholeDevice, sequentialRead, sequentialWrite } from './workloads.ts';
@@ -196,18 +196,28 @@ async function main(): Promise<void> {
       }
       // After every run, so that a later failure keeps what was measured.
       const file = join(REPO, 'bench/results/compare-latest.json');
-      writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), settings: {
-        repeat: rep, dataMiB: DATA / MiB, randomSeconds: RANDOM_SECONDS, tree: { small: TREE_SMALL, large: TREE_LARGE, mib: Math.round(treeBytes / MiB) },
-        memoryCacheMiB: MEMORY_CACHE / MiB, maxDirtyMiB: MAX_DIRTY / MiB, hotRegionMiB: HOT_REGION / MiB, rssHeadroomMiB: RSS_HEADROOM_MIB,
-        local: LOCAL ? { regionMiB: LOCAL_REGION / MiB, deviceMiB: 4096, seconds: LOCAL_SECONDS, ramp: LOCAL_RAMP } : null,
-      }, revision: REVISION, node: process.versions.node, units: WORKLOADS, limits: LIMITS,
-      localUnits: Object.fromEntries(Object.entries(LOCAL_WORKLOADS).map(([w, l]) => [w, l.unit])), targets: TARGETS, peerLead: PEER_LEAD, contenders: contenders.map((c) => ({ name: c.name, settings: c.settings })), results, failures }, null, 2)}\n`);
+      writeFileSync(file, `${JSON.stringify(resultsFile(rep, treeBytes, contenders), null, 2)}\n`);
       console.error(`[bench] wrote ${file} (${rep} of ${REPEAT} runs)`);
     }
   } finally {
     await minio.stop();
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+/** What bench/results/compare-latest.json holds: the results so far, the settings, and the tables report.ts reads. */
+function resultsFile(rep: number, treeBytes: number, contenders: readonly Contender[]): object {
+  const settings = {
+    repeat: rep, dataMiB: DATA / MiB, randomSeconds: RANDOM_SECONDS, tree: { small: TREE_SMALL, large: TREE_LARGE, mib: Math.round(treeBytes / MiB) },
+    memoryCacheMiB: MEMORY_CACHE / MiB, maxDirtyMiB: MAX_DIRTY / MiB, hotRegionMiB: HOT_REGION / MiB, rssHeadroomMiB: RSS_HEADROOM_MIB,
+    local: LOCAL ? { regionMiB: LOCAL_REGION / MiB, deviceMiB: LOCAL_DEVICE / MiB, seconds: LOCAL_SECONDS, ramp: LOCAL_RAMP } : null,
+  };
+  return {
+    date: new Date().toISOString(), settings, revision: REVISION, node: process.versions.node,
+    units: WORKLOADS, limits: LIMITS, localUnits: Object.fromEntries(Object.entries(LOCAL_WORKLOADS).map(([w, l]) => [w, l.unit])),
+    targets: TARGETS, peerLead: PEER_LEAD,
+    contenders: contenders.map((c) => ({ name: c.name, settings: c.settings })), results, failures,
+  };
 }
 
 async function runContender(c: Contender, s3: S3Target, rep: number, dir: string, tree: string, treeBytes: number, measure: (fn: () => Promise<Sample>) => Promise<Sample>): Promise<void> {
