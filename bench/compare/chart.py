@@ -21,7 +21,12 @@ def main(source: str, output: str) -> None:
     names = [c["name"] for c in run["contenders"]]
     units, limits = run["units"], run["limits"]
     colors = {name: plt.cm.tab10(i) for i, name in enumerate(names)}
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    # The S3 workloads only (run["localUnits"], the local NBD path, is a table of its own).
+    cols = 4 if len(units) <= 8 else 5
+    rows = -(-len(units) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.75 * rows))
+    for ax in axes.flat[len(units):]:
+        ax.set_visible(False)
     for ax, (workload, unit) in zip(axes.flat, units.items()):
         samples = run["results"].get(workload, {})
         shown = [n for n in names if samples.get(n)]

@@ -4,7 +4,7 @@
 // as an NBD export on a Unix socket or as a kernel block device (FUSE file + loop device).
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, run, TOOL_ENV } from '../../test/helpers/tools.ts';
 
@@ -29,6 +29,8 @@ export type Device = { readonly nbd: string } | { readonly block: string };
 
 export interface Running {
   readonly device: Device;
+  /** The server's process, where it is one process of ours (s3nbd): its CPU and memory are measured. */
+  readonly pid?: number;
   /** Stops cleanly: whatever the contender holds back is written to S3 first. */
   stop(): Promise<void>;
 }
@@ -52,19 +54,49 @@ export function s3nbd(name: string, extraArgs: readonly string[]): Contender {
     flushIsDurable: true,
     async start(s3, volume) {
       mkdirSync(volume.workDir, { recursive: true });
-      const socket = join(volume.workDir, 'nbd.sock');
-      const child = spawn(NODE, [join(REPO, 'dist/cli/main.js'), 'serve',
-        '--store', `s3://${s3.bucket}/${volume.prefix}`, '--s3-endpoint', s3.endpoint, '--size', String(volume.size),
-        '--socket', socket, '--cache-dir', join(volume.workDir, 'cache'), '--log-level', 'warn', ...extraArgs], {
-        env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: 'us-east-1' },
-        stdio: ['ignore', 'ignore', 'inherit'],
-      });
-      await waitForNbd(socket, child);
-      return {
-        device: { nbd: `nbd+unix:///?socket=${socket}` },
-        stop: () => stopChild(child, 900_000),
-      };
+      return startS3nbd(['--store', `s3://${s3.bucket}/${volume.prefix}`, '--s3-endpoint', s3.endpoint, '--size', String(volume.size),
+        '--cache-dir', join(volume.workDir, 'cache'), ...extraArgs], volume.workDir,
+      { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: 'us-east-1' });
     },
+  };
+}
+
+/** `s3nbd serve ARGS` on a Unix socket in `dir`, once it answers. */
+export async function startS3nbd(args: readonly string[], dir: string, env: NodeJS.ProcessEnv = {}): Promise<Running> {
+  const socket = join(dir, 'nbd.sock');
+  const child = spawn(NODE, [join(REPO, 'dist/cli/main.js'), 'serve', ...args, '--socket', socket, '--log-level', 'warn'], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  await waitForNbd(socket, child);
+  return {
+    device: { nbd: `nbd+unix:///?socket=${socket}` },
+    ...(child.pid === undefined ? {} : { pid: child.pid }),
+    stop: () => stopChild(child, 900_000),
+  };
+}
+
+/** `nbdkit memory SIZE` (a limit, not a contender) on `socket`, once it answers. */
+export async function startNbdkitMemory(socket: string, size: number): Promise<Running> {
+  // nbdkit refuses to bind over a socket left behind.
+  rmSync(socket, { force: true });
+  const nbdkit = spawn('nbdkit', ['-f', '-U', socket, 'memory', String(size)], { stdio: 'ignore' });
+  const uri = `nbd+unix:///?socket=${socket}`;
+  for (let i = 0; (await run('nbdinfo', ['--size', uri])).code !== 0; i++) {
+    if (i === 100 || nbdkit.exitCode !== null) {
+      nbdkit.kill('SIGKILL');
+      throw new Error(`nbdkit memory did not start on ${socket}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    device: { nbd: uri },
+    // Waits for it to exit, so that its memory is free for what runs next.
+    stop: () => new Promise<void>((resolve) => {
+      if (nbdkit.exitCode !== null || nbdkit.signalCode !== null) return resolve();
+      nbdkit.once('exit', () => resolve());
+      nbdkit.kill('SIGTERM');
+    }),
   };
 }
 

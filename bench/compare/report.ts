@@ -1,30 +1,44 @@
 // Turns bench/results/compare-latest.json (written by main.ts) into docs/benchmarks.md: the
-// medians side by side, the ratios of s3nbd to the best peer and to the limits, the S3
-// requests per phase, the machine and the versions. The chart (docs/benchmarks.png) is drawn
-// by chart.py from the same file.
+// targets of issue 19 met or missed, the medians side by side with s3nbd's CPU seconds per
+// GiB and peak RSS, the ratios of s3nbd to the best peer and to the limits, the local NBD
+// path, the S3 requests per phase, the machine and the versions. Two more sections come from
+// files written elsewhere, when present: the kernel-client figures
+// (bench/results/kernel-client-latest.json, from bench/kernel-client.ts) and the hand-written
+// bench/results/compare-analysis.md (what limits the missed targets), included verbatim.
+// The chart (docs/benchmarks.png) is drawn by chart.py from the same results file.
 //
 //   node bench/compare/report.ts [RESULTS.json]
 
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { REPO } from '../../test/helpers/tools.ts';
 
-interface Sample { value: number; requests?: Record<string, number> }
+interface Sample { value: number; requests?: Record<string, number>; bytes?: number; cpuSeconds?: number; peakRssMiB?: number }
 interface Run {
   date: string;
   /** The s3nbd commit measured, and the Node.js that ran it. */
   revision: string;
   node: string;
-  settings: { repeat: number; dataMiB: number; randomSeconds: number; tree: { small: number; large: number; mib: number } };
+  settings: {
+    repeat: number; dataMiB: number; randomSeconds: number; tree: { small: number; large: number; mib: number };
+    // Since issue 19 (older results files have none of these).
+    memoryCacheMiB?: number; maxDirtyMiB?: number; hotRegionMiB?: number; rssHeadroomMiB?: number;
+    local?: { regionMiB: number; deviceMiB: number; seconds: number; ramp: number } | null;
+  };
   contenders: { name: string; settings: string }[];
   /** Workload → unit, and workload → the limit it is compared with (workload-table.ts). */
   units: Record<string, string>;
   limits: Record<string, string>;
+  localUnits?: Record<string, string>;
+  targets?: { workload: string; limit: string; ratio?: number }[];
+  peerLead?: Record<string, number>;
   results: Record<string, Record<string, Sample[]>>;
   failures: string[];
 }
+
+const GiB = 2 ** 30;
 
 
 export function median(values: readonly number[]): number {
@@ -46,33 +60,114 @@ const version = (command: string): string => {
 
 function report(run: Run): string {
   const { units: UNITS, limits: LIMITS } = run;
-  const higherIsBetter = (workload: string): boolean => UNITS[workload] !== 's';
+  const localUnits = run.localUnits ?? {};
+  const allUnits: Record<string, string> = { ...UNITS, ...localUnits };
+  const higherIsBetter = (workload: string): boolean => allUnits[workload] !== 's';
   const peers = run.contenders.map((c) => c.name).filter((n) => n !== 's3nbd');
   const columns = ['s3nbd', ...peers, 'limit'];
-  const med = (workload: string, name: string): number | undefined => {
-    const samples = run.results[workload]?.[name];
-    return samples?.length ? median(samples.map((s) => s.value)) : undefined;
+  const samplesOf = (workload: string, name: string): Sample[] => run.results[workload]?.[name] ?? [];
+  const medianOf = (samples: readonly Sample[], pick: (s: Sample) => number | undefined): number | undefined => {
+    const values = samples.map(pick).filter((v): v is number => v !== undefined);
+    return values.length ? median(values) : undefined;
   };
+  const med = (workload: string, name: string): number | undefined => medianOf(samplesOf(workload, name), (x) => x.value);
+  /** Median CPU seconds per GiB moved, or CPU seconds where the phase moves no data (mkfs). */
+  const cpu = (workload: string, name: string): string => {
+    const samples = samplesOf(workload, name).filter((x) => x.cpuSeconds !== undefined);
+    if (!samples.length) return '—';
+    if (samples.every((x) => !x.bytes)) return `${fmt(medianOf(samples, (x) => x.cpuSeconds)!)} s`;
+    return fmt(medianOf(samples, (x) => (x.bytes ? x.cpuSeconds! / (x.bytes / GiB) : undefined))!);
+  };
+  /** The highest peak RSS of the runs (the target is on every one), MiB. */
+  const peakRss = (workload: string, name: string): number | undefined => {
+    const values = samplesOf(workload, name).map((x) => x.peakRssMiB).filter((v): v is number => v !== undefined);
+    return values.length ? Math.max(...values) : undefined;
+  };
+  const memoryCache = run.settings.memoryCacheMiB;
+  const headroom = run.settings.rssHeadroomMiB ?? 150;
+  const localRegion = run.settings.local?.regionMiB ?? 0;
+  /** Peak RSS allowed: --memory-cache + 150 MiB, plus, on the local path, the memory: store's data. */
+  const rssLimit = (workload: string): number | undefined =>
+    memoryCache === undefined ? undefined : memoryCache + headroom + (workload in localUnits ? localRegion : 0);
+  const rssCell = (workload: string): string => {
+    const peak = peakRss(workload, 's3nbd');
+    const limit = rssLimit(workload);
+    if (peak === undefined) return '—';
+    return limit === undefined ? peak.toFixed(0) : `${peak.toFixed(0)} ${peak <= limit ? '✓' : `✗ (> ${limit.toFixed(0)})`}`;
+  };
+  const metMissed = (ok: boolean | undefined): string => (ok === undefined ? '—' : ok ? '**met**' : '**missed**');
+
+  // Targets of issue 19.
+  const targets: string[] = [
+    '| target | s3nbd | limit | s3nbd / limit | target | | s3nbd CPU-s/GiB | limit CPU-s/GiB | s3nbd peak RSS MiB |',
+    '|---|---:|---:|---:|---:|---|---:|---:|---:|',
+  ];
+  for (const t of run.targets ?? []) {
+    const ours = med(t.workload, 's3nbd');
+    const limit = med(t.workload, t.limit);
+    const ratio = ours !== undefined && limit !== undefined ? ours / limit : undefined;
+    const unit = allUnits[t.workload] ?? '';
+    targets.push(`| ${t.workload} (${unit}) | ${ours === undefined ? '—' : fmt(ours)} | ${limit === undefined ? '—' : `${fmt(limit)} (${t.limit})`} | ${ratio === undefined ? '—' : ratio.toFixed(2)} | ${t.ratio === undefined ? 'measured, explained' : `≥ ${t.ratio}`} | ${t.ratio === undefined ? '—' : metMissed(ratio === undefined ? undefined : ratio >= t.ratio)} | ${cpu(t.workload, 's3nbd')} | ${cpu(t.workload, t.limit)} | ${rssCell(t.workload)} |`);
+  }
+  const everyWorkload = Object.keys(allUnits).filter((w) => peakRss(w, 's3nbd') !== undefined);
+  const overRss = everyWorkload.filter((w) => peakRss(w, 's3nbd')! > rssLimit(w)!);
+  if (memoryCache !== undefined) {
+    // The workload closest to (or furthest over) its allowance.
+    const tightest = [...everyWorkload].sort((a, b) => (peakRss(b, 's3nbd')! - rssLimit(b)!) - (peakRss(a, 's3nbd')! - rssLimit(a)!))[0];
+    const closest = tightest === undefined ? '—' : `${peakRss(tightest, 's3nbd')!.toFixed(0)} of ${rssLimit(tightest)!.toFixed(0)} MiB (${tightest})`;
+    targets.push(`| peak RSS ≤ --memory-cache (${memoryCache} MiB) + ${headroom} MiB, every workload | ${closest} | | | | ${everyWorkload.length ? metMissed(overRss.length === 0) : '—'}${overRss.length ? ` (over in: ${overRss.join(', ')})` : ''} | | | |`);
+  }
+  const lead = run.peerLead ?? {};
+  const leadOk: boolean[] = [];
+  const peerRatio = (workload: string): number | undefined => {
+    const better = higherIsBetter(workload);
+    const ours = med(workload, 's3nbd');
+    const peerValues = peers.map((p) => med(workload, p)).filter((v): v is number => v !== undefined);
+    if (ours === undefined || !peerValues.length) return undefined;
+    const best = better ? Math.max(...peerValues) : Math.min(...peerValues);
+    return better ? ours / best : best / ours;
+  };
+  for (const workload of Object.keys(UNITS)) {
+    const r = peerRatio(workload);
+    if (r !== undefined) leadOk.push(r >= (lead[workload] ?? 1));
+  }
+  if (peers.length) {
+    targets.push(`| s3nbd ahead of every peer on every workload, ≥ 1.5× on ${Object.keys(lead).join(', ')} | see the next table | | | | ${leadOk.length ? metMissed(leadOk.every(Boolean)) : '—'}${leadOk.length ? ` (${leadOk.filter(Boolean).length} of ${leadOk.length})` : ''} | | | |`);
+  }
+
   const lines: string[] = [];
-  lines.push(`| workload | unit | ${columns.join(' | ')} | s3nbd vs best peer | s3nbd / limit |`);
-  lines.push(`|---|---|${columns.map(() => '---:').join('|')}|---:|---:|`);
+  lines.push(`| workload | unit | ${columns.join(' | ')} | s3nbd CPU-s/GiB | s3nbd peak RSS MiB | s3nbd vs best peer | lead target | s3nbd / limit |`);
+  lines.push(`|---|---|${columns.map(() => '---:').join('|')}|---:|---:|---:|---|---:|`);
   for (const workload of Object.keys(UNITS)) {
     const better = higherIsBetter(workload);
     const limitName = LIMITS[workload];
     const ours = med(workload, 's3nbd');
-    const peerValues = peers.map((p) => med(workload, p)).filter((v): v is number => v !== undefined);
-    const best = peerValues.length ? (better ? Math.max(...peerValues) : Math.min(...peerValues)) : undefined;
     const limit = limitName ? med(workload, limitName) : undefined;
     const cells = [ours, ...peers.map((p) => med(workload, p))].map((v) => (v === undefined ? '—' : fmt(v)));
-    const vsBest = ours !== undefined && best !== undefined ? `${(better ? ours / best : best / ours).toFixed(2)}×` : '—';
-    const vsLimit = ours !== undefined && limit !== undefined ? (ours / limit).toFixed(2) : '—';
-    lines.push(`| ${workload} | ${UNITS[workload]}${better ? ' ↑' : ' ↓'} | ${cells.join(' | ')} | ${limit === undefined ? '—' : `${fmt(limit)} (${limitName})`} | ${vsBest} | ${vsLimit} |`);
+    const r = peerRatio(workload);
+    const vsBest = r === undefined ? '—' : `${r.toFixed(2)}×`;
+    const need = lead[workload] ?? 1;
+    const leadCell = r === undefined ? (need > 1 ? `≥ ${need}×` : '> 1×') : `${need > 1 ? `**≥ ${need}×**` : '> 1×'} ${r >= need ? 'met' : 'missed'}`;
+    const vsLimit = ours !== undefined && limit !== undefined ? (better ? ours / limit : limit / ours).toFixed(2) : '—';
+    lines.push(`| ${workload} | ${UNITS[workload]}${better ? ' ↑' : ' ↓'} | ${cells.join(' | ')} | ${limit === undefined ? '—' : `${fmt(limit)} (${limitName})`} | ${cpu(workload, 's3nbd')} | ${rssCell(workload)} | ${vsBest} | ${leadCell} | ${vsLimit} |`);
+  }
+
+  const local: string[] = [];
+  if (Object.keys(localUnits).some((w) => run.results[w])) {
+    local.push('| workload | unit | s3nbd (memory:) | nbdkit memory | s3nbd / nbdkit | target | s3nbd CPU-s/GiB | s3nbd peak RSS MiB |');
+    local.push('|---|---|---:|---:|---:|---|---:|---:|');
+    for (const [workload, unit] of Object.entries(localUnits)) {
+      const ours = med(workload, 's3nbd');
+      const theirs = med(workload, 'nbdkit memory');
+      const ratio = ours !== undefined && theirs !== undefined ? ours / theirs : undefined;
+      local.push(`| ${workload.replace(/^local /, '')} | ${unit} ↑ | ${ours === undefined ? '—' : fmt(ours)} | ${theirs === undefined ? '—' : fmt(theirs)} | ${ratio === undefined ? '—' : ratio.toFixed(2)} | ≥ 0.9 ${ratio === undefined ? '' : ratio >= 0.9 ? 'met' : 'missed'} | ${cpu(workload, 's3nbd')} | ${rssCell(workload)} |`);
+    }
   }
 
   const requests: string[] = ['| workload | ' + run.contenders.map((c) => c.name).join(' | ') + ' | raw S3 |', `|---|${run.contenders.map(() => '---').join('|')}|---|`];
   for (const workload of Object.keys(UNITS)) {
     const cells = [...run.contenders.map((c) => c.name), 'raw S3'].map((name) => {
-      const counted = run.results[workload]?.[name]?.find((s) => s.requests)?.requests;
+      const counted = run.results[workload]?.[name]?.find((x) => x.requests)?.requests;
       if (!counted) return '—';
       return Object.entries(counted).sort((a, b) => b[1] - a[1]).map(([api, n]) => `${api} ${n}`).join(', ') || 'none';
     });
@@ -93,20 +188,64 @@ without the AWS SDK or node:http; to 127.0.0.1 a PUT carries a CRC-32 instead of
 payload, for the raw client and the gateway alike), so the ratio is what the gateway adds to
 the requests themselves. Peers send theirs through their own clients (boto3, libcurl, Rust).
 
+${run.failures.length ? `**Failures in this run:**\n\n${run.failures.map((f) => `- ${f}`).join('\n')}\n` : ''}
+## Targets (issue 19)
+
+Each target is a ratio of medians from this one run. CPU-s/GiB: user + system CPU seconds
+of the gateway's process (or of the raw S3 client) during the phase, per GiB it moved. Peak
+RSS: the gateway's VmHWM in the phase (reset before it), the highest of the runs; ✓ where it
+is at most \`--memory-cache\` (${s.memoryCacheMiB ?? '?'} MiB) + ${headroom} MiB, plus, on the local path, the
+${localRegion} MiB the \`memory:\` store itself holds.
+
+${targets.join('\n')}
+
+## s3nbd and its peers on S3
+
 ![chart](benchmarks.png)
 
 ${lines.join('\n')}
 
-${run.failures.length ? `**Failures in this run:**\n\n${run.failures.map((f) => `- ${f}`).join('\n')}\n` : ''}
+"lead target": s3nbd is to be ahead of every peer everywhere, and by at least 1.5× (bold)
+where that is the design's strength. s3nbd's CPU and RSS for mkfs are its CPU seconds (no
+data moves), for ext4 copy+sync and restore per GiB of the tree.
+
+## The local NBD path
+
+${local.length ? `s3nbd with \`--store memory:\` (no S3, no disk; the same \`--memory-cache\`) against \`nbdkit memory\`,
+the workloads of \`bench/protocol.sh\`: ${s.local?.deviceMiB ?? 4096} MiB devices, a ${localRegion} MiB region written once
+(untimed) before the runs, fio's nbd engine, numjobs 1, queue depth 16, ${s.local?.seconds ?? '?'} s runs after
+${s.local?.ramp ?? '?'} s of ramp, the two servers alternating. CPU-s/GiB counts the ramp's bytes too.
+
+${local.join('\n')}` : '_Not measured in this run (BENCH_LOCAL=0, or s3nbd not among the contenders)._'}
+
+## The kernel client
+
+<!-- From bench/results/kernel-client-latest.json (bench/kernel-client.ts), when present. -->
+${kernelClient()}
+
+## What limits the missed targets
+
+<!-- Hand-written: bench/results/compare-analysis.md, included verbatim when present. -->
+${analysis()}
+
 ## Workloads
 
 - **write+flush**: ${s.dataMiB} MiB of sequential 1 MiB writes (fio, queue depth 16) and
   its fsync/FLUSH, timed until the data is in S3: for s3backer, whose fsync returns before
   its uploads (bench/peers/README.md), until its clean stop (unmount) returns.
 - **cold read**: the contender restarted with empty local caches; ${s.dataMiB} MiB read
-  sequentially, 1 MiB requests, queue depth 16. **warm read**: the same again.
+  sequentially, 1 MiB requests, queue depth 16. **warm read**: the same again (s3nbd's
+  \`--memory-cache\` of ${s.memoryCacheMiB ?? '?'} MiB holds it).
+- **4K rand write hot**: fio, 4 KiB random writes, queue depth 16, ${s.randomSeconds} s over the
+  first ${s.hotRegionMiB ?? '?'} MiB of that data (a quarter of s3nbd's \`--max-dirty\` of ${s.maxDirtyMiB ?? '?'} MiB, or the
+  data if smaller). s3nbd's flusher uploads every dirty extent at once when the dirty extents
+  pass half of \`--max-dirty\`; random writes dirty every 1 MiB extent of their region, so
+  the dirty set is the region, and stays under that threshold. (Its journal has a bound of
+  its own, \`--max-dirty\` plus two segments of records, that a long enough fast run reaches
+  too.) Then one untimed 4 KiB write and FLUSH, so that the next run does not upload this
+  one's data.
 - **4K rand write / read**: fio, 4 KiB, queue depth 16, ${s.randomSeconds} s over the first
-  ${s.dataMiB} MiB (already written).
+  ${s.dataMiB} MiB (already written; for the write, a region as large as \`--max-dirty\` by default).
 - **ext4 copy+sync**: a fresh volume, mkfs.ext4 (not timed), mount, then timed: \`cp -a\` of
   a tree of ${s.tree.small} files of 1–16 KiB in 40 directories and ${s.tree.large} files of
   32 MiB (${s.tree.mib} MiB), \`sync\` and umount (for s3backer, also its clean stop, so
@@ -158,6 +297,42 @@ BENCH_ONLY=s3nbd,s3backer bash bench/compare.sh         # some contenders (the l
 
 The raw samples are in \`bench/results/compare-latest.json\`.
 `;
+}
+
+/** The kernel-client table, from whatever shape of kernel-client-latest.json it finds: medians of each contender. */
+function kernelClient(): string {
+  const file = join(REPO, 'bench/results/kernel-client-latest.json');
+  if (!existsSync(file)) return '_Not measured yet: no bench/results/kernel-client-latest.json._';
+  try {
+    const data = JSON.parse(readFileSync(file, 'utf8')) as { date?: string; contenders?: unknown; units?: Record<string, string>; results?: Record<string, Record<string, unknown>> };
+    const results = data.results ?? {};
+    const names = Array.isArray(data.contenders)
+      ? data.contenders.map((c) => (typeof c === 'string' ? c : String((c as { name?: unknown }).name)))
+      : [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
+    const value = (v: unknown): number | undefined => {
+      const values = (Array.isArray(v) ? v : [v])
+        .map((x) => (typeof x === 'number' ? x : typeof (x as { value?: unknown })?.value === 'number' ? (x as { value: number }).value : undefined))
+        .filter((x): x is number => x !== undefined);
+      return values.length ? median(values) : undefined;
+    };
+    const [ours, theirs] = [names.find((n) => n.startsWith('s3nbd')), names.find((n) => n.includes('nbdkit'))];
+    const rows = [`| workload | ${names.join(' | ')} |${ours && theirs ? ` ${ours} / ${theirs} |` : ''}`, `|---|${names.map(() => '---:').join('|')}|${ours && theirs ? '---:|' : ''}`];
+    for (const [workload, byName] of Object.entries(results)) {
+      const cells = names.map((n) => value(byName[n]));
+      const a = ours ? value(byName[ours]) : undefined;
+      const b = theirs ? value(byName[theirs]) : undefined;
+      rows.push(`| ${workload}${data.units?.[workload] ? ` (${data.units[workload]})` : ''} | ${cells.map((v) => (v === undefined ? '—' : fmt(v))).join(' | ')} |${ours && theirs ? ` ${a !== undefined && b ? (a / b).toFixed(2) : '—'} |` : ''}`);
+    }
+    return `Medians from bench/results/kernel-client-latest.json${data.date ? ` (${data.date})` : ''}; the ratio is what counts (the VM runs under TCG).\n\n${rows.join('\n')}`;
+  } catch (err) {
+    return `_bench/results/kernel-client-latest.json could not be read: ${(err as Error).message}_`;
+  }
+}
+
+/** The hand-written analysis of the missed targets, verbatim. */
+function analysis(): string {
+  const file = join(REPO, 'bench/results/compare-analysis.md');
+  return existsSync(file) ? readFileSync(file, 'utf8').trim() : '_Not written yet: bench/results/compare-analysis.md._';
 }
 
 const file = process.argv[2] ?? join(REPO, 'bench/results/compare-latest.json');

@@ -19,12 +19,19 @@ function fioTarget(device: Device): string[] {
     : ['--ioengine=libaio', '--direct=1', `--filename=${device.block}`];
 }
 
-async function fio(device: Device, args: readonly string[]): Promise<{ seconds: number; readIops: number; writeIops: number }> {
+/** One side (read or write) of a fio job: IOPS, bytes per second and bytes moved (after any ramp). */
+export interface FioSide { iops: number; bwBytes: number; ioBytes: number }
+
+async function fio(device: Device, args: readonly string[]): Promise<{ seconds: number; read: FioSide; write: FioSide }> {
   const started = performance.now();
   const out = await runOk('fio', ['--name=bench', '--output-format=json', '--iodepth=16', '--numjobs=1', ...fioTarget(device), ...args], { timeoutMs: 3_600_000 });
   const seconds = (performance.now() - started) / 1000;
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { read: { iops: number }; write: { iops: number } }[] }).jobs[0]!;
-  return { seconds, readIops: job.read.iops, writeIops: job.write.iops };
+  type Side = { iops: number; bw_bytes: number; io_bytes: number };
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { error?: number; read: Side; write: Side }[] }).jobs[0]!;
+  // fio can exit 0 with a job error (as bench/protocol.sh checks too).
+  if (job.error) throw new Error(`fio ${args.join(' ')}: job error ${job.error}`);
+  const side = (s: Side): FioSide => ({ iops: s.iops, bwBytes: s.bw_bytes, ioBytes: s.io_bytes });
+  return { seconds, read: side(job.read), write: side(job.write) };
 }
 
 /** Sequential 1 MiB writes of `bytes`, then a flush (fsync): seconds until the flush returns. */
@@ -37,10 +44,31 @@ export async function sequentialRead(device: Device, bytes: number): Promise<num
   return (await fio(device, ['--rw=read', '--bs=1M', `--size=${bytes}`])).seconds;
 }
 
+/** What a timed run did: IOPS (random) or MiB/s (sequential), and the bytes it moved. */
+export interface Rate { value: number; bytes: number }
+
 /** 4 KiB random writes or reads at queue depth 16 over the first `bytes`, for `seconds`: IOPS. */
-export async function random4k(device: Device, kind: 'randwrite' | 'randread', bytes: number, seconds: number): Promise<number> {
+export async function random4k(device: Device, kind: 'randwrite' | 'randread', bytes: number, seconds: number): Promise<Rate> {
   const r = await fio(device, [`--rw=${kind}`, '--bs=4k', `--size=${bytes}`, '--time_based', `--runtime=${seconds}`, '--randrepeat=0', '--refill_buffers']);
-  return kind === 'randwrite' ? r.writeIops : r.readIops;
+  const side = kind === 'randwrite' ? r.write : r.read;
+  return { value: side.iops, bytes: side.ioBytes };
+}
+
+/**
+ * One workload of bench/protocol.sh: `rw` in blocks of `bs` over the first `bytes`, queue
+ * depth 16, `seconds` after `ramp` seconds not counted. MiB/s for sequential runs, IOPS for
+ * random ones (as protocol.sh reports them). `bytes` of the result counts the ramp too, at
+ * the measured rate, since whoever samples the server's CPU around the run sees it too.
+ */
+export async function timedRun(device: Device, rw: 'write' | 'read' | 'randwrite' | 'randread', bs: string, bytes: number, seconds: number, ramp: number): Promise<Rate> {
+  const r = await fio(device, [`--rw=${rw}`, `--bs=${bs}`, `--size=${bytes}`, '--time_based', `--runtime=${seconds}`, `--ramp_time=${ramp}`]);
+  const side = rw.endsWith('write') ? r.write : r.read;
+  return { value: rw.startsWith('rand') ? side.iops : side.bwBytes / MiB, bytes: side.bwBytes * (seconds + ramp) };
+}
+
+/** Makes the device write back what it holds dirty (one 4 KiB write and a FLUSH), untimed. */
+export async function flushDevice(device: Device): Promise<void> {
+  await fio(device, ['--rw=write', '--bs=4k', '--size=4k', '--end_fsync=1']);
 }
 
 /** Every byte of the device read once (nbdcopy skips what the server reports as holes): seconds. */
