@@ -5,12 +5,22 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
+import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
+import type { WriteBackOptions } from '../../src/storage/cache/write-back-cache.ts';
 import { SlotFile } from '../../src/storage/cache/slot-file.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { E, open, readScattered } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { pattern, readAll } from '../helpers/model.ts';
 import { tempDir } from '../helpers/gateway.ts';
+
+/** Stores `data` at offset 0 through a cache of its own, uploaded, and closes it. */
+async function seed(objects: ObjectStore, size: number, cacheDir: string, data: Buffer, overrides: Partial<WriteBackOptions> = {}, extentSize = E): Promise<void> {
+  const { dev, cache } = await open(objects, size, cacheDir, overrides, extentSize);
+  await dev.write(0, data, false);
+  await dev.flush();
+  await cache.close();
+}
 
 describe('WriteBackCache', () => {
   const dir = tempDir('wbc-reads');
@@ -19,10 +29,7 @@ describe('WriteBackCache', () => {
   it('shares one GET among concurrent reads of an extent, and reads ahead on sequential reads', async () => {
     const size = 64 * E;
     const objects = new FaultyStore(new MemoryObjectStore());
-    const seed = await open(objects, size, `${dir.path}/shared-seed`);
-    await seed.dev.write(0, pattern(32 * E, 2), false);
-    await seed.dev.flush();
-    await seed.cache.close();
+    await seed(objects, size, `${dir.path}/shared-seed`, pattern(32 * E, 2));
     const { dev, cache } = await open(objects, size, `${dir.path}/shared`, { memoryCacheBytes: 32 * E });
     const before = objects.calls.get;
     const reads = await Promise.all([0, 100, 2000, 4000].map((at) => dev.read(5 * E + at, 10)));
@@ -49,10 +56,7 @@ describe('WriteBackCache', () => {
     const objects = new FaultyStore(new MemoryObjectStore());
     const size = 12 * E;
     const model = pattern(size, 6);
-    const first = await open(objects, size, `${dir.path}/disk-read-a`);
-    await first.dev.write(0, model, false);
-    await first.dev.flush();
-    await first.cache.close();
+    await seed(objects, size, `${dir.path}/disk-read-a`, model);
 
     // A memory cache of 4 extents, a disk cache of 16: what memory evicts goes to disk, and
     // the second pass reads memory and disk only. (Not read in order: see the next test.)
@@ -73,10 +77,7 @@ describe('WriteBackCache', () => {
 
   it('waits for disk-cache fills in flight before it closes the slot file', async (t) => {
     const objects = new MemoryObjectStore();
-    const first = await open(objects, 4 * E, `${dir.path}/fill-a`);
-    await first.dev.write(0, pattern(2 * E, 3), false);
-    await first.dev.flush();
-    await first.cache.close();
+    await seed(objects, 4 * E, `${dir.path}/fill-a`, pattern(2 * E, 3));
     const { dev, cache } = await open(objects, 4 * E, `${dir.path}/fill-b`, { memoryCacheBytes: E });
     const events: string[] = [];
     // eslint-disable-next-line @typescript-eslint/unbound-method -- called with .call()
@@ -102,10 +103,7 @@ describe('WriteBackCache', () => {
     const objects = new FaultyStore(new MemoryObjectStore());
     const size = 40 * E;
     const model = pattern(size, 9);
-    const first = await open(objects, size, `${dir.path}/stream-a`);
-    await first.dev.write(0, model, false);
-    await first.dev.flush();
-    await first.cache.close();
+    await seed(objects, size, `${dir.path}/stream-a`, model);
 
     // Memory for 4 extents, so a stream window of 2 x READ_AHEAD = 16 extents. Uploads wait for
     // the FLUSH: with the helper's 5 ms delay, a loaded machine uploaded the written extents
@@ -146,10 +144,7 @@ describe('WriteBackCache', () => {
     const objects = new FaultyStore(new MemoryObjectStore());
     const size = 40 * E;
     const model = pattern(size, 11);
-    const seed = await open(objects, size, `${dir.path}/room-seed`);
-    await seed.dev.write(0, model, false);
-    await seed.dev.flush();
-    await seed.cache.close();
+    await seed(objects, size, `${dir.path}/room-seed`, model);
 
     // Room for a whole device larger than the stream window (64 MiB): a second sequential
     // pass is served from memory. 256 KiB extents keep it quick.
@@ -157,10 +152,7 @@ describe('WriteBackCache', () => {
     const LE = 256 * 1024;
     const largeModel = pattern(large, 12);
     const largeObjects = new FaultyStore(new MemoryObjectStore());
-    const largeSeed = await open(largeObjects, large, `${dir.path}/room-seed-large`, { cacheBytes: large + 2 * LE, maxDirtyBytes: large, memoryCacheBytes: 4 * LE }, LE);
-    await largeSeed.dev.write(0, largeModel, false);
-    await largeSeed.dev.flush();
-    await largeSeed.cache.close();
+    await seed(largeObjects, large, `${dir.path}/room-seed-large`, largeModel, { cacheBytes: large + 2 * LE, maxDirtyBytes: large, memoryCacheBytes: 4 * LE }, LE);
     const roomy = await open(largeObjects, large, `${dir.path}/room-all`, { memoryCacheBytes: large, cacheBytes: 16 * LE, maxDirtyBytes: 8 * LE }, LE);
     try {
       assertSameBytes(await readAll(roomy.dev, 0, large), largeModel, 'first pass');
@@ -182,6 +174,28 @@ describe('WriteBackCache', () => {
       const gets = objects.calls.get;
       for (const hot of [30, 35]) assertSameBytes(await readAll(dev, hot * E, E), model.subarray(hot * E, (hot + 1) * E), `extent ${hot}`);
       assert.equal(objects.calls.get - gets, 0, 'the hot extents are still in memory');
+    } finally {
+      await cache.close();
+    }
+  });
+
+  it('starts a small write into an extent held in memory from those bytes: its upload makes no GET', async () => {
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const size = 8 * E;
+    const model = pattern(size, 13);
+    await seed(objects, size, `${dir.path}/base-seed`, model);
+    const { dev, cache } = await open(objects, size, `${dir.path}/base`);
+    try {
+      assertSameBytes(await readAll(dev, 3 * E, E), model.subarray(3 * E, 4 * E), 'extent 3, now in memory');
+      const gets = objects.calls.get;
+      const patch = Buffer.alloc(100, 0xab);
+      await dev.write(3 * E + 50, patch, false);
+      patch.copy(model, 3 * E + 50);
+      await dev.flush();
+      assert.equal(objects.calls.get, gets, 'no GET for the rest of the extent');
+      const fresh = await open(objects, size, `${dir.path}/base-check`);
+      assertSameBytes(await readAll(fresh.dev, 0, size), model, 'the store has the patched extent');
+      await fresh.cache.close();
     } finally {
       await cache.close();
     }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { REFUSED_RETRY_MS, RETRY_BASE_MS } from '../../src/storage/cache/flusher.ts';
+import { REFUSED_RETRY_MS, RETRY_BASE_MS, SCATTERED_IDLE_MS } from '../../src/storage/cache/flusher.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
 import { E, open } from '../helpers/cache.ts';
@@ -40,13 +40,34 @@ describe('the flusher, on a manual clock', () => {
   it('uploads an extent once it has gone unchanged for the upload delay, and not before', async () => {
     const { objects, clock, cache, dev } = await setUp(`${dir.path}/delay`);
     try {
-      await dev.write(0, Buffer.alloc(100, 1), false); // under E / 16: a slot write, so the entry stays once clean
+      // Under E / 16: a slot write, so the entry stays once clean. It reaches the extent's end,
+      // as a writer going forward does.
+      await dev.write(E - 100, Buffer.alloc(100, 1), false);
       await clock.advance(UPLOAD_DELAY_MS - 100);
       assert.equal(objects.calls.put, 0, 'not uploaded while the extent may still change');
       await clock.advance(200);
       await until(() => objects.calls.put === 1 && cache.status().dirtyExtents === 0, 'the upload is done');
       cache.checkInvariants();
       assert.deepEqual([...cache.states()], [[0, 'CLEAN']]);
+    } finally {
+      await cache.close();
+    }
+  });
+
+  it('waits longer for an extent whose last change stopped short of its end: random writes come back', async () => {
+    const { objects, clock, cache, dev } = await setUp(`${dir.path}/scattered`);
+    try {
+      await dev.write(E / 2, Buffer.alloc(100, 1), false);
+      await clock.advance(SCATTERED_IDLE_MS - 100);
+      assert.equal(objects.calls.put, 0, 'not uploaded after the upload delay');
+      await dev.write(E / 4, Buffer.alloc(100, 2), false);
+      await clock.advance(SCATTERED_IDLE_MS - 100);
+      assert.equal(objects.calls.put, 0, 'a second write starts the wait again');
+      await clock.advance(200);
+      await until(() => objects.calls.put === 1 && cache.status().dirtyExtents === 0, 'uploaded once quiet for SCATTERED_IDLE_MS');
+      await dev.write(E / 2, Buffer.alloc(E / 2, 3), false);
+      await clock.advance(UPLOAD_DELAY_MS + 100);
+      await until(() => objects.calls.put === 2, 'a change up to the end: uploaded after the upload delay');
     } finally {
       await cache.close();
     }

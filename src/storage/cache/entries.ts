@@ -63,6 +63,11 @@ export interface Entry {
    * of the memory cache, before the upload and after it (see changes.ts).
    */
   streamedWrite: boolean;
+  /**
+   * The last change reached the extent's end: a writer going forward has moved on to the next
+   * extent, so the upload need not wait long (flusher.ts, pump()).
+   */
+  changedToEnd: boolean;
   /** When the entry last became dirty, and when it last changed (for the upload policy). */
   dirtySince: number;
   lastChange: number;
@@ -159,7 +164,7 @@ export class EntryTable {
   create(index: number): Entry {
     const e: Entry = {
       index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0,
-      firstDirtySeq: 0, uploading: undefined, journalPieces: [], streamedWrite: false, dirtySince: 0, lastChange: 0,
+      firstDirtySeq: 0, uploading: undefined, journalPieces: [], streamedWrite: false, changedToEnd: false, dirtySince: 0, lastChange: 0,
     };
     this.entries.set(index, e);
     return e;

@@ -28,6 +28,13 @@ import { SEGMENT_BYTES, uploadedRecord } from './journal.ts';
 
 /** The longest a dirty extent that keeps changing waits before it is uploaded. */
 const MAX_DIRTY_AGE_MS = 10_000;
+/**
+ * How long an extent whose last change stopped short of its end (random writes, not a writer
+ * going forward) waits without a change, instead of the upload delay: random writes come back
+ * to an extent every so often, and each early upload costs a whole-extent PUT (and the CPU to
+ * encode it) for a few KiB (see pump()).
+ */
+export const SCATTERED_IDLE_MS = 2_000;
 export const RETRY_BASE_MS = 200;
 export const RETRY_CAP_MS = 15_000;
 /** How often a refused upload is tried again (see the header). */
@@ -100,7 +107,8 @@ export class Flusher {
 
   /**
    * Starts uploads of dirty extents that are due, up to the concurrency limit. An extent is
-   * due once it has had no change for the upload delay (a sequential writer has moved on), or
+   * due once it has had no change for the upload delay (a sequential writer has moved on;
+   * SCATTERED_IDLE_MS when its last change stopped short of its end), or
    * MAX_DIRTY_AGE_MS after it became dirty (one that keeps being rewritten is uploaded every
    * so often, not after each write), or at once when a flush waits, when dirty data passes
    * half the dirty limit, or when the journal (which keeps every rewrite until the extent is
@@ -115,7 +123,7 @@ export class Flusher {
       || this.table.dirtySlots * extentSize * 2 >= options.maxDirtyBytes
       || journal.bytes >= options.maxDirtyBytes + 2 * SEGMENT_BYTES;
     const due = (e: Entry): boolean => pressure
-      || now - e.lastChange >= options.uploadDelayMs
+      || now - e.lastChange >= (e.zeros || e.changedToEnd ? options.uploadDelayMs : Math.max(SCATTERED_IDLE_MS, options.uploadDelayMs))
       || now - e.dirtySince >= Math.max(MAX_DIRTY_AGE_MS, options.uploadDelayMs);
     const deletes: Entry[] = [];
     for (const e of this.table.dirty.values()) {
