@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { zstdCompress } from 'node:zlib';
-import { checksumOf, ObjectCodec, worthCompressing } from '../../src/storage/format/object-codec.ts';
+import { checksumOf, ObjectCodec, sampleOf, worthCompressing } from '../../src/storage/format/object-codec.ts';
 import { COVERED_BYTES, Flags, HEADER_BYTES, readHeader, writeHeader } from '../../src/storage/format/object-header.ts';
 import { objectSettingsJson, parseCompression, parseObjectSettings } from '../../src/storage/format/object-settings.ts';
 import type { ExtentIdentity } from '../../src/storage/format/extent-codec.ts';
@@ -78,6 +78,38 @@ describe('object codec', () => {
     assert.ok(small.length < 200, `a repetitive extent shrinks (${small.length} bytes)`);
     assert.equal(worthCompressing(1024, 992), true);
     assert.equal(worthCompressing(1024, 993), false);
+  });
+
+  it('returns a view of a fresh body, and a copy of one that may be shared', async () => {
+    const codec = CODECS['checksum only']!;
+    const extent = randomBytes(E);
+    const body = await codec.encode(id, extent);
+    const view = await codec.decode(id, body, true);
+    assert.deepEqual(view, extent);
+    assert.equal(view.buffer, body.buffer, 'a fresh body: no copy');
+    const copy = await codec.decode(id, body);
+    copy.fill(0);
+    assert.deepEqual(await codec.decode(id, body), extent, 'a shared body is never changed through the extent');
+  });
+
+  it('judges an extent by a sample before compressing all of it', async () => {
+    const codec = CODECS['zstd:1']!;
+    const M = 2 ** 20;
+    const compressedFlag = async (extent: Buffer): Promise<boolean> => {
+      const body = await codec.encode(id, extent);
+      assert.deepEqual(await codec.decode(id, body), extent, 'reads back');
+      return (body[5]! & Flags.compressed) !== 0;
+    };
+    // Text with random bytes where the samples are taken (8 pieces of 4 KiB, every 128 KiB):
+    // the sample does not shrink, so the extent is stored raw without a try.
+    const textAroundRandom = Buffer.alloc(M, 'the quick brown fox ');
+    for (let i = 0; i < 8; i++) randomBytes(4096).copy(textAroundRandom, i * (M / 8));
+    assert.equal(await compressedFlag(textAroundRandom), false, 'judged by the sample alone');
+    // Half random, half text: the sample shrinks, so the whole extent is compressed.
+    const halfText = Buffer.concat([randomBytes(M / 2), Buffer.alloc(M / 2, 'the quick brown fox ')]);
+    assert.equal(await compressedFlag(halfText), true, 'compressed when the sample shrinks');
+    assert.equal(await compressedFlag(randomBytes(M)), false, 'random: raw');
+    assert.equal(sampleOf(Buffer.alloc(64 * 1024)), undefined, 'an extent too small to sample is compressed and judged whole');
   });
 
   it('an encrypted volume refuses an unencrypted object and one of another cipher or key, even with a valid checksum', async () => {
