@@ -96,7 +96,7 @@ export class ObjectReader {
       const body = await from.objects.get(key, codec.maxBodyBytes(this.options.extentSize));
       if (body === undefined) return undefined;
       try {
-        const data = await codec.decode(id, body);
+        const data = await codec.decode(id, body, from.objects.freshBodies === true);
         this.options.telemetry?.fetch((performance.now() - started) / 1000, body.length);
         return data;
       } catch (err) {

@@ -30,6 +30,8 @@ const VALID_KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
 
 export class FileObjectStore implements ObjectStore {
   readonly description: string;
+  /** Every get() reads the file into a buffer of its own. */
+  readonly freshBodies = true;
   /** The directory, for errors that name it (first-run-errors.ts). */
   readonly root: string;
   /** Directories known to exist, so put() does not mkdir every time. */

@@ -37,6 +37,14 @@ export interface ObjectStore {
   readonly description: string;
 
   /**
+   * True when get() returns a new buffer every time, which the caller may keep and change
+   * (a server's response, a file read). The extent layer then keeps the extent in the body
+   * it came in instead of copying it out. Absent (the memory store, wrappers that do not
+   * know): the body may be shared, and is copied.
+   */
+  readonly freshBodies?: boolean;
+
+  /**
    * The object's bytes, or undefined when there is no such key. The buffer may be the one the
    * store holds (the memory store shares it): treat it like a buffer you have put (below).
    * From a server (S3), an object longer than `maxBytes` (default MAX_OBJECT_BYTES) is an

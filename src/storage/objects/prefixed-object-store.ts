@@ -7,6 +7,7 @@ import type { ObjectStore, TaggedObject } from './object-store.ts';
 
 export class PrefixedObjectStore implements ObjectStore {
   readonly description: string;
+  readonly freshBodies: boolean | undefined;
   readonly checkConditionalWrites?: (key: string, data: Buffer) => Promise<void>;
   private readonly inner: ObjectStore;
   private readonly prefix: string;
@@ -16,6 +17,7 @@ export class PrefixedObjectStore implements ObjectStore {
     this.inner = inner;
     this.prefix = prefix;
     this.description = description;
+    this.freshBodies = inner.freshBodies;
     const check = inner.checkConditionalWrites?.bind(inner);
     if (check) this.checkConditionalWrites = (key, data) => check(prefix + key, data);
   }

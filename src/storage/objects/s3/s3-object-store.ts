@@ -86,6 +86,8 @@ const DEFAULTS = { maxAttempts: 6, requestTimeoutMs: 30_000, readTimeoutMs: 60_0
 
 export class S3ObjectStore implements ObjectStore {
   readonly description: string;
+  /** Every body is read into a buffer of its own (http1.ts, sdk-client.ts). */
+  readonly freshBodies = true;
   readonly stats: S3RequestStats = { get: 0, put: 0, delete: 0, list: 0, retries: 0, throttled: 0, exhausted: 0 };
   private readonly client: S3Client;
   private readonly bucket: string;
