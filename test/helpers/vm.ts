@@ -1,7 +1,8 @@
 // A QEMU VM (TCG, no KVM needed) booted from Debian's kernel and the initramfs that
 // scripts/vm/build-initramfs.sh builds, running the Linux kernel's own NBD client as users
 // do. The VM's only way out is QEMU's restricted user networking with one forward
-// (10.0.2.100:10809 in the guest) to the gateway on 127.0.0.1. The guest script and any
+// (10.0.2.100:10809 in the guest) to the gateway on 127.0.0.1 (a benchmark may choose
+// unrestricted networking instead: BootOptions.network). The guest script and any
 // files it needs are appended to the initramfs as a second archive; everything the guest
 // prints on its serial console comes back here.
 
@@ -9,10 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { tempDir } from './gateway.ts';
-import { type S3TestServer, startMinio } from './minio.ts';
 import { REPO, requireTool, runOk, TOOL_ENV } from './tools.ts';
 
 export interface VmImage {
@@ -27,44 +25,6 @@ export async function vmImage(): Promise<VmImage> {
   const paths = Object.fromEntries(built.trim().split('\n').map((line) => line.split('=', 2) as [string, string]));
   assert.ok(paths.kernel && paths.initrd, built);
   return { kernel: paths.kernel, initrd: paths.initrd };
-}
-
-export interface VmFixture {
-  /** A temporary directory, removed after the tests. */
-  readonly dir: string;
-  image(): VmImage;
-  s3(): S3TestServer;
-  /** The credentials and region of s3(), for a gateway's environment. */
-  env(): NodeJS.ProcessEnv;
-}
-
-/**
- * What a VM test file needs, set up by before() and taken down by after() hooks registered in
- * the calling describe(): the VM image, MinIO with `bucket` made, a temporary directory.
- */
-export function vmFixture(name: string, bucket: string): VmFixture {
-  const dir = tempDir(name);
-  let image: VmImage | undefined;
-  let s3: S3TestServer | undefined;
-  before(async () => {
-    image = await vmImage();
-    s3 = await startMinio();
-    await s3.createBucket(bucket);
-  });
-  after(async () => {
-    await s3?.stop();
-    dir.remove();
-  });
-  const started = <T>(value: T | undefined): T => {
-    assert.ok(value !== undefined, 'the VM fixture was set up by before()');
-    return value;
-  };
-  return {
-    dir: dir.path,
-    image: () => started(image),
-    s3: () => started(s3),
-    env: () => ({ AWS_ACCESS_KEY_ID: started(s3).accessKeyId, AWS_SECRET_ACCESS_KEY: started(s3).secretAccessKey, AWS_REGION: started(s3).region }),
-  };
 }
 
 export interface VmRun {
@@ -88,6 +48,15 @@ export interface BootOptions {
   /** Where to write this boot's initramfs. */
   readonly workDir: string;
   readonly timeoutSeconds: number;
+  /** Guest memory (default 512 MiB); more for a guest script that keeps data in its tmpfs. */
+  readonly memoryMiB?: number;
+  /**
+   * 'guestfwd' (default): restricted networking, the guest reaches the port as
+   * 10.0.2.100:10809 through a socat that QEMU runs. 'host': unrestricted, the guest reaches
+   * the host's 127.0.0.1:PORT as 10.0.2.2:PORT through slirp's own socket; no socat and its
+   * pipe, which add about 40 ms to every small NBD write (a benchmark's choice).
+   */
+  readonly network?: 'guestfwd' | 'host';
 }
 
 export function bootVm(image: VmImage, options: BootOptions): VmRun {
@@ -98,10 +67,10 @@ export function bootVm(image: VmImage, options: BootOptions): VmRun {
 
   const args = [
     '--kill-after=10', String(options.timeoutSeconds), 'qemu-system-x86_64',
-    '-M', 'q35', '-cpu', 'max', '-smp', '2', '-m', '512',
+    '-M', 'q35', '-cpu', 'max', '-smp', '2', '-m', String(options.memoryMiB ?? 512),
     '-nographic', '-no-reboot', '-serial', 'stdio', '-monitor', 'none',
     '-kernel', image.kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet panic=-1',
-    '-netdev', `user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat STDIO TCP:127.0.0.1:${options.port}`,
+    '-netdev', options.network === 'host' ? 'user,id=n0' : `user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat STDIO TCP:127.0.0.1:${options.port}`,
     '-device', 'virtio-net-pci,netdev=n0,romfile=',
   ];
   const child = spawn('timeout', args, { env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });

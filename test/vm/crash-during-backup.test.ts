@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
 import { freePort } from '../helpers/tools.ts';
-import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf, vmFixture } from '../helpers/vm.ts';
+import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf } from '../helpers/vm.ts';
+import { vmFixture } from '../helpers/vm-fixture.ts';
 import { AFTER_CRASH_STEPS, afterCrashScript, interruptedBackupScript } from './guest-scripts.ts';
 
 const BUCKET = 's3nbd-vm-crash';

@@ -15,7 +15,8 @@ import { cli, startGateway } from '../helpers/gateway.ts';
 import { attachKernelDisk, mount, unmount } from '../helpers/kernel-disk.ts';
 import { freePort, requireTool, run } from '../helpers/tools.ts';
 import { checksums } from '../helpers/trees.ts';
-import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf, vmFixture } from '../helpers/vm.ts';
+import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf } from '../helpers/vm.ts';
+import { vmFixture } from '../helpers/vm-fixture.ts';
 import { HISTORY_STEPS, historyScript } from './guest-scripts.ts';
 
 const BUCKET = 's3nbd-vm-history';
