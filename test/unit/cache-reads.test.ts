@@ -8,6 +8,7 @@ import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store
 import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
 import type { WriteBackOptions } from '../../src/storage/cache/write-back-cache.ts';
 import { SlotFile } from '../../src/storage/cache/slot-file.ts';
+import { Journal } from '../../src/storage/cache/journal.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
 import { E, open, readScattered } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
@@ -99,7 +100,7 @@ describe('WriteBackCache', () => {
     assert.deepEqual(events, ['fill written', 'slot file closed']);
   });
 
-  it('keeps sequential reads only in free memory and sequential whole-extent writes nowhere, only what is read or written out of order', async () => {
+  it('keeps sequential reads only in free memory and sequential whole-extent writes only in the stream window, what is read or written out of order in memory', async (t) => {
     const objects = new FaultyStore(new MemoryObjectStore());
     const size = 40 * E;
     const model = pattern(size, 9);
@@ -123,18 +124,23 @@ describe('WriteBackCache', () => {
       await new Promise((r) => setTimeout(r, 50));
       assert.equal(cache.status().cachedExtents, 16, 'extents read out of order are kept: they fill the disk cache');
 
-      // Whole extents written in order: the first is kept, the rest of the run is not.
+      // Whole extents written in order: every buffer is kept, the first in memory, the rest of
+      // the run in the stream window, and none is read back from the journal for its upload.
+      const journalReads = t.mock.method(Journal.prototype, 'readPayload').mock;
       const written = pattern(8 * E, 10);
       const kept: boolean[] = [];
       for (let i = 0; i < 8; i++) kept.push(await dev.write(i * E, Buffer.from(written.subarray(i * E, (i + 1) * E)), false));
-      assert.deepEqual(kept, [true, false, false, false, false, false, false, false]);
+      assert.deepEqual(kept, [true, true, true, true, true, true, true, true]);
       gets = objects.calls.get;
-      assertSameBytes(await readScattered(dev, 8 * E), written, 'read back before the upload, from the journal');
+      assertSameBytes(await readScattered(dev, 8 * E), written, 'read back before the upload');
       assert.equal(objects.calls.get, gets, 'no GET for dirty extents');
       await dev.flush();
+      assert.equal(journalReads.callCount(), 0, 'the uploads read nothing back from the journal');
       gets = objects.calls.get;
+      const memoryBefore = cache.status().cachedExtents;
       assertSameBytes(await readScattered(dev, 8 * E), written, 'read back after the upload');
-      assert.equal(objects.calls.get - gets, 7, 'only the first extent of the run was kept in memory');
+      assert.equal(objects.calls.get - gets, 0, 'from memory (the first) and the stream window (the rest of the run)');
+      assert.equal(cache.status().cachedExtents, memoryBefore, 'none of the run went to the disk cache');
     } finally {
       await cache.close();
     }

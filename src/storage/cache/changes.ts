@@ -14,7 +14,8 @@
 // stale. Writing the bytes once, not twice, halves the local I/O of sequential writes and of
 // a file system's writeback (large, unaligned writes). The buffer of a whole-extent write
 // (kept, not copied) also goes to the memory cache, which reads and the upload use while it
-// holds it, except in a run of sequential whole-extent writes (see change()). A small write,
+// holds it; in a run of sequential whole-extent writes, to the stream window instead (see
+// change()). A small write,
 // a zeroing, or one piece too many first copies the pieces into the slot (materialize()).
 // Once uploaded, an entry with pieces is dropped (the store and the memory cache hold the
 // extent), because the journal segments may then be deleted.
@@ -65,7 +66,7 @@ export class Changes {
     this.diskFullLog = new LogThrottle(ctx.log, 'warn', { intervalMs: REPEAT_LOG_INTERVAL_MS });
   }
 
-  /** A write of a whole extent keeps `data` (resolves true), unless it is one of a sequential run: see change(). */
+  /** A write of a whole extent keeps `data` (resolves true): see change(). */
   write(index: number, offset: number, data: Buffer): Promise<boolean> {
     return this.change(index, RecordType.WRITE, offset, data.length, data);
   }
@@ -81,10 +82,11 @@ export class Changes {
    * memory cache: reads and the upload take them from there instead of reading the journal
    * back, and the caller gives up the buffer (resolves true).
    *
-   * Except in a run of sequential whole-extent writes (a backup, a copy): like a sequential
-   * read (CleanExtents.fetch()), it would push every hot extent out of memory, and on a fresh
-   * gateway fill memory never touched before, which costs more than reading the journal back
-   * for the upload. The caller reuses the buffer for the next write instead.
+   * In a run of sequential whole-extent writes (a backup, a copy), they go to the stream
+   * window instead (CleanExtents.stream()): in the memory cache they would push every hot
+   * extent out, like a sequential read (CleanExtents.fetch()). The window is small (at most
+   * 64 MiB) but holds them until their upload, due 200 ms after the writer moved on, which
+   * then reads nothing back from the journal.
    */
   private async change(index: number, type: typeof RecordType.WRITE | typeof RecordType.ZERO, offset: number, length: number, data: Buffer | undefined): Promise<boolean> {
     const { ctx, table } = this;
@@ -127,9 +129,9 @@ export class Changes {
       e.changedToEnd = offset + length === ctx.extentSize;
       e.valid.add(offset, offset + length);
       table.markDirty(e, seq);
-      const keep = whole && !streamed;
-      if (keep) this.clean.keep(index, data);
-      return keep;
+      if (whole && streamed) this.clean.stream(index, data);
+      else if (whole) this.clean.keep(index, data);
+      return whole;
     } catch (err) {
       // The write is reported failed. A clean entry's slot may now hold some of its bytes
       // (or, for an entry it created, nothing anyone would ever evict): drop the entry, so

@@ -73,14 +73,23 @@ export class CleanExtents {
     return this.memory.get(index) ?? this.streamed.get(index);
   }
 
-  /** The extent's bytes in the memory cache, without making them recently used. */
+  /** The extent's bytes in the memory cache or the stream window, without making them recently used. */
   peek(index: number): Buffer | undefined {
-    return this.memory.peek(index);
+    return this.memory.peek(index) ?? this.streamed.peek(index);
   }
 
   /** Keeps the extent's current bytes (a whole-extent write, an upload) in the memory cache. */
   keep(index: number, data: Buffer): void {
     this.memory.set(index, data);
+  }
+
+  /**
+   * Keeps the current bytes of a whole extent written in a sequential run in the stream window,
+   * not the memory cache (see changes.ts): its upload, due soon, takes them from there instead
+   * of reading the journal back, and nothing hot is pushed out for them.
+   */
+  stream(index: number, data: Buffer): void {
+    this.streamed.set(index, data);
   }
 
   /** The extent changes: forget its remembered clean copy and any fetch in flight. */
