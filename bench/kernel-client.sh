@@ -2,13 +2,13 @@
 # kernel-client.sh - the Linux kernel's NBD client (nbd-client + /dev/nbd0 in a QEMU VM, TCG,
 # no nbd module needed on the host) against s3nbd --store memory:, s3nbd on an S3 volume in a
 # local MinIO (default cache settings) and `nbdkit memory`: dd writes and reads with bs=4k and
-# bs=1M (O_DIRECT; writes end with fsync), timed in the guest, one boot per contender and
+# bs=1M (through the page cache; writes end with fsync, reads start with the caches dropped), timed in the guest, one boot per contender and
 # repeat, contenders alternating. Details: the top of bench/kernel-client.ts and bench/README.md.
 #
 # Environment:
 #   BENCH_REPEAT          boots per contender (default 3); medians are reported
 #   BENCH_KERNEL_MIB      MiB per 1M dd (default 512)
-#   BENCH_KERNEL_4K_MIB   MiB per 4K dd (default BENCH_KERNEL_MIB; about 8 ms a 4 KiB request under TCG)
+#   BENCH_KERNEL_4K_MIB   MiB per 4K dd (default BENCH_KERNEL_MIB)
 #   BENCH_KERNEL_ONLY     comma-separated contenders ("s3nbd memory,s3nbd S3,nbdkit memory")
 #   BENCH_KERNEL_VERBOSE  1: the guest's serial console on stderr
 #   S3NBD_CACHE_DIR       where the VM image and MinIO are cached (default ~/.cache/s3nbd)
