@@ -15,8 +15,8 @@
 // a file system's writeback (large, unaligned writes). The buffer of a whole-extent write
 // (kept, not copied) also goes to the memory cache, which reads and the upload use while it
 // holds it; in a run of sequential whole-extent writes, to the stream window instead (see
-// change()). A small write,
-// a zeroing, or one piece too many first copies the pieces into the slot (materialize()).
+// change()). A small write, a zeroing, or one piece too many first copies the pieces into the
+// slot (materialize()).
 // Once uploaded, an entry with pieces is dropped (the store and the memory cache hold the
 // extent), because the journal segments may then be deleted.
 

@@ -1,8 +1,8 @@
 // Clean extents the cache keeps without an entry: the memory cache (least recently used
 // first; what it evicts goes to a disk slot as a CLEAN entry), the stream window (extents read
-// ahead for sequential reads once the memory cache is full, which then bypass both caches:
-// see fetch()), and the fetches in
-// flight, one GET shared by every reader of an extent.
+// ahead for sequential reads once the memory cache is full, which then bypass both caches, and
+// sequential whole-extent writes until their upload: see fetch() and stream()), and the
+// fetches in flight, one GET shared by every reader of an extent.
 //
 // Neither the memory cache nor the stream window ever holds stale bytes: every change to an
 // extent removes it from both first (invalidate()), and they are refilled only with the
