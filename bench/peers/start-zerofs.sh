@@ -56,11 +56,12 @@ enabled = false
 EOF
 
 # object_store's AmazonS3Builder::from_env() reads every AWS_* variable (virtual-hosted style,
-# session token, ...): pass only the two the config refers to.
+# session token, ...): pass only the two the config refers to. Log level info whatever the
+# caller's RUST_LOG: stop-zerofs.sh reads the shutdown messages.
 unset_aws=()
 for v in $(compgen -e); do [[ "$v" == AWS_* ]] && unset_aws+=(-u "$v"); done
 env "${unset_aws[@]}" AWS_ACCESS_KEY_ID="$PEER_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$PEER_SECRET_KEY" \
-  ZEROFS_PASSWORD=s3nbd-bench-password RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 \
+  ZEROFS_PASSWORD=s3nbd-bench-password RUST_LOG=info NO_COLOR=1 \
   setsid "$ZEROFS_BIN" run -c "$PEER_WORKDIR/zerofs.toml" </dev/null >>"$LOG" 2>&1 &
 PID=$!
 peer_write_pid "$PID" "$PEER_WORKDIR/zerofs.pid"
