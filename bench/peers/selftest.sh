@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # selftest.sh - end-to-end check of the start-/stop- scripts against a throw-away MinIO on
 # 127.0.0.1 (a free port): per contender, on a 64 MiB device, write 8 MiB of random data +
-# 1 MiB of 0xab at 32 MiB, FLUSH (fsync for s3backer), list the objects, stop, restart with an
-# empty local cache, read back and compare, stop. Small and short (seconds per contender).
+# 1 MiB of 0xab at 32 MiB, FLUSH (fsync for s3backer), list the objects, stop, restart in a new
+# work directory (empty local caches, as bench/compare does), read back and compare, stop.
+# Small and short (seconds per contender).
 #   bash bench/peers/selftest.sh [s3backer] [nbdkit-s3] [zerofs]     (default: all three)
 # MinIO: $MINIO, or the newest ${S3NBD_CACHE_DIR:-$HOME/.cache/s3nbd}/minio-*/minio
 # (scripts/install-minio.sh builds it).
@@ -20,7 +21,9 @@ MINIO_PID=
 cleanup() {
   local c
   for c in "${CONTENDERS[@]}"; do
-    [[ -d "$TMP/$c" ]] && PEER_WORKDIR="$TMP/$c" "$HERE/stop-$c.sh" >/dev/null 2>&1 || true
+    for w in "$TMP/$c" "$TMP/$c.cold"; do
+      [[ -d "$w" ]] && PEER_WORKDIR="$w" "$HERE/stop-$c.sh" >/dev/null 2>&1 || true
+    done
   done
   [[ -n "$MINIO_PID" ]] && kill "$MINIO_PID" 2>/dev/null && wait "$MINIO_PID" 2>/dev/null || true
   rm -rf "$TMP"
@@ -85,7 +88,7 @@ for c in "${CONTENDERS[@]}"; do
   "$HERE/stop-$c.sh"
   stop_s=$((SECONDS - t0))
   after_stop="$(s3 count "$PEER_PREFIX")"
-  rm -rf "$PEER_WORKDIR/cache"            # zerofs's disk cache: the restart reads from S3
+  export PEER_WORKDIR="$TMP/$c.cold"      # no cache files: the restart reads from S3
   ready="$("$HERE/start-$c.sh")"
   if [[ "$c" == s3backer ]]; then
     dev="$(awk '{print $2}' <<<"$ready")"
