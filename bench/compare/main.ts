@@ -68,7 +68,7 @@ export const CONTENDERS: readonly Contender[] = [
   // s3backer 1.5.4 answers fsync before the data is uploaded; only its unmount waits for it.
   peer('s3backer', 's3backer', 's3backer 1.5.4 (Debian), FUSE + loop device, 1 MiB blocks; see bench/peers/README.md', '1M', false),
   peer('nbdkit-S3', 'nbdkit-s3', "nbdkit 1.32.5's S3 plugin (Debian, boto3) behind the blocksize filters, 1 MiB objects; see bench/peers/README.md", '1M', true),
-  peer('ZeroFS', 'zerofs', 'ZeroFS 0.19.1 (crates.io) NBD export, default caches; see bench/peers/README.md', '1M', true),
+  peer('ZeroFS', 'zerofs', 'ZeroFS 1.4.5 (source of 33fd43e, thin LTO) NBD export on a Unix socket, default caches (1 GB memory, 10 GB disk), zstd-3, telemetry off; see bench/peers/README.md', '1M', true),
 ];
 
 /**
