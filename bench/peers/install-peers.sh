@@ -13,7 +13,9 @@
 #   the path start-zerofs.sh uses. Skipped when that binary, or the one in the source tree's
 #   target/release, already reports `zerofs 1.4.5`. A cargo already building in the same tree
 #   holds its lock, so a second run waits for it instead of building twice. Needs Rust >= 1.88
-#   and Debian's protobuf-compiler (installed here when a build is needed).
+#   and Debian's protobuf-compiler with libprotobuf-dev (the well-known .proto files ZeroFS's
+#   build imports; without them its build script fails at the very end), installed here when a
+#   build is needed.
 # Environment: S3NBD_CACHE_DIR; ZEROFS_TARBALL (default ../shared/peers/zerofs-1.4.5-offline-
 #   src.tar.gz next to the repository); CARGO (default: cargo in PATH, else ~/.cargo/bin/cargo).
 # Logs to stderr.
@@ -56,7 +58,7 @@ if is_zerofs "$ZEROFS_BIN"; then
   log "zerofs $ZEROFS_VERSION already in $ZEROFS_BIN"
 else
   if ! is_zerofs "$ZEROFS_BUILT"; then
-    apt_install protobuf-compiler
+    apt_install protobuf-compiler libprotobuf-dev
     CARGO="${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}"
     [[ -x "$CARGO" ]] || { log "cargo not found (set CARGO=...)"; exit 1; }
     if [[ ! -f "$ZEROFS_SRC/zerofs/Cargo.toml" ]]; then
