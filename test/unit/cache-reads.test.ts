@@ -185,28 +185,6 @@ describe('WriteBackCache', () => {
     }
   });
 
-  it('starts a small write into an extent held in memory from those bytes: its upload makes no GET', async () => {
-    const objects = new FaultyStore(new MemoryObjectStore());
-    const size = 8 * E;
-    const model = pattern(size, 13);
-    await seed(objects, size, `${dir.path}/base-seed`, model);
-    const { dev, cache } = await open(objects, size, `${dir.path}/base`);
-    try {
-      assertSameBytes(await readAll(dev, 3 * E, E), model.subarray(3 * E, 4 * E), 'extent 3, now in memory');
-      const gets = objects.calls.get;
-      const patch = Buffer.alloc(100, 0xab);
-      await dev.write(3 * E + 50, patch, false);
-      patch.copy(model, 3 * E + 50);
-      await dev.flush();
-      assert.equal(objects.calls.get, gets, 'no GET for the rest of the extent');
-      const fresh = await open(objects, size, `${dir.path}/base-check`);
-      assertSameBytes(await readAll(fresh.dev, 0, size), model, 'the store has the patched extent');
-      await fresh.cache.close();
-    } finally {
-      await cache.close();
-    }
-  });
-
   it('does not write uploaded extents to the disk cache when memory evicts them', async () => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 12 * E, `${dir.path}/no-second-write`, { uploadDelayMs: 3_600_000 });

@@ -225,15 +225,9 @@ export class Changes {
     table.markDirty(e, seq);
   }
 
-  /**
-   * The entry for a change, with a slot whose bytes outside `valid` are never read. Under the
-   * lock. An extent the memory cache holds (and nothing else does) starts from those bytes:
-   * one local write now saves the upload a GET of the extent it already had (4 KiB random
-   * writes into extents a read brought in: each upload fetched its base again).
-   */
+  /** The entry for a change, with a slot whose bytes outside `valid` are never read. Under the lock. */
   private async entryWithSlot(index: number): Promise<Entry> {
     const { table } = this;
-    const remembered = table.has(index) ? undefined : this.clean.peek(index);
     this.clean.invalidate(index);
     const e = table.get(index) ?? table.create(index);
     if (e.slot !== undefined) return e;
@@ -244,11 +238,6 @@ export class Changes {
     e.baseIsZero = e.zeros || !this.ctx.lower.isStored(index);
     e.zeros = false;
     e.valid = new Ranges();
-    if (remembered) {
-      // If the write fails, `valid` stays empty and the store still has the bytes; the change
-      // itself then meets the same disk and reports it.
-      await this.ctx.slots.write(slot, 0, remembered).then(() => { e.valid = Ranges.full(this.ctx.extentSize); }, () => undefined);
-    }
     return e;
   }
 
