@@ -304,8 +304,16 @@ function kernelClient(): string {
   const file = join(REPO, 'bench/results/kernel-client-latest.json');
   if (!existsSync(file)) return '_Not measured yet: no bench/results/kernel-client-latest.json._';
   try {
-    const data = JSON.parse(readFileSync(file, 'utf8')) as { date?: string; contenders?: unknown; units?: Record<string, string>; results?: Record<string, Record<string, unknown>> };
-    const results = data.results ?? {};
+    const data = JSON.parse(readFileSync(file, 'utf8')) as {
+      date?: string; contenders?: unknown; units?: Record<string, string>; results?: Record<string, Record<string, unknown>>;
+      /** bench/kernel-client.ts's shape: contender → workload → median MiB/s. */
+      medians?: Record<string, Record<string, number>>;
+      settings?: { repeat?: number; dataMiB?: number; data4kMiB?: number };
+    };
+    const results: Record<string, Record<string, unknown>> = data.results ?? {};
+    for (const [name, byWorkload] of Object.entries(data.medians ?? {})) {
+      for (const [workload, v] of Object.entries(byWorkload)) (results[workload] ??= {})[name] = v;
+    }
     const names = Array.isArray(data.contenders)
       ? data.contenders.map((c) => (typeof c === 'string' ? c : String((c as { name?: unknown }).name)))
       : [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
@@ -323,7 +331,9 @@ function kernelClient(): string {
       const b = theirs ? value(byName[theirs]) : undefined;
       rows.push(`| ${workload}${data.units?.[workload] ? ` (${data.units[workload]})` : ''} | ${cells.map((v) => (v === undefined ? '—' : fmt(v))).join(' | ')} |${ours && theirs ? ` ${a !== undefined && b ? (a / b).toFixed(2) : '—'} |` : ''}`);
     }
-    return `Medians from bench/results/kernel-client-latest.json${data.date ? ` (${data.date})` : ''}; the ratio is what counts (the VM runs under TCG).\n\n${rows.join('\n')}`;
+    const s = data.settings;
+    const how = s ? ` dd of ${s.dataMiB} MiB (bs=1M) and ${s.data4kMiB ?? s.dataMiB} MiB (bs=4k) from the guest's /dev/nbd0, MiB/s, ${s.repeat} boot(s) per server;` : '';
+    return `Medians from bench/results/kernel-client-latest.json${data.date ? ` (${data.date})` : ''}:${how} the ratio is what counts (the VM runs under TCG). How it was measured: bench/results/kernel-client-latest.md.\n\n${rows.join('\n')}`;
   } catch (err) {
     return `_bench/results/kernel-client-latest.json could not be read: ${(err as Error).message}_`;
   }
