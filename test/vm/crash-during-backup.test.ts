@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { adminGet, parseMetrics, waitFor } from '../helpers/admin.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { freePort } from '../helpers/tools.ts';
 import { bootVm, checksumsOf, GUEST_IO_ERRORS, stepsOf } from '../helpers/vm.ts';
@@ -24,6 +25,7 @@ describe('kill -9 of the gateway during a backup from the kernel NBD client', ()
     const image = vmTest.image();
     const s3 = vmTest.s3();
     const port = await freePort();
+    const adminPort = await freePort();
     const args = [
       '--store', `s3://${BUCKET}/crash`, '--size', '1G', '--s3-endpoint', s3.endpoint, '--listen', `127.0.0.1:${port}`,
       '--cache-dir', join(dir, 'cache'),
@@ -33,13 +35,21 @@ describe('kill -9 of the gateway during a backup from the kernel NBD client', ()
     ];
     const env = vmTest.env();
     const socket = join(dir, 'sock');
-    const first = await startGateway(args, { socket, env });
+    // The first gateway also answers /metrics, so the kill can wait until the journal holds
+    // writes that are not in S3 yet: how fast the guest's page cache reaches the gateway, and
+    // when ext4's journal commit (a FLUSH) uploads them, depends on the machine's speed.
+    const first = await startGateway([...args, '--admin-listen', `127.0.0.1:${adminPort}`], { socket, env });
+    const unuploaded = async (): Promise<boolean> => {
+      const metrics = parseMetrics((await adminGet(`http://127.0.0.1:${adminPort}/`, '/metrics')).text);
+      return [...metrics].some(([name, value]) => name.startsWith('s3nbd_dirty_bytes') && value > 0);
+    };
 
     const vm = bootVm(image, { guestScript: interruptedBackupScript(), port, workDir: dir, timeoutSeconds: 400 });
     try {
       await vm.waitFor(/^S3NBD-STEP synced$/m, 300_000);
       // A few files into the copy after the sync.
       await vm.waitFor(/^S3NBD-COPYING 4$/m, 120_000);
+      await waitFor(unuploaded, 'the gateway holds writes not yet uploaded', 120_000, 20);
     } catch (err) {
       vm.kill();
       throw new Error(`${(err as Error).message}\n--- gateway log (tail):\n${first.logs().slice(-4000)}`, { cause: err });
