@@ -8,7 +8,7 @@ import { assertSameBytes } from '../helpers/bytes.ts';
 import { E, open, storeContents } from '../helpers/cache.ts';
 import { FaultyStore } from '../helpers/faulty-store.ts';
 import { ManualClock, until } from '../helpers/manual-clock.ts';
-import { pattern } from '../helpers/model.ts';
+import { pattern, readAll } from '../helpers/model.ts';
 import { tempDir } from '../helpers/gateway.ts';
 
 describe('WriteBackCache', () => {
@@ -75,5 +75,50 @@ describe('WriteBackCache', () => {
     await dev.write(3 * E, pattern(E, 2), false);
     await until(() => cache.status().dirtyExtents === 0, 'four of eight: everything uploaded without a flush', 20_000);
     await cache.close();
+  });
+
+  it('uploads a partly written extent that memory held without fetching it again, and GETs it once memory has let it go', async () => {
+    const size = 16 * E;
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const first = await open(objects, size, `${dir.path}/base-write`);
+    for (let i = 0; i < 8; i++) await first.dev.write(i * E, pattern(E, 10 + i), false);
+    await first.dev.flush();
+    await first.cache.close();
+
+    const { dev, cache } = await open(objects, size, `${dir.path}/base`, { uploadDelayMs: 3_600_000 });
+    // Out of order (not a sequential read): both go to the memory cache, which holds 4 extents.
+    await readAll(dev, 2 * E, E);
+    await readAll(dev, 0, E);
+    const gets = objects.calls.get;
+    await dev.write(100, pattern(200, 1), false);
+    await dev.write(2 * E + 300, pattern(100, 2), false);
+    // A read of the written extent fills its gaps from the same base: still no GET.
+    assertSameBytes(await readAll(dev, 2 * E, E), Buffer.concat([pattern(E, 12).subarray(0, 300), pattern(100, 2), pattern(E, 12).subarray(400)]), 'extent 2 read back');
+    await dev.flush();
+    assert.equal(objects.calls.get, gets, 'no GET: the bases came from memory');
+
+    // Extent 4 read, then written; its base is then pushed out of memory by four other reads.
+    await readAll(dev, 4 * E, E);
+    await dev.write(4 * E + 10, pattern(10, 3), false);
+    for (const i of [7, 5, 3, 6]) await readAll(dev, i * E, E); // none right after the one before: not sequential
+    const before = objects.calls.get;
+    await dev.flush();
+    assert.equal(objects.calls.get, before + 1, 'the evicted base is fetched');
+
+    // A discarded extent's old base is never used: its gaps are zeros.
+    await readAll(dev, 1 * E, E);
+    await dev.write(1 * E + 8, pattern(8, 4), false);
+    await dev.trim(1 * E, E, false);
+    await dev.write(1 * E + 16, pattern(16, 5), false);
+    await dev.flush();
+    await cache.close();
+
+    const expected = Buffer.concat(Array.from({ length: 16 }, (_, i) => (i < 8 ? pattern(E, 10 + i) : Buffer.alloc(E))));
+    pattern(200, 1).copy(expected, 100);
+    pattern(100, 2).copy(expected, 2 * E + 300);
+    pattern(10, 3).copy(expected, 4 * E + 10);
+    expected.fill(0, E, 2 * E);
+    pattern(16, 5).copy(expected, E + 16);
+    assertSameBytes(await storeContents(objects, size), expected, 'the store');
   });
 });

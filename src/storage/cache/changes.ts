@@ -228,14 +228,25 @@ export class Changes {
   /** The entry for a change, with a slot whose bytes outside `valid` are never read. Under the lock. */
   private async entryWithSlot(index: number): Promise<Entry> {
     const { table } = this;
-    this.clean.invalidate(index);
     const e = table.get(index) ?? table.create(index);
-    if (e.slot !== undefined) return e;
+    if (e.slot !== undefined) {
+      this.clean.invalidate(index);
+      return e;
+    }
+    // The slot's old bytes are never read: `valid` starts empty, and the gaps are filled from
+    // the store (or with zeros, without a request) only when a read or an upload needs them;
+    // the store's bytes stay in memory for that if they are there (without an entry, or with
+    // a zeros one, memory holds nothing newer than the store).
+    const baseIsZero = e.zeros || !this.ctx.lower.isStored(index);
+    if (baseIsZero) {
+      this.clean.invalidate(index);
+      this.clean.dropBase(index);
+    } else {
+      this.clean.holdBase(index);
+    }
     const slot = await table.takeSlot();
     table.update(e, () => { e.slot = slot; });
-    // The slot's old bytes are never read: `valid` starts empty, and the gaps are filled from
-    // the store (or with zeros, without a request) only when a read or an upload needs them.
-    e.baseIsZero = e.zeros || !this.ctx.lower.isStored(index);
+    e.baseIsZero = baseIsZero;
     e.zeros = false;
     e.valid = new Ranges();
     return e;

@@ -8,7 +8,9 @@
 // extent removes it from both first (invalidate()), and they are refilled only with the
 // extent's current bytes (a whole-extent write, an upload that nothing changed since, or a
 // fetch of an extent without an entry). That is this file's whole contract with the dirty
-// half of the cache; its only other tie to it is whether an extent has an entry.
+// half of the cache; its only other ties to it are whether an extent has an entry, and the
+// bases of new entries (holdBase()): the stored bytes a partly written extent's gaps are
+// filled from, kept in the memory cache under keys no read looks up.
 
 import type { LRUCache } from 'lru-cache';
 import { extentMemory } from '../extents/extent-memory.ts';
@@ -42,6 +44,11 @@ export const MAX_FILL_BYTES = 16 * 1024 * 1024;
 /** The stream window: no bigger than the memory cache, at most 64 MiB, at least 2 x READ_AHEAD extents. */
 export function streamWindowBytes(memoryCacheBytes: number, extentSize: number): number {
   return Math.max(Math.min(STREAM_WINDOW_BYTES, memoryCacheBytes), 2 * READ_AHEAD * extentSize);
+}
+
+/** Where the memory cache keeps an entry's base (holdBase()): negative, so no extent index is one. */
+function baseKey(index: number): number {
+  return -1 - index;
 }
 
 export class CleanExtents {
@@ -90,6 +97,34 @@ export class CleanExtents {
    */
   stream(index: number, data: Buffer): void {
     this.streamed.set(index, data);
+  }
+
+  /**
+   * The extent gets an entry for its first change while the store holds it: its clean bytes,
+   * if memory has them (the memory cache, the stream window, or on their way to disk), stay in
+   * the memory cache as the entry's base, under a key no read looks up (baseKey()), and the
+   * current copy is forgotten as by invalidate(). The upload that fills the entry's gaps then
+   * takes them from there instead of a GET (EntryBytes.completeFromStore()): without it, 4 KiB
+   * random writes over data just read fetched every extent again for its upload. A base counts
+   * against the memory cache like any extent and is evicted like one (the upload then GETs);
+   * it is never written to disk. Buffers in these caches are never changed in place, so the
+   * base stays the stored bytes for as long as the entry needs it.
+   */
+  holdBase(index: number): void {
+    const data = this.memory.peek(index) ?? this.streamed.peek(index) ?? this.evicted.get(index);
+    this.invalidate(index);
+    if (data) this.memory.set(baseKey(index), data);
+    else this.memory.delete(baseKey(index));
+  }
+
+  /** The base held by holdBase() for the extent's entry, if still in memory. */
+  base(index: number): Buffer | undefined {
+    return this.memory.peek(baseKey(index));
+  }
+
+  /** The entry no longer needs a base (its gaps are filled, or its base is zeros). */
+  dropBase(index: number): void {
+    this.memory.delete(baseKey(index));
   }
 
   /** The extent changes: forget its remembered clean copy and any fetch in flight. */
@@ -206,6 +241,7 @@ export class CleanExtents {
    */
   private evictedFromMemory(index: number, data: Buffer): void {
     const { extentSize } = this.ctx;
+    if (index < 0) return; // a base (holdBase()): its entry fetches it again if it needs it
     if (this.ctx.closed || this.table.has(index) || !this.fetched.has(data)) return;
     if (this.fills.size * extentSize >= Math.max(MAX_FILL_BYTES, 2 * extentSize)) return;
     this.evicted.set(index, data);

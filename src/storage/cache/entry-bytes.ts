@@ -13,23 +13,32 @@ export function zeroBytes(length: number): Buffer {
   return length <= ZERO_EXTENT_CHUNK.length ? ZERO_EXTENT_CHUNK.subarray(0, length) : Buffer.alloc(length);
 }
 
+/** What EntryBytes uses of the memory cache (CleanExtents). */
+export interface MemoryCopies {
+  /** The extent's current bytes, if memory has them (a whole-extent write put them there). */
+  peek(index: number): Buffer | undefined;
+  /** The stored bytes an entry's gaps are filled from, if memory still holds them (CleanExtents.holdBase()). */
+  base(index: number): Buffer | undefined;
+  dropBase(index: number): void;
+}
+
 export class EntryBytes {
   private readonly ctx: CacheContext;
   private readonly table: EntryTable;
-  private readonly remembered: (index: number) => Buffer | undefined;
+  private readonly clean: MemoryCopies;
 
-  /** `remembered(index)`: the extent's current bytes in the memory cache, if there (a whole-extent write put them there). */
-  constructor(ctx: CacheContext, table: EntryTable, remembered: (index: number) => Buffer | undefined) {
+  constructor(ctx: CacheContext, table: EntryTable, clean: MemoryCopies) {
     this.ctx = ctx;
     this.table = table;
-    this.remembered = remembered;}
+    this.clean = clean;
+  }
 
   /**
    * The entry's current bytes (which `valid` must cover): from memory if there, else its
    * journal pieces laid over the slot's bytes.
    */
   async read(e: Entry, offset: number, length: number): Promise<Buffer> {
-    const remembered = this.remembered(e.index);
+    const remembered = this.clean.peek(e.index);
     if (remembered) return remembered.subarray(offset, offset + length);
     const { slots } = this.ctx;
     if (e.journalPieces.length === 0) return slots.read(e.slot!, offset, length);
@@ -57,12 +66,16 @@ export class EntryBytes {
     e.journalPieces = [];
   }
 
-  /** Fills the gaps of a PARTIAL entry from the store (or from `fetched`, the store's extent already in hand). */
+  /**
+   * Fills the gaps of a PARTIAL entry from the store: from `fetched` (the store's extent
+   * already in hand), else from the base memory held when the entry was made
+   * (CleanExtents.holdBase()), else with a GET.
+   */
   async completeFromStore(index: number, fetched?: Buffer): Promise<void> {
     const { lower, locks, slots, extentSize } = this.ctx;
     // A base known to be zeros needs no request.
     const skipFetch = this.table.get(index)?.baseIsZero === true;
-    const base = skipFetch ? undefined : fetched ?? await lower.fetch(index);
+    const base = skipFetch ? undefined : fetched ?? this.clean.base(index) ?? await lower.fetch(index);
     await locks.with(index, async () => {
       const e = this.table.get(index);
       if (!e || e.zeros || e.slot === undefined) return;
@@ -72,6 +85,7 @@ export class EntryBytes {
         await slots.write(e.slot, start, fill ? fill.subarray(start, end) : zeroBytes(end - start));
       }
       e.valid = Ranges.full(extentSize);
+      this.clean.dropBase(index);
     });
   }
 

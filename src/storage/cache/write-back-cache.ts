@@ -108,7 +108,7 @@ export class WriteBackCache implements ExtentStore {
     const ctx = new CacheContext(options, lower, journal, slots, new ExtentLocks(), options.clock ?? realClock);
     const table: EntryTable = new EntryTable(ctx, { hurry: (until) => flusher.hurry(until), get refused() { return flusher.refused; } });
     const clean = new CleanExtents(ctx, table);
-    const bytes = new EntryBytes(ctx, table, (index) => clean.peek(index));
+    const bytes = new EntryBytes(ctx, table, clean);
     const flusher = new Flusher(ctx, table, bytes, clean);
     const changes = new Changes(ctx, table, bytes, clean, flusher);
     const cuts = new SnapshotCuts(ctx, table, bytes, flusher);
