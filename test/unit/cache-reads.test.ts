@@ -185,6 +185,24 @@ describe('WriteBackCache', () => {
     }
   });
 
+  it('does not write what a sequential read left in free memory to the disk cache when memory evicts it', async () => {
+    const objects = new MemoryObjectStore();
+    const size = 40 * E;
+    const model = pattern(size, 13);
+    await seed(objects, size, `${dir.path}/fill-seed`, model);
+    const { dev, cache } = await open(objects, size, `${dir.path}/fill-evicted`);
+    try {
+      // Extent 0 is read out of order (kept); 1-3 are a stream, which fills the free room.
+      assertSameBytes(await readAll(dev, 0, 4 * E), model.subarray(0, 4 * E), 'a sequential read');
+      // Four reads out of order, far from the read-ahead, push all four out of memory.
+      for (const i of [20, 22, 24, 26]) await readAll(dev, i * E, E);
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(cache.status().cachedExtents, 1, 'only extent 0 goes to the disk cache');
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('does not write uploaded extents to the disk cache when memory evicts them', async () => {
     const objects = new MemoryObjectStore();
     const { dev, cache } = await open(objects, 12 * E, `${dir.path}/no-second-write`, { uploadDelayMs: 3_600_000 });

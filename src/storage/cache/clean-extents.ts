@@ -197,7 +197,9 @@ export class CleanExtents {
         if (this.fetches.get(index) === fetch) this.fetches.delete(index);
         if (fetch.stale || this.table.has(index)) return undefined;
         const extent = data ?? Buffer.alloc(this.ctx.extentSize);
-        if (fetch.keep || this.hasRoom()) this.remember(index, extent);
+        if (fetch.keep) this.remember(index, extent);
+        // Not remember(): what a stream leaves in free memory is not written to disk once evicted.
+        else if (this.hasRoom()) this.memory.set(index, extent);
         else this.streamed.set(index, extent);
         return extent;
       }, (err: unknown) => {
@@ -234,7 +236,10 @@ export class CleanExtents {
    * The memory cache pushed out a clean extent it had read from the store, which the disk
    * cache does not have: keep it in a disk slot, as a CLEAN entry (the disk cache is the
    * larger, second level for reads). Extents that entered memory by being uploaded are not
-   * written again: sequential writes would otherwise pay a second local write. Skipped if the
+   * written again: sequential writes would otherwise pay a second local write. Nor are those a
+   * sequential read left in free memory (fetch()): a region read once in a stream would
+   * otherwise cost a local write of an extent each time anything else needs the room (4 KiB
+   * random writes after a read of 1 GiB: one per upload, bench/random-writes.ts). Skipped if the
    * extent changes meanwhile (invalidate() forgets it), or if no slot can be had without
    * waiting or without taking one from writes that wait for room, or if MAX_FILL_BYTES of
    * extents already wait for their slot.
