@@ -61,10 +61,10 @@ export function s3nbd(name: string, extraArgs: readonly string[]): Contender {
   };
 }
 
-/** `s3nbd serve ARGS` on a Unix socket in `dir`, once it answers. */
-export async function startS3nbd(args: readonly string[], dir: string, env: NodeJS.ProcessEnv = {}): Promise<Running> {
+/** `s3nbd serve ARGS` on a Unix socket in `dir`, once it answers; `main`: another build's dist/cli/main.js. */
+export async function startS3nbd(args: readonly string[], dir: string, env: NodeJS.ProcessEnv = {}, main = join(REPO, 'dist/cli/main.js')): Promise<Running> {
   const socket = join(dir, 'nbd.sock');
-  const child = spawn(NODE, [join(REPO, 'dist/cli/main.js'), 'serve', ...args, '--socket', socket, '--log-level', 'warn'], {
+  const child = spawn(NODE, [main, 'serve', ...args, '--socket', socket, '--log-level', 'warn'], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
