@@ -121,4 +121,29 @@ describe('WriteBackCache', () => {
     pattern(16, 5).copy(expected, E + 16);
     assertSameBytes(await storeContents(objects, size), expected, 'the store');
   });
+
+  it('lets go of a base once the extent is written whole, so it takes no room from what reads keep', async () => {
+    const size = 8 * E;
+    const objects = new FaultyStore(new MemoryObjectStore());
+    const first = await open(objects, size, `${dir.path}/base-drop-write`);
+    await first.dev.write(0, pattern(size, 20), false);
+    await first.dev.flush();
+    await first.cache.close();
+
+    const { dev, cache } = await open(objects, size, `${dir.path}/base-drop`, { uploadDelayMs: 3_600_000 });
+    try {
+      // The memory cache (4 extents) holds these four.
+      for (const i of [0, 2, 4, 6]) await readAll(dev, i * E, E);
+      await dev.write(100, pattern(10, 1), false); // extent 0's stored bytes become its base
+      await dev.write(0, pattern(E, 2), false); // written whole: the base has no use; the write is kept in memory
+      await new Promise((r) => setTimeout(r, 50));
+      // Nothing was pushed out of memory into the disk cache: its one slot is extent 0's.
+      assert.equal(cache.status().cachedExtents, 1);
+      const gets = objects.calls.get;
+      for (const i of [2, 4, 6]) assertSameBytes(await readAll(dev, i * E, E), pattern(size, 20).subarray(i * E, (i + 1) * E), `extent ${i}`);
+      assert.equal(objects.calls.get, gets, 'extents 2, 4 and 6 are still in memory');
+    } finally {
+      await cache.close();
+    }
+  });
 });

@@ -128,6 +128,8 @@ export class Changes {
       e.streamedWrite = streamed;
       e.changedToEnd = offset + length === ctx.extentSize;
       e.valid.add(offset, offset + length);
+      // Written whole by now: the base held for its gaps (CleanExtents.holdBase()) has no use.
+      if (e.valid.covers(0, ctx.extentSize)) this.clean.dropBase(index);
       table.markDirty(e, seq);
       if (whole && streamed) this.clean.stream(index, data);
       else if (whole) this.clean.keep(index, data);
@@ -213,6 +215,7 @@ export class Changes {
   private applyDiscard(index: number, seq: number): void {
     const { table } = this;
     this.clean.invalidate(index);
+    this.clean.dropBase(index);
     const e = table.get(index) ?? table.create(index);
     table.releaseSlot(e);
     e.zeros = true;
