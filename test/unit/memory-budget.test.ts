@@ -48,6 +48,37 @@ describe('memory budget', () => {
     assert.deepEqual(warnings, ['live buffers exceed the memory budget']);
   });
 
+  it('keeps collecting when a reading after a collection comes before V8 has freed the garbage', async () => {
+    // Simulated: 2 MiB of garbage per check; a collection frees it, but the next reading still
+    // counts it (V8 frees the memory of dead Buffers in a background sweep, which a loaded
+    // machine delays). A collection takes 40 ms of CPU, as on a loaded machine, so the next
+    // one is allowed only 400 ms later: that reading must not pass for live Buffers meanwhile.
+    const budget = 128 * MiB;
+    const live = 8 * MiB;
+    let garbage = 0;
+    let unswept = 0;
+    let peak = 0;
+    const probe = {
+      buffers: () => {
+        garbage += 2 * MiB;
+        const reading = live + garbage + unswept;
+        unswept = 0;
+        peak = Math.max(peak, reading);
+        return reading;
+      },
+      collect: () => {
+        unswept = garbage;
+        garbage = 0;
+        const cpu = process.cpuUsage();
+        for (let used = process.cpuUsage(cpu); used.user + used.system < 40_000; used = process.cpuUsage(cpu)) { /* busy */ }
+      },
+    };
+    const stop = governMemory(() => budget, pino({ level: 'silent' }), probe);
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    stop();
+    assert.ok(peak <= budget * 1.1, `Buffers reached ${Math.round(peak / MiB)} MiB with a budget of ${budget / MiB} MiB`);
+  });
+
   it('collects garbage Buffers that V8 lets pile up (Buffers counted in its global limit)', async () => {
     setFlagsFromString('--external-memory-accounted-in-global-limit');
     const budget = process.memoryUsage().arrayBuffers + 128 * MiB;
