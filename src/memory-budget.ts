@@ -141,21 +141,27 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
   let liveOver = false;
   /** ...unless they grow past what it left: liveLevel. */
   let liveLevel = 0;
+  /** The check after a collection found the buffers over the budget: look once more before warning. */
+  let confirmLive = false;
   const timer = setInterval(() => {
     const buffers = probe.buffers();
     const budgetBytes = budget();
     const now = performance.now();
+    // Over the budget again at the check after that: the sweep has had its time, so the
+    // buffers really are live (worth a warning, at most one a minute).
+    if (confirmLive && liveOver && buffers > budgetBytes && Date.now() - lastWarned >= WARN_EVERY_MS) {
+      lastWarned = Date.now();
+      log.warn({ buffers, budget: budgetBytes }, 'live buffers exceed the memory budget');
+    }
+    confirmLive = false;
     if (checkAfterGc) {
       checkAfterGc = false;
-      // Still over after a full collection: the buffers are live, not garbage. (Or V8's
+      // Still over after a full collection: the buffers are live, not garbage. Or V8's
       // background sweep has not freed the garbage's memory yet, which a loaded machine
-      // delays: hence liveLevel, and the reset below.)
+      // delays: hence liveLevel, the reset below, and a second look before the warning.
       liveOver = buffers > budgetBytes;
       liveLevel = buffers;
-      if (liveOver && Date.now() - lastWarned >= WARN_EVERY_MS) {
-        lastWarned = Date.now();
-        log.warn({ buffers, budget: budgetBytes }, 'live buffers exceed the memory budget');
-      }
+      confirmLive = liveOver;
     }
     if (buffers <= budgetBytes) liveOver = false;
     // Past half the overshoot the bound itself is at stake: collect now, whatever it costs,
