@@ -137,9 +137,11 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
   let nextAllowed = 0;
   let lastWarned = -Infinity;
   let checkAfterGc = false;
-  /** The last collection left the buffers over the budget: they are live, collecting sooner is no use... */
-  let liveOver = false;
-  /** ...unless they grow past what it left: liveLevel. */
+  /**
+   * What the last collection left, when that was over the budget (else 0): live Buffers, or
+   * garbage V8's background sweep has not freed yet (a loaded machine delays it). Collecting
+   * again is no use until they grow past it; it is forgotten once they are within the budget.
+   */
   let liveLevel = 0;
   /** The check after a collection found the buffers over the budget: look once more before warning. */
   let confirmLive = false;
@@ -147,29 +149,24 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
     const buffers = probe.buffers();
     const budgetBytes = budget();
     const now = performance.now();
-    // Over the budget again at the check after that: the sweep has had its time, so the
-    // buffers really are live (worth a warning, at most one a minute).
-    if (confirmLive && liveOver && buffers > budgetBytes && Date.now() - lastWarned >= WARN_EVERY_MS) {
+    // Still over at the check after that: the sweep has had its time, the buffers are live.
+    if (confirmLive && buffers > budgetBytes && Date.now() - lastWarned >= WARN_EVERY_MS) {
       lastWarned = Date.now();
       log.warn({ buffers, budget: budgetBytes }, 'live buffers exceed the memory budget');
     }
     confirmLive = false;
     if (checkAfterGc) {
       checkAfterGc = false;
-      // Still over after a full collection: the buffers are live, not garbage. Or V8's
-      // background sweep has not freed the garbage's memory yet, which a loaded machine
-      // delays: hence liveLevel, the reset below, and a second look before the warning.
-      liveOver = buffers > budgetBytes;
-      liveLevel = buffers;
-      confirmLive = liveOver;
+      confirmLive = buffers > budgetBytes;
+      liveLevel = confirmLive ? buffers : 0;
     }
-    if (buffers <= budgetBytes) liveOver = false;
+    if (buffers <= budgetBytes) liveLevel = 0;
     // Past half the overshoot the bound itself is at stake: collect now, whatever it costs,
-    // unless the last collection showed the buffers to be live and they have not grown by as
-    // much since: a reading taken before the sweep looks live too, and garbage made after it
-    // would otherwise pile up until the next collection allowed (1.4 times the budget once).
+    // unless the last collection left this much and they have not grown by as much since
+    // (without that second condition, a reading taken before the sweep held collections back
+    // until the next allowed one while garbage piled up: 1.4 times the budget once).
     const slack = budgetBytes * OVERSHOOT / 2;
-    const urgent = buffers > budgetBytes + slack && (!liveOver || buffers > liveLevel + slack);
+    const urgent = buffers > budgetBytes + slack && buffers > liveLevel + slack;
     if (buffers <= budgetBytes || (now < nextAllowed && !urgent)) return;
     // CPU time, not wall time: on a busy machine waiting for a CPU is not the collection's cost.
     const cpu = process.cpuUsage();

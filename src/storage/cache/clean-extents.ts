@@ -60,7 +60,7 @@ export class CleanExtents {
   private readonly evicted = new Map<number, Buffer>();
   /** Those disk-cache fills in flight: close() waits for them before the slot file is closed. */
   private readonly fills = new Set<Promise<void>>();
-  /** Buffers the memory cache got from the store (not from uploads): only these go to disk. */
+  /** Buffers the memory cache got from the store for reads that keep them (not uploads, not a stream's fill): only these go to disk. */
   private readonly fetched = new WeakSet<Buffer>();
   private lastRead = -2;
 
