@@ -26,15 +26,19 @@ export interface GatewayProcess {
   isReady(): boolean;
   exitedOnItsOwn(): boolean;
   tail(): string;
+  /** The first few KiB of its stderr (Node's own lines, such as the inspector's address, come first). */
+  head(): string;
   /** SIGKILL; resolves true if the process was still running when the signal went. */
   kill(): Promise<boolean>;
   stop(): Promise<number | null>;
 }
 
-export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: string): GatewayProcess {
-  const child = spawn(process.execPath, [MAIN, 'serve', ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+/** `nodeArgs`: options for Node itself, before the script (e.g. --inspect=127.0.0.1:0). */
+export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: string, nodeArgs: string[] = []): GatewayProcess {
+  const child = spawn(process.execPath, [...nodeArgs, MAIN, 'serve', ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   const logFile = createWriteStream(logPath);
   let logs = '';
+  let head = '';
   let ready = false;
   let killed = false;
   const exited = new Promise<number | null>((res) => child.once('close', (code) => {
@@ -49,6 +53,7 @@ export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: st
     child.stderr.on('data', (d: Buffer) => {
       logFile.write(d);
       logs = (logs + d.toString()).slice(-20_000);
+      if (head.length < 4000) head += d.toString();
       if (!ready && /"msg":"volume (opened|created)"/.test(logs)) {
         ready = true;
         clearTimeout(timer);
@@ -69,6 +74,7 @@ export function spawnGateway(args: string[], env: NodeJS.ProcessEnv, logPath: st
     isReady: () => ready,
     exitedOnItsOwn: () => !killed && child.exitCode !== null,
     tail: () => logs.slice(-4000),
+    head: () => head,
     async kill() {
       killed = true;
       const running = child.exitCode === null && child.signalCode === null;

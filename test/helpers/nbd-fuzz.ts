@@ -21,6 +21,8 @@ export interface FuzzOptions {
   readonly seed: number;
   /** Stop after this many cases... */
   readonly cases: number;
+  /** The number of the first case (default 0): a second run from where the first stopped runs new cases. */
+  readonly firstCase?: number;
   /** ...or after this long. */
   readonly durationMs?: number;
   readonly workers?: number;
@@ -170,8 +172,8 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzResult> {
   })();
   await Promise.all(workerLanes.map(async (lane) => {
     while (!stop && result.failures.length === 0) {
-      const index = next++;
-      if (index >= options.cases || timeUp()) break;
+      if (next >= options.cases || timeUp()) break;
+      const index = (options.firstCase ?? 0) + next++;
       // Seeds of their own, so a failing case replays alone: runCase(socket, seed, lane).
       const caseSeed = (options.seed * 1_000_003 + index) >>> 0;
       const t0 = Date.now();
