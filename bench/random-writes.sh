@@ -3,7 +3,8 @@
 # policies (--max-dirty) and extent sizes side by side in one run on one local MinIO
 # (bench/random-writes.ts says what and why). Installs what it needs first, builds, and with
 # BENCH_BASE="<revision> ..." also measures those builds' defaults beside them.
-# Settings: BENCH_REPEAT (default 3), BENCH_RANDOM_SECONDS (default 10), BENCH_BASE.
+# Settings: BENCH_REPEAT (default 3), BENCH_RANDOM_SECONDS (default 10), BENCH_REGION_MIB
+# (default 1024; 256 for the hot region), BENCH_VARIANTS, BENCH_OUT, BENCH_BASE.
 # Writes bench/results/random-writes-latest.md and .json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,9 +3,10 @@
 // recycled segment's tail.
 
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
-import { after, describe, it } from 'node:test';
+import { after, describe, it, type TestContext } from 'node:test';
+import { syncCalls } from '../../src/storage/cache/inline-writes.ts';
 import { Journal, type JournalRecord, RecordType, SPARE_SEGMENTS } from '../../src/storage/cache/journal.ts';
 import { pattern } from '../helpers/model.ts';
 import { tempDir } from '../helpers/gateway.ts';
@@ -124,52 +125,79 @@ describe('Journal', () => {
     await journal.close();
   });
 
-  it('refuses a batch with ENOSPC when the disk is full, cuts its partial bytes off, and goes on once there is room', async (t) => {
-    const path = `${dir.path}/no-space`;
-    const failures: Error[] = [];
-    const { journal } = await Journal.open(path, { onFailed: (err) => failures.push(err) });
-    const before = await writeMany(journal, 3, 64 * 1024);
-    const probe = await open(path, 'r');
-    const handles = Object.getPrototypeOf(probe) as FileHandle;
-    await probe.close();
-    // The disk fills in the middle of the batch: part of the record reaches the file, then ENOSPC.
-    const writev = t.mock.method(handles, 'writev', async function (this: FileHandle, buffers: Buffer[], position: number) {
-      await this.write(buffers[0]!, 0, 20, position);
-      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-    });
-    const segment = `${path}/${readdirSync(path).find((n) => n.endsWith('.log'))!}`;
-    const validBytes = statSync(segment).size;
-    const lost = journal.reserve();
-    await assert.rejects(journal.append({ type: RecordType.WRITE, seq: lost, index: 0, offset: 0, length: 4096, payload: pattern(4096, lost) }),
-      (err: Error & { errno?: string }) => err.errno === 'ENOSPC' && /cache disk is full/.test(err.message));
-    writev.mock.restore();
-    assert.equal(statSync(segment).size, validBytes, 'the part of the refused batch that was written is cut off at once');
-    const after = await writeMany(journal, 3, 64 * 1024);
-    await journal.sync();
-    assert.deepEqual(failures, [], 'a full disk does not fail the journal');
-    await journal.close();
-    const { journal: reopened, records } = await Journal.open(path);
-    assertRecords(records, [...before, ...after], 'the records before and after, none of the refused one (nor garbage from it)');
-    await reopened.close();
-  });
+  // A small batch is written inline (writevSync), a large one through the thread pool
+  // (FileHandle.writev): each failure is tested on both paths.
+  const paths = [{ name: 'inline', size: 4096 }, { name: 'through the thread pool', size: 512 * 1024 }] as const;
 
-  it('fails for good, and says so once, on a write error other than a full disk', async (t) => {
-    const path = `${dir.path}/write-error`;
-    const failures: Error[] = [];
-    const { journal } = await Journal.open(path, { onFailed: (err) => failures.push(err) });
-    await writeMany(journal, 2, 4096);
-    const probe = await open(path, 'r');
+  /**
+   * Makes the journal's writes of either path run `fail` instead (positions as writev's).
+   * Returns a function that puts them back and says which path was taken.
+   */
+  async function failWrites(t: TestContext, fail: (fd: number, buffers: Buffer[], position: number) => void): Promise<() => string> {
+    const probe = await open(dir.path, 'r');
     const handles = Object.getPrototypeOf(probe) as FileHandle;
     await probe.close();
-    const writev = t.mock.method(handles, 'writev', () => Promise.reject(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' })));
-    await assert.rejects(write(journal, 4096), /journal write failed .*EIO/);
-    writev.mock.restore();
-    await assert.rejects(write(journal, 4096), /journal write failed/, 'an append after the failure');
-    await assert.rejects(journal.sync(), /journal write failed/);
-    assert.equal(failures.length, 1);
-    assert.equal(journal.failure, failures[0]);
-    await journal.close();
-  });
+    const pooled = t.mock.method(handles, 'writev', async function (this: FileHandle, buffers: Buffer[], position: number) {
+      await Promise.resolve();
+      fail(this.fd, buffers, position);
+      return { bytesWritten: 0, buffers };
+    });
+    const inline = t.mock.method(syncCalls, 'writevSync', (fd: number, buffers: Buffer[], position: number) => {
+      fail(fd, buffers, position);
+      return 0;
+    });
+    return () => {
+      const taken = `${inline.mock.callCount() > 0 ? 'inline' : ''}${pooled.mock.callCount() > 0 ? 'through the thread pool' : ''}`;
+      pooled.mock.restore();
+      inline.mock.restore();
+      return taken;
+    };
+  }
+
+  for (const { name, size } of paths) {
+    it(`refuses a batch with ENOSPC when the disk is full, cuts its partial bytes off, and goes on once there is room (${name})`, async (t) => {
+      const path = `${dir.path}/no-space-${size}`;
+      const failures: Error[] = [];
+      const { journal } = await Journal.open(path, { onFailed: (err) => failures.push(err) });
+      const before = await writeMany(journal, 3, 64 * 1024);
+      // The disk fills in the middle of the batch: part of the record reaches the file, then ENOSPC.
+      const restore = await failWrites(t, (fd, buffers, position) => {
+        writeSync(fd, buffers[0]!, 0, 20, position);
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      });
+      const segment = `${path}/${readdirSync(path).find((n) => n.endsWith('.log'))!}`;
+      const validBytes = statSync(segment).size;
+      const lost = journal.reserve();
+      await assert.rejects(journal.append({ type: RecordType.WRITE, seq: lost, index: 0, offset: 0, length: size, payload: pattern(size, lost) }),
+        (err: Error & { errno?: string }) => err.errno === 'ENOSPC' && /cache disk is full/.test(err.message));
+      assert.equal(restore(), name);
+      assert.equal(statSync(segment).size, validBytes, 'the part of the refused batch that was written is cut off at once');
+      const after = await writeMany(journal, 3, 64 * 1024);
+      await journal.sync();
+      assert.deepEqual(failures, [], 'a full disk does not fail the journal');
+      await journal.close();
+      const { journal: reopened, records } = await Journal.open(path);
+      assertRecords(records, [...before, ...after], 'the records before and after, none of the refused one (nor garbage from it)');
+      await reopened.close();
+    });
+
+    it(`fails for good, and says so once, on a write error other than a full disk (${name})`, async (t) => {
+      const path = `${dir.path}/write-error-${size}`;
+      const failures: Error[] = [];
+      const { journal } = await Journal.open(path, { onFailed: (err) => failures.push(err) });
+      await writeMany(journal, 2, 4096);
+      const restore = await failWrites(t, () => {
+        throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+      });
+      await assert.rejects(write(journal, size), /journal write failed .*EIO/);
+      assert.equal(restore(), name);
+      await assert.rejects(write(journal, 4096), /journal write failed/, 'an append after the failure');
+      await assert.rejects(journal.sync(), /journal write failed/);
+      assert.equal(failures.length, 1);
+      assert.equal(journal.failure, failures[0]);
+      await journal.close();
+    });
+  }
 
   it('with syncOnRollover, makes a full segment durable before it writes the next, so no power loss leaves a gap', async (t) => {
     const probe = await open(dir.path, 'r');

@@ -48,7 +48,9 @@
 // crash needs; sync() is for `--flush-mode local` and power loss: it fsyncs the segment being
 // written, every segment closed since the last sync(), and the directory whenever segments
 // were created or renamed since (a recycled segment whose rename was lost would be replayed
-// under its old name, out of order). Records are appended
+// under its old name, out of order). A small batch is written with a synchronous write(2)
+// from the event loop, a large one (or any after a write that blocked) through the thread
+// pool (inline-writes.ts). Records are appended
 // in sequence order, one batch at a time (group commit), so replay applies changes in the
 // order they were applied to the cache. Whole segments are retired once every change in them
 // is in the object store; recovery therefore reads only what is still dirty.
@@ -57,6 +59,7 @@ import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promi
 import { basename, join } from 'node:path';
 import { StorageError } from '../storage-error.ts';
 import { fsyncPath } from '../../fsync.ts';
+import { InlineWrites, syncCalls } from './inline-writes.ts';
 import { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord } from './journal-records.ts';
 
 export { decodeSegment, encodeHeader, HEADER_SIZE, type JournalRecord, RecordType, type RecordTypeValue, uploadedGeneration, uploadedRecord } from './journal-records.ts';
@@ -124,6 +127,8 @@ export class Journal {
   private directoryChanged = false;
 
   private readonly onFailed: ((err: Error) => void) | undefined;
+  /** Batches this small are written inline (inline-writes.ts): a few small writes' records. */
+  private readonly inline = new InlineWrites(256 * 1024);
 
   private constructor(dir: string, options: JournalOptions) {
     this.dir = dir;
@@ -333,7 +338,7 @@ export class Journal {
           const bytes = buffers.reduce((n, b) => n + b.length, 0);
           // At explicit positions: a recycled segment is overwritten from its start. writev may
           // write less than asked on some file systems: finish the rest.
-          let written = (await handle.writev(buffers, segment.bytes)).bytesWritten;
+          let written = await this.inline.write(bytes, () => syncCalls.writevSync(handle.fd, buffers, segment.bytes), async () => (await handle.writev(buffers, segment.bytes)).bytesWritten);
           while (written < bytes) {
             const rest = Buffer.concat(buffers).subarray(written);
             written += (await handle.write(rest, 0, rest.length, segment.bytes + written)).bytesWritten;
