@@ -1,8 +1,8 @@
 // Small writes to the cache's files (a 4 KiB write's journal record and its slot bytes) are
 // made with a synchronous write(2) from the event loop. Into the page cache that takes a few
 // microseconds, where a trip through libuv's thread pool costs tens of microseconds of CPU and
-// a thread wakeup each way: on 4 KiB random writes over a directory store, 1.37x the IOPS at
-// 0.6 of the gateway's CPU per write (bench/results/inline-writes.md).
+// a thread wakeup each way: 4 KiB random writes over 256 MiB of an S3 volume made 1.31x the
+// IOPS at 0.72 of the gateway's CPU per write (bench/results/random-writes-hot.md).
 //
 // But a write(2) that blocks (the kernel throttling writers while it writes back dirty pages,
 // a slow or failing disk) would stall every connection, not only the requests that write. So a
