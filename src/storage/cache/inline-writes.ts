@@ -7,7 +7,11 @@
 // But a write(2) that blocks (the kernel throttling writers while it writes back dirty pages,
 // a slow or failing disk) would stall every connection, not only the requests that write. So a
 // write that took longer than SLOW_MS sends the next ones through the thread pool for
-// POOLED_MS; then they are tried inline again.
+// POOLED_MS; then they are tried inline again. Each slow write in a row doubles that time (up
+// to MAX_POOLED_MS), so a disk that stays slow stalls the event loop once a minute at most, not
+// once a second; a quick inline write resets it. A write that never returns (a hung disk) would
+// hang the event loop, where the thread pool would only have lost a thread: the price of the
+// fast path, on a disk whose writes would never complete either way.
 
 import { writeSync, writevSync } from 'node:fs';
 
@@ -16,13 +20,16 @@ export const syncCalls = { writeSync, writevSync };
 
 /** An inline write that took longer than this: the disk is not keeping up. */
 export const SLOW_MS = 2;
-/** How long writes go through the thread pool after a slow one. */
+/** How long writes go through the thread pool after a slow one... */
 export const POOLED_MS = 1000;
+/** ...doubled for each slow one in a row, up to this. */
+export const MAX_POOLED_MS = 64_000;
 
 export class InlineWrites {
   private readonly maxBytes: number;
   private readonly now: () => number;
   private pooledUntil = -Infinity;
+  private pooledMs = POOLED_MS;
 
   /** Writes of at most `maxBytes` go inline; `now` in milliseconds (tests give a fake one). */
   constructor(maxBytes: number, now: () => number = () => performance.now()) {
@@ -46,7 +53,12 @@ export class InlineWrites {
       return sync();
     } finally {
       const ended = this.now();
-      if (ended - started > SLOW_MS) this.pooledUntil = ended + POOLED_MS;
+      if (ended - started > SLOW_MS) {
+        this.pooledUntil = ended + this.pooledMs;
+        this.pooledMs = Math.min(this.pooledMs * 2, MAX_POOLED_MS);
+      } else {
+        this.pooledMs = POOLED_MS;
+      }
     }
   }
 }
