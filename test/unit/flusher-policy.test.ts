@@ -73,6 +73,26 @@ describe('the flusher, on a manual clock', () => {
     }
   });
 
+  it('uploads an extent rewritten whole since its last upload after the upload delay, even when its last change stopped short of its end', async () => {
+    // A writer going forward whose requests arrive out of order: the kernel's writeback over
+    // several connections (nbdfuse), or a client with a deep queue. The extent is done with.
+    const { objects, clock, cache, dev } = await setUp(`${dir.path}/reordered`);
+    try {
+      await dev.write(E / 2, Buffer.alloc(E / 2, 1), false);
+      await dev.write(0, Buffer.alloc(E / 2, 2), false);
+      await clock.advance(UPLOAD_DELAY_MS + 100);
+      await until(() => objects.calls.put === 1 && cache.status().dirtyExtents === 0, 'uploaded after the upload delay');
+      // After that upload, a small change stopping short of the end is scattered again.
+      await dev.write(E / 4, Buffer.alloc(100, 3), false);
+      await clock.advance(SCATTERED_IDLE_MS - 100);
+      assert.equal(objects.calls.put, 1, 'a small change after the upload waits SCATTERED_IDLE_MS');
+      await clock.advance(200);
+      await until(() => objects.calls.put === 2, 'then it is uploaded');
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('uploads an extent that keeps changing after 10 s, not after each write', async () => {
     const { objects, clock, cache, dev } = await setUp(`${dir.path}/age`);
     try {

@@ -38,6 +38,11 @@ import { Ranges } from './ranges.ts';
  */
 const MIN_PIECE_BYTES = 64 * 1024;
 const MAX_PIECES = 16;
+/**
+ * Runs of changed bytes an entry tracks since its last upload (Entry.changedSinceUpload):
+ * a writer going forward leaves a few, random writes more (and each add() copies the list).
+ */
+const MAX_CHANGED_RUNS = 16;
 
 export class Changes {
   /** Writes at least this large become journal pieces (see MIN_PIECE_BYTES). */
@@ -127,6 +132,9 @@ export class Changes {
       if (piece) e.journalPieces.push({ seq, offset, length, where });
       e.streamedWrite = streamed;
       e.changedToEnd = offset + length === ctx.extentSize;
+      const changed = e.changedSinceUpload;
+      changed?.add(offset, offset + length);
+      if (changed && changed.runs > MAX_CHANGED_RUNS) e.changedSinceUpload = undefined;
       e.valid.add(offset, offset + length);
       // Written whole by now: the base held for its gaps (CleanExtents.holdBase()) has no use.
       if (e.valid.covers(0, ctx.extentSize)) this.clean.dropBase(index);

@@ -68,6 +68,14 @@ export interface Entry {
    * extent, so the upload need not wait long (flusher.ts, pump()).
    */
   changedToEnd: boolean;
+  /**
+   * The bytes changed since the last upload took its copy (Changes.apply()), while they are
+   * a few runs; undefined once they are more (random writes). Covering the whole extent, they
+   * say that the extent was rewritten whole, in whatever order its requests came: the
+   * kernel's writeback over several connections ends an extent with any of its pieces. Such an
+   * extent need not wait long either (flusher.ts, pump()).
+   */
+  changedSinceUpload: Ranges | undefined;
   /** When the entry last became dirty, and when it last changed (for the upload policy). */
   dirtySince: number;
   lastChange: number;
@@ -164,7 +172,7 @@ export class EntryTable {
   create(index: number): Entry {
     const e: Entry = {
       index, slot: undefined, valid: new Ranges(), baseIsZero: false, zeros: false, gen: 0, uploadedGen: 0,
-      firstDirtySeq: 0, uploading: undefined, journalPieces: [], streamedWrite: false, changedToEnd: false, dirtySince: 0, lastChange: 0,
+      firstDirtySeq: 0, uploading: undefined, journalPieces: [], streamedWrite: false, changedToEnd: false, changedSinceUpload: new Ranges(), dirtySince: 0, lastChange: 0,
     };
     this.entries.set(index, e);
     return e;

@@ -25,6 +25,7 @@ import { type CacheContext, REPEAT_LOG_INTERVAL_MS } from './context.ts';
 import type { Entry, EntryTable } from './entries.ts';
 import type { EntryBytes } from './entry-bytes.ts';
 import { SEGMENT_BYTES, uploadedRecord } from './journal.ts';
+import { Ranges } from './ranges.ts';
 
 /** The longest a dirty extent that keeps changing waits before it is uploaded. */
 const MAX_DIRTY_AGE_MS = 10_000;
@@ -107,8 +108,9 @@ export class Flusher {
 
   /**
    * Starts uploads of dirty extents that are due, up to the concurrency limit. An extent is
-   * due once it has had no change for the upload delay (a sequential writer has moved on;
-   * SCATTERED_IDLE_MS when its last change stopped short of its end), or
+   * due once it has had no change for the upload delay (a sequential writer has moved on:
+   * its last change reached the extent's end, or it rewrote the whole extent since the last
+   * upload; SCATTERED_IDLE_MS otherwise), or
    * MAX_DIRTY_AGE_MS after it became dirty (one that keeps being rewritten is uploaded every
    * so often, not after each write), or at once when a flush waits, when dirty data passes
    * half the dirty limit, or when the journal (which keeps every rewrite until the extent is
@@ -123,7 +125,7 @@ export class Flusher {
       || this.table.dirtySlots * extentSize * 2 >= options.maxDirtyBytes
       || journal.bytes >= options.maxDirtyBytes + 2 * SEGMENT_BYTES;
     const due = (e: Entry): boolean => pressure
-      || now - e.lastChange >= (e.zeros || e.changedToEnd ? options.uploadDelayMs : Math.max(SCATTERED_IDLE_MS, options.uploadDelayMs))
+      || now - e.lastChange >= (e.zeros || movedOn(e, extentSize) ? options.uploadDelayMs : Math.max(SCATTERED_IDLE_MS, options.uploadDelayMs))
       || now - e.dirtySince >= Math.max(MAX_DIRTY_AGE_MS, options.uploadDelayMs);
     const deletes: Entry[] = [];
     for (const e of this.table.dirty.values()) {
@@ -167,6 +169,7 @@ export class Flusher {
         if (!e || e.gen <= e.uploadedGen || e.uploading !== undefined || e.zeros) return 'done';
         if (!e.valid.covers(0, extentSize)) return 'needs-base';
         e.uploading = e.gen;
+        e.changedSinceUpload = new Ranges();
         snapshot = { gen: e.gen, data: await this.bytes.read(e, 0, extentSize) };
         return 'ready';
       });
@@ -385,4 +388,13 @@ export class Flusher {
     // or the slot file after this returns.
     while (this.uploadsInFlight > 0) await new Promise((resolve) => setTimeout(resolve, 5));
   }
+}
+
+/**
+ * Whether the writer has most likely moved on from the extent: its last change reached the
+ * end, or everything changed since the last upload covers it (requests that came out of
+ * order). Either way an upload now carries mostly new bytes.
+ */
+function movedOn(e: Entry, extentSize: number): boolean {
+  return e.changedToEnd || e.changedSinceUpload?.covers(0, extentSize) === true;
 }

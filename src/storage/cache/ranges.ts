@@ -39,6 +39,11 @@ export class Ranges {
     return start >= end;
   }
 
+  /** How many disjoint ranges the set has. */
+  get runs(): number {
+    return this.bounds.length / 2;
+  }
+
   isEmpty(): boolean {
     return this.bounds.length === 0;
   }
