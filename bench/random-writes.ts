@@ -89,7 +89,7 @@ async function runVariant(v: Variant, rep: number, s3: { endpoint: string; env: 
     await sequentialRead(gw.device, DATA);
     const metrics = async (): Promise<Map<string, number>> => parseMetrics((await adminGet(`http://127.0.0.1:${adminPort}/`, '/metrics')).text);
     const before = v.metrics ? await metrics() : undefined;
-    const usage = watchUsage(gw.pid)!;
+    const usage = watchUsage(gw.pid!);
     const rate = await random4k(gw.device, 'randwrite', REGION, SECONDS);
     const used = usage();
     const sample: Sample = { iops: rate.value, cpuSeconds: used.cpuSeconds, peakRssMiB: used.peakRssMiB };

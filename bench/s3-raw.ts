@@ -15,7 +15,8 @@
 //   node bench/s3-raw.ts usage    --endpoint URL --bucket B --prefix P
 //
 // Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. put and get print one JSON line,
-// {"seconds":..,"bytes":..,"mibps":..,"cpuSeconds":..}, timed from the first request to the last response
+// {"seconds":..,"bytes":..,"mibps":..,"cpuSeconds":..,"machineCpuSeconds":..,"machineBusy":..}, timed from the
+// first request to the last response (machine*: every process's CPU then, MinIO's included)
 // (put reads its object bodies from F into memory before the clock starts). objects prints
 // {"objects":..,"bytes":..,"extentObjects":..,"extentBytes":..}: every object under P/ and
 // their bytes, and those under P/extents/ (through the SDK, whatever --client says). requests prints
@@ -33,6 +34,7 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
+import { type MachineUsage, watchMachine } from './compare/usage.ts';
 import { extentKeyStem } from '../src/storage/extents/extent-keys.ts';
 import { DirectS3 } from '../src/storage/objects/s3/s3-direct.ts';
 import { createSdkClient } from '../src/storage/objects/s3/sdk-client.ts';
@@ -95,22 +97,26 @@ function client(): S3Client {
 async function pool(job: (i: number) => Promise<void>): Promise<number> {
   let next = 0;
   cpuStart = process.cpuUsage();
+  machine = watchMachine();
   const start = process.hrtime.bigint();
   const worker = async (): Promise<void> => {
     while (next < count) await job(next++);
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  machineUsed = machine();
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
 let cpuStart = process.cpuUsage();
+let machine = watchMachine();
+let machineUsed: MachineUsage | undefined;
 
-/** The run as JSON, with this process's CPU time (user + system) during pool(). */
+/** The run as JSON, with this process's CPU time (user + system) and the machine's during pool(). */
 function report(seconds: number): void {
   const bytes = count * size;
   const cpu = process.cpuUsage(cpuStart);
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
-  process.stdout.write(`${JSON.stringify({ seconds, bytes, mibps: bytes / 2 ** 20 / seconds, cpuSeconds })}\n`);
+  process.stdout.write(`${JSON.stringify({ seconds, bytes, mibps: bytes / 2 ** 20 / seconds, cpuSeconds, ...machineUsed })}\n`);
 }
 
 async function readAll(body: unknown): Promise<number> {

@@ -2,12 +2,12 @@
 // `nbdkit memory`, the workloads of bench/protocol.sh: 4 GiB devices, a region written once
 // (untimed, so that reads never hit holes), then each workload time-based with fio's nbd
 // engine, numjobs 1, queue depth 16, the two servers alternating. s3nbd's CPU and peak RSS
-// are measured around each of its runs.
+// are measured around each of its runs, the machine's CPU around every run.
 
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Device, startNbdkitMemory, startS3nbd } from './contenders.ts';
-import { watchUsage } from './usage.ts';
+import { type MachineUsage, watchUsage } from './usage.ts';
 import { LOCAL_WORKLOADS, type LocalWorkload } from './workload-table.ts';
 import { MiB, sequentialWrite, timedRun } from './workloads.ts';
 
@@ -22,7 +22,7 @@ export interface LocalSettings {
   readonly s3nbdArgs: readonly string[];
 }
 
-export interface LocalSample { value: number; bytes: number; cpuSeconds?: number; peakRssMiB?: number }
+export interface LocalSample extends Partial<MachineUsage> { value: number; bytes: number; cpuSeconds?: number; peakRssMiB?: number }
 
 /** Runs every local workload once per server, s3nbd first when `s3nbdFirst`. */
 export async function runLocal(s: LocalSettings, dir: string, s3nbdFirst: boolean, record: (workload: LocalWorkload, name: string, sample: LocalSample) => void): Promise<void> {
@@ -44,7 +44,7 @@ export async function runLocal(s: LocalSettings, dir: string, s3nbdFirst: boolea
       for (const server of servers) {
         const usage = watchUsage(server.pid);
         const rate = await timedRun(server.device, w.rw, w.bs, s.region, s.seconds, s.ramp);
-        record(workload, server.name, { ...rate, ...usage?.() });
+        record(workload, server.name, { ...rate, ...usage() });
       }
     }
   } finally {

@@ -17,7 +17,8 @@
 //   BENCH_LOCAL_SECONDS its time-based runs (default 10, after 2 s of ramp, as bench/protocol.sh)
 //
 // s3nbd runs with --max-dirty 1G (its default) spelled out. Its gateway process's CPU time and
-// peak RSS are measured around every phase (usage.ts), as is the raw S3 client's CPU time.
+// peak RSS are measured around every phase (usage.ts), as is the raw S3 client's CPU time, and
+// the whole machine's CPU time around every phase of every contender and limit.
 //
 // Writes bench/results/compare-latest.json; bench/compare/report.ts turns it into
 // docs/benchmarks.md and the chart.
@@ -30,7 +31,7 @@ import { startMinio } from '../../test/helpers/minio.ts';
 import { REPO, runOk } from '../../test/helpers/tools.ts';
 import { type Contender, peer, type Running, type S3Target, s3nbd, startNbdkitMemory } from './contenders.ts';
 import { LOCAL_DEVICE, runLocal } from './local.ts';
-import { type Usage, watchUsage } from './usage.ts';
+import { type MachineUsage, setStorePid, type Usage, watchMachine, watchUsage } from './usage.ts';
 import { LIMITS, LOCAL_WORKLOADS, PEER_LEAD, RSS_HEADROOM_MIB, TARGETS, type Workload, WORKLOADS } from './workload-table.ts';
 import { copyTreeOntoExt4, flushDevice, makeFileSystem, makeTree, MiB, random4k, type Rate, readWholeDevice, sequentialRead, sequentialWrite } from './workloads.ts';
 
@@ -74,9 +75,9 @@ export const CONTENDERS: readonly Contender[] = [
 /**
  * One measurement: a value in the workload's unit, and the S3 requests it made if counted;
  * for s3nbd and the raw S3 client, the bytes the phase moved and the CPU seconds it took, and
- * for s3nbd its peak RSS in the phase (usage.ts).
+ * for s3nbd its peak RSS in the phase; for every phase the machine's CPU (usage.ts).
  */
-export interface Sample { value: number; requests?: Record<string, number>; bytes?: number; cpuSeconds?: number; peakRssMiB?: number }
+export interface Sample extends Partial<MachineUsage> { value: number; requests?: Record<string, number>; bytes?: number; cpuSeconds?: number; peakRssMiB?: number }
 export type Results = Record<string, Record<string, Sample[]>>;
 
 
@@ -106,7 +107,7 @@ function gauged(running: Running, bytes: (value: number) => number, fn: () => Pr
   return async () => {
     const usage = watchUsage(running.pid);
     const value = await fn();
-    return { value, bytes: bytes(value), ...usage?.() };
+    return { value, bytes: bytes(value), ...usage() };
   };
 }
 
@@ -115,7 +116,7 @@ function gaugedRate(running: Running, fn: () => Promise<Rate>): () => Promise<Sa
   return async () => {
     const usage = watchUsage(running.pid);
     const rate = await fn();
-    return { ...rate, ...usage?.() };
+    return { ...rate, ...usage() };
   };
 }
 
@@ -124,13 +125,15 @@ function record(workload: Workload | keyof typeof LOCAL_WORKLOADS, contender: st
   ((results[workload] ??= {})[contender] ??= []).push(sample);
   const unit = workload in WORKLOADS ? WORKLOADS[workload as Workload] : LOCAL_WORKLOADS[workload as keyof typeof LOCAL_WORKLOADS].unit;
   const usage = sample.cpuSeconds === undefined ? '' : ` (${sample.cpuSeconds.toFixed(2)} CPU-s${sample.peakRssMiB === undefined ? '' : `, peak RSS ${sample.peakRssMiB.toFixed(0)} MiB`})`;
-  console.error(`[bench] ${contender} ${workload}: ${sample.value.toFixed(1)} ${unit}${usage}${sample.requests ? ` ${JSON.stringify(sample.requests)}` : ''}`);
+  const machine = sample.machineBusy === undefined ? '' : ` [machine ${(100 * sample.machineBusy).toFixed(0)}% busy]`;
+  console.error(`[bench] ${contender} ${workload}: ${sample.value.toFixed(1)} ${unit}${usage}${machine}${sample.requests ? ` ${JSON.stringify(sample.requests)}` : ''}`);
 }
 
 async function main(): Promise<void> {
   const work = join(tmpdir(), `s3nbd-compare-${process.pid}`);
   mkdirSync(work, { recursive: true });
   const minio = await startMinio();
+  setStorePid(minio.pid);
   try {
     await minio.createBucket(BUCKET);
     const s3: S3Target = { endpoint: minio.endpoint, accessKeyId: minio.accessKeyId, secretAccessKey: minio.secretAccessKey, bucket: BUCKET };
@@ -233,7 +236,7 @@ async function runContender(c: Contender, s3: S3Target, rep: number, dir: string
   // Timed until the data is in S3: the write and its flush, and, for a contender whose flush
   // does not wait for S3, a clean stop too (which uploads whatever it still holds back).
   // s3nbd's CPU and peak RSS are read before it stops (its flush is durable).
-  const untilDurable = async (running: Running, work: () => Promise<number>): Promise<{ seconds: number; usage?: Usage }> => {
+  const untilDurable = async (running: Running, work: () => Promise<number>): Promise<{ seconds: number; usage: MachineUsage & Partial<Usage> }> => {
     const read = watchUsage(running.pid);
     const started = await work().catch(async (err: unknown) => {
       await running.stop().catch(() => undefined);
@@ -241,9 +244,9 @@ async function runContender(c: Contender, s3: S3Target, rep: number, dir: string
     });
     if (!c.flushIsDurable) await running.stop();
     const seconds = (performance.now() - started) / 1000;
-    const usage = read?.();
+    const usage = read();
     if (c.flushIsDurable) await running.stop();
-    return { seconds, ...(usage ? { usage } : {}) };
+    return { seconds, usage };
   };
   const written = await measure(async () => {
     const r = await c.start(s3, volume('data', 2 * DATA, 'write'));
@@ -292,20 +295,27 @@ async function runLimits(rep: number, raw: (args: string[]) => Promise<string>, 
   const nbdkit = await startNbdkitMemory(join(tmpdir(), `s3nbd-compare-nbdkit-${process.pid}-${rep}.sock`), 2 * DATA);
   try {
     const { device } = nbdkit;
-    record('write+flush', 'nbdkit memory', await settled(async () => ({ value: DATA / MiB / await sequentialWrite(device, DATA) })));
-    record('warm read', 'nbdkit memory', await settled(async () => ({ value: DATA / MiB / await sequentialRead(device, DATA) })));
-    record('4K rand write hot', 'nbdkit memory', await settled(() => random4k(device, 'randwrite', HOT_REGION, RANDOM_SECONDS)));
-    record('4K rand write', 'nbdkit memory', await settled(() => random4k(device, 'randwrite', DATA, RANDOM_SECONDS)));
-    record('4K rand read', 'nbdkit memory', await settled(() => random4k(device, 'randread', DATA, RANDOM_SECONDS)));
+    record('write+flush', 'nbdkit memory', await settled(gauged(nbdkit, () => DATA, async () => DATA / MiB / await sequentialWrite(device, DATA))));
+    record('warm read', 'nbdkit memory', await settled(gauged(nbdkit, () => DATA, async () => DATA / MiB / await sequentialRead(device, DATA))));
+    record('4K rand write hot', 'nbdkit memory', await settled(gaugedRate(nbdkit, () => random4k(device, 'randwrite', HOT_REGION, RANDOM_SECONDS))));
+    record('4K rand write', 'nbdkit memory', await settled(gaugedRate(nbdkit, () => random4k(device, 'randwrite', DATA, RANDOM_SECONDS))));
+    record('4K rand read', 'nbdkit memory', await settled(gaugedRate(nbdkit, () => random4k(device, 'randread', DATA, RANDOM_SECONDS))));
   } finally {
     await nbdkit.stop();
   }
   const count = String(DATA / MiB);
   const prefix = `raw/run${rep}`;
-  // s3-raw.ts prints its own CPU time (process.cpuUsage() from its first request to its last response).
+  // s3-raw.ts prints its own CPU time and the machine's (from its first request to its last
+  // response); MinIO's is read around the whole client process (the client's start and, for
+  // put, its read of the file cost MinIO nothing).
   const rawSample = async (args: string[]): Promise<Sample> => {
-    const r = JSON.parse(await raw(args)) as { mibps: number; bytes: number; cpuSeconds: number };
-    return { value: r.mibps, bytes: r.bytes, cpuSeconds: r.cpuSeconds };
+    const store = watchMachine();
+    const r = JSON.parse(await raw(args)) as { mibps: number; bytes: number; cpuSeconds: number; machineCpuSeconds: number; machineBusy: number };
+    const { storeCpuSeconds } = store();
+    return {
+      value: r.mibps, bytes: r.bytes, cpuSeconds: r.cpuSeconds, machineCpuSeconds: r.machineCpuSeconds, machineBusy: r.machineBusy,
+      ...(storeCpuSeconds === undefined ? {} : { storeCpuSeconds }),
+    };
   };
   record('write+flush', 'raw S3', await measure(() => rawSample(['put', '--bucket', BUCKET, '--prefix', prefix, '--file', source, '--count', count])));
   record('cold read', 'raw S3', await measure(() => rawSample(['get', '--bucket', BUCKET, '--prefix', prefix, '--count', count])));

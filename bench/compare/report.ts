@@ -15,7 +15,11 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { REPO } from '../../test/helpers/tools.ts';
 
-interface Sample { value: number; requests?: Record<string, number>; bytes?: number; cpuSeconds?: number; peakRssMiB?: number }
+interface Sample {
+  value: number; requests?: Record<string, number>; bytes?: number; cpuSeconds?: number; peakRssMiB?: number;
+  /** The whole machine's busy CPU seconds in the phase and their share of all cores (results since 2026-12-07). */
+  machineCpuSeconds?: number; machineBusy?: number; storeCpuSeconds?: number;
+}
 interface Run {
   date: string;
   /** The s3nbd commit measured, and the Node.js that ran it. */
@@ -152,6 +156,35 @@ function report(run: Run): string {
     lines.push(`| ${workload} | ${UNITS[workload]}${better ? ' ↑' : ' ↓'} | ${cells.join(' | ')} | ${limit === undefined ? '—' : `${fmt(limit)} (${limitName})`} | ${cpu(workload, 's3nbd')} | ${rssCell(workload)} | ${vsBest} | ${leadCell} | ${vsLimit} |`);
   }
 
+  // What the machine's CPU allows: every process's CPU per GiB on each side of a target, split
+  // into the server (the gateway, or the raw client), MinIO and the rest (the NBD client, the
+  // kernel's share nobody is charged for, anything else running).
+  const perGiB = (workload: string, name: string, pick: (x: Sample) => number | undefined): number | undefined =>
+    medianOf(samplesOf(workload, name), (x) => { const v = pick(x); return v !== undefined && x.bytes ? v / (x.bytes / GiB) : undefined; });
+  const split = (workload: string, name: string): { total: number; cell: string } | undefined => {
+    const total = perGiB(workload, name, (x) => x.machineCpuSeconds);
+    if (total === undefined) return undefined;
+    const server = perGiB(workload, name, (x) => x.cpuSeconds);
+    const store = perGiB(workload, name, (x) => x.storeCpuSeconds);
+    const rest = total - (server ?? 0) - (store ?? 0);
+    const busy = medianOf(samplesOf(workload, name), (x) => x.machineBusy);
+    const part = (v: number | undefined): string => (v === undefined ? '—' : fmt(v));
+    return { total, cell: `${part(server)} | ${part(store)} | ${fmt(rest)} | **${fmt(total)}** (${busy === undefined ? '—' : `${(100 * busy).toFixed(0)}%`})` };
+  };
+  const machine: string[] = [];
+  for (const t of run.targets ?? []) {
+    const [ours, theirs] = [split(t.workload, 's3nbd'), split(t.workload, t.limit)];
+    if (!ours || !theirs) continue;
+    const measured = (med(t.workload, 's3nbd') ?? NaN) / (med(t.workload, t.limit) ?? NaN);
+    machine.push(`| ${t.workload} | ${ours.cell} | ${theirs.cell} | ${(theirs.total / ours.total).toFixed(2)} | ${Number.isFinite(measured) ? measured.toFixed(2) : '—'} |`);
+  }
+  if (machine.length) {
+    machine.unshift(
+      '| target | s3nbd | MinIO | rest | machine (busy) | limit\'s server | MinIO | rest | machine (busy) | limit / s3nbd, machine CPU per GiB | s3nbd / limit, measured |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    );
+  }
+
   const local: string[] = [];
   if (Object.keys(localUnits).some((w) => run.results[w])) {
     local.push('| workload | unit | s3nbd (memory:) | nbdkit memory | s3nbd / nbdkit | target | s3nbd CPU-s/GiB | s3nbd peak RSS MiB |');
@@ -198,7 +231,20 @@ is at most \`--memory-cache\` (${s.memoryCacheMiB ?? '?'} MiB) + ${headroom} MiB
 ${localRegion} MiB the \`memory:\` store itself holds.
 
 ${targets.join('\n')}
+${machine.length ? `
+### What the machine's CPU allows
 
+CPU seconds per GiB moved on each side of a target, for the whole machine (\`/proc/stat\`
+around each phase, with the share of its ${cpus().length} cores that was busy) and split into the server
+(s3nbd's gateway; the raw S3 client; nbdkit is not measured on its own), MinIO, and the rest
+(the NBD client, kernel work charged to no process, anything else running). Where both sides
+keep the machine busy, their rates go as the inverse of the machine CPU each needs per byte,
+so the gap to the limit is the CPU the s3nbd path spends beyond the limit's, and the columns
+say where it goes. (The s3nbd write+flush phase includes its flush; the raw client's phases,
+its requests only.)
+
+${machine.join('\n')}
+` : ''}
 ## s3nbd and its peers on S3
 
 ![chart](benchmarks.png)

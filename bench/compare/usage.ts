@@ -1,7 +1,10 @@
-// What a server process used during one phase of bench/compare, from /proc: its CPU time
-// (user + system, every thread) and its peak resident set. The high-water mark is reset
-// before the phase (`5` written to /proc/PID/clear_refs resets VmHWM to the current RSS), so
-// the peak is this phase's, not that of whatever ran before it in the same process.
+// What one phase of bench/compare used, from /proc: the whole machine's CPU time (every
+// process: the server, the client driving it, MinIO) and, for a server process we started,
+// its own CPU time (user + system, every thread) and its peak resident set. The high-water
+// mark is reset before the phase (`5` written to /proc/PID/clear_refs resets VmHWM to the
+// current RSS), so the peak is this phase's, not that of whatever ran before it in the same
+// process. The machine's share says whether a phase was bound by the CPU: on a machine kept
+// busy, two paths' rates go as the inverse of the machine CPU each needs per byte.
 
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -11,6 +14,23 @@ export interface Usage {
   readonly cpuSeconds: number;
   /** VmHWM after the phase, MiB. */
   readonly peakRssMiB: number;
+}
+
+export interface MachineUsage {
+  /** CPU seconds the whole machine was busy during the phase (all cores, every process). */
+  readonly machineCpuSeconds: number;
+  /** Their share of all cores' time in the phase, 0 to 1. */
+  readonly machineBusy: number;
+  /** The S3 server's (MinIO's) CPU seconds in the phase, when its process is known. */
+  readonly storeCpuSeconds?: number;
+}
+
+/** The S3 server's process, whose CPU every phase measures from then on (setStorePid()). */
+let storePid: number | undefined;
+
+/** Tells every watch started from now on to measure this process (MinIO) too. */
+export function setStorePid(pid: number | undefined): void {
+  storePid = pid;
 }
 
 const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
@@ -29,13 +49,38 @@ function peakRssKiB(pid: number): number {
   return Number(match[1]);
 }
 
+/** The first line of /proc/stat: ticks busy (user, nice, system, irq, softirq, steal) and in all. */
+function machineTicks(): { busy: number; total: number } {
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.split(/\s+/).slice(1, 9).map(Number) as number[];
+  const busy = user! + nice! + system! + irq! + softirq! + steal!;
+  return { busy, total: busy + idle! + iowait! };
+}
+
+/** Starts watching the machine; the function returned reads what it used since. */
+export function watchMachine(): () => MachineUsage {
+  const start = machineTicks();
+  const store = storePid;
+  const storeStart = store === undefined ? 0 : cpuTicks(store);
+  return () => {
+    const end = machineTicks();
+    const busy = end.busy - start.busy;
+    return {
+      machineCpuSeconds: busy / TICKS_PER_SECOND, machineBusy: end.total > start.total ? busy / (end.total - start.total) : 0,
+      ...(store === undefined ? {} : { storeCpuSeconds: (cpuTicks(store) - storeStart) / TICKS_PER_SECOND }),
+    };
+  };
+}
+
 /**
- * Starts watching process `pid` (nothing to watch without one: a peer run by a script);
- * the function returned reads what it used since. Read it before the process stops.
+ * Starts watching the machine and process `pid` (none: a peer run by a script, nbdkit); the
+ * function returned reads what they used since. Read it before the process stops.
  */
-export function watchUsage(pid: number | undefined): (() => Usage) | undefined {
-  if (pid === undefined) return undefined;
+export function watchUsage(pid: number): () => MachineUsage & Usage;
+export function watchUsage(pid: number | undefined): () => MachineUsage & Partial<Usage>;
+export function watchUsage(pid: number | undefined): () => MachineUsage & Partial<Usage> {
+  const machine = watchMachine();
+  if (pid === undefined) return machine;
   writeFileSync(`/proc/${pid}/clear_refs`, '5');
   const start = cpuTicks(pid);
-  return () => ({ cpuSeconds: (cpuTicks(pid) - start) / TICKS_PER_SECOND, peakRssMiB: peakRssKiB(pid) / 1024 });
+  return () => ({ ...machine(), cpuSeconds: (cpuTicks(pid) - start) / TICKS_PER_SECOND, peakRssMiB: peakRssKiB(pid) / 1024 });
 }

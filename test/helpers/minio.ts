@@ -27,6 +27,8 @@ export interface S3TestServer {
   readonly region: string;
   /** False for an external server: pause, resume and restart then throw. */
   readonly controllable: boolean;
+  /** The server's process while one we started runs (bench/compare measures its CPU). */
+  readonly pid?: number | undefined;
   /** Creates the bucket (an existing one of ours is fine). */
   createBucket(name: string): Promise<void>;
   /**
@@ -112,6 +114,10 @@ class LocalMinio implements S3TestServer {
   private readonly port: number;
   private readonly dataDir: string;
   private child: ChildProcess | undefined;
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
   private exited: Promise<void> = Promise.resolve();
   private output = '';
 
