@@ -12,6 +12,12 @@
 // CHECK_MS and, when Buffers pass the budget, runs a full collection (at most one per
 // MIN_GAP_MS, and taking at most MAX_GC_SHARE of the CPU, unless Buffers pass the budget by
 // half of OVERSHOOT): the garbage is then bounded by the budget.
+//
+// The budget is what the options allow at worst, each term at its bound at once; the gateway
+// also aims lower (elastic memory, below): its whole RSS near --memory-cache + MEMORY_HEADROOM.
+// Buffers past that target are collected too (at the same pace), and when a collection shows
+// them live, the memory caches give room back (src/storage/extents/extent-memory.ts) so that
+// uploads, payloads and fetches in flight fit beside them; the room returns once they are gone.
 
 import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -112,8 +118,35 @@ const WARN_EVERY_MS = 60_000;
 export interface MemoryProbe {
   /** Bytes of Buffers, live or garbage. */
   buffers(): number;
+  /** Bytes of V8's heap (what it has taken from the system, used or not). */
+  heap(): number;
   /** A full garbage collection. */
   collect(): void;
+}
+
+/** What the gateway's RSS aims to stay under, beyond --memory-cache (issue 19's bound). */
+export const MEMORY_HEADROOM_BYTES = 150 * 1024 * 1024;
+/**
+ * RSS that is neither V8's heap nor Buffers: Node's code and data, libraries, glibc's own.
+ * Measured: 53 MB idle (RSS 96 MB, heap 36, Buffers 7), 66 MB under 4 KiB random writes.
+ */
+export const NON_HEAP_BYTES = 128 * 1024 * 1024;
+/** Room left free under the target when the caches give room back: garbage between two collections. */
+export const GARBAGE_ROOM_BYTES = 64 * 1024 * 1024;
+
+/** The memory caches the governor may shrink, and what they may add up to at most. */
+export interface ElasticMemory {
+  /** Every memory cache's --memory-cache, added up. */
+  cacheBytes(): number;
+  /** Moves the caches' room by `delta` bytes (negative: takes it back); returns the move made. */
+  resize(delta: number): number;
+  /** The room taken back so far, in all. */
+  takenBack(): number;
+}
+
+/** The Buffers the gateway aims to hold at most, with V8's heap at `heapBytes`. */
+export function bufferTarget(cacheBytes: number, heapBytes: number): number {
+  return cacheBytes + MEMORY_HEADROOM_BYTES - NON_HEAP_BYTES - heapBytes;
 }
 
 function v8Probe(): MemoryProbe {
@@ -125,15 +158,17 @@ function v8Probe(): MemoryProbe {
     // read in about 2.5 µs where process.memoryUsage() also reads the RSS from /proc (20 µs,
     // and several percent of the event loop's time under 4 KiB random I/O).
     buffers: () => getHeapStatistics().external_memory,
+    heap: () => getHeapStatistics().total_heap_size,
     collect: gc,
   };
 }
 
 /**
  * Starts the governor; returns a function that stops it. `budget()` is asked at every check:
- * the buffers of the connections open change it.
+ * the buffers of the connections open change it. With `elastic`, it also keeps Buffers near
+ * bufferTarget() by collecting and by resizing the memory caches (see the header).
  */
-export function governMemory(budget: () => number, log: Logger, probe: MemoryProbe = v8Probe()): () => void {
+export function governMemory(budget: () => number, log: Logger, probe: MemoryProbe = v8Probe(), elastic?: ElasticMemory): () => void {
   let nextAllowed = 0;
   let lastWarned = -Infinity;
   let checkAfterGc = false;
@@ -148,6 +183,11 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
   const timer = setInterval(() => {
     const buffers = probe.buffers();
     const budgetBytes = budget();
+    const target = elastic ? Math.min(budgetBytes, bufferTarget(elastic.cacheBytes(), probe.heap())) : budgetBytes;
+    // While the caches lack room they gave, a collection is due from GARBAGE_ROOM_BYTES under
+    // the target: only a collection tells whether what is there is live or the extents they
+    // evicted, and so whether the room can go back.
+    const threshold = elastic && elastic.takenBack() > 0 ? target - GARBAGE_ROOM_BYTES : target;
     const now = performance.now();
     // Still over at the check after that: the sweep has had its time, the buffers are live.
     if (confirmLive && buffers > budgetBytes && Date.now() - lastWarned >= WARN_EVERY_MS) {
@@ -155,19 +195,28 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
       log.warn({ buffers, budget: budgetBytes }, 'live buffers exceed the memory budget');
     }
     confirmLive = false;
+    const afterGc = checkAfterGc;
     if (checkAfterGc) {
       checkAfterGc = false;
       confirmLive = buffers > budgetBytes;
-      liveLevel = confirmLive ? buffers : 0;
+      liveLevel = buffers > threshold ? buffers : 0;
     }
-    if (buffers <= budgetBytes) liveLevel = 0;
+    // After a collection what is left is live (or about to be swept): the caches make room for
+    // it, or get room back, so that live Buffers end GARBAGE_ROOM_BYTES under the target (room
+    // for garbage before the next collection). Otherwise, only room back, when even with the
+    // garbage counted there is some. What they evict is garbage now: collecting is of use again.
+    if (elastic && (afterGc || buffers < target - GARBAGE_ROOM_BYTES) && elastic.resize(target - GARBAGE_ROOM_BYTES - buffers) < 0) liveLevel = 0;
+    if (buffers <= threshold) liveLevel = 0;
     // Past half the overshoot the bound itself is at stake: collect now, whatever it costs,
     // unless the last collection left this much and they have not grown by as much since
     // (without that second condition, a reading taken before the sweep held collections back
     // until the next allowed one while garbage piled up: 1.4 times the budget once).
     const slack = budgetBytes * OVERSHOOT / 2;
     const urgent = buffers > budgetBytes + slack && buffers > liveLevel + slack;
-    if (buffers <= budgetBytes || (now < nextAllowed && !urgent)) return;
+    // Over the threshold only: collect at the usual pace, unless the last collection left this
+    // much (nothing to gain until they grow by another GARBAGE_ROOM_BYTES).
+    const overTarget = buffers > threshold && buffers > liveLevel + GARBAGE_ROOM_BYTES;
+    if ((buffers <= budgetBytes && !overTarget) || (now < nextAllowed && !urgent)) return;
     // CPU time, not wall time: on a busy machine waiting for a CPU is not the collection's cost.
     const cpu = process.cpuUsage();
     probe.collect();

@@ -19,6 +19,7 @@ import { type Endpoint, NbdServer } from '../protocol/server.ts';
 import { loadTls, type TlsMode } from '../protocol/tls.ts';
 import { explainLocalError } from '../storage/first-run-errors.ts';
 import { governMemory, PER_CONNECTION_BYTES } from '../memory-budget.ts';
+import { elasticMemoryTakenBack, resizeElasticMemory } from '../storage/extents/extent-memory.ts';
 import { controlSocketPath } from '../control/control-socket.ts';
 import { hasRules } from '../storage/snapshots/retention.ts';
 import { ServedVolume } from '../service/served-volume.ts';
@@ -216,8 +217,11 @@ export async function runServe(raw: Record<string, unknown>, cmd: Command): Prom
   served.exports = gateway.exports;
   const opened = gateway;
   view.opened(opened instanceof VolumeSet ? opened : { volumes: () => [opened], skipped: () => [] });
-  // Garbage Buffers are collected once all Buffers pass what the options allow (memory-budget.ts).
-  governMemory(() => opened.bufferBytes(server.inFlight.limit) + server.connectionCount * PER_CONNECTION_BYTES, log);
+  // Garbage Buffers are collected once all Buffers pass what the options allow, or what keeps
+  // RSS near --memory-cache + its headroom, and the memory caches give room to live ones
+  // (memory-budget.ts).
+  governMemory(() => opened.bufferBytes(server.inFlight.limit) + server.connectionCount * PER_CONNECTION_BYTES, log, undefined,
+    { cacheBytes: () => opened.memoryCacheBytes(), resize: resizeElasticMemory, takenBack: elasticMemoryTakenBack });
   ready(true);
   // Commands (snapshot create, ...) ask this gateway, which holds the volume, to act; serve
   // --snapshot-every takes snapshots of its own; status.json tells `s3nbd info --cache-dir`.

@@ -144,6 +144,13 @@ export class VolumeSet implements GatewayView {
     return gatewayBufferBytes([...this.served.values()].map((v) => v.memoryOptions()), inFlightBytes);
   }
 
+  /** Every volume's memoryCacheBytes(), added up. */
+  memoryCacheBytes(): number {
+    let n = 0;
+    for (const v of this.served.values()) n += v.memoryCacheBytes();
+    return n;
+  }
+
   /** Data written but not yet uploaded, of every volume (those a close() drains included). */
   dirtyBytes(): number {
     let n = 0;

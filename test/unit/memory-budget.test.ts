@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { pino } from 'pino';
-import { bufferBudget, bufferBudgetBytes, governMemory, peakMemoryBytes } from '../../src/memory-budget.ts';
+import { bufferBudget, bufferBudgetBytes, bufferTarget, GARBAGE_ROOM_BYTES, governMemory, peakMemoryBytes } from '../../src/memory-budget.ts';
 
 const MiB = 1024 * 1024;
 
@@ -66,6 +66,7 @@ describe('memory budget', () => {
         peak = Math.max(peak, reading);
         return reading;
       },
+      heap: () => 0,
       collect: () => {
         unswept = garbage;
         garbage = 0;
@@ -79,6 +80,52 @@ describe('memory budget', () => {
     stop();
     assert.deepEqual(warnings, [], 'garbage not yet swept is not called live');
     assert.ok(peak <= budget * 1.1, `Buffers reached ${Math.round(peak / MiB)} MiB with a budget of ${budget / MiB} MiB`);
+  });
+
+  it('has the memory caches give room to live Buffers past the target, and get it back once those are gone', async () => {
+    // Simulated: a memory cache of 1 GiB, full, and other Buffers (uploads, payloads) that
+    // grow to 200 MiB live and then go; V8's heap 100 MiB. The target: 1 GiB + the headroom,
+    // less the heap and what is neither (bufferTarget()); evicted extents stay garbage until
+    // the governor collects.
+    const cacheMax = 1024 * MiB;
+    const heap = 100 * MiB;
+    const target = bufferTarget(cacheMax, heap);
+    let cache = cacheMax;
+    let others = 0;
+    let garbage = 0;
+    const resizes: number[] = [];
+    const probe = {
+      buffers: () => cache + others + garbage,
+      heap: () => heap,
+      collect: () => { garbage = 0; },
+    };
+    const elastic = {
+      cacheBytes: () => cacheMax,
+      resize: (delta: number) => {
+        const before = cache;
+        cache = Math.min(cacheMax, Math.max(cacheMax / 2, cache + delta));
+        garbage += Math.max(0, before - cache); // evicted extents are garbage until collected
+        resizes.push(cache - before);
+        return cache - before;
+      },
+      takenBack: () => cacheMax - cache,
+    };
+    const stop = governMemory(() => 4096 * MiB, pino({ level: 'silent' }), probe, elastic);
+    try {
+      const settle = () => new Promise((resolve) => setTimeout(resolve, 300));
+      others = 200 * MiB;
+      await settle();
+      assert.ok(cache + others <= target - GARBAGE_ROOM_BYTES, `live ${(cache + others) / MiB} MiB, target ${target / MiB} MiB less the room for garbage`);
+      assert.ok(cache >= cacheMax / 2, 'the cache keeps at least half');
+      others = 0;
+      await settle();
+      // All of it but what keeps RSS under --memory-cache + the headroom: V8's heap, the rest
+      // of the process and the room for garbage come out of the cache's budget too.
+      assert.equal(cache, target - GARBAGE_ROOM_BYTES, `the room comes back once the other Buffers are gone (resizes: ${resizes.map((d) => d / MiB).join(', ')} MiB)`);
+      assert.ok(resizes.some((d) => d < 0) && resizes.some((d) => d > 0));
+    } finally {
+      stop();
+    }
   });
 
   it('collects garbage Buffers that V8 lets pile up (Buffers counted in its global limit)', async () => {

@@ -13,7 +13,7 @@
 // filled from, kept in the memory cache under keys no read looks up.
 
 import type { LRUCache } from 'lru-cache';
-import { extentMemory } from '../extents/extent-memory.ts';
+import { type ExtentMemory, extentMemory } from '../extents/extent-memory.ts';
 import type { CacheContext } from './context.ts';
 import type { EntryTable } from './entries.ts';
 import { Ranges } from './ranges.ts';
@@ -52,7 +52,7 @@ function baseKey(index: number): number {
 }
 
 export class CleanExtents {
-  private readonly memory: LRUCache<number, Buffer>;
+  private readonly memory: ExtentMemory;
   /** Extents fetched for sequential reads, until they are read (see fetch()). */
   private readonly streamed: LRUCache<number, Buffer>;
   private readonly fetches = new Map<number, Fetch>();
@@ -71,7 +71,7 @@ export class CleanExtents {
     this.ctx = ctx;
     this.table = table;
     const { memoryCacheBytes } = ctx.options;
-    this.memory = extentMemory(memoryCacheBytes, ctx.extentSize, (index, data) => this.evictedFromMemory(index, data));
+    this.memory = extentMemory(memoryCacheBytes, ctx.extentSize, (index, data) => this.evictedFromMemory(index, data), true);
     this.streamed = extentMemory(streamWindowBytes(memoryCacheBytes, ctx.extentSize), ctx.extentSize);
   }
 
@@ -158,7 +158,7 @@ export class CleanExtents {
 
   /** Fetches stored extents without entries into the memory cache, as many as it holds. */
   async prefetch(first: number, count: number): Promise<void> {
-    const room = Math.floor(this.memory.maxSize / this.ctx.extentSize);
+    const room = Math.floor(this.memory.ceiling / this.ctx.extentSize);
     const wanted = [...this.ctx.lower.storedIn(first, count)].filter((i) => !this.table.has(i) && !this.memory.has(i)).slice(0, room);
     const parallel = this.ctx.options.uploadConcurrency;
     for (let i = 0; i < wanted.length; i += parallel) {
@@ -223,7 +223,7 @@ export class CleanExtents {
    * out what was there before it.
    */
   private hasRoom(): boolean {
-    return this.memory.calculatedSize + this.ctx.extentSize <= this.memory.maxSize;
+    return this.memory.calculatedSize + this.ctx.extentSize <= this.memory.ceiling;
   }
 
   /** Keeps a clean extent fetched from the store in the memory cache, and so on disk later. */

@@ -8,10 +8,9 @@
 // store holds (or is being put), and an entry whose put failed is dropped. An all-zero extent
 // is deleted instead of stored.
 
-import type { LRUCache } from 'lru-cache';
 import type { ExtentRun, ExtentStore } from '../extent-store.ts';
 import { ExtentLocks } from './extent-locks.ts';
-import { extentMemory } from './extent-memory.ts';
+import { type ExtentMemory, extentMemory } from './extent-memory.ts';
 import type { ExtentObjects } from './extent-objects.ts';
 import { isAllZero } from './zeros.ts';
 
@@ -28,14 +27,14 @@ export class DirectExtentStore implements ExtentStore {
   }
 
   private readonly lower: ExtentObjects;
-  private readonly cache: LRUCache<number, Buffer>;
+  private readonly cache: ExtentMemory;
   private readonly locks = new ExtentLocks();
 
   /** `cacheBytes`: extents kept in memory; at least one extent is always kept. */
   constructor(lower: ExtentObjects, cacheBytes: number) {
     this.lower = lower;
     this.extentSize = lower.extentSize;
-    this.cache = extentMemory(cacheBytes, lower.extentSize);
+    this.cache = extentMemory(cacheBytes, lower.extentSize, undefined, true);
   }
 
   async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {
@@ -85,7 +84,7 @@ export class DirectExtentStore implements ExtentStore {
   async prefetch(first: number, count: number): Promise<void> {
     const wanted = [...this.lower.storedIn(first, count)].filter((i) => !this.cache.has(i));
     // Never fetch more than the cache can hold: the first ones would be evicted by the last.
-    wanted.length = Math.min(wanted.length, Math.floor(this.cache.maxSize / this.extentSize));
+    wanted.length = Math.min(wanted.length, Math.floor(this.cache.ceiling / this.extentSize));
     for (let i = 0; i < wanted.length; i += PREFETCH_PARALLELISM) {
       await Promise.all(wanted.slice(i, i + PREFETCH_PARALLELISM).map((index) => this.locks.with(index, () => this.load(index))));
     }
