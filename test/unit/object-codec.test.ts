@@ -92,6 +92,22 @@ describe('object codec', () => {
     assert.deepEqual(await codec.decode(id, body), extent, 'a shared body is never changed through the extent');
   });
 
+  it('checks a large fresh body on the hashing thread: the extent comes back, and a flipped byte anywhere is refused', async () => {
+    const codec = CODECS['checksum only']!;
+    const extent = randomBytes(1024 * 1024);
+    const body = await codec.encode(id, extent);
+    assert.equal(body.length, HEADER_BYTES + extent.length);
+    const fresh = Buffer.from(body);
+    assert.deepEqual(await codec.decode(id, fresh, true), extent);
+    assert.equal(fresh.length, 0, 'checked on the hashing thread: its memory moved');
+    for (const at of [0, COVERED_BYTES, HEADER_BYTES, body.length - 1]) {
+      const bad = Buffer.from(body);
+      bad[at]! ^= 0x10;
+      await assert.rejects(codec.decode(id, bad, true), isEio, `byte ${at} flipped`);
+    }
+    await assert.rejects(codec.decode({ ...id, generation: 9 }, Buffer.from(body), true), isEio, 'another identity');
+  });
+
   it('judges an extent by a sample before compressing all of it', async () => {
     const codec = CODECS['zstd:1']!;
     const M = 2 ** 20;

@@ -95,14 +95,16 @@ export class ObjectReader {
       const started = performance.now();
       const body = await from.objects.get(key, codec.maxBodyBytes(this.options.extentSize));
       if (body === undefined) return undefined;
+      // Read now: decode() may hand a fresh body's memory to the hashing thread and back.
+      const bytes = body.length;
       try {
         const data = await codec.decode(id, body, from.objects.freshBodies === true);
-        this.options.telemetry?.fetch((performance.now() - started) / 1000, body.length);
+        this.options.telemetry?.fetch((performance.now() - started) / 1000, bytes);
         return data;
       } catch (err) {
         if (!(err instanceof StorageError) || attempt >= 2) {
           const reason = (err as Error).message;
-          log?.error({ code: LogCodes.objectCorrupt, key, extent: name.index, generation: name.generation, bytes: body.length, reason },
+          log?.error({ code: LogCodes.objectCorrupt, key, extent: name.index, generation: name.generation, bytes, reason },
             'extent object failed its check twice: the read fails with EIO (the object is never served as data)');
           throw new StorageError('EIO', `extent object ${key} failed its check: ${reason}`);
         }

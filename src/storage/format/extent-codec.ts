@@ -18,8 +18,10 @@ export interface ExtentCodec {
    * The whole extent a body holds. A body that is damaged, cut short, or belongs to another
    * identity rejects with a StorageError EIO (storage-error.ts); it is never returned as data.
    * With `fresh` (the body is the caller's alone: ObjectStore.freshBodies), the extent may be
-   * a view of the body; without, it never shares the body's memory, unless the codec stores
-   * extents as they are (format 1: rawCodec).
+   * a view of the body, and the `body` Buffer itself may be empty once this resolves (its
+   * memory went to the hashing thread and came back as the extent's: off-thread-hash.ts);
+   * without, it never shares the body's memory, unless the codec stores extents as they are
+   * (format 1: rawCodec).
    */
   decode(id: ExtentIdentity, body: Buffer, fresh?: boolean): Promise<Buffer>;
   /** The largest body encode() makes for an extent of `extentSize` bytes (the GET's limit). */

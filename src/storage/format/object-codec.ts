@@ -20,6 +20,7 @@ import { promisify } from 'node:util';
 import { constants, zstdCompress, zstdCompressSync, zstdDecompress } from 'node:zlib';
 import { StorageError } from '../storage-error.ts';
 import type { ExtentCodec, ExtentIdentity } from './extent-codec.ts';
+import { hashHere, hashOffThread } from './off-thread-hash.ts';
 import {
   type Cipher, COVERED_BYTES, HEADER_BYTES, identityBytes, NONCE_BYTES, readHeader, TAG_BYTES, writeHeader,
 } from './object-header.ts';
@@ -122,6 +123,8 @@ export class ObjectCodec implements ExtentCodec {
       cipher.getAuthTag().copy(body, COVERED_BYTES);
       body.fill(0, COVERED_BYTES + TAG_BYTES, HEADER_BYTES);
     } else {
+      // Hashed here, not on the hashing thread: sequential writes keep both cores busy, and
+      // there it bought nothing (bench/results/cold-read-19.md).
       payload.copy(body, HEADER_BYTES);
       checksumOf(covered, id, payload).copy(body, COVERED_BYTES);
     }
@@ -142,7 +145,7 @@ export class ObjectCodec implements ExtentCodec {
         : 'the object is encrypted, but the volume is not');
     }
     const covered = body.subarray(0, COVERED_BYTES);
-    const stored = body.subarray(HEADER_BYTES);
+    let stored = body.subarray(HEADER_BYTES);
     let payload: Buffer;
     if (this.cipher) {
       const decipher = opener(this.cipher, this.#key!, header.nonce);
@@ -156,9 +159,15 @@ export class ObjectCodec implements ExtentCodec {
       }
       payload = opened;
     } else {
-      if (!timingSafeEqual(checksumOf(covered, id, stored), header.checksum)) {
+      // A body that is the caller's alone may go to the hashing thread and back (the header's
+      // views would be empty meanwhile: the checksum is copied first).
+      const expected = Buffer.from(header.checksum);
+      const parts = { coveredEnd: COVERED_BYTES, identity: identityBytes(id), payloadStart: HEADER_BYTES };
+      const hashed = fresh ? await hashOffThread(body, parts) : { digest: hashHere(body, parts), body };
+      if (!timingSafeEqual(hashed.digest, expected)) {
         throw corrupt('checksum mismatch: the object is altered, or is another extent\'s or generation\'s object');
       }
+      stored = hashed.body.subarray(HEADER_BYTES);
       payload = stored;
     }
     // The caller owns the extent (it may patch it in place): a view of the body only when the
