@@ -31,6 +31,13 @@ describe('elastic memory caches', () => {
     assert.equal(memory.calculatedSize, 8 * E, 'the room is back');
   });
 
+  it('keep room for one extent however small their budget', () => {
+    const memory = filled(1, 1, false);
+    memory.resize(-E);
+    assert.equal(memory.ceiling, E);
+    assert.equal(memory.size, 1);
+  });
+
   it('share a move among the elastic caches only: taken in proportion to what each holds, given in proportion to what each lacks', () => {
     const big = filled(8, 8, true);
     const small = filled(2, 4, true);

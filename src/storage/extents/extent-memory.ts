@@ -15,7 +15,7 @@ export function extentMemory(budgetBytes: number, extentSize: number, onEvict?: 
     maxSize: Math.max(budgetBytes, extentSize),
     sizeCalculation: () => extentSize,
     ...(onEvict ? { dispose: (data: Buffer, index: number, reason: string) => { if (reason === 'evict') onEvict(index, data); } } : {}),
-  });
+  }, extentSize);
   if (elastic) elasticCaches.add(new WeakRef(memory));
   return memory;
 }
@@ -23,14 +23,16 @@ export function extentMemory(budgetBytes: number, extentSize: number, onEvict?: 
 export class ExtentMemory extends LRUCache<number, Buffer> {
   /** What the cache may hold now: its maxSize, less what the memory governor took back. */
   #ceiling = this.maxSize;
+  /** The least it may be made to hold: half of its budget, and one extent. */
+  readonly floor: number;
+
+  constructor(options: LRUCache.Options<number, Buffer, unknown>, extentSize: number) {
+    super(options);
+    this.floor = Math.min(this.maxSize, Math.max(Math.ceil(this.maxSize / 2), extentSize));
+  }
 
   get ceiling(): number {
     return this.#ceiling;
-  }
-
-  /** The least it may be made to hold: half of its budget. */
-  get floor(): number {
-    return Math.ceil(this.maxSize / 2);
   }
 
   override set(...args: Parameters<LRUCache<number, Buffer>['set']>): this {
