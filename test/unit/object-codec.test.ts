@@ -147,7 +147,7 @@ describe('object codec', () => {
       const body = Buffer.alloc(HEADER_BYTES + payload.length);
       writeHeader(body, { cipher: undefined, payloadLength: payload.length, ...fields });
       payload.copy(body, HEADER_BYTES);
-      checksumOf(body.subarray(0, COVERED_BYTES), id, payload).copy(body, COVERED_BYTES);
+      checksumOf(body, id).copy(body, COVERED_BYTES);
       return body;
     };
     const honest = forge({ compressed: false, extentLength: E }, extents().random);

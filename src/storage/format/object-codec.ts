@@ -13,14 +13,14 @@
 // correct SHA-256 (anyone can compute one): only the key's holder can write what it serves.
 
 import {
-  type CipherChaCha20Poly1305, type CipherGCM, createCipheriv, createDecipheriv, createHash, type DecipherChaCha20Poly1305, type DecipherGCM,
+  type CipherChaCha20Poly1305, type CipherGCM, createCipheriv, createDecipheriv, type DecipherChaCha20Poly1305, type DecipherGCM,
   randomBytes, timingSafeEqual,
 } from 'node:crypto';
 import { promisify } from 'node:util';
 import { constants, zstdCompress, zstdCompressSync, zstdDecompress } from 'node:zlib';
 import { StorageError } from '../storage-error.ts';
 import type { ExtentCodec, ExtentIdentity } from './extent-codec.ts';
-import { hashHere, hashOffThread } from './off-thread-hash.ts';
+import { hashHere, type HashedParts, hashOffThread } from './off-thread-hash.ts';
 import {
   type Cipher, COVERED_BYTES, HEADER_BYTES, identityBytes, NONCE_BYTES, readHeader, TAG_BYTES, writeHeader,
 } from './object-header.ts';
@@ -126,7 +126,7 @@ export class ObjectCodec implements ExtentCodec {
       // Hashed here, not on the hashing thread: sequential writes keep both cores busy, and
       // there it bought nothing (bench/results/cold-read-19.md).
       payload.copy(body, HEADER_BYTES);
-      checksumOf(covered, id, payload).copy(body, COVERED_BYTES);
+      checksumOf(body, id).copy(body, COVERED_BYTES);
     }
     return body;
   }
@@ -145,7 +145,7 @@ export class ObjectCodec implements ExtentCodec {
         : 'the object is encrypted, but the volume is not');
     }
     const covered = body.subarray(0, COVERED_BYTES);
-    let stored = body.subarray(HEADER_BYTES);
+    const stored = body.subarray(HEADER_BYTES);
     let payload: Buffer;
     if (this.cipher) {
       const decipher = opener(this.cipher, this.#key!, header.nonce);
@@ -162,13 +162,11 @@ export class ObjectCodec implements ExtentCodec {
       // A body that is the caller's alone may go to the hashing thread and back (the header's
       // views would be empty meanwhile: the checksum is copied first).
       const expected = Buffer.from(header.checksum);
-      const parts = { coveredEnd: COVERED_BYTES, identity: identityBytes(id), payloadStart: HEADER_BYTES };
-      const hashed = fresh ? await hashOffThread(body, parts) : { digest: hashHere(body, parts), body };
+      const hashed = fresh ? await hashOffThread(body, checksumParts(id)) : { digest: checksumOf(body, id), body };
       if (!timingSafeEqual(hashed.digest, expected)) {
         throw corrupt('checksum mismatch: the object is altered, or is another extent\'s or generation\'s object');
       }
-      stored = hashed.body.subarray(HEADER_BYTES);
-      payload = stored;
+      payload = hashed.body.subarray(HEADER_BYTES);
     }
     // The caller owns the extent (it may patch it in place): a view of the body only when the
     // body is the caller's alone, else a copy (the memory store shares its buffers). The copy
@@ -196,7 +194,12 @@ function opener(cipher: Cipher, key: Buffer, nonce: Buffer): DecipherGCM | Decip
     : createDecipheriv(cipher, key, nonce, { authTagLength: TAG_BYTES });
 }
 
-/** SHA-256 over the covered header bytes, the identity and the payload. */
-export function checksumOf(covered: Buffer, id: ExtentIdentity, payload: Buffer): Buffer {
-  return createHash('sha256').update(covered).update(identityBytes(id)).update(payload).digest();
+/** What an unencrypted object's SHA-256 covers: the covered header bytes, the identity and the payload. */
+function checksumParts(id: ExtentIdentity): HashedParts {
+  return { coveredEnd: COVERED_BYTES, identity: identityBytes(id), payloadStart: HEADER_BYTES };
+}
+
+/** The SHA-256 of an unencrypted object's body (header and payload in place), on this thread. */
+export function checksumOf(body: Buffer, id: ExtentIdentity): Buffer {
+  return hashHere(body, checksumParts(id));
 }
