@@ -128,7 +128,9 @@ export interface MemoryProbe {
 export const MEMORY_HEADROOM_BYTES = 150 * 1024 * 1024;
 /**
  * RSS that is neither V8's heap nor Buffers: Node's code and data, libraries, glibc's own.
- * Measured: 53 MB idle (RSS 96 MB, heap 36, Buffers 7), 66 MB under 4 KiB random writes.
+ * Measured: 53 MB idle (RSS 96 MB, heap 36, Buffers 7), 66 MB under 4 KiB random writes; twice
+ * that, for the freed memory glibc keeps once 1 MiB buffers have churned (200-250 MiB more
+ * RSS than heap and Buffers after a cold read of 1 GiB: docs/architecture.md, "Memory").
  */
 export const NON_HEAP_BYTES = 128 * 1024 * 1024;
 /** Room left free under the target when the caches give room back: garbage between two collections. */
@@ -187,7 +189,8 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
     // While the caches lack room they gave, a collection is due from GARBAGE_ROOM_BYTES under
     // the target: only a collection tells whether what is there is live or the extents they
     // evicted, and so whether the room can go back.
-    const threshold = elastic && elastic.takenBack() > 0 ? target - GARBAGE_ROOM_BYTES : target;
+    const takenBack = elastic ? elastic.takenBack() : 0;
+    const threshold = takenBack > 0 ? target - GARBAGE_ROOM_BYTES : target;
     const now = performance.now();
     // Still over at the check after that: the sweep has had its time, the buffers are live.
     if (confirmLive && buffers > budgetBytes && Date.now() - lastWarned >= WARN_EVERY_MS) {
@@ -205,7 +208,8 @@ export function governMemory(budget: () => number, log: Logger, probe: MemoryPro
     // it, or get room back, so that live Buffers end GARBAGE_ROOM_BYTES under the target (room
     // for garbage before the next collection). Otherwise, only room back, when even with the
     // garbage counted there is some. What they evict is garbage now: collecting is of use again.
-    if (elastic && (afterGc || buffers < target - GARBAGE_ROOM_BYTES) && elastic.resize(target - GARBAGE_ROOM_BYTES - buffers) < 0) liveLevel = 0;
+    const room = target - GARBAGE_ROOM_BYTES - buffers;
+    if (elastic && (afterGc || (room > 0 && takenBack > 0)) && elastic.resize(room) < 0) liveLevel = 0;
     if (buffers <= threshold) liveLevel = 0;
     // Past half the overshoot the bound itself is at stake: collect now, whatever it costs,
     // unless the last collection left this much and they have not grown by as much since

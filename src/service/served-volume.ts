@@ -166,12 +166,17 @@ export class ServedVolume implements VolumeView {
 
   /** The memory cache's budget, with a memory: store's data (Buffers the governor counts, and must leave be). */
   memoryCacheBytes(): number {
-    return this.config.budgets.memoryCacheBytes + (this.storage.objects instanceof MemoryObjectStore ? this.storage.volume.size : 0);
+    return this.config.budgets.memoryCacheBytes + this.volatileBytes();
   }
 
   /** memoryOptions() as bytes, with the server's `inFlightBytes`; the volatile store's volume is Buffers too. */
   bufferBytes(inFlightBytes: number): number {
-    return bufferBudgetBytes({ ...this.memoryOptions(), inFlightBytes }) + (this.storage.objects instanceof MemoryObjectStore ? this.storage.volume.size : 0);
+    return bufferBudgetBytes({ ...this.memoryOptions(), inFlightBytes }) + this.volatileBytes();
+  }
+
+  /** A memory: store holds the whole volume in Buffers. */
+  private volatileBytes(): number {
+    return this.storage.objects instanceof MemoryObjectStore ? this.storage.volume.size : 0;
   }
 
   /**

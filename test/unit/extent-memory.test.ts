@@ -9,7 +9,7 @@ import { extentMemory, resizeElasticMemory } from '../../src/storage/extents/ext
 const E = 1024;
 
 function filled(extents: number, budgetExtents: number, elastic: boolean, evicted: number[] = []) {
-  const memory = extentMemory(budgetExtents * E, E, (index) => evicted.push(index), elastic);
+  const memory = extentMemory(budgetExtents * E, E, { onEvict: (index) => evicted.push(index), elastic });
   for (let i = 0; i < extents; i++) memory.set(i, Buffer.alloc(E, i));
   return memory;
 }

@@ -71,7 +71,7 @@ export class CleanExtents {
     this.ctx = ctx;
     this.table = table;
     const { memoryCacheBytes } = ctx.options;
-    this.memory = extentMemory(memoryCacheBytes, ctx.extentSize, (index, data) => this.evictedFromMemory(index, data), true);
+    this.memory = extentMemory(memoryCacheBytes, ctx.extentSize, { onEvict: (index, data) => this.evictedFromMemory(index, data), elastic: true });
     this.streamed = extentMemory(streamWindowBytes(memoryCacheBytes, ctx.extentSize), ctx.extentSize);
   }
 

@@ -34,7 +34,7 @@ export class DirectExtentStore implements ExtentStore {
   constructor(lower: ExtentObjects, cacheBytes: number) {
     this.lower = lower;
     this.extentSize = lower.extentSize;
-    this.cache = extentMemory(cacheBytes, lower.extentSize, undefined, true);
+    this.cache = extentMemory(cacheBytes, lower.extentSize, { elastic: true });
   }
 
   async read(index: number, offset: number, length: number): Promise<Buffer | undefined> {

@@ -9,8 +9,11 @@
 
 import { LRUCache } from 'lru-cache';
 
-/** `onEvict` hears of extents pushed out to make room (not of ones deleted or replaced). */
-export function extentMemory(budgetBytes: number, extentSize: number, onEvict?: (index: number, data: Buffer) => void, elastic = false): ExtentMemory {
+/**
+ * `onEvict` hears of extents pushed out to make room (not of ones deleted or replaced);
+ * `elastic`: the memory governor may take room back (see the header).
+ */
+export function extentMemory(budgetBytes: number, extentSize: number, { onEvict, elastic = false }: { onEvict?: (index: number, data: Buffer) => void; elastic?: boolean } = {}): ExtentMemory {
   const memory = new ExtentMemory({
     maxSize: Math.max(budgetBytes, extentSize),
     sizeCalculation: () => extentSize,
