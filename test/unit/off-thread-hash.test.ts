@@ -35,6 +35,15 @@ describe('off-thread hashing', () => {
     assert.equal(larger.length, 2 * OFF_THREAD_MIN_BYTES, 'memory shared with a view never moves');
   });
 
+  it('stops a thread that does not answer and fails its callers with EIO, then hashes on this thread', async () => {
+    const worker = new HashWorker("require('node:worker_threads').parentPort.on('message', () => {});", 200);
+    const started = performance.now();
+    await assert.rejects(worker.hash(randomBytes(OFF_THREAD_MIN_BYTES), parts), (err: unknown) => err instanceof StorageError && err.errno === 'EIO');
+    assert.ok(performance.now() - started < 5000, 'within the timeout, not for ever');
+    const body = randomBytes(OFF_THREAD_MIN_BYTES);
+    assert.equal((await worker.hash(body, parts)).body, body, 'hashed here from then on');
+  });
+
   it('fails the callers of a thread that dies with EIO, then hashes on this thread', async () => {
     const worker = new HashWorker("require('node:worker_threads').parentPort.on('message', () => process.exit(3));");
     await assert.rejects(worker.hash(randomBytes(OFF_THREAD_MIN_BYTES), parts), (err: unknown) => err instanceof StorageError && err.errno === 'EIO');

@@ -18,6 +18,11 @@ import { StorageError } from '../storage-error.ts';
 
 /** Smaller bodies are hashed here: moving them costs about what hashing them does. */
 export const OFF_THREAD_MIN_BYTES = 64 * 1024;
+/**
+ * A hash not back by then (1 MiB takes under a millisecond) means the thread is stuck: it is
+ * stopped and failed, as if it had died, so that no read waits on it for ever.
+ */
+export const HASH_TIMEOUT_MS = 10_000;
 
 /** The parts of a body its checksum covers: its first `coveredEnd` bytes, `identity`, then from `payloadStart` on. */
 export interface HashedParts {
@@ -51,9 +56,11 @@ export class HashWorker {
   private nextId = 0;
   private readonly pending = new Map<number, { resolve: (reply: Reply) => void; reject: (err: Error) => void }>();
   private readonly source: string;
+  private readonly timeoutMs: number;
 
-  constructor(source = WORKER_SOURCE) {
+  constructor(source = WORKER_SOURCE, timeoutMs = HASH_TIMEOUT_MS) {
     this.source = source;
+    this.timeoutMs = timeoutMs;
   }
 
   /** The digest, and the body (its memory back from the worker). */
@@ -68,7 +75,12 @@ export class HashWorker {
     if (this.pending.size === 1) worker.ref();
     const { buffer } = body;
     worker.postMessage({ id, buffer, coveredEnd: parts.coveredEnd, identity: parts.identity, payloadStart: parts.payloadStart }, [buffer]);
-    const done = await reply;
+    const timer = setTimeout(() => {
+      if (this.worker !== worker) return;
+      this.fail(new Error(`no answer in ${this.timeoutMs} ms`));
+      void worker.terminate();
+    }, this.timeoutMs);
+    const done = await reply.finally(() => clearTimeout(timer));
     return { digest: Buffer.from(done.digest.buffer, done.digest.byteOffset, done.digest.byteLength), body: Buffer.from(done.buffer) };
   }
 
@@ -82,18 +94,21 @@ export class HashWorker {
       if (this.pending.size === 0) worker.unref();
       waiter?.resolve(reply);
     });
-    const fail = (err: Error): void => {
-      // The bodies it held are gone with it: their callers get EIO (an upload is tried again,
-      // a read fetches the object again); everything from now on is hashed on this thread.
-      this.failed = true;
-      this.worker = undefined;
-      for (const waiter of this.pending.values()) waiter.reject(new StorageError('EIO', `the hashing thread failed: ${err.message}`));
-      this.pending.clear();
-    };
-    worker.on('error', fail);
-    worker.on('exit', (code) => { if (this.pending.size > 0 || !this.failed) fail(new Error(`it exited with code ${code}`)); });
+    worker.on('error', (err: Error) => this.fail(err));
+    worker.on('exit', (code) => { if (this.pending.size > 0 || !this.failed) this.fail(new Error(`it exited with code ${code}`)); });
     this.worker = worker;
     return worker;
+  }
+
+  /**
+   * The bodies the thread held are gone with it: their callers get EIO (a read fetches the
+   * object again); everything from now on is hashed on this thread.
+   */
+  private fail(err: Error): void {
+    this.failed = true;
+    this.worker = undefined;
+    for (const waiter of this.pending.values()) waiter.reject(new StorageError('EIO', `the hashing thread failed: ${err.message}`));
+    this.pending.clear();
   }
 }
 
