@@ -11,10 +11,10 @@
 //                UPLOADED: high 32 bits of the generation now in the store
 //   28     4     WRITE: payload length; ZERO: bytes zeroed; DISCARD: number of extents;
 //                UPLOADED: low 32 bits of that generation
-//   32     4     CRC-32 of bytes 0-31 followed by the payload
+//   32     4     CRC-32 (IEEE, zlib's) of bytes 0-31 followed by the payload
 //   36     n     WRITE only: the payload (n = length)
 
-import { crc32 } from 'node:zlib';
+import { crc32 } from '../../crc32.ts';
 
 export const RecordType = { WRITE: 1, ZERO: 2, DISCARD: 3, UPLOADED: 4 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];

@@ -19,7 +19,7 @@
 // SDK's.
 
 import { createHash, createHmac } from 'node:crypto';
-import { crc32 } from 'node:zlib';
+import { crc32 } from '../../../crc32.ts';
 import { bareHost, Http1Client, type Http1Response } from './http1.ts';
 import { MAX_OBJECT_BYTES, type TaggedObject } from '../object-store.ts';
 
