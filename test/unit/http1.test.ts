@@ -5,12 +5,13 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AddressInfo, Socket } from 'node:net';
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { Http1Client, MAX_ERROR_BODY, ResponseParser } from '../../src/storage/objects/s3/http1.ts';
 
@@ -232,9 +233,10 @@ describe('Http1Client', () => {
     execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost',
       '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
     const cert = readFileSync(join(dir, 'cert.pem'));
+    const answer = randomBytes(1_000_000);
     const server = createHttpsServer({ key: readFileSync(join(dir, 'key.pem')), cert }, (req, res) => {
       req.resume();
-      req.on('end', () => res.end(Buffer.alloc(1_000_000, 7)));
+      req.on('end', () => res.end(answer));
     });
     let handshakes = 0;
     server.on('secureConnection', () => handshakes++);
@@ -249,10 +251,73 @@ describe('Http1Client', () => {
     cleanups.push(() => trusting.close(), () => untrusting.close());
     for (let i = 0; i < 2; i++) {
       const res = await trusting.request({ method: 'PUT', path: '/k', headers: { host: 'localhost', 'content-length': '3' }, body: Buffer.from('abc'), maxBody: 1_000_000 }, never);
-      assert.ok(res.body.equals(Buffer.alloc(1_000_000, 7)));
+      assert.ok(res.body.equals(answer));
     }
     assert.equal(handshakes, 1, 'one connection, kept alive');
     await assert.rejects(untrusting.request(get(), never), { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' });
+  });
+
+  /** A server speaking raw HTTP: `answer` writes the answer to each request on the socket. */
+  async function rawServer(answer: (socket: Socket, request: number) => Promise<void>): Promise<{ url: URL; connections: () => number }> {
+    let connections = 0;
+    let requests = 0;
+    const sockets = new Set<Socket>();
+    const server = createNetServer((socket) => {
+      connections++;
+      sockets.add(socket);
+      let pending = '';
+      socket.on('error', () => undefined);
+      socket.on('data', (data: Buffer) => {
+        pending += data.toString('latin1');
+        for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+          pending = pending.slice(end + 4);
+          void answer(socket, requests++);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => {
+      for (const socket of sockets) socket.destroy();
+      server.close(() => resolve());
+    }));
+    return { url: new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}`), connections: () => connections };
+  }
+  const pause = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 1));
+
+  it('reads bodies straight into the buffers it returns, each whole and untouched by the answers after it', async () => {
+    const bodies = Array.from({ length: 4 }, (_, i) => randomBytes(1_000_000 + i * 77_777));
+    const server = await rawServer(async (socket, i) => {
+      const body = bodies[i]!;
+      // The head with the start of the body, then the rest in pieces of every size, with pauses.
+      socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nETag: "${i}"\r\nContent-Length: ${body.length}\r\n\r\n`), body.subarray(0, 1000)]));
+      for (let at = 1000, piece = 1; at < body.length; at += piece, piece = (piece * 7 + 13) % 300_000 + 1) {
+        socket.write(body.subarray(at, Math.min(body.length, at + piece)));
+        if (piece % 3 === 0) await pause();
+      }
+    });
+    const client = new Http1Client(server.url, 1);
+    cleanups.push(() => client.close());
+    const got: Buffer[] = [];
+    for (let i = 0; i < bodies.length; i++) got.push((await client.request({ ...get(), maxBody: 2_000_000 }, never)).body);
+    got.forEach((body, i) => assert.ok(body.equals(bodies[i]!), `body ${i}`));
+    assert.equal(server.connections(), 1);
+  });
+
+  it('never lets bytes past an answer\'s Content-Length into its body, and does not reuse that connection', async () => {
+    const body = randomBytes(300_000);
+    const server = await rawServer(async (socket) => {
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`);
+      await pause();
+      socket.write(Buffer.concat([body, Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra')]));
+    });
+    const client = new Http1Client(server.url, 1);
+    cleanups.push(() => client.close());
+    for (let i = 0; i < 2; i++) {
+      const res = await client.request({ ...get(), maxBody: 1_000_000 }, never);
+      assert.ok(res.body.equals(body));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.equal(server.connections(), 2, 'a connection that said more than it was asked is closed');
   });
 
   it('refuses headers or paths that would split the request', async () => {
