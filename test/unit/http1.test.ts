@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
-import { Http1Client, MAX_ERROR_BODY, ResponseParser } from '../../src/storage/objects/s3/http1.ts';
+import { Http1Client } from '../../src/storage/objects/s3/http1.ts';
+import { MAX_ERROR_BODY, ResponseParser } from '../../src/storage/objects/s3/http1-response.ts';
 
 /** Feeds `text` to a parser cut at `cut` (and in one piece when cut is 0); returns the parser. */
 function parse(text: string | Buffer, cut: number, method = 'GET', maxBody?: number): { parser: ResponseParser; complete: boolean } {

@@ -20,7 +20,8 @@
 
 import { createHash, createHmac } from 'node:crypto';
 import { crc32 } from '../../../crc32.ts';
-import { bareHost, Http1Client, type Http1Response } from './http1.ts';
+import { bareHost, Http1Client } from './http1.ts';
+import type { Http1Response } from './http1-response.ts';
 import { MAX_OBJECT_BYTES, type TaggedObject } from '../object-store.ts';
 
 export interface AwsCredentials {

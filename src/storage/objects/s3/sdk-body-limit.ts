@@ -9,7 +9,7 @@
 
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { bodyTooLarge } from './http1.ts';
+import { bodyTooLarge } from './http1-response.ts';
 
 /** A listing of 1000 keys is about 300 KB; a DeleteObjects result with 1000 errors about as much. */
 export const MAX_SDK_BODY = 8 * 1024 * 1024;

@@ -6,7 +6,7 @@ import { addAbortSignal, Readable } from 'node:stream';
 import { GetObjectCommand, S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import type { TaggedObject } from '../object-store.ts';
-import { bodyTooLarge, prematureEnd } from './http1.ts';
+import { bodyTooLarge, prematureEnd } from './http1-response.ts';
 import { limitSdkBodies } from './sdk-body-limit.ts';
 
 export interface SdkClientOptions {
