@@ -4,7 +4,7 @@
 // and the next N calls that take effect but report an error (applyThenFail: the request
 // reached S3, its answer was lost), which is what makes retries need to be idempotent.
 
-import type { ObjectStore, TaggedObject } from '../../src/storage/objects/object-store.ts';
+import { bodyParts, type ObjectBody, type ObjectStore, type TaggedObject } from '../../src/storage/objects/object-store.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
 
 export type Operation = 'get' | 'put' | 'putIf' | 'deleteMany' | 'list' | 'flush';
@@ -65,8 +65,8 @@ export class FaultyStore implements ObjectStore {
     return this.inner.get(key);
   }
 
-  async put(key: string, data: Buffer): Promise<void> {
-    return this.apply('put', () => this.inner.put(key, Buffer.from(data)));
+  async put(key: string, data: ObjectBody): Promise<void> {
+    return this.apply('put', () => this.inner.put(key, Buffer.concat(bodyParts(data))));
   }
 
   async getTagged(key: string): Promise<TaggedObject | undefined> {

@@ -8,7 +8,7 @@ import { ExtentDevice } from '../../src/storage/extent-device.ts';
 import { SEGMENT_BYTES } from '../../src/storage/cache/journal.ts';
 import { MemoryObjectStore } from '../../src/storage/objects/memory-object-store.ts';
 import { ObjectExtents } from '../../src/storage/extents/extent-objects.ts';
-import type { ObjectStore } from '../../src/storage/objects/object-store.ts';
+import { bodyParts, type ObjectStore } from '../../src/storage/objects/object-store.ts';
 import { SlotFile } from '../../src/storage/cache/slot-file.ts';
 import { WriteBackCache } from '../../src/storage/cache/write-back-cache.ts';
 import { assertSameBytes } from '../helpers/bytes.ts';
@@ -89,9 +89,10 @@ describe('WriteBackCache', () => {
     let gate: Promise<void> | undefined;
     let release = (): void => undefined;
     const gated = new FaultyStore(objects);
-    gated.put = async (key, data) => {
+    gated.put = async (key, parts) => {
+      const data = Buffer.concat(bodyParts(parts));
       if (gate && data.subarray(0, 64).equals(first.subarray(0, 64))) await gate;
-      return objects.put(key, Buffer.from(data));
+      return objects.put(key, data);
     };
     const lower = await ObjectExtents.open(gated, { extentSize: M, extentCount: 32 });
     const cache = await WriteBackCache.open(lower, {
@@ -153,9 +154,10 @@ describe('WriteBackCache', () => {
     // a sequential write, while the 40 before it are uploaded.
     const last = pattern(M, 100);
     const refusing = new FaultyStore(objects);
-    refusing.put = async (key, data) => {
+    refusing.put = async (key, parts) => {
+      const data = Buffer.concat(bodyParts(parts));
       if (data.equals(last)) throw Object.assign(new Error('injected put failure'), { code: 'EIO' });
-      return objects.put(key, Buffer.from(data));
+      return objects.put(key, data);
     };
     const openBig = async (store: ObjectStore, uploadDelayMs: number) => {
       const lower = await ObjectExtents.open(store, { extentSize: M, extentCount: 128 });

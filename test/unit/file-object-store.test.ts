@@ -28,6 +28,9 @@ describe('FileObjectStore', () => {
     await store.put('meta.json', Buffer.from('{}'));
     await store.put('extents/00/1', Buffer.from('uno'));
     assert.equal((await store.get('extents/00/1'))?.toString(), 'uno');
+    await store.put('parts', [Buffer.from('an extent'), Buffer.alloc(0), Buffer.from("'s parts")]);
+    assert.equal((await store.get('parts'))?.toString(), "an extent's parts", 'a body in parts is written whole, in order');
+    await store.deleteMany(['parts']);
     assert.deepEqual(await keys(store, 'extents/'), ['extents/00/1', 'extents/01/2']);
     await store.deleteMany(['extents/00/1', 'never-existed']);
     assert.deepEqual(await keys(store), ['extents/01/2', 'meta.json']);
@@ -220,6 +223,10 @@ describe('FileObjectStore', () => {
     assert.equal(err.errno, 'ENOSPC');
     assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOSPC');
     assert.equal(err.permanent, false, 'a full disk passes as space is freed');
+    assert.equal((await store.get('k'))?.toString(), 'first');
+    symlinkSync('/dev/full', join(dir.path, 'full', next.replace(/-1$/, '-2')));
+    const inParts = await store.put('k', [Buffer.from('sec'), Buffer.from('ond')]).catch((e: unknown) => e);
+    assert.ok(inParts instanceof StorageError && inParts.errno === 'ENOSPC', 'a body in parts too');
     assert.equal((await store.get('k'))?.toString(), 'first');
   });
 

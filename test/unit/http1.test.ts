@@ -145,7 +145,7 @@ describe('Http1Client', () => {
     cleanups.push(() => client.close(), () => server.close());
     for (let i = 0; i < 5; i++) {
       const body = Buffer.alloc(300_000 * i, i);
-      const res = await client.request({ method: 'PUT', path: `/k${i}`, headers: { host: 'test', 'content-length': String(body.length) }, body }, never);
+      const res = await client.request({ method: 'PUT', path: `/k${i}`, headers: { host: 'test', 'content-length': String(body.length) }, body: [body] }, never);
       assert.equal(res.status, 200);
       assert.equal(res.body.toString(), `PUT /k${i} ${body.length}`);
     }
@@ -251,7 +251,7 @@ describe('Http1Client', () => {
     const untrusting = new Http1Client(url, 2);
     cleanups.push(() => trusting.close(), () => untrusting.close());
     for (let i = 0; i < 2; i++) {
-      const res = await trusting.request({ method: 'PUT', path: '/k', headers: { host: 'localhost', 'content-length': '3' }, body: Buffer.from('abc'), maxBody: 1_000_000 }, never);
+      const res = await trusting.request({ method: 'PUT', path: '/k', headers: { host: 'localhost', 'content-length': '3' }, body: [Buffer.from('abc')], maxBody: 1_000_000 }, never);
       assert.ok(res.body.equals(answer));
     }
     assert.equal(handshakes, 1, 'one connection, kept alive');

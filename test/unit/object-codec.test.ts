@@ -12,6 +12,7 @@ import { checksumOf, ObjectCodec, sampleOf, worthCompressing } from '../../src/s
 import { COVERED_BYTES, Flags, HEADER_BYTES, readHeader, writeHeader } from '../../src/storage/format/object-header.ts';
 import { objectSettingsJson, parseCompression, parseObjectSettings } from '../../src/storage/format/object-settings.ts';
 import type { ExtentIdentity } from '../../src/storage/format/extent-codec.ts';
+import { joinedBody } from '../../src/storage/objects/object-store.ts';
 import { StorageError } from '../../src/storage/storage-error.ts';
 
 const E = 4096;
@@ -33,13 +34,18 @@ function extents(): { text: Buffer; random: Buffer; zeros: Buffer } {
   return { text, random: randomBytes(E), zeros: Buffer.alloc(E) };
 }
 
+/** The body the codec makes, joined as a store would keep it. */
+async function encoded(codec: ObjectCodec, extent: Buffer): Promise<Buffer> {
+  return joinedBody(await codec.encode(id, extent));
+}
+
 const isEio = (err: unknown): boolean => err instanceof StorageError && err.errno === 'EIO';
 
 describe('object codec', () => {
   for (const [name, codec] of Object.entries(CODECS)) {
     it(`${name}: round-trips, and refuses every flipped byte, a cut body and another identity`, async () => {
       for (const [kind, extent] of Object.entries(extents())) {
-        const body = await codec.encode(id, extent);
+        const body = await encoded(codec, extent);
         assert.ok(body.length <= codec.maxBodyBytes(E), `${kind}: within maxBodyBytes`);
         const decoded = await codec.decode(id, body);
         assert.deepEqual(decoded, extent, `${kind}: round trip`);
@@ -69,12 +75,12 @@ describe('object codec', () => {
   it('stores an extent raw when zstd does not shrink it by 1/32', async () => {
     const codec = CODECS['zstd:1']!;
     const random = randomBytes(E);
-    const body = await codec.encode(id, random);
+    const body = await encoded(codec, random);
     assert.equal(body.length, HEADER_BYTES + E);
     assert.equal(body[5]! & Flags.compressed, 0);
     assert.deepEqual(body.subarray(HEADER_BYTES), random, 'stored as it is');
     const text = Buffer.alloc(E, 'abc');
-    const small = await codec.encode(id, text);
+    const small = await encoded(codec, text);
     assert.ok(small.length < 200, `a repetitive extent shrinks (${small.length} bytes)`);
     assert.equal(worthCompressing(1024, 992), true);
     assert.equal(worthCompressing(1024, 993), false);
@@ -83,7 +89,7 @@ describe('object codec', () => {
   it('returns a view of a fresh body, and a copy of one that may be shared', async () => {
     const codec = CODECS['checksum only']!;
     const extent = randomBytes(E);
-    const body = await codec.encode(id, extent);
+    const body = await encoded(codec, extent);
     const view = await codec.decode(id, body, true);
     assert.deepEqual(view, extent);
     assert.equal(view.buffer, body.buffer, 'a fresh body: no copy');
@@ -92,10 +98,21 @@ describe('object codec', () => {
     assert.deepEqual(await codec.decode(id, body), extent, 'a shared body is never changed through the extent');
   });
 
+  it('hands the store the header and the payload as parts: an extent stored raw is not copied', async () => {
+    for (const [name, codec] of Object.entries(CODECS)) {
+      const extent = randomBytes(E);
+      const parts = await codec.encode(id, extent);
+      assert.ok(!Buffer.isBuffer(parts), `${name}: parts`);
+      assert.equal(parts[0]!.length, HEADER_BYTES, `${name}: the header first`);
+      if (!codec.cipher) assert.equal(parts[1], extent, `${name}: the extent itself follows`);
+      assert.deepEqual(await codec.decode(id, Buffer.concat(parts)), extent, `${name}: joined, they decode`);
+    }
+  });
+
   it('checks a large fresh body on the hashing thread: the extent comes back, and a flipped byte anywhere is refused', async () => {
     const codec = CODECS['checksum only']!;
     const extent = randomBytes(1024 * 1024);
-    const body = await codec.encode(id, extent);
+    const body = await encoded(codec, extent);
     assert.equal(body.length, HEADER_BYTES + extent.length);
     const fresh = Buffer.from(body);
     assert.deepEqual(await codec.decode(id, fresh, true), extent);
@@ -112,7 +129,7 @@ describe('object codec', () => {
     const codec = CODECS['zstd:1']!;
     const M = 2 ** 20;
     const compressedFlag = async (extent: Buffer): Promise<boolean> => {
-      const body = await codec.encode(id, extent);
+      const body = await encoded(codec, extent);
       assert.deepEqual(await codec.decode(id, body), extent, 'reads back');
       return (body[5]! & Flags.compressed) !== 0;
     };
@@ -133,9 +150,9 @@ describe('object codec', () => {
     const aes = CODECS['aes-256-gcm']!;
     for (const other of [CODECS['checksum only']!, CODECS['zstd:1']!, CODECS['chacha20-poly1305']!,
       new ObjectCodec({ compressionLevel: undefined, encryption: { cipher: 'aes-256-gcm', key: randomBytes(32) } })]) {
-      await assert.rejects(aes.decode(id, await other.encode(id, extent)), isEio);
+      await assert.rejects(aes.decode(id, await encoded(other, extent)), isEio);
     }
-    await assert.rejects(CODECS['checksum only']!.decode(id, await aes.encode(id, extent)), isEio, 'and the other way round');
+    await assert.rejects(CODECS['checksum only']!.decode(id, await encoded(aes, extent)), isEio, 'and the other way round');
     await assert.rejects(aes.decode({ ...id, generation: 0 }, extent), isEio, 'no format 1 object in an encrypted volume');
     assert.equal(await CODECS['checksum only']!.decode({ ...id, generation: 0 }, extent), extent, 'format 1 objects are raw');
   });

@@ -4,6 +4,8 @@
 // when the volume was created) and the extent's identity, which it binds into the body so an
 // object copied to another key, or an older generation put back under a newer key, is refused.
 
+import type { ObjectBody } from '../objects/object-store.ts';
+
 /** Which object a body belongs to. Generation 0 is a format 1 object: raw bytes, no header. */
 export interface ExtentIdentity {
   readonly volumeId: string;
@@ -12,8 +14,11 @@ export interface ExtentIdentity {
 }
 
 export interface ExtentCodec {
-  /** The body to store for a whole extent. */
-  encode(id: ExtentIdentity, extent: Buffer): Promise<Buffer>;
+  /**
+   * The body to store for a whole extent, possibly in parts (ObjectBody) of which the extent
+   * itself may be one: it must not change until the body is stored.
+   */
+  encode(id: ExtentIdentity, extent: Buffer): Promise<ObjectBody>;
   /**
    * The whole extent a body holds. A body that is damaged, cut short, or belongs to another
    * identity rejects with a StorageError EIO (storage-error.ts); it is never returned as data.

@@ -13,14 +13,14 @@
 // correct SHA-256 (anyone can compute one): only the key's holder can write what it serves.
 
 import {
-  type CipherChaCha20Poly1305, type CipherGCM, createCipheriv, createDecipheriv, type DecipherChaCha20Poly1305, type DecipherGCM,
+  type CipherChaCha20Poly1305, type CipherGCM, createCipheriv, createDecipheriv, createHash, type DecipherChaCha20Poly1305, type DecipherGCM,
   randomBytes, timingSafeEqual,
 } from 'node:crypto';
 import { promisify } from 'node:util';
 import { constants, zstdCompress, zstdCompressSync, zstdDecompress } from 'node:zlib';
 import { StorageError } from '../storage-error.ts';
 import type { ExtentCodec, ExtentIdentity } from './extent-codec.ts';
-import { hashHere, type HashedParts, hashOffThread } from './off-thread-hash.ts';
+import { type HashedParts, hashOffThread } from './off-thread-hash.ts';
 import {
   type Cipher, COVERED_BYTES, HEADER_BYTES, identityBytes, NONCE_BYTES, readHeader, TAG_BYTES, writeHeader,
 } from './object-header.ts';
@@ -93,7 +93,7 @@ export class ObjectCodec implements ExtentCodec {
     return HEADER_BYTES + extentSize;
   }
 
-  async encode(id: ExtentIdentity, extent: Buffer): Promise<Buffer> {
+  async encode(id: ExtentIdentity, extent: Buffer): Promise<readonly Buffer[]> {
     if (id.generation < 1) throw new RangeError('format 2 objects have a generation of at least 1');
     let payload = extent;
     let compressed = false;
@@ -109,26 +109,25 @@ export class ObjectCodec implements ExtentCodec {
         compressed = true;
       }
     }
-    const body = Buffer.allocUnsafe(HEADER_BYTES + payload.length);
+    // The header and the payload go to the store as two parts: joining them was a copy of
+    // every extent uploaded (ObjectBody).
+    const header = Buffer.allocUnsafe(HEADER_BYTES);
     const nonce = this.cipher ? randomBytes(NONCE_BYTES) : undefined;
-    writeHeader(body, { compressed, cipher: this.cipher, extentLength: extent.length, payloadLength: payload.length, nonce });
-    const covered = body.subarray(0, COVERED_BYTES);
+    writeHeader(header, { compressed, cipher: this.cipher, extentLength: extent.length, payloadLength: payload.length, nonce });
+    const covered = header.subarray(0, COVERED_BYTES);
     if (this.cipher && nonce) {
       const cipher = sealer(this.cipher, this.#key!, nonce);
       cipher.setAAD(Buffer.concat([covered, identityBytes(id)]), { plaintextLength: payload.length });
       const sealed = cipher.update(payload);
       const final = cipher.final();
-      sealed.copy(body, HEADER_BYTES);
-      final.copy(body, HEADER_BYTES + sealed.length);
-      cipher.getAuthTag().copy(body, COVERED_BYTES);
-      body.fill(0, COVERED_BYTES + TAG_BYTES, HEADER_BYTES);
-    } else {
-      // Hashed here, not on the hashing thread: sequential writes keep both cores busy, and
-      // there it bought nothing (bench/results/cold-read-19.md).
-      payload.copy(body, HEADER_BYTES);
-      checksumOf(body, id).copy(body, COVERED_BYTES);
+      cipher.getAuthTag().copy(header, COVERED_BYTES);
+      header.fill(0, COVERED_BYTES + TAG_BYTES, HEADER_BYTES);
+      return final.length > 0 ? [header, sealed, final] : [header, sealed];
     }
-    return body;
+    // Hashed here, not on the hashing thread: sequential writes keep both cores busy, and
+    // there it bought nothing (bench/results/cold-read-19.md).
+    checksum(header, payload, id).copy(header, COVERED_BYTES);
+    return [header, payload];
   }
 
   async decode(id: ExtentIdentity, body: Buffer, fresh = false): Promise<Buffer> {
@@ -199,7 +198,12 @@ function checksumParts(id: ExtentIdentity): HashedParts {
   return { coveredEnd: COVERED_BYTES, identity: identityBytes(id), payloadStart: HEADER_BYTES };
 }
 
+/** The SHA-256 an unencrypted object's header carries: of its covered header bytes, the identity and the payload. */
+function checksum(header: Buffer, payload: Buffer, id: ExtentIdentity): Buffer {
+  return createHash('sha256').update(header.subarray(0, COVERED_BYTES)).update(identityBytes(id)).update(payload).digest();
+}
+
 /** The SHA-256 of an unencrypted object's body (header and payload in place), on this thread. */
 export function checksumOf(body: Buffer, id: ExtentIdentity): Buffer {
-  return hashHere(body, checksumParts(id));
+  return checksum(body, body.subarray(HEADER_BYTES), id);
 }

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { tryLock } from 'fs-native-extensions';
 import { fsyncPath } from '../../fsync.ts';
 import { StorageError } from '../storage-error.ts';
-import type { ObjectStore, TaggedObject } from './object-store.ts';
+import type { ObjectBody, ObjectStore, TaggedObject } from './object-store.ts';
 
 /** Temporary and lock files start with this; list() skips them. */
 const TEMP_PREFIX = '.tmp-';
@@ -60,7 +60,7 @@ export class FileObjectStore implements ObjectStore {
     });
   }
 
-  put(key: string, data: Buffer): Promise<void> {
+  put(key: string, data: ObjectBody): Promise<void> {
     return this.translated('put', key, async () => {
       const target = this.path(key);
       const temp = await this.writeTemp(target, data);
@@ -239,7 +239,7 @@ export class FileObjectStore implements ObjectStore {
     return join(this.root, key.split('/').join(sep));
   }
 
-  private async writeTemp(target: string, data: Buffer): Promise<string> {
+  private async writeTemp(target: string, data: ObjectBody): Promise<string> {
     const dir = dirname(target);
     await this.ensureDir(dir);
     const temp = join(dir, `${TEMP_PREFIX}${this.tempTag}-${this.tempCounter++}`);

@@ -1,7 +1,7 @@
 // Objects in a Map: for unit tests and protocol benchmarks. Volatile by nature, so flush()
 // has nothing to do. Buffers are shared, never copied, in both directions (see ObjectStore).
 
-import type { ObjectStore, TaggedObject } from './object-store.ts';
+import { joinedBody, type ObjectBody, type ObjectStore, type TaggedObject } from './object-store.ts';
 
 export class MemoryObjectStore implements ObjectStore {
   readonly description = 'memory (volatile)';
@@ -13,8 +13,8 @@ export class MemoryObjectStore implements ObjectStore {
     return Promise.resolve(this.objects.get(key));
   }
 
-  put(key: string, data: Buffer): Promise<void> {
-    this.objects.set(key, data);
+  put(key: string, data: ObjectBody): Promise<void> {
+    this.objects.set(key, joinedBody(data));
     this.tags.set(key, String(++this.version));
     return Promise.resolve();
   }

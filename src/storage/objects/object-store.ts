@@ -10,6 +10,23 @@
 /** The largest object the gateway stores (an extent of the largest size): a GET's default limit. */
 export const MAX_OBJECT_BYTES = 32 * 1024 * 1024;
 
+/**
+ * What put() stores: one buffer, or the object's bytes in parts, in order (an extent's header
+ * and its payload), which a store sends or writes one after the other instead of joining them:
+ * joining an extent's header to its payload was a copy of every extent uploaded.
+ */
+export type ObjectBody = Buffer | readonly Buffer[];
+
+/** The body's parts in order. */
+export function bodyParts(body: ObjectBody): readonly Buffer[] {
+  return Buffer.isBuffer(body) ? [body] : body;
+}
+
+/** The body as one buffer: itself, or its parts joined (a copy). */
+export function joinedBody(body: ObjectBody): Buffer {
+  return Buffer.isBuffer(body) ? body : Buffer.concat(body);
+}
+
 export interface TaggedObject {
   readonly data: Buffer;
   readonly tag: string;
@@ -56,12 +73,13 @@ export interface ObjectStore {
 
   /**
    * Creates or replaces the object atomically: readers see the old or the new bytes, never a
-   * mix. The store may keep `data` by reference (the memory store does). A caller that
+   * mix. The parts of `data` must not change until the put settles. The store may keep a
+   * single buffer by reference (the memory store does; parts it joins). A caller that
    * modifies such a buffer afterwards must put() it under the same key before it lets anyone
    * else read the key, so the change looks like a put in flight; DirectExtentStore does
    * exactly this, under the extent's lock.
    */
-  put(key: string, data: Buffer): Promise<void>;
+  put(key: string, data: ObjectBody): Promise<void>;
 
   /** Like get(), with the object's version tag, which changes whenever the object is replaced. */
   getTagged(key: string, maxBytes?: number): Promise<TaggedObject | undefined>;

@@ -3,7 +3,7 @@
 // views, so that listing or creating volumes opens one client, not one per volume. Nothing
 // is copied: each call is the inner store's with the prefix put before the key.
 
-import type { ObjectStore, TaggedObject } from './object-store.ts';
+import type { ObjectBody, ObjectStore, TaggedObject } from './object-store.ts';
 
 export class PrefixedObjectStore implements ObjectStore {
   readonly description: string;
@@ -26,7 +26,7 @@ export class PrefixedObjectStore implements ObjectStore {
     return this.inner.get(this.prefix + key, maxBytes);
   }
 
-  put(key: string, data: Buffer): Promise<void> {
+  put(key: string, data: ObjectBody): Promise<void> {
     return this.inner.put(this.prefix + key, data);
   }
 

@@ -32,7 +32,8 @@ export interface Http1Request {
   readonly path: string;
   /** Sent exactly as given: the caller includes host, and content-length for a body. */
   readonly headers: Readonly<Record<string, string>>;
-  readonly body?: Buffer | undefined;
+  /** The body's parts, sent one after the other. */
+  readonly body?: readonly Buffer[] | undefined;
   /** The longest body a successful answer may have; default MAX_ERROR_BODY (an S3 PUT's answer has none). */
   readonly maxBody?: number | undefined;
 }
@@ -170,7 +171,7 @@ class Connection {
   exchange(head: string, request: Http1Request, signal: AbortSignal): Promise<Http1Response> {
     return new Promise((resolve, reject) => {
       const parser = new ResponseParser(request.method, request.maxBody);
-      let writing = request.body !== undefined;
+      let writing = (request.body?.length ?? 0) > 0;
       let answered: boolean | undefined; // set with the answer: whether the connection can be reused
       const settle = (err: Error | undefined, reusable: boolean): void => {
         this.current = undefined;
@@ -216,12 +217,14 @@ class Connection {
       signal.addEventListener('abort', onAbort, { once: true });
       this.socket.cork();
       this.socket.write(head, 'latin1');
-      if (request.body) {
-        this.socket.write(request.body, (err) => {
+      const parts = request.body ?? [];
+      parts.forEach((part, i) => {
+        // Written in order: the last write's callback comes after every part is out, or with the error that stopped them.
+        this.socket.write(part, i < parts.length - 1 ? undefined : (err) => {
           writing = false;
           if (answered !== undefined) this.free(this, answered && !err);
         });
-      }
+      });
       this.socket.uncork();
     });
   }

@@ -28,7 +28,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../../../clock.ts';
 import { Errors } from '../../../errors.ts';
 import { StorageError } from '../../storage-error.ts';
-import { MAX_OBJECT_BYTES, type ObjectStore, type ObjectVersion, type TaggedObject, type VersionRef } from '../object-store.ts';
+import { joinedBody, MAX_OBJECT_BYTES, type ObjectBody, type ObjectStore, type ObjectVersion, type TaggedObject, type VersionRef } from '../object-store.ts';
 import { crc32Base64, DirectS3 } from './s3-direct.ts';
 import { codeOf, isTransientCode, notImplemented, statusOf } from './s3-errors.ts';
 import { type Policy, S3Retry, type S3RequestStats } from './s3-retry.ts';
@@ -176,7 +176,7 @@ export class S3ObjectStore implements ObjectStore {
     return this.getWith(key, this.policy, maxBytes);
   }
 
-  put(key: string, data: Buffer): Promise<void> {
+  put(key: string, data: ObjectBody): Promise<void> {
     return this.putWith(key, data, this.policy);
   }
 
@@ -279,11 +279,13 @@ export class S3ObjectStore implements ObjectStore {
     });
   }
 
-  private async putWith(key: string, data: Buffer, policy: Policy): Promise<void> {
+  private async putWith(key: string, data: ObjectBody, policy: Policy): Promise<void> {
     const Key = this.keyPrefix + key;
+    // The SDK takes one buffer: joined (and its CRC computed) once for every attempt.
+    const sdkBody = this.direct ? undefined : body(joinedBody(data));
     await this.retry.run('put', `PUT ${this.url(Key)}`, policy, async (signal) => {
       if (this.direct) await this.direct.put(Key, data, signal);
-      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...body(data) }), { abortSignal: signal });
+      else await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, ...sdkBody }), { abortSignal: signal });
     });
   }
 
