@@ -10,6 +10,7 @@ import { LogThrottle } from '../log-throttle.ts';
 import { MAX_OPTION_LENGTH } from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import { type ExportRegistry, Handshake, type TlsOffer } from './handshake.ts';
+import { withInPlaceReads } from './in-place-socket.ts';
 import { DEFAULT_SERVER_IN_FLIGHT_BYTES, DEFAULT_SESSION_LIMITS, Session, type SessionLimits, SharedBudget } from './session.ts';
 import { ConnectionClosed, READER_HIGH_WATER_MARK, SocketReader } from './socket-reader.ts';
 import { startTls, TlsHandshakeError, type TlsSettings } from './tls.ts';
@@ -101,7 +102,8 @@ export class NbdServer {
   /** Starts listening on one more endpoint; resolves with the address bound (useful with port 0). */
   async listen(endpoint: Endpoint): Promise<string> {
     if ('path' in endpoint) await removeStaleSocket(endpoint.path);
-    const listener = net.createServer((socket) => void this.handle(socket));
+    // Accepted paused, so that withInPlaceReads() can take each connection before any read.
+    const listener = net.createServer({ pauseOnConnect: true }, (socket) => void this.handle(withInPlaceReads(socket)));
     await new Promise<void>((resolve, reject) => {
       listener.once('error', reject);
       const done = (): void => {

@@ -1,8 +1,11 @@
 // Reads exact byte counts from a socket. The socket is paused while unread data exceeds a
 // high-water mark and nobody is waiting, so a client that sends faster than requests are
 // taken (because the session is at its in-flight limit) is held back by TCP, not by our memory.
+// On a socket with in-place reads (in-place-socket.ts) a fill that has nothing buffered
+// before it is read by the socket straight into its target; other bytes arrive as chunks.
 
 import type { Socket } from 'node:net';
+import { type ReadSink, setReadSink } from './in-place-socket.ts';
 
 /** The peer closed the connection (or it failed) while we waited for bytes. */
 export class ConnectionClosed extends Error {
@@ -25,7 +28,9 @@ interface PendingFill {
 /** Unread bytes beyond which the socket is paused while no read waits. */
 export const READER_HIGH_WATER_MARK = 4 * 1024 * 1024;
 
-export class SocketReader {
+export class SocketReader implements ReadSink {
+  /** Bytes the socket read straight into a fill's target (none without in-place reads). */
+  bytesInPlace = 0;
   private readonly chunks: Buffer[] = [];
   private buffered = 0;
   private pending: PendingRead | undefined;
@@ -44,6 +49,7 @@ export class SocketReader {
     this.socket = socket;
     this._highWaterMark = highWaterMark;
     socket.on('data', this.onDataEvent).on('end', this.onEndEvent).on('close', this.onCloseEvent).on('error', this.onErrorEvent);
+    setReadSink(socket, this);
   }
 
   /**
@@ -54,8 +60,14 @@ export class SocketReader {
   detach(): number {
     if (this.pending || this.filling) throw new Error('SocketReader: detach() while a read waits');
     this.socket.pause();
+    setReadSink(this.socket, undefined);
     this.socket.off('data', this.onDataEvent).off('end', this.onEndEvent).off('close', this.onCloseEvent).off('error', this.onErrorEvent);
     this.closed ??= new ConnectionClosed('the connection was handed on');
+    return this.buffered;
+  }
+
+  /** Bytes received and not yet read. */
+  get bufferedBytes(): number {
     return this.buffered;
   }
 
@@ -100,6 +112,28 @@ export class SocketReader {
       this.pending = { length, resolve, reject };
       this.socket.resume();
     });
+  }
+
+  /** ReadSink: the rest of the fill's target (a fill waits only once every buffered byte is in it). */
+  window(): Buffer | undefined {
+    const fill = this.filling;
+    return fill?.target.subarray(fill.filled);
+  }
+
+  /** ReadSink: the socket read `n` bytes into the window. */
+  filledInPlace(n: number): void {
+    const fill = this.filling!;
+    fill.filled += n;
+    this.bytesInPlace += n;
+    if (fill.filled === fill.target.length) {
+      this.filling = undefined;
+      fill.resolve();
+    }
+  }
+
+  /** ReadSink: bytes that were not read in place. */
+  received(chunk: Buffer): void {
+    this.onData(chunk);
   }
 
   private onData(chunk: Buffer): void {
