@@ -48,6 +48,8 @@ export class SocketReader implements ReadSink {
   constructor(socket: Socket, highWaterMark = READER_HIGH_WATER_MARK) {
     this.socket = socket;
     this._highWaterMark = highWaterMark;
+    // A socket with in-place reads never emits 'data': its bytes come through the ReadSink
+    // methods below.
     socket.on('data', this.onDataEvent).on('end', this.onEndEvent).on('close', this.onCloseEvent).on('error', this.onErrorEvent);
     setReadSink(socket, this);
   }
