@@ -40,7 +40,7 @@ export class SocketReader implements ReadSink {
   private _highWaterMark: number;
 
   // Kept so that detach() can remove them.
-  private readonly onDataEvent = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onDataEvent = (chunk: Buffer): void => this.received(chunk);
   private readonly onEndEvent = (): void => this.onClose(new ConnectionClosed('client closed the connection'));
   private readonly onCloseEvent = (): void => this.onClose(new ConnectionClosed('connection closed'));
   private readonly onErrorEvent = (err: Error): void => this.onClose(new ConnectionClosed(`connection failed: ${err.message}`));
@@ -133,12 +133,8 @@ export class SocketReader implements ReadSink {
     }
   }
 
-  /** ReadSink: bytes that were not read in place. */
+  /** Bytes that were not read in place: a 'data' event's, or the ReadSink's slab's. */
   received(chunk: Buffer): void {
-    this.onData(chunk);
-  }
-
-  private onData(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     const filling = this.filling;

@@ -13,14 +13,14 @@
 // correct SHA-256 (anyone can compute one): only the key's holder can write what it serves.
 
 import {
-  type CipherChaCha20Poly1305, type CipherGCM, createCipheriv, createDecipheriv, createHash, type DecipherChaCha20Poly1305, type DecipherGCM,
+  type CipherChaCha20Poly1305, type CipherGCM, createCipheriv, createDecipheriv, type DecipherChaCha20Poly1305, type DecipherGCM,
   randomBytes, timingSafeEqual,
 } from 'node:crypto';
 import { promisify } from 'node:util';
 import { constants, zstdCompress, zstdCompressSync, zstdDecompress } from 'node:zlib';
 import { StorageError } from '../storage-error.ts';
 import type { ExtentCodec, ExtentIdentity } from './extent-codec.ts';
-import { type HashedParts, hashOffThread } from './off-thread-hash.ts';
+import { type HashedParts, hashHere, hashOf, hashOffThread } from './off-thread-hash.ts';
 import {
   type Cipher, COVERED_BYTES, HEADER_BYTES, identityBytes, NONCE_BYTES, readHeader, TAG_BYTES, writeHeader,
 } from './object-header.ts';
@@ -126,7 +126,7 @@ export class ObjectCodec implements ExtentCodec {
     }
     // Hashed here, not on the hashing thread: sequential writes keep both cores busy, and
     // there it bought nothing (bench/results/cold-read-19.md).
-    checksum(header, payload, id).copy(header, COVERED_BYTES);
+    hashOf(covered, identityBytes(id), payload).copy(header, COVERED_BYTES);
     return [header, payload];
   }
 
@@ -198,12 +198,7 @@ function checksumParts(id: ExtentIdentity): HashedParts {
   return { coveredEnd: COVERED_BYTES, identity: identityBytes(id), payloadStart: HEADER_BYTES };
 }
 
-/** The SHA-256 an unencrypted object's header carries: of its covered header bytes, the identity and the payload. */
-function checksum(header: Buffer, payload: Buffer, id: ExtentIdentity): Buffer {
-  return createHash('sha256').update(header.subarray(0, COVERED_BYTES)).update(identityBytes(id)).update(payload).digest();
-}
-
 /** The SHA-256 of an unencrypted object's body (header and payload in place), on this thread. */
 export function checksumOf(body: Buffer, id: ExtentIdentity): Buffer {
-  return checksum(body, body.subarray(HEADER_BYTES), id);
+  return hashHere(body, checksumParts(id));
 }

@@ -46,7 +46,12 @@ interface Reply { id: number; buffer: ArrayBuffer; digest: Uint8Array }
 
 /** SHA-256 over the covered parts of `body`, on this thread. */
 export function hashHere(body: Buffer, parts: HashedParts): Buffer {
-  return createHash('sha256').update(body.subarray(0, parts.coveredEnd)).update(parts.identity).update(body.subarray(parts.payloadStart)).digest();
+  return hashOf(body.subarray(0, parts.coveredEnd), parts.identity, body.subarray(parts.payloadStart));
+}
+
+/** SHA-256 of the covered header bytes, the identity and the payload, held apart (ObjectCodec.encode); on this thread. */
+export function hashOf(covered: Buffer, identity: Buffer, payload: Buffer): Buffer {
+  return createHash('sha256').update(covered).update(identity).update(payload).digest();
 }
 
 /** Exported for tests (a worker from another source); the gateway uses hashOffThread(). */
